@@ -1,0 +1,605 @@
+using System.Diagnostics;
+using Idempotency.Diagnostics;
+using Idempotency.Outbox;
+using Idempotency.Storage;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Idempotency;
+
+/// <summary>
+/// The broker-agnostic pipeline: for each message it claims the key, runs the handler and records completion in one
+/// store transaction, and reports an outcome the adapter maps to acknowledge, retry or dead-letter.
+/// </summary>
+/// <remarks>
+/// Thread-safe: adapters call it concurrently for different partitions, queues or groups. The adapter acknowledges a
+/// message only when <see cref="ProcessingResult.IsCommitted"/> is <see langword="true"/>.
+/// </remarks>
+public sealed class IdempotentProcessor
+{
+    private readonly IIdempotencyStore _store;
+    private readonly IIdempotentMessageHandler _handler;
+    private readonly IIdempotentBatchHandler? _batchHandler;
+    private readonly IdempotencyOptions _options;
+    private readonly ILogger _logger;
+    private readonly TimeProvider _time;
+
+    /// <summary>Creates the pipeline for one handler.</summary>
+    /// <param name="store">Where keys are claimed; its transaction is the one the handler writes in.</param>
+    /// <param name="handler">The handler; an <see cref="IIdempotentBatchHandler"/> also gets whole batches.</param>
+    /// <param name="options">The handler's options; validated here.</param>
+    /// <param name="logger">Optional logger.</param>
+    /// <param name="timeProvider">Optional clock; defaults to <see cref="TimeProvider.System"/>.</param>
+    /// <exception cref="ArgumentNullException">A required argument is null.</exception>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public IdempotentProcessor(
+        IIdempotencyStore store,
+        IIdempotentMessageHandler handler,
+        IdempotencyOptions options,
+        ILogger? logger = null,
+        TimeProvider? timeProvider = null)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(handler);
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _store = store;
+        _handler = handler;
+        _batchHandler = handler as IIdempotentBatchHandler;
+        _options = options;
+        _logger = logger ?? NullLogger.Instance;
+        _time = timeProvider ?? TimeProvider.System;
+    }
+
+    /// <summary>Gets the handler name that scopes keys.</summary>
+    public string HandlerName => _options.HandlerName;
+
+    /// <summary>Gets the options.</summary>
+    public IdempotencyOptions Options => _options;
+
+    /// <summary>Gets the store.</summary>
+    public IIdempotencyStore Store => _store;
+
+    /// <summary>Processes one message in its own store transaction.</summary>
+    /// <param name="message">The message.</param>
+    /// <param name="cancellationToken">Cancels processing; a cancelled message is rolled back and must not be acknowledged.</param>
+    /// <returns>The outcome.</returns>
+    /// <exception cref="OperationCanceledException">Cancelled; nothing was committed by this call.</exception>
+    public async ValueTask<ProcessingResult> ProcessAsync(IncomingMessage message, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(message);
+        using var activity = StartActivity(message);
+        IdempotencyMetrics.AddInFlight(message, HandlerName, 1);
+        try
+        {
+            var result = await ProcessOneAsync(message, cancellationToken).ConfigureAwait(false);
+            Finish(result, activity);
+            return result;
+        }
+        finally
+        {
+            IdempotencyMetrics.AddInFlight(message, HandlerName, -1);
+        }
+    }
+
+    /// <summary>
+    /// Processes several messages in one store transaction: all claims in one round trip in sorted key order, the
+    /// handler for each new message, one commit. A failing handler does not undo the others: the batch is redone
+    /// without it (and message by message after a second failure).
+    /// </summary>
+    /// <param name="messages">The messages, in delivery order; handlers run in this order.</param>
+    /// <param name="cancellationToken">Cancels processing; nothing uncommitted may be acknowledged.</param>
+    /// <returns>One result per message, in the same order.</returns>
+    /// <exception cref="OperationCanceledException">Cancelled; results already committed stay committed, and a redelivery will see them as duplicates.</exception>
+    public async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        if (messages.Count == 0)
+        {
+            return [];
+        }
+
+        if (messages.Count == 1)
+        {
+            return [await ProcessAsync(messages[0], cancellationToken).ConfigureAwait(false)];
+        }
+
+        var batch = new BatchState(messages.Count);
+        foreach (var message in messages)
+        {
+            IdempotencyMetrics.AddInFlight(message, HandlerName, 1);
+        }
+
+        try
+        {
+            await ProcessBatchCoreAsync(messages, batch, cancellationToken).ConfigureAwait(false);
+            var results = new ProcessingResult[messages.Count];
+            for (var i = 0; i < results.Length; i++)
+            {
+                results[i] = batch.Results[i] ?? throw new UnreachableException("Every message of a batch gets a result.");
+                Finish(results[i], activity: null);
+            }
+
+            return results;
+        }
+        finally
+        {
+            foreach (var message in messages)
+            {
+                IdempotencyMetrics.AddInFlight(message, HandlerName, -1);
+            }
+        }
+    }
+
+    private async ValueTask<ProcessingResult> ProcessOneAsync(IncomingMessage message, CancellationToken cancellationToken)
+    {
+        if (Prepare(message) is { } rejected)
+        {
+            return rejected;
+        }
+
+        var claim = CreateClaim(message);
+        IIdempotencyTransaction? transaction = null;
+        try
+        {
+            transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
+            var started = _time.GetTimestamp();
+            var claimed = await transaction.ClaimAsync(claim, cancellationToken).ConfigureAwait(false);
+            IdempotencyMetrics.RecordStoreOperation(_store.Name, "claim", _time.GetElapsedTime(started));
+            if (claimed.Status != ClaimStatus.Claimed)
+            {
+                await transaction.RollbackAsync(cancellationToken).ConfigureAwait(false);
+                return NotClaimed(message, claim, claimed);
+            }
+
+            var context = new MessageContext(message, claim.Key, HandlerName, transaction);
+            var handlerStarted = _time.GetTimestamp();
+            try
+            {
+                await _handler.HandleAsync(context, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                return HandlerFailed(message, claim, exception);
+            }
+
+            var duration = _time.GetElapsedTime(handlerStarted);
+            IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
+            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result)], context.Outbox, cancellationToken).ConfigureAwait(false);
+            return new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint };
+        }
+        catch (ClaimLostException)
+        {
+            Log.ClaimLost(_logger, claim.Key, HandlerName);
+            return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+        {
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+            }
+
+            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
+            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
+        {
+            // A failure outside the handler, such as a deferred constraint the handler's writes broke at commit.
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+            }
+
+            return HandlerFailed(message, claim, exception);
+        }
+        finally
+        {
+            if (transaction is not null)
+            {
+                await transaction.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private async ValueTask ProcessBatchCoreAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, CancellationToken cancellationToken)
+    {
+        // The first message of each key is claimed; later ones with the same key inside the batch follow its fate.
+        var firstIndexByKey = new Dictionary<string, int>(StringComparer.Ordinal);
+        var pending = new List<int>(messages.Count);
+        for (var i = 0; i < messages.Count; i++)
+        {
+            if (Prepare(messages[i]) is { } rejected)
+            {
+                batch.Results[i] = rejected;
+                continue;
+            }
+
+            batch.Claims[i] = CreateClaim(messages[i]);
+            if (firstIndexByKey.TryGetValue(messages[i].Key!, out var first))
+            {
+                batch.FollowerOf[i] = first;
+            }
+            else
+            {
+                firstIndexByKey.Add(messages[i].Key!, i);
+                pending.Add(i);
+            }
+        }
+
+        var failures = 0;
+        while (pending.Count > 0)
+        {
+            if (failures >= 2)
+            {
+                // Several poison messages in one batch: isolating them one redo at a time would cost a round per failure.
+                foreach (var index in pending)
+                {
+                    batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+                }
+
+                break;
+            }
+
+            var failedIndex = await TryBatchAsync(messages, batch, pending, useBatchHandler: failures == 0, cancellationToken).ConfigureAwait(false);
+            if (failedIndex < 0)
+            {
+                break;
+            }
+
+            pending.Remove(failedIndex);
+            failures++;
+            Log.BatchRedo(_logger, pending.Count, HandlerName, messages[failedIndex].Key!);
+        }
+
+        for (var i = 0; i < messages.Count; i++)
+        {
+            if (batch.FollowerOf[i] is { } first)
+            {
+                batch.Results[i] = FollowerResult(messages[i], batch.Claims[i], batch.Results[first]!);
+            }
+        }
+    }
+
+    /// <summary>Runs one attempt of the batch; returns the index of a message whose handler failed (already given its result), or -1 when the attempt ended.</summary>
+    private async ValueTask<int> TryBatchAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, List<int> pending, bool useBatchHandler, CancellationToken cancellationToken)
+    {
+        IIdempotencyTransaction? transaction = null;
+        try
+        {
+            transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
+
+            // Sorted claims: concurrent batches over overlapping keys lock rows in the same order and cannot deadlock.
+            var order = pending.ToArray();
+            Array.Sort(order, (a, b) => string.CompareOrdinal(batch.Claims[a].Key, batch.Claims[b].Key));
+            var requests = new ClaimRequest[order.Length];
+            for (var i = 0; i < order.Length; i++)
+            {
+                requests[i] = batch.Claims[order[i]];
+            }
+
+            var started = _time.GetTimestamp();
+            var claimed = await transaction.ClaimBatchAsync(requests, cancellationToken).ConfigureAwait(false);
+            IdempotencyMetrics.RecordStoreOperation(_store.Name, "claim", _time.GetElapsedTime(started));
+
+            var contexts = new List<MessageContext>(order.Length);
+            var contextIndex = new List<int>(order.Length);
+            for (var i = 0; i < order.Length; i++)
+            {
+                var index = order[i];
+                if (claimed[i].Status == ClaimStatus.Claimed)
+                {
+                    batch.Results[index] = null;
+                    contextIndex.Add(index);
+                }
+                else
+                {
+                    batch.Results[index] = NotClaimed(messages[index], requests[i], claimed[i]);
+                }
+            }
+
+            // Handlers run in delivery order, which per-partition and per-group ordering relies on.
+            contextIndex.Sort();
+            foreach (var index in contextIndex)
+            {
+                contexts.Add(new MessageContext(messages[index], batch.Claims[index].Key, HandlerName, transaction));
+            }
+
+            if (contexts.Count == 0)
+            {
+                await transaction.RollbackAsync(cancellationToken).ConfigureAwait(false);
+                return -1;
+            }
+
+            var durations = new TimeSpan[contexts.Count];
+            if (useBatchHandler && _batchHandler is not null)
+            {
+                var handlerStarted = _time.GetTimestamp();
+                try
+                {
+                    await _batchHandler.HandleBatchAsync(new BatchContext(contexts, transaction, HandlerName), cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+                {
+                    // A set-based handler cannot say which message broke it: find out one message at a time.
+                    await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                    foreach (var index in contextIndex)
+                    {
+                        batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+                    }
+
+                    pending.Clear();
+                    return -1;
+                }
+
+                Array.Fill(durations, _time.GetElapsedTime(handlerStarted) / contexts.Count);
+            }
+            else
+            {
+                for (var i = 0; i < contexts.Count; i++)
+                {
+                    var handlerStarted = _time.GetTimestamp();
+                    try
+                    {
+                        await _handler.HandleAsync(contexts[i], cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+                    {
+                        await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                        var failed = contextIndex[i];
+                        batch.Results[failed] = HandlerFailed(messages[failed], batch.Claims[failed], exception);
+                        return failed;
+                    }
+
+                    durations[i] = _time.GetElapsedTime(handlerStarted);
+                }
+            }
+
+            var completions = new CompletionRecord[contexts.Count];
+            List<OutboxMessage>? outbox = null;
+            for (var i = 0; i < contexts.Count; i++)
+            {
+                IdempotencyMetrics.RecordHandlerDuration(contexts[i].Message, HandlerName, durations[i]);
+                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result);
+                if (contexts[i].Outbox.Count > 0)
+                {
+                    (outbox ??= []).AddRange(contexts[i].Outbox);
+                }
+            }
+
+            await CommitAsync(transaction, completions, (IReadOnlyList<OutboxMessage>?)outbox ?? [], cancellationToken).ConfigureAwait(false);
+            foreach (var index in contextIndex)
+            {
+                batch.Results[index] = new ProcessingResult(messages[index], ProcessingOutcome.Processed) { PayloadFingerprint = batch.Claims[index].Fingerprint };
+            }
+
+            return -1;
+        }
+        catch (ClaimLostException lost)
+        {
+            Log.ClaimLost(_logger, lost.Key, HandlerName);
+            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], ProcessingOutcome.InProgress) { PayloadFingerprint = batch.Claims[index].Fingerprint });
+            return -1;
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+        {
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+            }
+
+            Log.StoreUnavailable(_logger, exception, _store.Name, messages[pending[0]].Key!);
+            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = batch.Claims[index].Fingerprint });
+            return -1;
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
+        {
+            // Something failed outside any one handler (a deferred constraint at commit, say): isolate it message by message.
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                await transaction.DisposeAsync().ConfigureAwait(false);
+                transaction = null;
+            }
+
+            Log.BatchFailed(_logger, exception, pending.Count, HandlerName);
+            foreach (var index in pending)
+            {
+                batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+            }
+
+            pending.Clear();
+            return -1;
+        }
+        finally
+        {
+            if (transaction is not null)
+            {
+                await transaction.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private static void MarkUnresolved(BatchState batch, List<int> pending, Func<int, ProcessingResult> create)
+    {
+        foreach (var index in pending)
+        {
+            if (batch.Results[index] is null || batch.Results[index]!.Outcome == ProcessingOutcome.Processed)
+            {
+                batch.Results[index] = create(index);
+            }
+        }
+
+        pending.Clear();
+    }
+
+    private ProcessingResult FollowerResult(IncomingMessage message, ClaimRequest claim, ProcessingResult first)
+    {
+        if (!first.IsCommitted)
+        {
+            // The first copy did not commit, so neither does this one: same outcome, same fate at the broker.
+            return new ProcessingResult(message, first.Outcome) { Exception = first.Exception, PayloadFingerprint = claim.Fingerprint };
+        }
+
+        var stored = first.Outcome == ProcessingOutcome.Processed ? first.PayloadFingerprint : first.StoredFingerprint;
+        return Duplicate(message, claim, stored, first.StoredResult);
+    }
+
+    private ProcessingResult NotClaimed(IncomingMessage message, ClaimRequest claim, ClaimResult claimed)
+    {
+        if (claimed.Status == ClaimStatus.HeldByAnother)
+        {
+            Log.HeldByAnother(_logger, claim.Key, HandlerName);
+            return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
+        }
+
+        return Duplicate(message, claim, claimed.StoredFingerprint, claimed.StoredResult);
+    }
+
+    private ProcessingResult Duplicate(IncomingMessage message, ClaimRequest claim, ReadOnlyMemory<byte> storedFingerprint, ReadOnlyMemory<byte>? storedResult)
+    {
+        // Every duplicate is checked against the stored fingerprint; no cached answer skips this.
+        var differs = !storedFingerprint.IsEmpty && !storedFingerprint.Span.SequenceEqual(claim.Fingerprint.Span);
+        if (differs)
+        {
+            Log.PayloadMismatch(_logger, claim.Key, HandlerName, PayloadFingerprint.ToHex(storedFingerprint.Span), PayloadFingerprint.ToHex(claim.Fingerprint.Span), _options.PayloadMismatchPolicy);
+            if (_options.PayloadMismatchPolicy != PayloadMismatchPolicy.TreatAsDuplicate)
+            {
+                return new ProcessingResult(message, ProcessingOutcome.PayloadMismatch)
+                {
+                    Exception = new PayloadMismatchException(claim.Key, storedFingerprint, claim.Fingerprint),
+                    PayloadFingerprint = claim.Fingerprint,
+                    StoredFingerprint = storedFingerprint,
+                };
+            }
+        }
+        else
+        {
+            Log.DuplicateSkipped(_logger, claim.Key, HandlerName, IdempotencyMetrics.DuplicateCause(message));
+        }
+
+        return new ProcessingResult(message, ProcessingOutcome.Duplicate)
+        {
+            PayloadFingerprint = claim.Fingerprint,
+            StoredFingerprint = storedFingerprint,
+            PayloadDiffers = differs,
+            StoredResult = storedResult,
+        };
+    }
+
+    private ProcessingResult HandlerFailed(IncomingMessage message, ClaimRequest claim, Exception exception)
+    {
+        if (IsStoreFailure(exception))
+        {
+            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
+            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
+        }
+
+        Log.HandlerFailed(_logger, exception, HandlerName, claim.Key);
+        return new ProcessingResult(message, ProcessingOutcome.Failed) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
+    }
+
+    private ProcessingResult? Prepare(IncomingMessage message)
+    {
+        var error = IdempotencyKey.GetValidationError(message.Key, _options.MaxKeyBytes);
+        if (error is null)
+        {
+            return null;
+        }
+
+        Log.InvalidKey(_logger, message.Destination, HandlerName, error);
+        return new ProcessingResult(message, ProcessingOutcome.InvalidKey) { Exception = new InvalidIdempotencyKeyException(error) };
+    }
+
+    private ClaimRequest CreateClaim(IncomingMessage message) =>
+        new(HandlerName, message.Key!, PayloadFingerprint.Compute(message.Body.Span), _time.GetUtcNow() + _options.Retention);
+
+    private async ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken)
+    {
+        var started = _time.GetTimestamp();
+        var transaction = await _store.BeginAsync(cancellationToken).ConfigureAwait(false);
+        IdempotencyMetrics.RecordStoreOperation(_store.Name, "begin", _time.GetElapsedTime(started));
+        return transaction;
+    }
+
+    private async ValueTask CommitAsync(IIdempotencyTransaction transaction, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken)
+    {
+        var started = _time.GetTimestamp();
+
+        // Once the commit is sent its outcome must be learned, so shutdown does not cancel it half way.
+        await transaction.CommitAsync(completions, outbox, CancellationToken.None).ConfigureAwait(false);
+        IdempotencyMetrics.RecordStoreOperation(_store.Name, "commit", _time.GetElapsedTime(started));
+        _ = cancellationToken;
+    }
+
+    private static async ValueTask RollbackQuietlyAsync(IIdempotencyTransaction transaction)
+    {
+        try
+        {
+            await transaction.RollbackAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // A failed rollback changes nothing: the transaction dies with its connection.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+    }
+
+    private bool IsStoreFailure(Exception exception) =>
+        exception is IdempotencyStoreUnavailableException || _store.IsUnavailable(exception);
+
+    private static bool IsCancellation(Exception exception, CancellationToken cancellationToken) =>
+        exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
+
+    private Activity? StartActivity(IncomingMessage message)
+    {
+        var source = IdempotencyTelemetry.ActivitySource;
+        if (!source.HasListeners())
+        {
+            return null;
+        }
+
+        ActivityContext parent = default;
+        if (message.Headers is { } headers && headers.TryGetValue("traceparent", out var traceParent))
+        {
+            headers.TryGetValue("tracestate", out var traceState);
+            _ = ActivityContext.TryParse(traceParent, traceState, isRemote: true, out parent);
+        }
+
+        var activity = source.StartActivity($"process {message.Destination}", ActivityKind.Consumer, parent);
+        if (activity is { IsAllDataRequested: true })
+        {
+            activity.SetTag(IdempotencyTags.Broker, message.Broker);
+            activity.SetTag(IdempotencyTags.Destination, message.Destination);
+            activity.SetTag(IdempotencyTags.Handler, HandlerName);
+            activity.SetTag(IdempotencyTags.Store, _store.Name);
+            activity.SetTag(IdempotencyTags.Key, message.Key);
+            activity.SetTag("messaging.operation.type", "process");
+        }
+
+        return activity;
+    }
+
+    private void Finish(ProcessingResult result, Activity? activity)
+    {
+        IdempotencyMetrics.RecordResult(result, HandlerName, _time.GetUtcNow());
+        if (activity is not null)
+        {
+            activity.SetTag(IdempotencyTags.Outcome, IdempotencyMetrics.OutcomeName(result.Outcome));
+            if (result.Outcome is ProcessingOutcome.Failed or ProcessingOutcome.StoreUnavailable or ProcessingOutcome.InvalidKey or ProcessingOutcome.PayloadMismatch)
+            {
+                activity.SetStatus(ActivityStatusCode.Error, result.Exception?.Message);
+            }
+        }
+    }
+
+    private sealed class BatchState(int count)
+    {
+        public ProcessingResult?[] Results { get; } = new ProcessingResult?[count];
+
+        public ClaimRequest[] Claims { get; } = new ClaimRequest[count];
+
+        public int?[] FollowerOf { get; } = new int?[count];
+    }
+}

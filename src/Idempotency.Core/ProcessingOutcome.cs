@@ -1,0 +1,26 @@
+namespace Idempotency;
+
+/// <summary>What processing one message came to; adapters map it to acknowledge, retry or dead-letter.</summary>
+public enum ProcessingOutcome
+{
+    /// <summary>The handler ran and its effects committed with the key.</summary>
+    Processed = 0,
+
+    /// <summary>The key was already processed; nothing ran. Acknowledge it.</summary>
+    Duplicate = 1,
+
+    /// <summary>The key was processed before with a different payload, and the policy says fail or quarantine.</summary>
+    PayloadMismatch = 2,
+
+    /// <summary>The handler threw; nothing was recorded, so a redelivery runs it again.</summary>
+    Failed = 3,
+
+    /// <summary>Another worker holds the key's lease right now; do not acknowledge, try again later.</summary>
+    InProgress = 4,
+
+    /// <summary>The store could not be reached; nothing was recorded. Not the message's fault: pause and back off.</summary>
+    StoreUnavailable = 5,
+
+    /// <summary>The key is missing, empty or too long; nothing ran.</summary>
+    InvalidKey = 6,
+}

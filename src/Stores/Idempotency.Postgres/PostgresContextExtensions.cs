@@ -1,0 +1,38 @@
+using Npgsql;
+
+namespace Idempotency.Postgres;
+
+/// <summary>Typed access to the PostgreSQL transaction from a handler's context.</summary>
+public static class PostgresContextExtensions
+{
+    /// <summary>Gets the store's PostgreSQL transaction, which the handler's writes must join.</summary>
+    /// <param name="context">The handler's context.</param>
+    /// <returns>The transaction.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static NpgsqlTransaction GetNpgsqlTransaction(this MessageContext context) => Get(context?.Transaction).Transaction;
+
+    /// <summary>Gets the store's open PostgreSQL connection.</summary>
+    /// <param name="context">The handler's context.</param>
+    /// <returns>The connection.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static NpgsqlConnection GetNpgsqlConnection(this MessageContext context) => Get(context?.Transaction).Connection;
+
+    /// <summary>Gets the PostgreSQL transaction a batch shares.</summary>
+    /// <param name="batch">The batch context.</param>
+    /// <returns>The transaction.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static NpgsqlTransaction GetNpgsqlTransaction(this BatchContext batch) => Get(batch?.Transaction).Transaction;
+
+    /// <summary>Gets the open PostgreSQL connection a batch shares.</summary>
+    /// <param name="batch">The batch context.</param>
+    /// <returns>The connection.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static NpgsqlConnection GetNpgsqlConnection(this BatchContext batch) => Get(batch?.Transaction).Connection;
+
+    private static PostgresIdempotencyTransaction Get(Storage.IIdempotencyTransaction? transaction)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        return transaction as PostgresIdempotencyTransaction
+            ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a PostgreSQL transaction needs the PostgreSQL store (or the layered store).");
+    }
+}

@@ -1,0 +1,193 @@
+using System.Net.Sockets;
+using System.Reflection;
+using Dapper;
+using Idempotency.Storage;
+using Npgsql;
+
+namespace Idempotency.Postgres;
+
+/// <summary>
+/// The PostgreSQL store: the key claim (<c>INSERT ... ON CONFLICT DO NOTHING</c>), the handler's own writes and the
+/// completion record commit in one transaction. A concurrent duplicate waits on the primary key until the first
+/// transaction ends, then sees Duplicate (or claims the key if the first rolled back).
+/// </summary>
+public sealed class PostgresIdempotencyStore : IIdempotencyStore, IAsyncDisposable
+{
+    private readonly NpgsqlDataSource _dataSource;
+    private readonly bool _ownsDataSource;
+    private readonly PostgresSql _sql;
+
+    /// <summary>Creates the store over a data source the caller owns (and may share with its own code).</summary>
+    /// <param name="dataSource">The Npgsql data source.</param>
+    /// <param name="options">Table names; validated here.</param>
+    /// <exception cref="ArgumentException">A table or schema name is not a plain identifier.</exception>
+    public PostgresIdempotencyStore(NpgsqlDataSource dataSource, PostgresIdempotencyStoreOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(dataSource);
+        Options = options ?? new PostgresIdempotencyStoreOptions();
+        Options.Validate(requireConnectionString: false);
+        _dataSource = dataSource;
+        _sql = new PostgresSql(Options);
+    }
+
+    /// <summary>Creates the store with its own data source built from <see cref="PostgresIdempotencyStoreOptions.ConnectionString"/>.</summary>
+    /// <param name="options">The connection string and table names; validated here.</param>
+    /// <exception cref="ArgumentException">An option is invalid.</exception>
+    public PostgresIdempotencyStore(PostgresIdempotencyStoreOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate(requireConnectionString: true);
+        Options = options;
+        _dataSource = NpgsqlDataSource.Create(options.ConnectionString!);
+        _ownsDataSource = true;
+        _sql = new PostgresSql(Options);
+    }
+
+    /// <inheritdoc/>
+    public string Name => "postgres";
+
+    /// <summary>Gets the options.</summary>
+    public PostgresIdempotencyStoreOptions Options { get; }
+
+    /// <summary>Gets the data source the store opens its connections from.</summary>
+    public NpgsqlDataSource DataSource => _dataSource;
+
+    /// <summary>Gets the schema-qualified name of the processed-keys table.</summary>
+    public string QualifiedTableName => _sql.QualifiedTable;
+
+    /// <summary>Gets the schema-qualified name of the outbox table.</summary>
+    public string QualifiedOutboxTableName => _sql.QualifiedOutbox;
+
+    /// <summary>Returns the schema script with this store's names filled in, for teams that run their own migrations.</summary>
+    /// <returns>The SQL script.</returns>
+    public string GetSchemaScript()
+    {
+        using var stream = typeof(PostgresIdempotencyStore).Assembly.GetManifestResourceStream("Idempotency.Postgres.schema.sql")
+            ?? throw new InvalidOperationException("The embedded schema script is missing.");
+        using var reader = new StreamReader(stream);
+        return reader.ReadToEnd()
+            .Replace("{schema}", Options.Schema, StringComparison.Ordinal)
+            .Replace("{table}", Options.Table, StringComparison.Ordinal)
+            .Replace("{outbox_table}", Options.OutboxTable, StringComparison.Ordinal);
+    }
+
+    /// <summary>Creates the schema, tables and indexes if they do not exist. Call it once at start-up (or run the script yourself).</summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>A task that completes when the schema exists.</returns>
+    public async Task EnsureSchemaAsync(CancellationToken cancellationToken = default)
+    {
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using var connectionScope = connection.ConfigureAwait(false);
+        var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+        await using var transactionScope = transaction.ConfigureAwait(false);
+
+        // Several instances starting together must not race on CREATE ... IF NOT EXISTS.
+        await connection.ExecuteAsync(new CommandDefinition("SELECT pg_advisory_xact_lock(hashtext('idempotency-schema'))", transaction: transaction, cancellationToken: cancellationToken)).ConfigureAwait(false);
+        await connection.ExecuteAsync(new CommandDefinition(GetSchemaScript(), transaction: transaction, cancellationToken: cancellationToken)).ConfigureAwait(false);
+        await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default)
+    {
+        NpgsqlConnection? connection = null;
+        try
+        {
+            connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+
+            // Npgsql sends BEGIN together with the first command, so this costs no round trip.
+            var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+            return new PostgresIdempotencyTransaction(connection, transaction, _sql);
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            if (connection is not null)
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+            }
+
+            throw new IdempotencyStoreUnavailableException("Could not open a PostgreSQL connection for the idempotency store.", exception);
+        }
+    }
+
+    /// <inheritdoc/>
+    public bool IsUnavailable(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            switch (current)
+            {
+                case IdempotencyStoreUnavailableException:
+                    return true;
+                case PostgresException postgres:
+                    // Connection (08), shutdown (57P01-03), resource (53) and lock/serialization (40) failures pass by themselves.
+                    return postgres.IsTransient;
+                case NpgsqlException:
+                    // A client-side NpgsqlException is an I/O failure: connection refused, broken or timed out.
+                    return true;
+                case SocketException or TimeoutException:
+                    return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<bool> PingAsync(CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+            using var command = new NpgsqlCommand("SELECT 1", connection);
+            await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Deletes expired records in bounded batches, so pruning never holds long locks or bloats one transaction.</summary>
+    /// <param name="batchSize">Rows deleted per transaction.</param>
+    /// <param name="maxBatches">Upper bound on batches in this call.</param>
+    /// <param name="now">The cut-off: records that expired before it are deleted.</param>
+    /// <param name="cancellationToken">Cancels between batches.</param>
+    /// <returns>How many rows were deleted.</returns>
+    public async Task<long> PruneExpiredAsync(int batchSize, int maxBatches, DateTimeOffset now, CancellationToken cancellationToken = default)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(batchSize, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(maxBatches, 1);
+        var sql = $"""
+            DELETE FROM {_sql.QualifiedTable} WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM {_sql.QualifiedTable} WHERE expires_at < @now
+                ORDER BY expires_at LIMIT @batchSize FOR UPDATE SKIP LOCKED))
+            """;
+        long total = 0;
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using var connectionScope = connection.ConfigureAwait(false);
+        for (var i = 0; i < maxBatches; i++)
+        {
+            cancellationToken.ThrowIfCancellationRequested();
+            var deleted = await connection.ExecuteAsync(new CommandDefinition(sql, new { now, batchSize }, cancellationToken: cancellationToken)).ConfigureAwait(false);
+            total += deleted;
+            if (deleted < batchSize)
+            {
+                break;
+            }
+        }
+
+        return total;
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        if (_ownsDataSource)
+        {
+            await _dataSource.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+}

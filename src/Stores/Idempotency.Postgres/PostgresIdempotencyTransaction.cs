@@ -1,0 +1,252 @@
+using System.Text.Json;
+using Idempotency.Outbox;
+using Idempotency.Storage;
+using Npgsql;
+using NpgsqlTypes;
+
+namespace Idempotency.Postgres;
+
+/// <summary>
+/// A PostgreSQL store transaction. Handlers write through <see cref="Connection"/> and <see cref="Transaction"/>
+/// (or <c>context.GetNpgsqlTransaction()</c>) so their writes commit or roll back with the key.
+/// </summary>
+public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
+{
+    private readonly PostgresSql _sql;
+    private bool _finished;
+
+    internal PostgresIdempotencyTransaction(NpgsqlConnection connection, NpgsqlTransaction transaction, PostgresSql sql)
+    {
+        Connection = connection;
+        Transaction = transaction;
+        _sql = sql;
+    }
+
+    /// <summary>Gets the open connection the handler must write through.</summary>
+    public NpgsqlConnection Connection { get; }
+
+    /// <summary>Gets the open transaction the handler's commands must join.</summary>
+    public NpgsqlTransaction Transaction { get; }
+
+    /// <inheritdoc/>
+    public async ValueTask<ClaimResult> ClaimAsync(ClaimRequest request, CancellationToken cancellationToken = default)
+    {
+        using (var command = new NpgsqlCommand(_sql.ClaimOne, Connection, Transaction))
+        {
+            AddClaimParameters(command.Parameters, request);
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                return reader.GetBoolean(0)
+                    ? ClaimResult.Claimed
+                    : new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), ReadResult(reader, 2));
+            }
+        }
+
+        // We waited on a concurrent transaction that committed this key after our snapshot: read it afresh.
+        using (var select = new NpgsqlCommand(_sql.SelectOne, Connection, Transaction))
+        {
+            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
+            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                return new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), ReadResult(reader, 1));
+            }
+        }
+
+        throw new InvalidOperationException($"Key '{request.Key}' conflicted but no committed row was found; was it pruned concurrently?");
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IReadOnlyList<ClaimResult>> ClaimBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        if (requests.Count == 0)
+        {
+            return [];
+        }
+
+        var handler = requests[0].HandlerName;
+        var keys = new string[requests.Count];
+        var fingerprints = new byte[requests.Count][];
+        for (var i = 0; i < requests.Count; i++)
+        {
+            if (!string.Equals(requests[i].HandlerName, handler, StringComparison.Ordinal))
+            {
+                throw new ArgumentException("A batch claims keys of one handler only.", nameof(requests));
+            }
+
+            keys[i] = requests[i].Key;
+            fingerprints[i] = requests[i].Fingerprint.ToArray();
+        }
+
+        var results = new ClaimResult[requests.Count];
+        List<int>? raced = null;
+        using (var command = new NpgsqlCommand(_sql.ClaimMany, Connection, Transaction))
+        {
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
+            command.Parameters.Add(new NpgsqlParameter<byte[][]> { TypedValue = fingerprints, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bytea });
+            command.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = requests[0].ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                var index = (int)reader.GetInt64(0) - 1;
+                if (reader.GetBoolean(1))
+                {
+                    results[index] = ClaimResult.Claimed;
+                }
+                else if (!reader.IsDBNull(2))
+                {
+                    results[index] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(2), ReadResult(reader, 3));
+                }
+                else
+                {
+                    (raced ??= []).Add(index);
+                }
+            }
+        }
+
+        if (raced is not null)
+        {
+            await ReadRacedAsync(handler, keys, raced, results, cancellationToken).ConfigureAwait(false);
+        }
+
+        return results;
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(completions);
+        ArgumentNullException.ThrowIfNull(outbox);
+
+        // Completion and outbox rows travel in one round trip, then the commit.
+        using var batch = new NpgsqlBatch(Connection, Transaction);
+        if (completions.Count == 1)
+        {
+            var completion = completions[0];
+            var command = new NpgsqlBatchCommand(_sql.CompleteOne);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = completion.Claim.HandlerName });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = completion.Claim.Key });
+            command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = completion.Duration.TotalMilliseconds });
+            command.Parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
+            batch.BatchCommands.Add(command);
+        }
+        else if (completions.Count > 1)
+        {
+            var keys = new string[completions.Count];
+            var durations = new double[completions.Count];
+            var results = new byte[]?[completions.Count];
+            for (var i = 0; i < completions.Count; i++)
+            {
+                keys[i] = completions[i].Claim.Key;
+                durations[i] = completions[i].Duration.TotalMilliseconds;
+                results[i] = completions[i].Result?.ToArray();
+            }
+
+            var command = new NpgsqlBatchCommand(_sql.CompleteMany);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = completions[0].Claim.HandlerName });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
+            command.Parameters.Add(new NpgsqlParameter<double[]> { TypedValue = durations });
+            command.Parameters.Add(new NpgsqlParameter { Value = results, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bytea });
+            batch.BatchCommands.Add(command);
+        }
+
+        if (outbox.Count > 0)
+        {
+            AddOutbox(batch, outbox);
+        }
+
+        if (batch.BatchCommands.Count > 0)
+        {
+            await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        await Transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+        _finished = true;
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask RollbackAsync(CancellationToken cancellationToken = default)
+    {
+        if (_finished)
+        {
+            return;
+        }
+
+        _finished = true;
+        if (Connection.FullState == System.Data.ConnectionState.Open)
+        {
+            await Transaction.RollbackAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        // Disposing an uncommitted NpgsqlTransaction rolls it back; returning the connection to the pool resets it.
+        await Transaction.DisposeAsync().ConfigureAwait(false);
+        await Connection.DisposeAsync().ConfigureAwait(false);
+    }
+
+    private void AddOutbox(NpgsqlBatch batch, IReadOnlyList<OutboxMessage> outbox)
+    {
+        var destinations = new string[outbox.Count];
+        var keys = new string[outbox.Count];
+        var payloads = new byte[outbox.Count][];
+        var headers = new string?[outbox.Count];
+        for (var i = 0; i < outbox.Count; i++)
+        {
+            destinations[i] = outbox[i].Destination;
+            keys[i] = outbox[i].Key;
+            payloads[i] = outbox[i].Payload.ToArray();
+            headers[i] = outbox[i].Headers is { Count: > 0 } h ? JsonSerializer.Serialize(h) : null;
+        }
+
+        var insert = new NpgsqlBatchCommand(_sql.InsertOutbox);
+        insert.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = destinations });
+        insert.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
+        insert.Parameters.Add(new NpgsqlParameter<byte[][]> { TypedValue = payloads, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bytea });
+        insert.Parameters.Add(new NpgsqlParameter { Value = headers, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Text });
+        batch.BatchCommands.Add(insert);
+
+        // NOTIFY is delivered only on commit, so a relay wakes exactly when the rows are visible.
+        batch.BatchCommands.Add(new NpgsqlBatchCommand(_sql.NotifyOutbox));
+    }
+
+    private async ValueTask ReadRacedAsync(string handler, string[] keys, List<int> raced, ClaimResult[] results, CancellationToken cancellationToken)
+    {
+        var racedKeys = raced.Select(i => keys[i]).ToArray();
+        var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
+        using (var select = new NpgsqlCommand(_sql.SelectMany, Connection, Transaction))
+        {
+            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
+            select.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = racedKeys });
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                byKey[reader.GetString(0)] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), ReadResult(reader, 2));
+            }
+        }
+
+        foreach (var index in raced)
+        {
+            results[index] = byKey.TryGetValue(keys[index], out var found)
+                ? found
+                : throw new InvalidOperationException($"Key '{keys[index]}' conflicted but no committed row was found; was it pruned concurrently?");
+        }
+    }
+
+    private static void AddClaimParameters(NpgsqlParameterCollection parameters, ClaimRequest request)
+    {
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+        parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = request.Fingerprint.ToArray() });
+        parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = request.ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+    }
+
+    private static ReadOnlyMemory<byte>? ReadResult(NpgsqlDataReader reader, int ordinal) =>
+        reader.IsDBNull(ordinal) ? null : reader.GetFieldValue<byte[]>(ordinal);
+}

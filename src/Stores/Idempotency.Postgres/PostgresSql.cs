@@ -1,0 +1,82 @@
+namespace Idempotency.Postgres;
+
+/// <summary>The store's SQL, built once from validated identifiers.</summary>
+internal sealed class PostgresSql
+{
+    public PostgresSql(PostgresIdempotencyStoreOptions options)
+    {
+        var table = $"{options.Schema}.{options.Table}";
+        var outbox = $"{options.Schema}.{options.OutboxTable}";
+        QualifiedTable = table;
+        QualifiedOutbox = outbox;
+
+        // One round trip for the common cases: a new key returns claimed, a key committed before returns its
+        // fingerprint. A key another transaction committed while this one waited on the unique index returns no
+        // row (this statement's snapshot predates it) and is read again by SelectOne.
+        ClaimOne = $"""
+            WITH ins AS (
+                INSERT INTO {table} (handler_name, idempotency_key, fingerprint, expires_at)
+                VALUES ($1, $2, $3, $4)
+                ON CONFLICT DO NOTHING
+                RETURNING 1)
+            SELECT true, NULL::bytea, NULL::bytea FROM ins
+            UNION ALL
+            SELECT false, t.fingerprint, t.result FROM {table} t
+            WHERE t.handler_name = $1 AND t.idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM ins)
+            """;
+
+        SelectOne = $"SELECT fingerprint, result FROM {table} WHERE handler_name = $1 AND idempotency_key = $2";
+
+        // Rows are inserted in array order (the caller sorts keys), so concurrent batches lock in one order.
+        ClaimMany = $"""
+            WITH input AS (
+                SELECT k, f, n FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS u(k, f, n)),
+            ins AS (
+                INSERT INTO {table} (handler_name, idempotency_key, fingerprint, expires_at)
+                SELECT $1, k, f, $4 FROM input ORDER BY n
+                ON CONFLICT DO NOTHING
+                RETURNING idempotency_key)
+            SELECT i.n, ins.idempotency_key IS NOT NULL, t.fingerprint, t.result
+            FROM input i
+            LEFT JOIN ins ON ins.idempotency_key = i.k
+            LEFT JOIN {table} t ON t.handler_name = $1 AND t.idempotency_key = i.k
+            """;
+
+        SelectMany = $"SELECT idempotency_key, fingerprint, result FROM {table} WHERE handler_name = $1 AND idempotency_key = ANY($2)";
+
+        CompleteOne = $"UPDATE {table} SET completed_at = clock_timestamp(), duration_ms = $3, result = $4 WHERE handler_name = $1 AND idempotency_key = $2";
+
+        CompleteMany = $"""
+            UPDATE {table} t SET completed_at = clock_timestamp(), duration_ms = u.d, result = u.r
+            FROM unnest($2::text[], $3::float8[], $4::bytea[]) AS u(k, d, r)
+            WHERE t.handler_name = $1 AND t.idempotency_key = u.k
+            """;
+
+        InsertOutbox = $"""
+            INSERT INTO {outbox} (destination, message_key, payload, headers)
+            SELECT d, k, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY AS u(d, k, p, h, n) ORDER BY n
+            """;
+
+        NotifyOutbox = $"SELECT pg_notify('{options.Schema}_{options.OutboxTable}', '')";
+    }
+
+    public string QualifiedTable { get; }
+
+    public string QualifiedOutbox { get; }
+
+    public string ClaimOne { get; }
+
+    public string SelectOne { get; }
+
+    public string ClaimMany { get; }
+
+    public string SelectMany { get; }
+
+    public string CompleteOne { get; }
+
+    public string CompleteMany { get; }
+
+    public string InsertOutbox { get; }
+
+    public string NotifyOutbox { get; }
+}

@@ -1,0 +1,37 @@
+-- Idempotency for .NET: PostgreSQL schema.
+-- Apply with PostgresIdempotencyStore.EnsureSchemaAsync(), or run this file in your own migrations after
+-- replacing {schema}, {table} and {outbox_table} with your names (the defaults are idempotency,
+-- processed_messages and outbox). Safe to run more than once.
+
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- One row per processed key. The row is inserted (claimed) at the start of the handler's transaction and
+-- becomes visible only when that transaction commits, together with the handler's own writes.
+CREATE TABLE IF NOT EXISTS {schema}.{table} (
+    handler_name    text        NOT NULL,
+    idempotency_key text        NOT NULL,
+    fingerprint     bytea       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    duration_ms     double precision,
+    expires_at      timestamptz NOT NULL,
+    result          bytea,
+    PRIMARY KEY (handler_name, idempotency_key)
+);
+
+-- Pruning walks expired rows in expiry order, a bounded batch at a time.
+CREATE INDEX IF NOT EXISTS {table}_expires_at_idx ON {schema}.{table} (expires_at);
+
+-- Messages handlers send on, written in the same transaction as their effects; a relay publishes them.
+CREATE TABLE IF NOT EXISTS {schema}.{outbox_table} (
+    id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id   uuid        NOT NULL DEFAULT gen_random_uuid(),
+    destination  text        NOT NULL,
+    message_key  text        NOT NULL,
+    payload      bytea       NOT NULL,
+    headers      jsonb,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    sent_at      timestamptz
+);
+
+CREATE INDEX IF NOT EXISTS {outbox_table}_pending_idx ON {schema}.{outbox_table} (id) WHERE sent_at IS NULL;
