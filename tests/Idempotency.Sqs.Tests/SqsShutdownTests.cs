@@ -8,7 +8,7 @@ public sealed class SqsShutdownTests(SqsFixture sqs, PostgresFixture db) : IClas
     [Fact]
     public async Task Graceful_shutdown_finishes_in_flight_work_deletes_it_and_loses_nothing()
     {
-        const int total = 40;
+        const int total = 60;
         var queue = await sqs.CreateQueueAsync("shutdown");
         var store = await db.CreateStoreAsync();
         var table = await db.CreateBusinessTableAsync();
@@ -16,6 +16,7 @@ public sealed class SqsShutdownTests(SqsFixture sqs, PostgresFixture db) : IClas
         var slow = Credit(table, (_, ct) => Task.Delay(100, ct));
 
         var options = Fast(queue, visibilitySeconds: 3);
+        options.Pollers = 1; // batches of 10 taking about 1 s each: the stop lands while one is in flight
         var worker = Start(sqs.CreateClient(), store, slow, Handler("shutdown"), options);
         await SqsFixture.WaitUntilAsync(async () => await db.RowsAsync(table) >= 5, Long, "some messages processed");
         await worker.StopAsync(TimeSpan.FromSeconds(15));
