@@ -42,7 +42,7 @@ pid_alive() {
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
 }
 
-pid_of() { head -n1 "$1" 2>/dev/null | tr -dc '0-9'; }
+pid_of() { { head -n1 "$1" 2>/dev/null || true; } | tr -dc "0-9"; }
 
 # describe who holds a port (for error messages)
 port_holder() {
@@ -74,10 +74,9 @@ wait_for() {
   done
 }
 
-# wait until the pid in file $2 is gone (up to $3 seconds)
-wait_pid_gone() { # name pidfile timeout
-  local pid deadline=$((SECONDS + $3))
-  pid="$(pid_of "$2")"
+# wait until process $2 is gone (up to $3 seconds), then SIGKILL it
+wait_pid_gone() { # name pid timeout
+  local pid=$2 deadline=$((SECONDS + $3))
   [ -n "$pid" ] || return 0
   while kill -0 "$pid" 2>/dev/null; do
     if [ "$SECONDS" -ge "$deadline" ]; then
@@ -228,9 +227,10 @@ redis_start() {
 
 redis_stop() {
   if redis_running; then
+    local pid; pid="$(pid_of "$REDIS_PID")"
     log "redis: stopping"
-    kill "$(pid_of "$REDIS_PID")" 2>/dev/null || true
-    wait_pid_gone redis "$REDIS_PID" 15
+    kill "$pid" 2>/dev/null || true
+    wait_pid_gone redis "$pid" 30
   fi
   rm -f "$REDIS_PID"
 }
@@ -304,9 +304,10 @@ rabbit_start() {
 
 rabbit_stop() {
   if rabbit_running; then
+    local pid; pid="$(pid_of "$RABBIT_PID")"
     log "rabbitmq: stopping"
     rabbit rabbitmqctl -q stop "$RABBIT_PID" </dev/null >/dev/null 2>&1 || true
-    wait_pid_gone rabbitmq "$RABBIT_PID" 30
+    wait_pid_gone rabbitmq "$pid" 30
   fi
   rm -f "$RABBIT_PID"
   # epmd outlives the node; it was started by our node with ERL_EPMD_ADDRESS=127.0.0.1
@@ -360,9 +361,10 @@ fauxqs_start() {
 
 fauxqs_stop() {
   if fauxqs_running; then
+    local pid; pid="$(pid_of "$FAUXQS_PID")"
     log "fauxqs: stopping"
-    kill "$(pid_of "$FAUXQS_PID")" 2>/dev/null || true
-    wait_pid_gone fauxqs "$FAUXQS_PID" 10
+    kill "$pid" 2>/dev/null || true
+    wait_pid_gone fauxqs "$pid" 10
   fi
   rm -f "$FAUXQS_PID"
 }
