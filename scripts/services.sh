@@ -26,6 +26,9 @@ REDIS_TIMEOUT=${IDEMPOTENCY_REDIS_TIMEOUT:-30}
 RABBIT_TIMEOUT=${IDEMPOTENCY_RABBIT_TIMEOUT:-120}
 FAUXQS_TIMEOUT=${IDEMPOTENCY_FAUXQS_TIMEOUT:-30}
 
+# rabbitmq's and util-linux's tools live in /usr/sbin, which a non-login PATH (CI, cron) may lack
+case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
+
 log() { printf 'services: %s\n' "$*" >&2; }
 die() { printf 'services: ERROR: %s\n' "$*" >&2; exit 1; }
 
@@ -107,8 +110,6 @@ ensure_packages() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >>"$STATE/apt.log" 2>&1 ||
       { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install ${missing[*]} failed; see $STATE/apt.log"; }
   fi
-  # rabbitmq's Debian scripts live in /usr/sbin, which a non-login PATH may lack
-  case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
 }
 
 # The postgres and rabbitmq users must be able to enter STATE and every parent of it.
@@ -259,7 +260,6 @@ rabbit_env() {
     RABBITMQ_LOG_BASE="$STATE/rabbitmq/log" \
     RABBITMQ_PID_FILE="$STATE/rabbitmq/rabbit.pid" \
     RABBITMQ_ENABLED_PLUGINS_FILE="$STATE/rabbitmq/enabled_plugins"
-  case ":$PATH:" in *:/usr/sbin:*) ;; *) export PATH="$PATH:/usr/sbin:/sbin" ;; esac
 }
 # run a rabbitmq command (rabbitmqctl, rabbitmq-diagnostics, rabbitmq-server, epmd) in that environment
 rabbit() { (rabbit_env && { cd "$STATE" 2>/dev/null || cd /; } && exec 9>&- && "$@"); }
@@ -387,7 +387,7 @@ export IDEMPOTENCY_REDIS="127.0.0.1:$REDIS_PORT"
 export IDEMPOTENCY_RABBITMQ="amqp://guest:guest@127.0.0.1:$RABBIT_PORT/"
 export IDEMPOTENCY_SQS="http://127.0.0.1:$FAUXQS_PORT"
 export IDEMPOTENCY_SERVICES_SCRIPT="$SCRIPT"
-export IDEMPOTENCY_PG_CTL="runuser -u postgres -- $PGBIN/pg_ctl -D $STATE/pgdata -l $STATE/pg.log"
+export IDEMPOTENCY_PG_CTL="$(command -v runuser || echo /usr/sbin/runuser) -u postgres -- $PGBIN/pg_ctl -D $STATE/pgdata -l $STATE/pg.log"
 export IDEMPOTENCY_RABBITMQCTL="$SCRIPT_DIR/rabbitmqctl.sh"
 EOF
 }
@@ -428,14 +428,12 @@ case "$cmd" in
     ;;
   down)
     lock
-    case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
     fauxqs_stop
     rabbit_stop
     redis_stop
     pg_stop
     ;;
   status)
-    case ":$PATH:" in *:/usr/sbin:*) ;; *) PATH="$PATH:/usr/sbin:/sbin" ;; esac
     [ -d "$STATE" ] || { echo "postgres  stopped"; echo "redis     stopped"; echo "rabbitmq  stopped"; echo "fauxqs    stopped"; exit 0; }
     pg_status
     redis_status
