@@ -106,8 +106,8 @@ ensure_packages() {
     [ "$(id -u)" = 0 ] || die "missing packages (${missing[*]}) and not root; install them first"
     log "installing ${missing[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq </dev/null >"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get update failed; see $STATE/apt.log"; }
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >>"$STATE/apt.log" 2>&1 ||
+    timeout 900 apt-get update -qq </dev/null >"$STATE/apt.log" 2>&1 || { tail -n 20 "$STATE/apt.log" >&2; die "apt-get update failed; see $STATE/apt.log"; }
+    timeout 1200 apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null >>"$STATE/apt.log" 2>&1 ||
       { tail -n 20 "$STATE/apt.log" >&2; die "apt-get install ${missing[*]} failed; see $STATE/apt.log"; }
   fi
 }
@@ -335,8 +335,8 @@ fauxqs_install() {
   mkdir -p "$FAUXQS_DIR"
   if ! grep -q "\"version\": *\"$FAUXQS_VERSION\"" "$FAUXQS_DIR/node_modules/fauxqs/package.json" 2>/dev/null; then
     log "fauxqs: npm install fauxqs@$FAUXQS_VERSION"
-    npm install --prefix "$FAUXQS_DIR" --no-audit --no-fund --loglevel=error "fauxqs@$FAUXQS_VERSION" \
-      </dev/null >"$FAUXQS_DIR/npm.log" 2>&1 || { tail -n 20 "$FAUXQS_DIR/npm.log" >&2; die "npm install fauxqs failed; see $FAUXQS_DIR/npm.log"; }
+    timeout 300 npm install --prefix "$FAUXQS_DIR" --no-audit --no-fund --loglevel=error "fauxqs@$FAUXQS_VERSION" \
+      </dev/null >"$FAUXQS_DIR/npm.log" 2>&1 || { tail -n 20 "$FAUXQS_DIR/npm.log" >&2; die "npm install fauxqs failed or timed out (300 s); see $FAUXQS_DIR/npm.log"; }
   fi
   # fauxqs's own CLI always listens on 0.0.0.0; this launcher binds loopback only.
   local want
