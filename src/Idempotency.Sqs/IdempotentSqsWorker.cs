@@ -4,6 +4,7 @@ using Amazon.SQS;
 using Amazon.SQS.Model;
 using Idempotency.Delivery;
 using Idempotency.Diagnostics;
+using Idempotency.Health;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -75,6 +76,10 @@ public sealed class IdempotentSqsWorker
     /// <summary>Gets running totals of what the worker did with the queue.</summary>
     public SqsWorkerStatistics Statistics { get; } = new();
 
+    /// <summary>Gets the liveness record the worker beats on every poll (paused while the store is unreachable), for the consumer health check.</summary>
+    /// <value>Defaults to <see langword="null"/>; the DI registration sets it from <see cref="ConsumerHealthRegistry"/>.</value>
+    public ConsumerHeartbeat? Health { get; init; }
+
     /// <summary>
     /// Polls and processes until <paramref name="stoppingToken"/> is cancelled, then stops receiving, gives in-flight
     /// batches <see cref="SqsIdempotencyOptions.ShutdownTimeout"/> to finish, deletes what committed and makes the rest
@@ -98,7 +103,14 @@ public sealed class IdempotentSqsWorker
                 Log.Draining(_logger, Volatile.Read(ref _inFlightBatches), _options.QueueUrl, _options.ShutdownTimeout);
                 processing.CancelAfter(_options.ShutdownTimeout);
             });
-            var gate = new StoreGate(_processor.Store, _processor.Options.StoreUnavailableBackoff, _time, _logger, _options.QueueUrl, Statistics, stoppingToken);
+            var gate = new StoreGate(_processor.Store, _processor.Options.StoreUnavailableBackoff, _time, _logger, _options.QueueUrl, Statistics, Health, stoppingToken);
+            if (Health is not null)
+            {
+                Health.State = ConsumerState.Running;
+                Health.Detail = null;
+                Health.Beat();
+            }
+
             Log.Started(_logger, _processor.HandlerName, _options.QueueUrl, _options.Pollers, _options.BatchProcessing);
             var pollers = new Task[_options.Pollers];
             for (var i = 0; i < pollers.Length; i++)
@@ -111,6 +123,12 @@ public sealed class IdempotentSqsWorker
         finally
         {
             Log.Stopped(_logger, _processor.HandlerName, Statistics);
+            if (Health is not null)
+            {
+                Health.State = ConsumerState.Stopped;
+                Health.Detail = "stopped";
+            }
+
             Volatile.Write(ref _running, 0);
         }
     }
@@ -129,6 +147,7 @@ public sealed class IdempotentSqsWorker
 
         while (!stopping.IsCancellationRequested)
         {
+            Health?.Beat();
             List<Message>? messages;
             try
             {
@@ -419,6 +438,7 @@ public sealed class IdempotentSqsWorker
         var entries = messages.ConvertAll(m => (m, seconds));
         while (await DelayAsync(period, cancellationToken).ConfigureAwait(false))
         {
+            Health?.Beat();
             int failures;
             try
             {

@@ -1,3 +1,4 @@
+using Idempotency.Health;
 using Idempotency.Storage;
 using Microsoft.Extensions.Logging;
 
@@ -15,12 +16,13 @@ internal sealed class StoreGate
     private readonly ILogger _logger;
     private readonly string _queue;
     private readonly SqsWorkerStatistics _statistics;
+    private readonly ConsumerHeartbeat? _health;
     private readonly CancellationToken _stopping;
     private readonly Lock _lock = new();
     private TaskCompletionSource? _closed;
     private int _outages;
 
-    public StoreGate(IIdempotencyStore store, BackoffOptions backoff, TimeProvider time, ILogger logger, string queue, SqsWorkerStatistics statistics, CancellationToken stopping)
+    public StoreGate(IIdempotencyStore store, BackoffOptions backoff, TimeProvider time, ILogger logger, string queue, SqsWorkerStatistics statistics, ConsumerHeartbeat? health, CancellationToken stopping)
     {
         _store = store;
         _backoff = backoff;
@@ -28,6 +30,7 @@ internal sealed class StoreGate
         _logger = logger;
         _queue = queue;
         _statistics = statistics;
+        _health = health;
         _stopping = stopping;
     }
 
@@ -48,6 +51,12 @@ internal sealed class StoreGate
                 _closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
                 _statistics.AddStoreOutage();
                 Log.StorePaused(_logger, _queue, _outages);
+                if (_health is not null)
+                {
+                    _health.State = ConsumerState.Paused;
+                    _health.Detail = "idempotency store unreachable";
+                }
+
                 _ = PingUntilAnswersAsync(_closed);
             }
 
@@ -80,6 +89,7 @@ internal sealed class StoreGate
             while (true)
             {
                 await Task.Delay(_backoff.GetDelay(attempt++), _time, _stopping).ConfigureAwait(false);
+                _health?.Beat();
                 bool answered;
                 try
                 {
@@ -92,6 +102,12 @@ internal sealed class StoreGate
 
                 if (answered)
                 {
+                    if (_health is not null)
+                    {
+                        _health.State = ConsumerState.Running;
+                        _health.Detail = null;
+                    }
+
                     Log.StoreResumed(_logger, _queue);
                     break;
                 }
