@@ -19,7 +19,7 @@ if (options.Child is { } scenario)
 }
 
 var self = typeof(BenchOptions).Assembly.Location;
-var names = new[] { Scenarios.Plain, Scenarios.OursPerMessage, Scenarios.OursBatch };
+var names = new[] { Scenarios.Plain, Scenarios.OursPerMessage, Scenarios.OursBatch, Scenarios.OursBatchSet };
 var runs = new List<ScenarioResult>();
 for (var round = 1; round <= options.Rounds; round++)
 {
@@ -37,7 +37,7 @@ for (var round = 1; round <= options.Rounds; round++)
             ?? throw new InvalidOperationException($"{name} failed (exit {child.ExitCode}):\n{output}");
         var result = JsonSerializer.Deserialize<ScenarioResult>(line["RESULT ".Length..])!;
         runs.Add(result with { Round = round });
-        Console.Error.WriteLine($"round {round} {name,-13} {result.MessagesPerSecond,8:0} msg/s  p50 {result.P50Ms,6:0.0} ms  p99 {result.P99Ms,6:0.0} ms  peak WS {result.PeakWorkingSetBytes / 1048576.0,6:0.0} MiB");
+        Console.Error.WriteLine($"round {round} {name,-13} {result.MessagesPerSecond,8:0} msg/s  p50 {result.P50Ms,6:0.0} ms  p99 {result.P99Ms,6:0.0} ms  peak WS {result.PeakWorkingSetBytes / 1048576.0,6:0.0} MiB  cpu {result.CpuUsPerMessage,5:0} us/msg");
     }
 }
 
@@ -54,4 +54,4 @@ internal sealed record BenchOptions(int Messages, int Rounds, int Pollers, strin
     }
 }
 
-internal sealed record ScenarioResult(string Scenario, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, long PeakWorkingSetBytes, long BusinessRows, int Round = 0);
+internal sealed record ScenarioResult(string Scenario, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, long PeakWorkingSetBytes, long BusinessRows, double CpuUsPerMessage, int Round = 0);

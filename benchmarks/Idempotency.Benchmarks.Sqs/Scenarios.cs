@@ -14,6 +14,7 @@ internal static class Scenarios
     public const string Plain = "plain";
     public const string OursPerMessage = "ours-message";
     public const string OursBatch = "ours-batch";
+    public const string OursBatchSet = "ours-batch-set";
 
     public static async Task<ScenarioResult> RunAsync(string scenario, BenchOptions options)
     {
@@ -68,10 +69,12 @@ internal static class Scenarios
         using var stop = new CancellationTokenSource();
         using var sampler = new WorkingSetSampler();
         var started = Stopwatch.GetTimestamp();
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
         Task run = scenario switch
         {
             Plain => Task.WhenAll(Enumerable.Range(0, pollers).Select(_ => PlainPollerAsync(timing.Client, queue, dataSource, sql, stop.Token))),
-            OursPerMessage or OursBatch => RunOursAsync(timing.Client, queue, store, sql, pollers, batch: scenario == OursBatch, stop.Token),
+            OursPerMessage or OursBatch => RunOursAsync(timing.Client, queue, store, PerMessageHandler(sql), pollers, batch: scenario == OursBatch, stop.Token),
+            OursBatchSet => RunOursAsync(timing.Client, queue, store, SetBasedHandler(sql, table), pollers, batch: true, stop.Token),
             _ => throw new ArgumentException($"Unknown scenario {scenario}; use {Plain}, {OursPerMessage} or {OursBatch}."),
         };
 
@@ -88,6 +91,7 @@ internal static class Scenarios
         }
 
         var seconds = Stopwatch.GetElapsedTime(started).TotalSeconds;
+        var cpuMs = (Process.GetCurrentProcess().TotalProcessorTime - cpuBefore).TotalMilliseconds;
         await stop.CancelAsync();
         await run;
         long rows;
@@ -97,7 +101,7 @@ internal static class Scenarios
         }
 
         var latencies = timing.LatenciesMs.Order().ToArray();
-        return new ScenarioResult(scenario, count, seconds, count / seconds, Percentile(latencies, 0.50), Percentile(latencies, 0.99), sampler.Peak, rows);
+        return new ScenarioResult(scenario, count, seconds, count / seconds, Percentile(latencies, 0.50), Percentile(latencies, 0.99), sampler.Peak, rows, cpuMs * 1000 / count);
     }
 
     /// <summary>The baseline: receive up to 10, each message's business write in its own transaction (concurrently), one DeleteMessageBatch.</summary>
@@ -136,10 +140,25 @@ internal static class Scenarios
         }
     }
 
-    private static async Task RunOursAsync(IAmazonSQS sqs, string queue, PostgresIdempotencyStore store, string sql, int pollers, bool batch, CancellationToken stop)
-    {
-        var handler = IdempotentHandler.Create(async (context, _) =>
+    /// <summary>The same business write as the plain worker, one statement per message, in the store's transaction.</summary>
+    private static IIdempotentMessageHandler PerMessageHandler(string sql) =>
+        IdempotentHandler.Create(async (context, _) =>
             await context.GetNpgsqlConnection().ExecuteAsync(sql, new { id = context.Key }, context.GetNpgsqlTransaction()));
+
+    /// <summary>A batch-aware handler: all new messages of a batch in one set-based statement (ids sorted), per-message fallback.</summary>
+    private static IIdempotentBatchHandler SetBasedHandler(string sql, string table) =>
+        IdempotentHandler.CreateBatch(
+            async (batch, _) =>
+            {
+                var ids = batch.Messages.Select(m => m.Key).Order(StringComparer.Ordinal).ToArray();
+                await batch.GetNpgsqlConnection().ExecuteAsync(
+                    $"INSERT INTO {table} (id, amount, applied) SELECT id, 1, 1 FROM unnest(@ids) AS u(id) ON CONFLICT (id) DO UPDATE SET applied = {table}.applied + 1",
+                    new { ids }, batch.GetNpgsqlTransaction());
+            },
+            async (context, _) => await context.GetNpgsqlConnection().ExecuteAsync(sql, new { id = context.Key }, context.GetNpgsqlTransaction()));
+
+    private static async Task RunOursAsync(IAmazonSQS sqs, string queue, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int pollers, bool batch, CancellationToken stop)
+    {
         var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
         var worker = new IdempotentSqsWorker(sqs, processor, new SqsIdempotencyOptions
         {

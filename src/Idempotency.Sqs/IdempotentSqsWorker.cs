@@ -145,6 +145,7 @@ public sealed class IdempotentSqsWorker
             MessageAttributeNames = ["All"],
         };
 
+        var settling = Task.CompletedTask;
         while (!stopping.IsCancellationRequested)
         {
             Health?.Beat();
@@ -184,19 +185,25 @@ public sealed class IdempotentSqsWorker
             }
 
             Statistics.AddReceived(messages.Count);
+            // At most one batch of this poller is being settled (deleted, dead-lettered, released) while the next
+            // one is received: the delete round trip overlaps the receive instead of adding to every batch.
+            await settling.ConfigureAwait(false);
             Interlocked.Increment(ref _inFlightBatches);
             try
             {
-                await HandleReceivedAsync(messages, gate, processing).ConfigureAwait(false);
+                settling = await HandleReceivedAsync(messages, gate, processing).ConfigureAwait(false);
             }
             finally
             {
                 Interlocked.Decrement(ref _inFlightBatches);
             }
         }
+
+        await settling.ConfigureAwait(false);
     }
 
-    private async Task HandleReceivedAsync(List<Message> messages, StoreGate gate, CancellationToken processing)
+    /// <summary>Processes a batch and returns the task that settles it (its store-outage bookkeeping is done before this returns).</summary>
+    private async Task<Task> HandleReceivedAsync(List<Message> messages, StoreGate gate, CancellationToken processing)
     {
         var incoming = new IncomingMessage[messages.Count];
         for (var i = 0; i < incoming.Length; i++)
@@ -229,7 +236,7 @@ public sealed class IdempotentSqsWorker
             }
         }
 
-        await SettleAsync(messages, results, gate).ConfigureAwait(false);
+        return SettleAsync(messages, results, gate);
     }
 
     private async Task ProcessAsync(IncomingMessage[] incoming, ProcessingResult?[] results, CancellationToken cancellationToken)
