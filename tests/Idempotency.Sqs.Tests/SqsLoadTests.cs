@@ -23,7 +23,7 @@ public sealed class SqsLoadTests(SqsFixture sqs, PostgresFixture db) : IClassFix
         var workers = new List<RunningWorker>();
         for (var i = 0; i < 4; i++)
         {
-            workers.Add(Start(sqs.CreateClient(), store, Credit(table), Handler("load"), Fast(queue, visibilitySeconds: 10)));
+            workers.Add(Start(sqs.CreateClient(), store, Credit(table), Handler("load"), Fast(queue, visibilitySeconds: 3)));
         }
 
         try
@@ -41,7 +41,7 @@ public sealed class SqsLoadTests(SqsFixture sqs, PostgresFixture db) : IClassFix
         Assert.Equal((long)unique, await db.RowsAsync(table));
         Assert.Equal((long)unique, await db.AppliedAsync(table));
         Assert.Equal((long)unique, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName}"));
-        Assert.Equal(unique + duplicates, workers.Sum(w => w.Statistics.Deleted));
+        Assert.True(workers.Sum(w => w.Statistics.Deleted) >= unique + duplicates); // more only if a visibility expired under load
         Assert.Equal(0, workers.Sum(w => w.Statistics.DeleteFailures));
         Assert.Equal((0, 0), await sqs.CountsAsync(queue));
     }
