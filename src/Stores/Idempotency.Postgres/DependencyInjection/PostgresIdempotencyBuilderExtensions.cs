@@ -1,4 +1,5 @@
 using Idempotency.Postgres;
+using Idempotency.Postgres.Retention;
 using Idempotency.Storage;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -55,6 +56,26 @@ public static class PostgresIdempotencyBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(builder);
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresSchemaInitializer>());
+        return builder;
+    }
+
+    /// <summary>Prunes expired keys in bounded batches on an interval, as a hosted service.</summary>
+    /// <param name="builder">The builder.</param>
+    /// <param name="configure">Sets interval, batch size and pacing; validated at start-up.</param>
+    /// <returns>The builder.</returns>
+    public static IIdempotencyBuilder AddPostgresRetention(this IIdempotencyBuilder builder, Action<PostgresRetentionOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddOptions<PostgresRetentionOptions>()
+            .Configure(o => configure?.Invoke(o))
+            .Validate(o => o.GetValidationErrors().Count == 0, "Idempotency PostgreSQL retention: invalid options (Interval >= 1 s, BatchSize 1..100000, PauseBetweenBatches >= 0, MaxBatchesPerRun >= 1).")
+            .ValidateOnStart();
+        builder.Services.TryAddSingleton(sp => new PostgresRetentionPruner(
+            sp.GetRequiredService<PostgresIdempotencyStore>(),
+            sp.GetRequiredService<IOptions<PostgresRetentionOptions>>().Value,
+            sp.GetService<TimeProvider>(),
+            sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger(typeof(PostgresRetentionPruner).FullName!)));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresRetentionService>());
         return builder;
     }
 
