@@ -214,7 +214,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         {
             0 => ClaimResult.Claimed,
             2 => ClaimResult.HeldByAnother,
-            _ => new ClaimResult(ClaimStatus.AlreadyProcessed, (byte[])parts[1]!, parts.Length > 2 && !parts[2].IsNull ? (byte[])parts[2]! : null),
+            _ => new ClaimResult(ClaimStatus.AlreadyProcessed, (byte[])parts[1]!, parts.Length > 2 && !parts[2].IsNull ? (ReadOnlyMemory<byte>?)(byte[])parts[2]! : null),
         };
     }
 

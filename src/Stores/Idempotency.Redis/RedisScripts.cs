@@ -7,12 +7,15 @@ namespace Idempotency.Redis;
 internal static class RedisScripts
 {
     /// <summary>
-    /// KEYS: record, lease. ARGV: token, lease ms. Returns {1, fingerprint, result} for a completed key, {2} while another
+    /// KEYS: record, lease. ARGV: token, lease ms. Returns {1, fingerprint[, result]} for a completed key, {2} while another
     /// token holds the lease, {0} after taking (or renewing) the lease.
     /// </summary>
     public const string Claim = """
         local rec = redis.call('HMGET', KEYS[1], 'f', 'r')
-        if rec[1] then return {1, rec[1], rec[2]} end
+        if rec[1] then
+          if rec[2] then return {1, rec[1], rec[2]} end
+          return {1, rec[1]}
+        end
         local holder = redis.call('GET', KEYS[2])
         if holder and holder ~= ARGV[1] then return {2} end
         redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
