@@ -56,7 +56,10 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         ClaimResult[]? filtered = null;
         try
         {
-            filtered = await Redis.ClaimAsync(requests, LeaseToken).ConfigureAwait(false);
+            // A disconnected Redis is skipped at once rather than queueing the claim until it times out.
+            filtered = Redis.Connection.IsConnected
+                ? await Redis.ClaimAsync(requests, LeaseToken).ConfigureAwait(false)
+                : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
         }
         catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
         {
