@@ -23,6 +23,29 @@ internal static class RedisScripts
         """;
 
     /// <summary>
+    /// The batch form of <see cref="Claim"/>: KEYS record1, lease1, record2, lease2, ...; ARGV token, lease ms. Returns
+    /// one reply per key, shaped as <see cref="Claim"/>'s. One script per batch: the server runs one EVALSHA, not one per key.
+    /// </summary>
+    public const string ClaimMany = """
+        local out = {}
+        for i = 1, #KEYS / 2 do
+          local rec = redis.call('HMGET', KEYS[2 * i - 1], 'f', 'r')
+          if rec[1] then
+            if rec[2] then out[i] = {1, rec[1], rec[2]} else out[i] = {1, rec[1]} end
+          else
+            local holder = redis.call('GET', KEYS[2 * i])
+            if holder and holder ~= ARGV[1] then
+              out[i] = {2}
+            else
+              redis.call('SET', KEYS[2 * i], ARGV[1], 'PX', ARGV[2])
+              out[i] = {0}
+            end
+          end
+        end
+        return out
+        """;
+
+    /// <summary>
     /// KEYS: lease1, record1, lease2, record2, ... ARGV: token, ttl ms, then per key fingerprint, has-result ('1'/'0'),
     /// result. Refuses everything (returns the 1-based index of the first refused key) when any key is leased by
     /// another token or already completed; otherwise writes every record with its TTL, drops our leases and returns 0.
