@@ -80,7 +80,7 @@ try
     }));
 
     // 4. Store batched: 100 claims pipelined + one completion script for the batch, 4 workers.
-    rows.Add(await MeasureAsync("store claim + complete, batches of 100 (pipelined claims, one commit), 4 workers", "keys", 4, duration, 100, async (w, i) =>
+    rows.Add(await MeasureAsync("store claim + complete, batches of 100 (one claim script, one commit), 4 workers", "keys", 4, duration, 100, async (w, i) =>
     {
         var tx = await store.BeginAsync();
         await using var scope = tx;
@@ -180,8 +180,9 @@ if (rows.FirstOrDefault(r => r.Scenario.StartsWith("redis-benchmark -t set -c 50
 
 if (rows.FirstOrDefault(r => r.Scenario.StartsWith("layered", StringComparison.Ordinal)) is { } layered)
 {
-    var pgAlone = Find("PostgreSQL alone");
-    ratios.Add(("layered / PostgreSQL alone, 90% duplicates", layered.Rate / pgAlone.Rate));
+    var pgAlone = Find("PostgreSQL alone, batches");
+    ratios.Add(("layered / PostgreSQL alone, 90% duplicates, batches", layered.Rate / pgAlone.Rate));
+    ratios.Add(("layered / PostgreSQL alone, 100% duplicates, single messages", Find("layered Redis + PostgreSQL, single").Rate / Find("PostgreSQL alone, single").Rate));
 }
 
 var md = new StringBuilder();
