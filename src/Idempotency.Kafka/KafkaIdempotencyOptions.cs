@@ -1,0 +1,6 @@
+namespace Idempotency.Kafka;
+
+/// <summary>placeholder</summary>
+public sealed class KafkaIdempotencyOptions
+{
+}
