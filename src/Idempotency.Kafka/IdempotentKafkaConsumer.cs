@@ -127,6 +127,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     /// <summary>Gets or sets an observer of every final result (after retries), for tests and diagnostics.</summary>
     internal Action<ProcessingResult>? ResultObserver { get; set; }
 
+    /// <summary>Gets or sets an observer of each store call's duration (messages in it, elapsed), for the benchmark.</summary>
+    internal Action<int, TimeSpan>? DurationObserver { get; set; }
+
     /// <summary>Gets or sets a value indicating whether shutdown commits the completed offsets (tests turn it off to act like a crash).</summary>
     internal bool CommitOnShutdown { get; set; } = true;
 
@@ -633,6 +636,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             var message = ToIncoming(work, attempt);
             ProcessingResult result;
             await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+            var started = _time.GetTimestamp();
             try
             {
                 result = await _processor.ProcessAsync(message, state.Abort.Token).ConfigureAwait(false);
@@ -641,6 +645,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             {
                 _slots.Release();
             }
+
+            DurationObserver?.Invoke(1, _time.GetElapsedTime(started));
 
             var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, outages + 1);
             switch (decision.Action)
@@ -694,6 +700,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
             IReadOnlyList<ProcessingResult> results;
             await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+            var started = _time.GetTimestamp();
             try
             {
                 results = await _processor.ProcessBatchAsync(messages, state.Abort.Token).ConfigureAwait(false);
@@ -702,6 +709,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             {
                 _slots.Release();
             }
+
+            DurationObserver?.Invoke(messages.Length, _time.GetElapsedTime(started));
 
             var storeDown = false;
             var next = new List<Work>();
