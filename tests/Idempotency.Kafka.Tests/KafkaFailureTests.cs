@@ -150,7 +150,8 @@ public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<Postgr
         await running.StopAsync();
         Assert.Equal(300L, await CountAsync(db, table));
         Assert.Equal(300L, await AppliedAsync(db, table));
-        Assert.Equal(300, outcomes.Count(r => r.Outcome == ProcessingOutcome.Processed));
+        // A commit cut off in flight may have landed: its retry after the outage is then a Duplicate, never a second effect.
+        Assert.Equal(300, outcomes.Count);
         Assert.DoesNotContain(outcomes, r => !r.IsCommitted);
         Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
     }
