@@ -1,0 +1,411 @@
+// Plain manual-ack consumer vs IdempotentRabbitMqConsumer (per message, batch) vs the PostgreSQL single-row transaction
+// ceiling, in ONE run, at the same prefetch and concurrency.
+//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.RabbitMQ -- [--messages 20000] [--concurrency 4] [--prefetch 200] [--batch 50]
+// Reads IDEMPOTENCY_POSTGRES and IDEMPOTENCY_RABBITMQ. Writes benchmarks/results/rabbitmq.md and rabbitmq.json.
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using Idempotency;
+using Idempotency.Postgres;
+using Idempotency.RabbitMQ;
+using Npgsql;
+using NpgsqlTypes;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+
+var messages = Arg("--messages", 20_000);
+var concurrency = Arg("--concurrency", 4);
+var prefetch = Arg("--prefetch", 200);
+var batchSize = Arg("--batch", 50);
+var postgres = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
+var rabbit = Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/";
+
+var schema = "bench_rmq_" + Guid.NewGuid().ToString("N")[..8];
+await using var dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(postgres) { MaxPoolSize = 64 }.ConnectionString);
+await Exec($"CREATE SCHEMA {schema}");
+var factory = new ConnectionFactory { Uri = new Uri(rabbit), AutomaticRecoveryEnabled = true, ClientProvidedName = "bench" };
+await using var connection = await factory.CreateConnectionAsync();
+await using var admin = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+var queues = new List<string>();
+var results = new List<Result>();
+try
+{
+    Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario, prefetch {prefetch}, concurrency {concurrency}, batch {batchSize}, {Environment.ProcessorCount} cores");
+
+    // Warm-up (JIT, pools, broker): small rounds of every scenario, not reported.
+    await Ceiling("warmup", 1_000, claim: false);
+    await Plain("warmup", 1_000);
+    await Ours("warmup", 1_000, batch: 1);
+    await Ours("warmup", 1_000, batch: batchSize);
+
+    results.Add(await Ceiling("PostgreSQL single-row transaction ceiling (upsert + commit)", messages, claim: false));
+    results.Add(await Ceiling("PostgreSQL claim + upsert transaction (what ours does per message)", messages, claim: true));
+    results.Add(await Plain("Plain manual-ack consumer, own transaction per message", messages));
+    results.Add(await Ours("IdempotentRabbitMqConsumer, per message", messages, batch: 1));
+    results.Add(await Ours($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", messages, batch: batchSize));
+}
+finally
+{
+    foreach (var queue in queues)
+    {
+        await admin.QueueDeleteAsync(queue, ifUnused: false, ifEmpty: false);
+    }
+
+    await Exec($"DROP SCHEMA {schema} CASCADE");
+}
+
+var ceiling = results[0].MessagesPerSecond;
+var plain = results[2].MessagesPerSecond;
+var ours = results[3].MessagesPerSecond;
+var batched = results[4].MessagesPerSecond;
+var ratios = new Dictionary<string, double>
+{
+    ["ours / plain (target >= 0.85)"] = ours / plain,
+    ["ours / single-row ceiling (target >= 0.6)"] = ours / ceiling,
+    ["batch / ours per message (target >= 3)"] = batched / ours,
+    ["plain / single-row ceiling"] = plain / ceiling,
+};
+
+var md = new StringBuilder();
+md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+md.AppendLine();
+md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario; prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: HandlerConcurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
+md.AppendLine("Latency: from the delivery callback to the completed basic.ack (ceiling: one transaction). Working set: the highest sampled during the scenario.");
+md.AppendLine();
+md.AppendLine("| scenario | msgs/s | p50 ms | p99 ms | peak working set MB |");
+md.AppendLine("|---|---:|---:|---:|---:|");
+foreach (var r in results)
+{
+    md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.MessagesPerSecond:N0} | {r.P50Ms:0.00} | {r.P99Ms:0.00} | {r.PeakWorkingSetMb:0} |");
+}
+
+md.AppendLine();
+md.AppendLine("| ratio | value | met |");
+md.AppendLine("|---|---:|---|");
+var targets = new Dictionary<string, double> { ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3 };
+foreach (var (name, value) in ratios)
+{
+    var met = targets.TryGetValue(name, out var target) ? (value >= target ? "yes" : "NO") : "";
+    md.AppendLine(CultureInfo.InvariantCulture, $"| {name} | {value:0.00} | {met} |");
+}
+
+md.AppendLine();
+md.AppendLine(CultureInfo.InvariantCulture, $"Process peak working set at the end: {Process.GetCurrentProcess().PeakWorkingSet64 / 1024.0 / 1024.0:0} MB.");
+Console.WriteLine();
+Console.WriteLine(md.ToString());
+var resultsDir = FindResultsDirectory();
+await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.md"), md.ToString());
+await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.json"), JsonSerializer.Serialize(
+    new { date = DateTime.UtcNow, messages, prefetch, concurrency, batchSize, cores = Environment.ProcessorCount, results, ratios },
+    new JsonSerializerOptions { WriteIndented = true }));
+Console.WriteLine($"Written to {resultsDir}/rabbitmq.md and rabbitmq.json");
+return;
+
+// ---------------------------------------------------------------------------------------------------------------
+
+async Task<Result> Ceiling(string name, int count, bool claim)
+{
+    var table = await BusinessTable();
+    var keys = claim ? await KeyTable() : null;
+    var latencies = new Latencies();
+    var next = -1;
+    using var sampler = new WorkingSetSampler();
+    var watch = Stopwatch.StartNew();
+    var workers = Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
+    {
+        int i;
+        while ((i = Interlocked.Increment(ref next)) < count)
+        {
+            var started = Stopwatch.GetTimestamp();
+            await using var conn = await dataSource.OpenConnectionAsync();
+            await using var tx = await conn.BeginTransactionAsync();
+            var id = "c-" + i.ToString(CultureInfo.InvariantCulture);
+            if (keys is not null)
+            {
+                await using var claimCommand = new NpgsqlCommand($"INSERT INTO {keys} (key) VALUES (@id) ON CONFLICT DO NOTHING", conn, tx);
+                claimCommand.Parameters.AddWithValue("id", id);
+                await claimCommand.ExecuteNonQueryAsync();
+            }
+
+            await Upsert(conn, tx, table, id);
+            await tx.CommitAsync();
+            latencies.Add(Stopwatch.GetElapsedTime(started));
+        }
+    })).ToArray();
+    await Task.WhenAll(workers);
+    return latencies.Result(name, count, watch.Elapsed, sampler.PeakMb, name);
+}
+
+async Task<Result> Plain(string name, int count)
+{
+    var table = await BusinessTable();
+    var queue = await Queue(count);
+    var latencies = new Latencies();
+    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    var acked = 0;
+    await using var raw = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false, consumerDispatchConcurrency: (ushort)concurrency));
+    var channel = AckTap.Wrap(raw, tag =>
+    {
+        latencies.Acked(tag);
+        if (Interlocked.Increment(ref acked) == count)
+        {
+            done.TrySetResult();
+        }
+    });
+    await channel.BasicQosAsync(0, (ushort)prefetch, false);
+    var consumer = new AsyncEventingBasicConsumer(channel);
+    consumer.ReceivedAsync += async (_, ea) =>
+    {
+        latencies.Delivered(ea.DeliveryTag);
+        var id = ea.BasicProperties.MessageId!;
+        await using (var conn = await dataSource.OpenConnectionAsync())
+        await using (var tx = await conn.BeginTransactionAsync())
+        {
+            await Upsert(conn, tx, table, id);
+            await tx.CommitAsync();
+        }
+
+        await channel.BasicAckAsync(ea.DeliveryTag, multiple: false);
+    };
+    using var sampler = new WorkingSetSampler();
+    var watch = Stopwatch.StartNew();
+    var tag = await channel.BasicConsumeAsync(queue, autoAck: false, consumer);
+    await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
+    var elapsed = watch.Elapsed;
+    await channel.BasicCancelAsync(tag);
+    await Verify(table, count, name);
+    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"ConsumerDispatchConcurrency={concurrency}");
+}
+
+async Task<Result> Ours(string name, int count, int batch)
+{
+    var table = await BusinessTable();
+    var queue = await Queue(count);
+    var latencies = new Latencies();
+    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    var acked = 0;
+    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
+    await store.EnsureSchemaAsync();
+    var handler = IdempotentHandler.CreateBatch(
+        async (ctx, ct) =>
+        {
+            // Set-based: one upsert for the whole batch, ids sorted so concurrent batches lock rows in the same order.
+            var ids = ctx.Messages.Select(m => m.Key).Order(StringComparer.Ordinal).ToArray();
+            await using var command = new NpgsqlCommand(
+                $"INSERT INTO {table} (id, amount, applied) SELECT id, 5, 1 FROM unnest(@ids) AS u(id) ON CONFLICT (id) DO UPDATE SET amount = {table}.amount + 5, applied = {table}.applied + 1",
+                ctx.Messages[0].GetNpgsqlConnection(),
+                ctx.Messages[0].GetNpgsqlTransaction());
+            command.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
+            await command.ExecuteNonQueryAsync(ct);
+        },
+        (ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)));
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    await using var raw = await connection.CreateChannelAsync();
+    var channel = AckTap.Wrap(raw, tag =>
+    {
+        latencies.Acked(tag);
+        if (Interlocked.Increment(ref acked) == count)
+        {
+            done.TrySetResult();
+        }
+    });
+    var options = new RabbitMqIdempotencyOptions
+    {
+        Queue = queue,
+        PrefetchCount = prefetch,
+        HandlerConcurrency = concurrency,
+        BatchSize = batch,
+        BatchTimeout = TimeSpan.FromMilliseconds(5),
+        KeySelector = ea =>
+        {
+            latencies.Delivered(ea.DeliveryTag);
+            return ea.BasicProperties.MessageId;
+        },
+    };
+    await using var consumer = new IdempotentRabbitMqConsumer(channel, processor, options);
+    using var sampler = new WorkingSetSampler();
+    var watch = Stopwatch.StartNew();
+    await consumer.StartAsync();
+    await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
+    var elapsed = watch.Elapsed;
+    await consumer.StopAsync();
+    await Verify(table, count, name);
+    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"HandlerConcurrency={concurrency}, BatchSize={batch}");
+}
+
+static async Task Upsert(NpgsqlConnection conn, NpgsqlTransaction tx, string table, string id)
+{
+    await using var command = new NpgsqlCommand($"INSERT INTO {table} (id, amount, applied) VALUES (@id, 5, 1) ON CONFLICT (id) DO UPDATE SET amount = {table}.amount + 5, applied = {table}.applied + 1", conn, tx);
+    command.Parameters.AddWithValue("id", id);
+    await command.ExecuteNonQueryAsync();
+}
+
+async Task<string> BusinessTable()
+{
+    var table = $"{schema}.accounts_{Guid.NewGuid().ToString("N")[..8]}";
+    await Exec($"CREATE TABLE {table} (id text PRIMARY KEY, amount bigint NOT NULL DEFAULT 0, applied int NOT NULL DEFAULT 0)");
+    return table;
+}
+
+async Task<string> KeyTable()
+{
+    var table = $"{schema}.keys_{Guid.NewGuid().ToString("N")[..8]}";
+    await Exec($"CREATE TABLE {table} (key text PRIMARY KEY)");
+    return table;
+}
+
+async Task<string> Queue(int count)
+{
+    var queue = $"idem.bench.{Guid.NewGuid():N}";
+    queues.Add(queue);
+    await admin.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments: new Dictionary<string, object?> { ["x-queue-type"] = "classic" });
+    var pending = new List<Task>(1_000);
+    for (var i = 0; i < count; i++)
+    {
+        var id = "m-" + i.ToString(CultureInfo.InvariantCulture);
+        pending.Add(admin.BasicPublishAsync(string.Empty, queue, mandatory: true, new BasicProperties { MessageId = id, Persistent = true }, Encoding.UTF8.GetBytes($"{{\"id\":\"{id}\",\"amount\":5}}")).AsTask());
+        if (pending.Count == 1_000)
+        {
+            await Task.WhenAll(pending);
+            pending.Clear();
+        }
+    }
+
+    await Task.WhenAll(pending);
+    return queue;
+}
+
+async Task Verify(string table, int count, string name)
+{
+    await using var conn = await dataSource.OpenConnectionAsync();
+    await using var command = new NpgsqlCommand($"SELECT count(*) FROM {table} WHERE applied = 1", conn);
+    var rows = (long)(await command.ExecuteScalarAsync())!;
+    if (rows != count)
+    {
+        throw new InvalidOperationException($"{name}: expected {count} business rows applied once, found {rows}");
+    }
+}
+
+async Task Exec(string sql)
+{
+    await using var conn = await dataSource.OpenConnectionAsync();
+    await using var command = new NpgsqlCommand(sql, conn);
+    await command.ExecuteNonQueryAsync();
+}
+
+int Arg(string name, int fallback)
+{
+    var i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], CultureInfo.InvariantCulture) : fallback;
+}
+
+static string FindResultsDirectory()
+{
+    var dir = new DirectoryInfo(AppContext.BaseDirectory);
+    while (dir is not null && !Directory.Exists(Path.Combine(dir.FullName, "benchmarks", "results")))
+    {
+        dir = dir.Parent;
+    }
+
+    return dir is null ? Directory.GetCurrentDirectory() : Path.Combine(dir.FullName, "benchmarks", "results");
+}
+
+internal sealed record Result(string Name, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, double PeakWorkingSetMb, string Settings);
+
+/// <summary>Delivery-to-ack latencies, keyed by delivery tag.</summary>
+internal sealed class Latencies
+{
+    private readonly ConcurrentDictionary<ulong, long> _started = new();
+    private readonly ConcurrentBag<double> _samples = [];
+
+    public void Delivered(ulong tag) => _started[tag] = Stopwatch.GetTimestamp();
+
+    public void Acked(ulong tag)
+    {
+        if (_started.TryRemove(tag, out var started))
+        {
+            _samples.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+    }
+
+    public void Add(TimeSpan elapsed) => _samples.Add(elapsed.TotalMilliseconds);
+
+    public Result Result(string name, int count, TimeSpan elapsed, double peakMb, string settings)
+    {
+        var sorted = _samples.Order().ToArray();
+        double Percentile(double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(p * sorted.Length) - 1)];
+        var result = new Result(name, count, elapsed.TotalSeconds, count / elapsed.TotalSeconds, Percentile(0.50), Percentile(0.99), peakMb, settings);
+        Console.WriteLine($"  {name}: {result.MessagesPerSecond:N0} msg/s, p50 {result.P50Ms:0.00} ms, p99 {result.P99Ms:0.00} ms, {peakMb:0} MB");
+        return result;
+    }
+}
+
+/// <summary>Samples the working set every 20 ms while a scenario runs.</summary>
+internal sealed class WorkingSetSampler : IDisposable
+{
+    private readonly Timer _timer;
+    private long _peak = Environment.WorkingSet;
+
+    public WorkingSetSampler() => _timer = new Timer(_ => Sample(), null, 0, 20);
+
+    public double PeakMb
+    {
+        get
+        {
+            Sample();
+            return Interlocked.Read(ref _peak) / 1024.0 / 1024.0;
+        }
+    }
+
+    public void Dispose() => _timer.Dispose();
+
+    private void Sample()
+    {
+        var now = Environment.WorkingSet;
+        long peak;
+        while (now > (peak = Interlocked.Read(ref _peak)) && Interlocked.CompareExchange(ref _peak, now, peak) != peak)
+        {
+        }
+    }
+}
+
+/// <summary>An IChannel that forwards everything and reports each completed basic.ack (same overhead for plain and ours).</summary>
+public class AckTap : DispatchProxy
+{
+    private IChannel _inner = null!;
+    private Action<ulong> _onAck = null!;
+
+    public static IChannel Wrap(IChannel inner, Action<ulong> onAck)
+    {
+        var proxy = Create<IChannel, AckTap>();
+        var tap = (AckTap)(object)proxy;
+        tap._inner = inner;
+        tap._onAck = onAck;
+        return proxy;
+    }
+
+    protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
+    {
+        object? result;
+        try
+        {
+            result = targetMethod!.Invoke(_inner, args);
+        }
+        catch (TargetInvocationException e) when (e.InnerException is not null)
+        {
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
+            throw;
+        }
+
+        return targetMethod.Name == nameof(IChannel.BasicAckAsync) ? AfterAck((ValueTask)result!, (ulong)args![0]!) : result;
+    }
+
+    private async ValueTask AfterAck(ValueTask ack, ulong tag)
+    {
+        await ack;
+        _onAck(tag);
+    }
+}
