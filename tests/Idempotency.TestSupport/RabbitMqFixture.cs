@@ -47,7 +47,7 @@ public sealed class RabbitMqFixture : IAsyncLifetime
     /// <summary>Returns a unique queue name and remembers it (and its <c>.dlq</c>/<c>.dlx</c>) for deletion.</summary>
     public string NewQueueName(string prefix = "q")
     {
-        var name = $"idem.test.{prefix}.{Guid.NewGuid():N}"[..48];
+        var name = $"idem.test.{prefix}.{Guid.NewGuid():N}";
         lock (_queues)
         {
             _queues.Add(name);
