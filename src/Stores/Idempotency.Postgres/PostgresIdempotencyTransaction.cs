@@ -122,7 +122,7 @@ public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
         ArgumentNullException.ThrowIfNull(completions);
         ArgumentNullException.ThrowIfNull(outbox);
 
-        // Completion and outbox rows travel in one round trip, then the commit.
+        // Completion, outbox rows and the commit travel in one round trip.
         using var batch = new NpgsqlBatch(Connection, Transaction);
         if (completions.Count == 1)
         {
@@ -159,13 +159,11 @@ public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
             AddOutbox(batch, outbox);
         }
 
-        if (batch.BatchCommands.Count > 0)
-        {
-            await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
-
-        await Transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+        // COMMIT rides in the same batch: the completion costs no round trip of its own. Npgsql tracks the
+        // server's transaction status, so the NpgsqlTransaction knows it is complete afterwards.
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
         _finished = true;
+        await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc/>
