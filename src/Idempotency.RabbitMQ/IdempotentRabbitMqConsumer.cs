@@ -110,6 +110,9 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     /// <summary>Gets how many deliveries arrived with the broker's <c>redelivered</c> flag.</summary>
     public long RedeliveredCount => Interlocked.Read(ref _redelivered);
 
+    /// <summary>Gets how many deliveries this consumer has received and not yet settled (buffered or being processed).</summary>
+    public int PendingCount => _buffer.Reader.Count + Volatile.Read(ref _inFlight);
+
     /// <summary>Gets a value indicating whether consumption is paused because the store is unreachable.</summary>
     public bool IsPaused => Volatile.Read(ref _paused) == 1;
 

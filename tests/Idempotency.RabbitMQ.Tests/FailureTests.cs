@@ -91,7 +91,7 @@ public sealed class FailureTests(PostgresFixture db, RabbitMqFixture mq) : IClas
 
         proxy.Start();
         await Harness.WaitUntilAsync(async () => await h.RowsAsync() == total, 60, $"{total} rows after recovery");
-        await Harness.WaitUntilAsync(async () => await h.ReadyAsync() == 0, 20, "the queue drained");
+        await Harness.WaitUntilAsync(async () => await h.ReadyAsync() == 0 && consumer.PendingCount == 0, 20, "the queue drained and every delivery settled");
         await consumer.StopAsync(TestContext.Current.CancellationToken);
 
         Assert.False(consumer.IsPaused);

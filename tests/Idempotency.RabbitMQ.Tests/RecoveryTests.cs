@@ -32,7 +32,7 @@ public sealed class RecoveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         Assert.Equal(5L, await h.RowsAsync());
         proxy.Start();
 
-        await Harness.WaitUntilAsync(async () => consumer.RedeliveredCount >= 1 && await h.RowsAsync() == total && await h.ReadyAsync() == 0, 40, "recovery, the redelivery and the rest processed");
+        await Harness.WaitUntilAsync(async () => consumer.RedeliveredCount >= 1 && await h.RowsAsync() == total && await h.ReadyAsync() == 0 && consumer.PendingCount == 0, 40, "recovery, the redelivery and the rest processed");
         await consumer.StopAsync(TestContext.Current.CancellationToken);
 
         Assert.Equal(total, h.Runs);
@@ -71,8 +71,7 @@ public sealed class RecoveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         // Whatever the killed processes committed but had not acked comes back now: all of it must be duplicates.
         await using var connection = await mq.CreateConnectionAsync("kill-drain");
         var consumer = await h.StartAsync(connection, h.Processor(h.Credit(), Harness.HandlerOptions("testhost")), h.Options(concurrency: 2));
-        await Harness.WaitUntilAsync(async () => await h.ReadyAsync() == 0, 30, "the queue drained");
-        await Task.Delay(300, TestContext.Current.CancellationToken);
+        await Harness.WaitUntilAsync(async () => await h.ReadyAsync() == 0 && consumer.PendingCount == 0, 30, "the queue drained and every delivery settled");
         await consumer.StopAsync(TestContext.Current.CancellationToken);
 
         Assert.Equal(0, h.Runs);
