@@ -175,6 +175,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             _started = true;
         }
 
+        _channel.ChannelShutdownAsync += OnChannelShutdownAsync;
         await _channel.BasicQosAsync(0, (ushort)_options.PrefetchCount, global: false, cancellationToken).ConfigureAwait(false);
         var workers = new Task[_options.HandlerConcurrency];
         for (var i = 0; i < workers.Length; i++)
@@ -243,6 +244,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             await pause.ConfigureAwait(false);
         }
 
+        _channel.ChannelShutdownAsync -= OnChannelShutdownAsync;
         if (_ownsChannels)
         {
             await CloseQuietlyAsync(_channel).ConfigureAwait(false);
@@ -316,6 +318,18 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         {
             _consumeLock.Release();
         }
+    }
+
+    private Task OnChannelShutdownAsync(object sender, ShutdownEventArgs args)
+    {
+        if (!_stopping.IsCancellationRequested)
+        {
+            // Unacked deliveries go back to the queue; with automatic recovery the client reopens the channel and the
+            // subscription, and what committed comes back as duplicates.
+            Log.ChannelShutdown(_logger, _options.Queue, args.Initiator.ToString(), args.ReplyCode, args.ReplyText);
+        }
+
+        return Task.CompletedTask;
     }
 
     /// <summary>The delivery callback: the only place the body is valid, so it is copied here.</summary>
@@ -561,9 +575,19 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     /// <summary>Returns deliveries that must not be processed now (stopping, or paused for a store outage) to the broker.</summary>
     private async ValueTask<bool> SkipAsync(Work work)
     {
-        if (_stopping.IsCancellationRequested || Volatile.Read(ref _paused) == 1)
+        if (_stopping.IsCancellationRequested)
         {
             _tracker.RecordRequeue(work.TrackId);
+            await NackAsync(work).ConfigureAwait(false);
+            return true;
+        }
+
+        if (Volatile.Read(ref _paused) == 1)
+        {
+            // Hand it back after a short wait, so that deliveries made before the subscription was cancelled do not
+            // bounce between broker and consumer; a stop cuts the wait short.
+            _tracker.RecordRequeue(work.TrackId);
+            await DelayAsync(_processor.Options.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
             await NackAsync(work).ConfigureAwait(false);
             return true;
         }

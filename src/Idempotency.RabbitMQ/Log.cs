@@ -40,4 +40,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 3011, Level = LogLevel.Warning, Message = "Dead-lettering without reason headers from queue {Queue}: no DeadLetterExchange is configured, so the broker dead-letters through the queue's x-dead-letter-exchange")]
     public static partial void NackDeadLetter(ILogger logger, string queue);
+
+    [LoggerMessage(EventId = 3012, Level = LogLevel.Warning, Message = "Channel consuming queue {Queue} shut down ({Initiator} {ReplyCode} {ReplyText}); unacknowledged deliveries return to the queue")]
+    public static partial void ChannelShutdown(ILogger logger, string queue, string initiator, ushort replyCode, string replyText);
 }

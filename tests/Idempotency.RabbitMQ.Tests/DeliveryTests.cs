@@ -73,4 +73,35 @@ public sealed class DeliveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         Assert.Equal(0u, await h.ReadyAsync());
         Assert.Equal(0u, await h.DeadLetteredAsync());
     }
+
+    [Fact]
+    public async Task Key_from_a_header_or_a_selector_replaces_the_message_id()
+    {
+        var h = await Harness.CreateAsync(db, mq);
+        // Same header key under different message ids -> one effect; the message id is ignored.
+        await mq.PublishAsync(h.Queue, "id-1", Harness.Body("h"), new Dictionary<string, object?> { ["x-order-id"] = "order-42" });
+        await mq.PublishAsync(h.Queue, "id-2", Harness.Body("h"), new Dictionary<string, object?> { ["x-order-id"] = "order-42" });
+        await mq.PublishAsync(h.Queue, "id-3", Harness.Body("h"), new Dictionary<string, object?> { ["x-order-id"] = "order-43" });
+        await using var connection = await mq.CreateConnectionAsync("key-header");
+        var options = h.Options();
+        options.KeyHeader = "x-order-id";
+        var consumer = await h.StartAsync(connection, h.Processor(h.Credit()), options);
+        await Harness.WaitUntilAsync(() => consumer.AcknowledgedCount == 3, 20, "three deliveries acknowledged");
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(2L, await h.RowsAsync());
+        Assert.Equal(1L, await h.Db.ScalarAsync<long>($"SELECT applied FROM {h.Table} WHERE id = 'order-42'"));
+
+        // A selector: the routing key plus the message id.
+        await mq.PublishAsync(h.Queue, "id-1", Harness.Body("s"));
+        options = h.Options();
+        options.KeySelector = args => $"{args.RoutingKey}/{args.BasicProperties.MessageId}";
+        consumer = await h.StartAsync(connection, h.Processor(h.Credit()), options);
+        await Harness.WaitUntilAsync(() => consumer.AcknowledgedCount == 1, 20, "the selector-keyed delivery acknowledged");
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(1L, await h.Db.ScalarAsync<long>($"SELECT count(*) FROM {h.Table} WHERE id = @id", new { id = $"{h.Queue}/id-1" }));
+        Assert.Equal(0u, await h.ReadyAsync());
+        Assert.Equal(0u, await h.DeadLetteredAsync());
+    }
 }
