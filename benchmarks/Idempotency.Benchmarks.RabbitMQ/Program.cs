@@ -16,10 +16,11 @@ using NpgsqlTypes;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 
-var messages = Arg("--messages", 6_000);
+var messages = Arg("--messages", 6_000); // in all rounds together, per scenario
 var concurrency = Arg("--concurrency", 4);
 var prefetch = Arg("--prefetch", 200);
 var batchSize = Arg("--batch", 50);
+var rounds = Arg("--rounds", 3);
 var postgres = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
 var rabbit = Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/";
 
@@ -34,7 +35,7 @@ var results = new List<Result>();
 try
 {
     Console.WriteLine($"load average at start: {LoadAverage()}");
-Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario, prefetch {prefetch}, concurrency {concurrency}, batch {batchSize}, {Environment.ProcessorCount} cores");
+    Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario over {rounds} rounds, prefetch {prefetch}, concurrency {concurrency}, batch {batchSize}, {Environment.ProcessorCount} cores");
 
     // Warm-up (JIT, pools, broker): small rounds of every scenario, not reported.
     await Ceiling("warmup", 500, claim: false);
@@ -42,12 +43,34 @@ Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario, prefet
     await Ours("warmup", 500, batch: 1);
     await Ours("warmup", 500, batch: batchSize);
 
-    results.Add(await Ceiling("PostgreSQL single-row transaction ceiling (upsert + commit)", messages, claim: false));
-    results.Add(await Ceiling("PostgreSQL claim + upsert transaction (what ours does per message)", messages, claim: true));
-    results.Add(await Plain("Plain manual-ack consumer, own transaction per message", messages));
-    results.Add(await Ours("IdempotentRabbitMqConsumer, per message", messages, batch: 1));
-    results.Add(await ProcessorOnly("IdempotentProcessor alone, no broker (where the per-message time goes)", messages));
-    results.Add(await Ours($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", messages, batch: batchSize));
+    // Rounds interleave the scenarios so that a load swing on the shared machine hits all of them alike; each
+    // scenario reports its median round (by throughput).
+    var scenarios = new (string Name, Func<int, Task<Result>> Run)[]
+    {
+        ("PostgreSQL single-row transaction ceiling (upsert + commit)", n => Ceiling("ceiling", n, claim: false)),
+        ("PostgreSQL claim + upsert transaction (plain INSERT key ON CONFLICT DO NOTHING + upsert)", n => Ceiling("claim+upsert", n, claim: true)),
+        ("Plain manual-ack consumer, own transaction per message", n => Plain("plain", n)),
+        ("IdempotentRabbitMqConsumer, per message", n => Ours("ours", n, batch: 1)),
+        ($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", n => Ours("batch", n, batch: batchSize)),
+        ("IdempotentProcessor alone, no broker", n => ProcessorOnly("processor", n)),
+        ("The store's SQL by hand: claim CTE + upsert + completion UPDATE with COMMIT (3 round trips)", n => StoreSql("store-sql", n)),
+    };
+    var perRound = Math.Max(100, messages / rounds);
+    var runs = scenarios.Select(_ => new List<Result>()).ToArray();
+    for (var round = 1; round <= rounds; round++)
+    {
+        Console.WriteLine($"round {round}/{rounds} ({perRound} messages per scenario), load average {LoadAverage()}");
+        for (var i = 0; i < scenarios.Length; i++)
+        {
+            runs[i].Add(await scenarios[i].Run(perRound));
+        }
+    }
+
+    for (var i = 0; i < scenarios.Length; i++)
+    {
+        var sorted = runs[i].OrderBy(r => r.MessagesPerSecond).ToList();
+        results.Add(sorted[sorted.Count / 2] with { Name = scenarios[i].Name, Rounds = string.Join(" / ", runs[i].Select(r => r.MessagesPerSecond.ToString("N0", CultureInfo.InvariantCulture))) });
+    }
 }
 finally
 {
@@ -62,7 +85,7 @@ finally
 var ceiling = results[0].MessagesPerSecond;
 var plain = results[2].MessagesPerSecond;
 var ours = results[3].MessagesPerSecond;
-var batched = results[5].MessagesPerSecond;
+var batched = results[4].MessagesPerSecond;
 var ratios = new Dictionary<string, double>
 {
     ["ours / plain (target >= 0.85)"] = ours / plain,
@@ -74,17 +97,17 @@ var ratios = new Dictionary<string, double>
 var md = new StringBuilder();
 md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
 md.AppendLine();
-md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario; prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: HandlerConcurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
+md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario in {rounds} interleaved rounds (the table shows each scenario's median round; all rounds' msgs/s in the last column); prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: HandlerConcurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
 md.AppendLine("Latency columns (ceiling: one transaction for both):");
 md.AppendLine("- delivery->ack: from the delivery callback to the completed basic.ack. The plain consumer's callback runs only when one of its 4 dispatch slots is free, so its wait for a slot is not counted; ours' callback only copies the delivery into the worker pool, so the wait for a worker IS counted (Little's law: ~prefetch / throughput).");
 md.AppendLine("- work->ack: from the start of the work to the ack: plain = callback entry (before it opens its connection), ours = handler entry (after the pool open, BEGIN and the claim round trip, so slightly understated).");
 md.AppendLine("Working set: the highest sampled during the scenario (20 ms samples).");
 md.AppendLine();
-md.AppendLine("| scenario | msgs/s | delivery->ack p50 ms | p99 ms | work->ack p50 ms | p99 ms | peak working set MB |");
-md.AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+md.AppendLine("| scenario | msgs/s | delivery->ack p50 ms | p99 ms | work->ack p50 ms | p99 ms | peak working set MB | rounds msgs/s |");
+md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---|");
 foreach (var r in results)
 {
-    md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.MessagesPerSecond:N0} | {r.P50Ms:0.00} | {r.P99Ms:0.00} | {r.WorkP50Ms:0.00} | {r.WorkP99Ms:0.00} | {r.PeakWorkingSetMb:0} |");
+    md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.MessagesPerSecond:N0} | {r.P50Ms:0.00} | {r.P99Ms:0.00} | {r.WorkP50Ms:0.00} | {r.WorkP99Ms:0.00} | {r.PeakWorkingSetMb:0} | {r.Rounds} |");
 }
 
 md.AppendLine();
@@ -104,7 +127,7 @@ Console.WriteLine(md.ToString());
 var resultsDir = FindResultsDirectory();
 await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.md"), md.ToString());
 await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.json"), JsonSerializer.Serialize(
-    new { date = DateTime.UtcNow, messages, prefetch, concurrency, batchSize, cores = Environment.ProcessorCount, results, ratios },
+    new { date = DateTime.UtcNow, messages, rounds, prefetch, concurrency, batchSize, cores = Environment.ProcessorCount, results, ratios },
     new JsonSerializerOptions { WriteIndented = true }));
 Console.WriteLine($"Written to {resultsDir}/rabbitmq.md and rabbitmq.json");
 return;
@@ -142,6 +165,71 @@ async Task<Result> Ceiling(string name, int count, bool claim)
     })).ToArray();
     await Task.WhenAll(workers);
     return latencies.Result(name, count, watch.Elapsed, sampler.PeakMb, name);
+}
+
+async Task<Result> StoreSql(string name, int count)
+{
+    var table = await BusinessTable();
+    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
+    await store.EnsureSchemaAsync();
+    var keys = store.QualifiedTableName;
+    var claimSql = $"""
+        WITH ins AS (
+            INSERT INTO {keys} (handler_name, idempotency_key, fingerprint, expires_at)
+            VALUES ($1, $2, $3, $4)
+            ON CONFLICT DO NOTHING
+            RETURNING 1)
+        SELECT true, NULL::bytea, NULL::bytea FROM ins
+        UNION ALL
+        SELECT false, t.fingerprint, t.result FROM {keys} t
+        WHERE t.handler_name = $1 AND t.idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM ins)
+        """;
+    var completeSql = $"UPDATE {keys} SET completed_at = clock_timestamp(), duration_ms = $3, result = $4 WHERE handler_name = $1 AND idempotency_key = $2";
+    var latencies = new Latencies();
+    var next = -1;
+    using var sampler = new WorkingSetSampler();
+    var watch = Stopwatch.StartNew();
+    await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
+    {
+        int i;
+        while ((i = Interlocked.Increment(ref next)) < count)
+        {
+            var started = Stopwatch.GetTimestamp();
+            var id = "m-" + i.ToString(CultureInfo.InvariantCulture);
+            await using var conn = await dataSource.OpenConnectionAsync();
+            var tx = await conn.BeginTransactionAsync();
+            await using (var claim = new NpgsqlCommand(claimSql, conn, tx))
+            {
+                claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = "bench" });
+                claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = id });
+                claim.Parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(id)) });
+                claim.Parameters.Add(new NpgsqlParameter<DateTime> { TypedValue = DateTime.UtcNow.AddDays(7) });
+                await using var reader = await claim.ExecuteReaderAsync();
+                while (await reader.ReadAsync())
+                {
+                }
+            }
+
+            await Upsert(conn, tx, table, id);
+            await using (var batch = new NpgsqlBatch(conn, tx))
+            {
+                var complete = new NpgsqlBatchCommand(completeSql);
+                complete.Parameters.Add(new NpgsqlParameter<string> { TypedValue = "bench" });
+                complete.Parameters.Add(new NpgsqlParameter<string> { TypedValue = id });
+                complete.Parameters.Add(new NpgsqlParameter<double> { TypedValue = 1.0 });
+                complete.Parameters.Add(new NpgsqlParameter { Value = DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
+                batch.BatchCommands.Add(complete);
+                batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+                await batch.ExecuteNonQueryAsync();
+            }
+
+            await tx.DisposeAsync();
+            latencies.Add(Stopwatch.GetElapsedTime(started));
+        }
+    })));
+    var elapsed = watch.Elapsed;
+    await Verify(table, count, name);
+    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"{concurrency} connections");
 }
 
 async Task<Result> ProcessorOnly(string name, int count)
@@ -361,7 +449,10 @@ static string FindResultsDirectory()
     return dir is null ? Directory.GetCurrentDirectory() : Path.Combine(dir.FullName, "benchmarks", "results");
 }
 
-internal sealed record Result(string Name, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, double WorkP50Ms, double WorkP99Ms, double PeakWorkingSetMb, string Settings);
+internal sealed record Result(string Name, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, double WorkP50Ms, double WorkP99Ms, double PeakWorkingSetMb, string Settings)
+{
+    public string Rounds { get; init; } = string.Empty;
+}
 
 /// <summary>Delivery-to-ack latencies, keyed by delivery tag.</summary>
 internal sealed class Latencies
