@@ -18,5 +18,6 @@ public static class IdempotencyTelemetry
     /// <summary>Gets the library's activity source; processing spans are its <c>process</c> activities.</summary>
     public static ActivitySource ActivitySource { get; } = new(ActivitySourceName, Version);
 
-    internal static Meter Meter { get; } = new(MeterName, Version);
+    /// <summary>Gets the library's meter; the store and broker packages add their instruments to it.</summary>
+    public static Meter Meter { get; } = new(MeterName, Version);
 }

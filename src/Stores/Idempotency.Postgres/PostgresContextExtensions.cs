@@ -33,6 +33,7 @@ public static class PostgresContextExtensions
     {
         ArgumentNullException.ThrowIfNull(transaction);
         return transaction as PostgresIdempotencyTransaction
+            ?? (transaction as IPostgresTransactionSource)?.PostgresTransaction
             ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a PostgreSQL transaction needs the PostgreSQL store (or the layered store).");
     }
 }

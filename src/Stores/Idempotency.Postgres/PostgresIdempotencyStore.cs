@@ -58,6 +58,9 @@ public sealed class PostgresIdempotencyStore : IIdempotencyStore, IAsyncDisposab
     /// <summary>Gets the schema-qualified name of the outbox table.</summary>
     public string QualifiedOutboxTableName => _sql.QualifiedOutbox;
 
+    /// <summary>Gets the LISTEN/NOTIFY channel a commit with outbox messages notifies.</summary>
+    public string OutboxChannel => PostgresSql.OutboxChannelFor(Options);
+
     /// <summary>Returns the schema script with this store's names filled in, for teams that run their own migrations.</summary>
     /// <returns>The SQL script.</returns>
     public string GetSchemaScript()

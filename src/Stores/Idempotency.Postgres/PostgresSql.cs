@@ -57,10 +57,14 @@ internal sealed class PostgresSql
             SELECT d, k, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) WITH ORDINALITY AS u(d, k, p, h, n) ORDER BY n
             """;
 
-        NotifyOutbox = $"SELECT pg_notify('{options.Schema}_{options.OutboxTable}', '')";
+        NotifyOutbox = $"SELECT pg_notify('{OutboxChannelFor(options)}', '')";
     }
 
     public string QualifiedTable { get; }
+
+    /// <summary>The NOTIFY channel: lower case, because an unquoted LISTEN folds the name to lower case.</summary>
+    public static string OutboxChannelFor(PostgresIdempotencyStoreOptions options) =>
+        $"{options.Schema}_{options.OutboxTable}".ToLowerInvariant();
 
     public string QualifiedOutbox { get; }
 

@@ -1,4 +1,7 @@
+using Idempotency.Outbox;
 using Idempotency.Postgres;
+using Idempotency.Postgres.Outbox;
+using Idempotency.Postgres.Retention;
 using Idempotency.Storage;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
@@ -55,6 +58,49 @@ public static class PostgresIdempotencyBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(builder);
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresSchemaInitializer>());
+        return builder;
+    }
+
+    /// <summary>Prunes expired keys in bounded batches on an interval, as a hosted service.</summary>
+    /// <param name="builder">The builder.</param>
+    /// <param name="configure">Sets interval, batch size and pacing; validated at start-up.</param>
+    /// <returns>The builder.</returns>
+    public static IIdempotencyBuilder AddPostgresRetention(this IIdempotencyBuilder builder, Action<PostgresRetentionOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.AddOptions<PostgresRetentionOptions>()
+            .Configure(o => configure?.Invoke(o))
+            .Validate(o => o.GetValidationErrors().Count == 0, "Idempotency PostgreSQL retention: invalid options (Interval >= 1 s, BatchSize 1..100000, PauseBetweenBatches >= 0, MaxBatchesPerRun >= 1).")
+            .ValidateOnStart();
+        builder.Services.TryAddSingleton(sp => new PostgresRetentionPruner(
+            sp.GetRequiredService<PostgresIdempotencyStore>(),
+            sp.GetRequiredService<IOptions<PostgresRetentionOptions>>().Value,
+            sp.GetService<TimeProvider>(),
+            sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger(typeof(PostgresRetentionPruner).FullName!)));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresRetentionService>());
+        return builder;
+    }
+
+    /// <summary>Runs an outbox relay as a hosted service: it publishes what handlers added with <c>context.AddOutgoing(...)</c> after their commits.</summary>
+    /// <param name="builder">The builder.</param>
+    /// <param name="publisher">Creates the broker publisher (the Kafka, RabbitMQ and SQS packages provide one each).</param>
+    /// <param name="configure">Sets batch size, polling, backoff and cleanup; validated at start-up.</param>
+    /// <returns>The builder.</returns>
+    public static IIdempotencyBuilder AddPostgresOutboxRelay(this IIdempotencyBuilder builder, Func<IServiceProvider, IOutboxPublisher> publisher, Action<PostgresOutboxRelayOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(publisher);
+        builder.Services.AddOptions<PostgresOutboxRelayOptions>()
+            .Configure(o => configure?.Invoke(o))
+            .Validate(o => o.GetValidationErrors().Count == 0, "Idempotency outbox relay: invalid options (BatchSize 1..10000, PollInterval >= 10 ms, KeepSentFor >= 0, CleanupInterval >= 1 s, CleanupBatchSize >= 1).")
+            .ValidateOnStart();
+        builder.Services.TryAddSingleton(sp => new PostgresOutboxRelay(
+            sp.GetRequiredService<PostgresIdempotencyStore>(),
+            publisher(sp),
+            sp.GetRequiredService<IOptions<PostgresOutboxRelayOptions>>().Value,
+            sp.GetService<TimeProvider>(),
+            sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>()?.CreateLogger(typeof(PostgresOutboxRelay).FullName!)));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresOutboxRelayService>());
         return builder;
     }
 

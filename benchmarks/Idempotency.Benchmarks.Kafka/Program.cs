@@ -1,0 +1,397 @@
+// Kafka adapter benchmark: in ONE run on librdkafka's mock cluster and the local PostgreSQL it measures
+// the database ceilings, a plain at-least-once consumer, our per-message mode, our batch mode and a replay of
+// already-processed keys, then prints a markdown table and writes markdown + JSON to benchmarks/results/.
+// Usage: dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Kafka [-- messages batchMessages]
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using Confluent.Kafka;
+using Dapper;
+using Idempotency;
+using Idempotency.Kafka;
+using Idempotency.Kafka.Tests;
+using Idempotency.Postgres;
+using Npgsql;
+
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+var messages = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 20_000;
+var batchMessages = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 200_000;
+const int Partitions = 16;
+const int Accounts = 100_000;
+var ceilingDuration = TimeSpan.FromSeconds(3);
+
+var connectionString = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
+connectionString = new NpgsqlConnectionStringBuilder(connectionString) { MaxPoolSize = 64, NoResetOnClose = true }.ConnectionString;
+await using var dataSource = NpgsqlDataSource.Create(connectionString);
+var schema = "bench_" + Guid.NewGuid().ToString("N")[..8];
+await using (var c = await dataSource.OpenConnectionAsync())
+{
+    await c.ExecuteAsync($"CREATE SCHEMA {schema}");
+}
+
+var rows = new List<Row>();
+try
+{
+    using var cluster = MockKafkaCluster.Start();
+    Console.WriteLine($"mock cluster {cluster.BootstrapServers}; PostgreSQL schema {schema}; {messages} messages ({batchMessages} for batch mode), {Partitions} partitions");
+
+    // ---- database ceilings ----
+    var ceilKeys = await NewKeyTable("ceil_keys");
+    var accounts = await NewAccounts("ceil_accounts");
+    foreach (var connections in new[] { 1, 4, 16 })
+    {
+        rows.Add(await Ceiling($"ceiling: claim + update tx, {connections} conn", connections, 1, async (conn, keys, ids) =>
+        {
+            await using var tx = await conn.BeginTransactionAsync();
+            await conn.ExecuteAsync($"INSERT INTO {ceilKeys} (key) VALUES (@k) ON CONFLICT DO NOTHING", new { k = keys[0] }, tx);
+            await conn.ExecuteAsync($"UPDATE {accounts} SET balance = balance + 1 WHERE id = @id", new { id = ids[0] }, tx);
+            await tx.CommitAsync();
+        }));
+    }
+
+    rows.Add(await Ceiling("ceiling: 100-key batch tx, 4 conn", 4, 100, async (conn, keys, ids) =>
+    {
+        await using var tx = await conn.BeginTransactionAsync();
+        await conn.ExecuteAsync($"INSERT INTO {ceilKeys} (key) SELECT k FROM unnest(@keys) AS k ORDER BY k ON CONFLICT DO NOTHING", new { keys }, tx);
+        await conn.ExecuteAsync($"UPDATE {accounts} a SET balance = a.balance + 1 FROM (SELECT unnest(@ids) AS id ORDER BY 1) s WHERE a.id = s.id", new { ids }, tx);
+        await tx.CommitAsync();
+    }));
+
+    // ---- consumers ----
+    var topic = "bench-" + Guid.NewGuid().ToString("N")[..8];
+    cluster.CreateTopic(topic, Partitions);
+    Produce(cluster, topic, messages, "m");
+    var batchTopic = "bench-batch-" + Guid.NewGuid().ToString("N")[..8];
+    cluster.CreateTopic(batchTopic, Partitions);
+    Produce(cluster, batchTopic, batchMessages, "b");
+
+    var plainAccounts = await NewAccounts("plain_accounts");
+    rows.Add(await Plain("plain at-least-once, 1 loop", cluster, topic, messages, plainAccounts, concurrent: false));
+    rows.Add(await Plain($"plain at-least-once, {Partitions} partitions concurrent", cluster, topic, messages, plainAccounts, concurrent: true));
+
+    var ourAccounts = await NewAccounts("our_accounts");
+    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed", OutboxTable = "outbox" });
+    await store.EnsureSchemaAsync();
+    var handler = Handler(ourAccounts);
+    rows.Add(await Ours("ours per-message", cluster, topic, messages, store, handler, batchSize: 1, ProcessingOutcome.Processed));
+    rows.Add(await Ours("ours replay (all duplicates), per-message", cluster, topic, messages, store, handler, batchSize: 1, ProcessingOutcome.Duplicate));
+
+    var batchStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_batch", OutboxTable = "outbox_batch" });
+    await batchStore.EnsureSchemaAsync();
+    var batchAccounts = await NewAccounts("batch_accounts");
+    rows.Add(await Ours("ours batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Processed));
+    rows.Add(await Ours("ours replay (all duplicates), batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Duplicate));
+
+    // Sanity: every effect applied exactly once.
+    await using (var c = await dataSource.OpenConnectionAsync())
+    {
+        var ours = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {ourAccounts}");
+        var batch = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {batchAccounts}");
+        Console.WriteLine($"check: ours applied {ours} of {messages}, batch applied {batch} of {batchMessages}");
+        if (ours != messages || batch != batchMessages)
+        {
+            throw new InvalidOperationException("effects were not applied exactly once");
+        }
+    }
+}
+finally
+{
+    await using var c = await dataSource.OpenConnectionAsync();
+    await c.ExecuteAsync($"DROP SCHEMA {schema} CASCADE");
+}
+
+Report(rows);
+return;
+
+// ------------------------------------------------------------------------------------------------------------------
+
+async Task<string> NewKeyTable(string name)
+{
+    await using var c = await dataSource.OpenConnectionAsync();
+    await c.ExecuteAsync($"CREATE TABLE {schema}.{name} (key text PRIMARY KEY)");
+    return $"{schema}.{name}";
+}
+
+async Task<string> NewAccounts(string name)
+{
+    await using var c = await dataSource.OpenConnectionAsync();
+    await c.ExecuteAsync($"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0); INSERT INTO {schema}.{name} (id) SELECT generate_series(0, {Accounts - 1})");
+    return $"{schema}.{name}";
+}
+
+static int AccountOf(string key) => (int)((uint)key.GetHashCode(StringComparison.Ordinal) % Accounts);
+
+IIdempotentMessageHandler Handler(string table) => IdempotentHandler.CreateBatch(
+    async (batch, ct) =>
+    {
+        // Set-based: one statement for the whole batch, rows locked in a stable order.
+        var ids = batch.Messages.Select(m => AccountOf(m.Key)).Order().ToArray();
+        await batch.GetNpgsqlConnection().ExecuteAsync(
+            $"UPDATE {table} a SET balance = a.balance + s.n FROM (SELECT id, count(*) AS n FROM unnest(@ids) AS id GROUP BY id ORDER BY id) s WHERE a.id = s.id",
+            new { ids }, batch.GetNpgsqlTransaction());
+    },
+    async (context, ct) => await context.GetNpgsqlConnection().ExecuteAsync(
+        $"UPDATE {table} SET balance = balance + 1 WHERE id = @id", new { id = AccountOf(context.Key) }, context.GetNpgsqlTransaction()));
+
+async Task<Row> Ceiling(string name, int connections, int keysPerTx, Func<NpgsqlConnection, string[], int[], Task> transaction)
+{
+    var latencies = new ConcurrentBag<double>();
+    long done = 0;
+    var stopAt = Stopwatch.GetTimestamp() + (long)(ceilingDuration.TotalSeconds * Stopwatch.Frequency);
+    var started = Stopwatch.GetTimestamp();
+    await Task.WhenAll(Enumerable.Range(0, connections).Select(w => Task.Run(async () =>
+    {
+        await using var conn = await dataSource.OpenConnectionAsync();
+        var n = 0;
+        while (Stopwatch.GetTimestamp() < stopAt)
+        {
+            var keys = Enumerable.Range(0, keysPerTx).Select(i => $"{name.Length}-{w}-{n}-{i}").Order(StringComparer.Ordinal).ToArray();
+            var ids = keys.Select(AccountOf).Order().ToArray();
+            var t0 = Stopwatch.GetTimestamp();
+            await transaction(conn, keys, ids);
+            latencies.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            Interlocked.Add(ref done, keysPerTx);
+            n++;
+        }
+    })));
+    return Measured(name, done, Stopwatch.GetElapsedTime(started), latencies);
+}
+
+async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int count, string table, bool concurrent)
+{
+    // The usual at-least-once consumer: the business write in its own transaction, the offset stored after it commits.
+    var config = ConsumerConfig(cluster, "plain-" + Guid.NewGuid().ToString("N")[..8]);
+    config.EnableAutoCommit = true;
+    config.AutoCommitIntervalMs = 1000;
+    config.EnableAutoOffsetStore = false;
+    using var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
+    consumer.Subscribe(topic);
+    var latencies = new ConcurrentBag<double>();
+    var target = concurrent ? count : Math.Min(count, 5_000);
+    long done = 0;
+    long first = 0;
+
+    async Task Process(ConsumeResult<byte[], byte[]> record)
+    {
+        var t0 = Stopwatch.GetTimestamp();
+        Interlocked.CompareExchange(ref first, t0, 0);
+        await using (var conn = await dataSource.OpenConnectionAsync())
+        await using (var tx = await conn.BeginTransactionAsync())
+        {
+            await conn.ExecuteAsync($"UPDATE {table} SET balance = balance + 1 WHERE id = @id", new { id = AccountOf(Encoding.UTF8.GetString(record.Message.Key)) }, tx);
+            await tx.CommitAsync();
+        }
+
+        latencies.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+        consumer.StoreOffset(record);
+        Interlocked.Increment(ref done);
+    }
+
+    if (!concurrent)
+    {
+        while (Interlocked.Read(ref done) < target)
+        {
+            if (consumer.Consume(100) is { Message: not null } record)
+            {
+                await Process(record);
+            }
+        }
+    }
+    else
+    {
+        var queues = new Dictionary<int, Channel<ConsumeResult<byte[], byte[]>>>();
+        var workers = new List<Task>();
+        while (Interlocked.Read(ref done) < target)
+        {
+            if (consumer.Consume(10) is not { Message: not null } record)
+            {
+                continue;
+            }
+
+            if (!queues.TryGetValue(record.Partition.Value, out var queue))
+            {
+                queue = Channel.CreateUnbounded<ConsumeResult<byte[], byte[]>>();
+                queues[record.Partition.Value] = queue;
+                workers.Add(Task.Run(async () =>
+                {
+                    await foreach (var r in queue.Reader.ReadAllAsync())
+                    {
+                        await Process(r);
+                    }
+                }));
+            }
+
+            queue.Writer.TryWrite(record);
+        }
+
+        foreach (var queue in queues.Values)
+        {
+            queue.Writer.TryComplete();
+        }
+
+        await Task.WhenAll(workers);
+    }
+
+    var elapsed = Stopwatch.GetElapsedTime(first);
+    consumer.Close();
+    return Measured(name, done, elapsed, latencies);
+}
+
+async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected)
+{
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    var options = new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = Partitions, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
+    options.Topics.Add(topic);
+    using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, "ours-" + Guid.NewGuid().ToString("N")[..8]), processor, options);
+    var latencies = new ConcurrentBag<double>();
+    long done = 0;
+    long unexpected = 0;
+    long first = 0;
+    var finished = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    consumer.DurationObserver = (n, elapsed) =>
+    {
+        Interlocked.CompareExchange(ref first, Stopwatch.GetTimestamp() - (long)(elapsed.TotalSeconds * Stopwatch.Frequency), 0);
+        for (var i = 0; i < n; i++)
+        {
+            latencies.Add(elapsed.TotalMilliseconds);
+        }
+    };
+    consumer.ResultObserver = result =>
+    {
+        if (result.Outcome != expected)
+        {
+            Interlocked.Increment(ref unexpected);
+        }
+
+        if (Interlocked.Increment(ref done) == count)
+        {
+            finished.TrySetResult();
+        }
+    };
+    using var stop = new CancellationTokenSource();
+    var loop = consumer.RunAsync(stop.Token);
+    await finished.Task.WaitAsync(TimeSpan.FromMinutes(3));
+    var elapsed = Stopwatch.GetElapsedTime(first);
+    stop.Cancel();
+    await loop;
+    if (unexpected > 0)
+    {
+        throw new InvalidOperationException($"{name}: {unexpected} results were not {expected}");
+    }
+
+    return Measured(name, done, elapsed, latencies);
+}
+
+static ConsumerConfig ConsumerConfig(MockKafkaCluster cluster, string group) => new()
+{
+    BootstrapServers = cluster.BootstrapServers,
+    GroupId = group,
+    AutoOffsetReset = AutoOffsetReset.Earliest,
+    SessionTimeoutMs = 6000,
+    FetchMaxBytes = 52_428_800,
+    QueuedMaxMessagesKbytes = 65_536,
+};
+
+static void Produce(MockKafkaCluster cluster, string topic, int count, string prefix)
+{
+    using var producer = new ProducerBuilder<byte[]?, byte[]?>(new ProducerConfig { BootstrapServers = cluster.BootstrapServers, LingerMs = 20, BatchNumMessages = 10_000 }).Build();
+    for (var i = 0; i < count; i++)
+    {
+        var key = Encoding.UTF8.GetBytes($"{prefix}-{i}");
+        var body = Encoding.UTF8.GetBytes($"{{\"id\":\"{prefix}-{i}\",\"amount\":1}}");
+        while (true)
+        {
+            try
+            {
+                producer.Produce(topic, new Message<byte[]?, byte[]?> { Key = key, Value = body, Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, key } } });
+                break;
+            }
+            catch (ProduceException<byte[]?, byte[]?> e) when (e.Error.Code == ErrorCode.Local_QueueFull)
+            {
+                producer.Poll(TimeSpan.FromMilliseconds(50));
+            }
+        }
+    }
+
+    if (producer.Flush(TimeSpan.FromSeconds(60)) != 0)
+    {
+        throw new InvalidOperationException("produce did not finish");
+    }
+}
+
+static Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> latencies)
+{
+    var sorted = latencies.Order().ToArray();
+    double Percentile(double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
+    var row = new Row(name, count, Math.Round(count / elapsed.TotalSeconds), Math.Round(Percentile(0.50), 2), Math.Round(Percentile(0.99), 2), Process.GetCurrentProcess().PeakWorkingSet64 / (1024 * 1024));
+    Console.WriteLine($"  {row.Name}: {row.MessagesPerSecond:N0}/s p50 {row.P50Ms} ms p99 {row.P99Ms} ms");
+    return row;
+}
+
+static void Report(List<Row> rows)
+{
+    double Rate(string prefix) => rows.First(r => r.Name.StartsWith(prefix, StringComparison.Ordinal)).MessagesPerSecond;
+    var perMessage = Rate("ours per-message");
+    var batch = Rate("ours batch mode");
+    var plain = Rate("plain at-least-once, 16");
+    var ceiling16 = Rate("ceiling: claim + update tx, 16");
+    var ceilingBatch = Rate("ceiling: 100-key batch");
+    var replay = Rate("ours replay (all duplicates), per-message");
+    var replayBatch = Rate("ours replay (all duplicates), batch");
+    var ratios = new List<Ratio>
+    {
+        new("ours per-message / plain (16 partitions concurrent)", perMessage / plain, 0.85),
+        new("ours per-message / plain (1 loop)", perMessage / Rate("plain at-least-once, 1 loop"), null),
+        new("ours per-message / 16-connection ceiling", perMessage / ceiling16, 0.6),
+        new("ours batch / 100-key batch ceiling (4 conn)", batch / ceilingBatch, 0.5),
+        new("replay / new, per-message", replay / perMessage, 3),
+        new("replay / new, batch mode", replayBatch / batch, null),
+    };
+
+    var md = new StringBuilder();
+    md.AppendLine(CultureInfo.InvariantCulture, $"# Kafka adapter benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, librdkafka mock cluster + local PostgreSQL)");
+    md.AppendLine();
+    md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) |");
+    md.AppendLine("|---|---:|---:|---:|---:|---:|");
+    foreach (var r in rows)
+    {
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Messages:N0} | {r.MessagesPerSecond:N0} | {r.P50Ms} | {r.P99Ms} | {r.PeakWorkingSetMiB} |");
+    }
+
+    md.AppendLine();
+    md.AppendLine("| ratio | value | target | met |");
+    md.AppendLine("|---|---:|---:|---|");
+    foreach (var r in ratios)
+    {
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Value:0.00} | {(r.Target is { } t ? $">= {t:0.##}" : "-")} | {(r.Target is { } t2 ? (r.Value >= t2 ? "yes" : "NO") : "-")} |");
+    }
+
+    md.AppendLine();
+    md.AppendLine("Latency: ceilings = one transaction; plain = its transaction; ours = the pipeline call (claim, handler, commit) per message, or per batch for batch mode.");
+    Console.WriteLine();
+    Console.WriteLine(md);
+    var dir = FindResultsDirectory();
+    File.WriteAllText(Path.Combine(dir, "kafka.md"), md.ToString());
+    File.WriteAllText(Path.Combine(dir, "kafka.json"), JsonSerializer.Serialize(new { rows, ratios, cores = Environment.ProcessorCount, utc = DateTime.UtcNow }, new JsonSerializerOptions { WriteIndented = true }));
+    Console.WriteLine($"written to {dir}/kafka.md and kafka.json");
+}
+
+static string FindResultsDirectory()
+{
+    var dir = new DirectoryInfo(AppContext.BaseDirectory);
+    while (dir is not null && !Directory.Exists(Path.Combine(dir.FullName, "benchmarks")))
+    {
+        dir = dir.Parent;
+    }
+
+    var results = Path.Combine(dir?.FullName ?? ".", "benchmarks", "results");
+    Directory.CreateDirectory(results);
+    return results;
+}
+
+internal sealed record Row(string Name, long Messages, double MessagesPerSecond, double P50Ms, double P99Ms, long PeakWorkingSetMiB);
+
+internal sealed record Ratio(string Name, double Value, double? Target);

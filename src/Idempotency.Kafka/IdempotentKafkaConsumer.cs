@@ -1,0 +1,1021 @@
+using System.Collections.Concurrent;
+using System.Globalization;
+using System.Text;
+using System.Threading.Channels;
+using Confluent.Kafka;
+using Idempotency.Delivery;
+using Idempotency.Diagnostics;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Idempotency.Kafka;
+
+/// <summary>
+/// Runs a Confluent.Kafka consume loop through the idempotency pipeline: every message is claimed, handled and
+/// recorded in one store transaction, and the group's offset moves only past messages whose transaction committed
+/// (or that were dead-lettered and acknowledged by the dead-letter topic).
+/// </summary>
+/// <typeparam name="TKey">The message key type.</typeparam>
+/// <typeparam name="TValue">The message value type.</typeparam>
+/// <remarks>
+/// <para>
+/// One thread runs <c>Consume</c> and owns every call on the consumer (commit, pause, resume). Each assigned partition
+/// has its own worker that processes its messages strictly in offset order; up to
+/// <see cref="KafkaIdempotencyOptions.MaxConcurrentPartitions"/> partitions run at once.
+/// </para>
+/// <para>
+/// Offsets are committed explicitly (<c>enable.auto.commit=false</c>) with <c>Commit(offsets)</c>, for each partition
+/// the offset after its last completed message. Commits are lazy (every
+/// <see cref="KafkaIdempotencyOptions.CommitEveryMessages"/> messages or <see cref="KafkaIdempotencyOptions.CommitInterval"/>):
+/// what a crash leaves uncommitted is redelivered and skipped as a duplicate.
+/// </para>
+/// </remarks>
+public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
+{
+    private readonly IdempotentProcessor _processor;
+    private readonly KafkaIdempotencyOptions _options;
+    private readonly Func<ConsumeResult<TKey, TValue>, string?>? _keySelector;
+    private readonly Func<ConsumeResult<TKey, TValue>, ReadOnlyMemory<byte>>? _bodySelector;
+    private readonly IProducer<byte[]?, byte[]?> _deadLetterProducer;
+    private readonly ILogger _logger;
+    private readonly TimeProvider _time;
+    private readonly bool _ownsClients;
+    private readonly bool _hasRebalanceHandlers;
+    private readonly SemaphoreSlim _slots;
+    private readonly Dictionary<TopicPartition, PartitionState> _partitions = [];
+    private readonly Dictionary<TopicPartition, long> _highestSeen = [];
+    private readonly ConcurrentQueue<PartitionState> _pauseChanges = new();
+    private IConsumer<TKey, TValue> _consumer = null!;
+    private long _completedSinceCommit;
+    private long _lastCommitTimestamp;
+    private long _nextCommitAttempt;
+    private long _nextAssignmentCheck;
+    private int _started;
+    private bool _disposed;
+
+    /// <summary>
+    /// Wraps a consumer you built. Build it with <c>EnableAutoCommit = false</c>: the wrapper commits offsets itself,
+    /// and auto-commit would commit offsets of messages that are fetched but not yet processed.
+    /// </summary>
+    /// <param name="consumer">The consumer; subscribed already, or subscribed to <see cref="KafkaIdempotencyOptions.Topics"/> at start.</param>
+    /// <param name="processor">The idempotency pipeline with the handler.</param>
+    /// <param name="options">Kafka options; validated here.</param>
+    /// <param name="deadLetterProducer">Produces dead-letters (raw bytes).</param>
+    /// <param name="logger">Optional logger.</param>
+    /// <param name="timeProvider">Optional clock.</param>
+    /// <remarks>
+    /// A consumer built without the wrapper's rebalance handlers (use <see cref="Create"/> to get them) learns of a revoke
+    /// only after it happened: the revoked partitions' in-flight work is cancelled and their last offsets may not be
+    /// committed, so the new owner sees more duplicates. Effects are still applied once.
+    /// </remarks>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public IdempotentKafkaConsumer(
+        IConsumer<TKey, TValue> consumer,
+        IdempotentProcessor processor,
+        KafkaIdempotencyOptions options,
+        IProducer<byte[]?, byte[]?> deadLetterProducer,
+        ILogger? logger = null,
+        TimeProvider? timeProvider = null)
+        : this(processor, options, deadLetterProducer, logger, timeProvider, ownsClients: false, hasRebalanceHandlers: false)
+    {
+        ArgumentNullException.ThrowIfNull(consumer);
+        _consumer = consumer;
+    }
+
+    private IdempotentKafkaConsumer(
+        IdempotentProcessor processor,
+        KafkaIdempotencyOptions options,
+        IProducer<byte[]?, byte[]?> deadLetterProducer,
+        ILogger? logger,
+        TimeProvider? timeProvider,
+        bool ownsClients,
+        bool hasRebalanceHandlers)
+    {
+        ArgumentNullException.ThrowIfNull(processor);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentNullException.ThrowIfNull(deadLetterProducer);
+        var errors = new List<string>(options.GetValidationErrors());
+        var typed = options as KafkaIdempotencyOptions<TKey, TValue>;
+        if (typed is null && !IsRawValueType)
+        {
+            errors.Add($"BodySelector is required when the value type is {typeof(TValue).Name}: use KafkaIdempotencyOptions<{typeof(TKey).Name}, {typeof(TValue).Name}>.");
+        }
+
+        if (errors.Count > 0)
+        {
+            throw new ArgumentException(string.Join(" ", errors), nameof(options));
+        }
+
+        _processor = processor;
+        _options = options;
+        _keySelector = typed?.KeySelector;
+        _bodySelector = typed?.BodySelector;
+        _deadLetterProducer = deadLetterProducer;
+        _logger = logger ?? NullLogger.Instance;
+        _time = timeProvider ?? TimeProvider.System;
+        _ownsClients = ownsClients;
+        _hasRebalanceHandlers = hasRebalanceHandlers;
+        _slots = new SemaphoreSlim(options.MaxConcurrentPartitions, options.MaxConcurrentPartitions);
+    }
+
+    /// <summary>Gets the wrapped consumer. Do not consume, commit, pause or resume through it while <see cref="RunAsync"/> runs.</summary>
+    public IConsumer<TKey, TValue> Consumer => _consumer;
+
+    /// <summary>Gets the pipeline.</summary>
+    public IdempotentProcessor Processor => _processor;
+
+    /// <summary>Gets or sets an observer of every final result (after retries), for tests and diagnostics.</summary>
+    internal Action<ProcessingResult>? ResultObserver { get; set; }
+
+    /// <summary>Gets or sets an observer of each store call's duration (messages in it, elapsed), for the benchmark.</summary>
+    internal Action<int, TimeSpan>? DurationObserver { get; set; }
+
+    /// <summary>Gets or sets a value indicating whether shutdown commits the completed offsets (tests turn it off to act like a crash).</summary>
+    internal bool CommitOnShutdown { get; set; } = true;
+
+    private static bool IsRawValueType => typeof(TValue) == typeof(byte[]) || typeof(TValue) == typeof(string) || typeof(TValue) == typeof(Ignore) || typeof(TValue) == typeof(Null);
+
+    /// <summary>
+    /// Builds the consumer from <paramref name="config"/> with auto-commit and the automatic offset store turned off and
+    /// the wrapper's rebalance handlers installed, plus an idempotent producer for dead-letters on the same cluster.
+    /// The wrapper owns and disposes both.
+    /// </summary>
+    /// <param name="config">Consumer configuration (bootstrap servers, group id...). It is copied, not changed.</param>
+    /// <param name="processor">The idempotency pipeline with the handler.</param>
+    /// <param name="options">Kafka options; set <see cref="KafkaIdempotencyOptions.Topics"/>.</param>
+    /// <param name="configure">Optional extra builder set-up (deserializers, log or error handlers; not the rebalance handlers).</param>
+    /// <param name="deadLetterProducer">Optional dead-letter producer; by default one is built on the same cluster (acks=all, idempotent).</param>
+    /// <param name="logger">Optional logger.</param>
+    /// <param name="timeProvider">Optional clock.</param>
+    /// <returns>The wrapper; call <see cref="RunAsync"/>.</returns>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public static IdempotentKafkaConsumer<TKey, TValue> Create(
+        ConsumerConfig config,
+        IdempotentProcessor processor,
+        KafkaIdempotencyOptions options,
+        Action<ConsumerBuilder<TKey, TValue>>? configure = null,
+        IProducer<byte[]?, byte[]?>? deadLetterProducer = null,
+        ILogger? logger = null,
+        TimeProvider? timeProvider = null)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        var consumerConfig = new ConsumerConfig(new Dictionary<string, string>(config, StringComparer.Ordinal))
+        {
+            EnableAutoCommit = false,
+            EnableAutoOffsetStore = false,
+        };
+        var producer = deadLetterProducer ?? BuildDeadLetterProducer(config);
+        try
+        {
+            var wrapper = new IdempotentKafkaConsumer<TKey, TValue>(processor, options, producer, logger, timeProvider, ownsClients: deadLetterProducer is null, hasRebalanceHandlers: true);
+            var builder = new ConsumerBuilder<TKey, TValue>(consumerConfig);
+            configure?.Invoke(builder);
+            builder.SetPartitionsAssignedHandler((_, partitions) => wrapper.OnAssigned(partitions));
+            builder.SetPartitionsRevokedHandler((_, partitions) => wrapper.OnRevoked(partitions.Select(p => p.TopicPartition).ToList(), lost: false));
+            builder.SetPartitionsLostHandler((_, partitions) => wrapper.OnRevoked(partitions.Select(p => p.TopicPartition).ToList(), lost: true));
+            wrapper._consumer = builder.Build();
+            wrapper._ownsConsumer = true;
+            return wrapper;
+        }
+        catch
+        {
+            if (deadLetterProducer is null)
+            {
+                producer.Dispose();
+            }
+
+            throw;
+        }
+    }
+
+    private bool _ownsConsumer;
+
+    /// <summary>Gets or sets the heartbeat the consume loop beats on every poll, for the consumer health check (set by the DI registration).</summary>
+    public Idempotency.Health.ConsumerHeartbeat? Heartbeat { get; set; }
+
+    /// <summary>
+    /// Consumes and processes until <paramref name="cancellationToken"/> is cancelled, then shuts down gracefully:
+    /// stops fetching, lets in-flight messages finish within <see cref="KafkaIdempotencyOptions.ShutdownTimeout"/>
+    /// (then cancels them, which rolls them back), and commits the offsets of what completed.
+    /// </summary>
+    /// <param name="cancellationToken">Stops the loop.</param>
+    /// <returns>A task that completes after shutdown.</returns>
+    /// <exception cref="InvalidOperationException">Already started.</exception>
+    /// <exception cref="KafkaException">A fatal consumer error stopped the loop (after the same graceful shutdown).</exception>
+    public Task RunAsync(CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+        {
+            throw new InvalidOperationException("RunAsync may be called once.");
+        }
+
+        // Consume blocks, and every consumer call stays on this one thread.
+        return Task.Factory.StartNew(() => RunLoop(cancellationToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        if (_ownsConsumer)
+        {
+            _consumer.Dispose();
+        }
+
+        if (_ownsClients)
+        {
+            _deadLetterProducer.Dispose();
+        }
+
+        _slots.Dispose();
+    }
+
+    private static IProducer<byte[]?, byte[]?> BuildDeadLetterProducer(ConsumerConfig config)
+    {
+        var producerConfig = new ProducerConfig { Acks = Acks.All, EnableIdempotence = true, LingerMs = 1 };
+        foreach (var (key, value) in config)
+        {
+            // Connection and security settings only; consumer settings would draw warnings from librdkafka.
+            if (key is "bootstrap.servers" or "client.id" or "security.protocol" || key.StartsWith("sasl.", StringComparison.Ordinal) || key.StartsWith("ssl.", StringComparison.Ordinal))
+            {
+                producerConfig.Set(key, value);
+            }
+        }
+
+        return new ProducerBuilder<byte[]?, byte[]?>(producerConfig).Build();
+    }
+
+    private void RunLoop(CancellationToken cancellationToken)
+    {
+        Exception? fatal = null;
+        _lastCommitTimestamp = _time.GetTimestamp();
+        try
+        {
+            if (_options.Topics.Count > 0)
+            {
+                _consumer.Subscribe(_options.Topics);
+            }
+
+            while (!cancellationToken.IsCancellationRequested)
+            {
+                if (Heartbeat is { } heartbeat)
+                {
+                    heartbeat.Beat();
+                    heartbeat.State = _partitions.Values.Any(p => p.StorePaused) ? Idempotency.Health.ConsumerState.Paused : Idempotency.Health.ConsumerState.Running;
+                }
+
+                ApplyPauseChanges();
+                MaybeCommit(force: false);
+                ConsumeResult<TKey, TValue>? result;
+                try
+                {
+                    result = _consumer.Consume(_options.PollTimeout);
+                }
+                catch (ConsumeException e) when (!e.Error.IsFatal)
+                {
+                    if (e.ConsumerRecord is { } raw && raw.Message is not null)
+                    {
+                        // A message that cannot be deserialized: it keeps its place in its partition and is dead-lettered there.
+                        Enqueue(raw.TopicPartition, new Work(null, raw, e));
+                    }
+                    else
+                    {
+                        Log.ConsumeError(_logger, e.ConsumerRecord?.TopicPartition?.ToString() ?? "-", e.Error.Reason);
+                    }
+
+                    continue;
+                }
+
+                if (!_hasRebalanceHandlers)
+                {
+                    CheckAssignment();
+                }
+
+                if (result is null || result.IsPartitionEOF || result.Message is null)
+                {
+                    continue;
+                }
+
+                Enqueue(result.TopicPartition, new Work(result, null, null));
+            }
+        }
+        catch (KafkaException e) when (e.Error.IsFatal)
+        {
+            Log.Fatal(_logger, e);
+            fatal = e;
+        }
+
+        // Graceful shutdown: no more fetching; in-flight work finishes or is cancelled; what completed is committed.
+        var all = _partitions.Values.ToList();
+        StopWorkers(all, _options.ShutdownTimeout);
+        var committed = CommitOnShutdown && fatal is null && Commit(all);
+        _partitions.Clear();
+        if (_ownsConsumer)
+        {
+            try
+            {
+                _consumer.Close();
+            }
+            catch (KafkaException e)
+            {
+                Log.ConsumeError(_logger, "close", e.Error.Reason);
+            }
+        }
+
+        if (_ownsClients)
+        {
+            _deadLetterProducer.Flush(TimeSpan.FromSeconds(5));
+        }
+
+        if (Heartbeat is not null)
+        {
+            Heartbeat.State = Idempotency.Health.ConsumerState.Stopped;
+        }
+
+        Log.Stopped(_logger, committed);
+        if (fatal is not null)
+        {
+            throw fatal;
+        }
+    }
+
+    private void Enqueue(TopicPartition partition, Work work)
+    {
+        if (!_partitions.TryGetValue(partition, out var state))
+        {
+            state = StartPartition(partition);
+        }
+
+        var offset = work.Offset;
+        if (_highestSeen.TryGetValue(partition, out var highest) && offset <= highest)
+        {
+            // Seen before in this process: only a rebalance (or a revoke that dropped queued work) makes Kafka hand it out again.
+            work = work with { Reread = true };
+            IdempotencyMetrics.RecordRedelivered("kafka", _processor.HandlerName, partition.Topic);
+        }
+        else
+        {
+            _highestSeen[partition] = offset;
+        }
+
+        state.Queue.Writer.TryWrite(work);
+        if (Interlocked.Increment(ref state.Buffered) >= _options.MaxBufferedMessagesPerPartition && !state.BackpressurePaused)
+        {
+            state.BackpressurePaused = true;
+            UpdatePause(state);
+        }
+    }
+
+    private PartitionState StartPartition(TopicPartition partition)
+    {
+        var state = new PartitionState(partition);
+        _partitions[partition] = state;
+        state.Worker = Task.Run(() => RunWorkerAsync(state));
+        return state;
+    }
+
+    private void OnAssigned(List<TopicPartition> partitions)
+    {
+        Log.Assigned(_logger, string.Join(", ", partitions));
+        foreach (var partition in partitions)
+        {
+            if (!_partitions.ContainsKey(partition))
+            {
+                StartPartition(partition);
+            }
+        }
+    }
+
+    private void OnRevoked(List<TopicPartition> partitions, bool lost)
+    {
+        var states = partitions.Select(p => _partitions.GetValueOrDefault(p)).OfType<PartitionState>().ToList();
+        if (lost)
+        {
+            // Another member may own them already: cancel everything in flight (it rolls back) and commit nothing.
+            foreach (var state in states)
+            {
+                state.StopTaking.Cancel();
+                state.Abort.Cancel();
+            }
+
+            StopWorkers(states, TimeSpan.Zero);
+            Log.Lost(_logger, string.Join(", ", partitions));
+        }
+        else
+        {
+            StopWorkers(states, _options.RevokeTimeout);
+            Commit(states);
+            Log.Revoked(_logger, string.Join(", ", partitions));
+        }
+
+        foreach (var state in states)
+        {
+            _partitions.Remove(state.Partition);
+            state.Dispose();
+        }
+    }
+
+    private void CheckAssignment()
+    {
+        // Without our rebalance handlers a revoke is seen only afterwards, from the assignment.
+        var now = _time.GetTimestamp();
+        if (now < _nextAssignmentCheck || _partitions.Count == 0)
+        {
+            return;
+        }
+
+        _nextAssignmentCheck = now + (long)(0.25 * TimeProvider.System.TimestampFrequency);
+        var assigned = _consumer.Assignment.ToHashSet();
+        var gone = _partitions.Keys.Where(p => !assigned.Contains(p)).ToList();
+        if (gone.Count > 0)
+        {
+            OnRevoked(gone, lost: false);
+        }
+    }
+
+    private void StopWorkers(List<PartitionState> states, TimeSpan timeout)
+    {
+        if (states.Count == 0)
+        {
+            return;
+        }
+
+        foreach (var state in states)
+        {
+            state.StopTaking.Cancel();
+            state.Queue.Writer.TryComplete();
+        }
+
+        var workers = states.Select(s => s.Worker).ToArray();
+        if (!Task.WaitAll(workers, timeout))
+        {
+            Log.InFlightCancelled(_logger, workers.Count(w => !w.IsCompleted), timeout);
+            foreach (var state in states)
+            {
+                state.Abort.Cancel();
+            }
+
+            // Cancelled work rolls back; the commit of a transaction already sent is awaited by the pipeline.
+            Task.WaitAll(workers, TimeSpan.FromSeconds(30));
+        }
+    }
+
+    private void MaybeCommit(bool force)
+    {
+        var now = _time.GetTimestamp();
+        var pending = Interlocked.Read(ref _completedSinceCommit);
+        if (!force && (pending == 0 || now < _nextCommitAttempt ||
+            (pending < _options.CommitEveryMessages && _time.GetElapsedTime(_lastCommitTimestamp, now) < _options.CommitInterval)))
+        {
+            return;
+        }
+
+        if (Commit(_partitions.Values))
+        {
+            Interlocked.Add(ref _completedSinceCommit, -pending);
+            _lastCommitTimestamp = now;
+        }
+        else
+        {
+            _nextCommitAttempt = now + (long)(0.2 * TimeProvider.System.TimestampFrequency);
+        }
+    }
+
+    /// <summary>Commits, for each partition, the offset after its last completed message. Runs on the loop thread.</summary>
+    private bool Commit(IEnumerable<PartitionState> states)
+    {
+        List<TopicPartitionOffset>? offsets = null;
+        foreach (var state in states)
+        {
+            var next = Volatile.Read(ref state.CompletedNext);
+            if (next > state.CommittedNext)
+            {
+                (offsets ??= []).Add(new TopicPartitionOffset(state.Partition, next));
+            }
+        }
+
+        if (offsets is null)
+        {
+            return true;
+        }
+
+        try
+        {
+            _consumer.Commit(offsets);
+            foreach (var offset in offsets)
+            {
+                if (_partitions.TryGetValue(offset.TopicPartition, out var state))
+                {
+                    state.CommittedNext = Math.Max(state.CommittedNext, offset.Offset.Value);
+                }
+            }
+
+            return true;
+        }
+        catch (KafkaException e)
+        {
+            // Nothing is lost: the next commit carries later offsets, and what a failed commit leaves behind is redelivered as duplicates.
+            Log.CommitFailed(_logger, e, e.Error.Code);
+            return false;
+        }
+    }
+
+    private void UpdatePause(PartitionState state)
+    {
+        _pauseChanges.Enqueue(state);
+    }
+
+    private void ApplyPauseChanges()
+    {
+        while (_pauseChanges.TryDequeue(out var state))
+        {
+            if (!_partitions.TryGetValue(state.Partition, out var current) || !ReferenceEquals(current, state))
+            {
+                continue;
+            }
+
+            var wanted = state.BackpressurePaused || state.StorePaused;
+            if (wanted == state.PausedAtBroker)
+            {
+                continue;
+            }
+
+            try
+            {
+                if (wanted)
+                {
+                    _consumer.Pause([state.Partition]);
+                }
+                else
+                {
+                    _consumer.Resume([state.Partition]);
+                }
+
+                state.PausedAtBroker = wanted;
+            }
+            catch (KafkaException e)
+            {
+                Log.ConsumeError(_logger, state.Partition.ToString(), e.Error.Reason);
+            }
+        }
+    }
+
+    private async Task RunWorkerAsync(PartitionState state)
+    {
+        var reader = state.Queue.Reader;
+        var batch = new List<Work>(_options.BatchSize);
+        try
+        {
+            while (await reader.WaitToReadAsync(state.StopTaking.Token).ConfigureAwait(false))
+            {
+                batch.Clear();
+                await FillBatchAsync(state, batch).ConfigureAwait(false);
+                if (batch.Count == 0)
+                {
+                    continue;
+                }
+
+                var done = batch.Count == 1
+                    ? await HandleOneAsync(state, batch[0], firstAttempt: 1).ConfigureAwait(false)
+                    : await HandleBatchAsync(state, batch).ConfigureAwait(false);
+                if (!done)
+                {
+                    return;
+                }
+
+                Volatile.Write(ref state.CompletedNext, batch[^1].Offset + 1);
+                Interlocked.Add(ref _completedSinceCommit, batch.Count);
+                if (Interlocked.Add(ref state.Buffered, -batch.Count) <= _options.MaxBufferedMessagesPerPartition / 2 && state.BackpressurePaused)
+                {
+                    state.BackpressurePaused = false;
+                    UpdatePause(state);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (state.StopTaking.IsCancellationRequested || state.Abort.IsCancellationRequested)
+        {
+            // Stopped (revoke, loss or shutdown): what did not complete is redelivered to whoever owns the partition next.
+        }
+    }
+
+    private async ValueTask FillBatchAsync(PartitionState state, List<Work> batch)
+    {
+        var reader = state.Queue.Reader;
+        while (batch.Count < _options.BatchSize && reader.TryRead(out var work))
+        {
+            batch.Add(work);
+        }
+
+        if (batch.Count == 0 || batch.Count >= _options.BatchSize || _options.BatchMaxWait <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        using var wait = CancellationTokenSource.CreateLinkedTokenSource(state.StopTaking.Token);
+        wait.CancelAfter(_options.BatchMaxWait);
+        try
+        {
+            while (batch.Count < _options.BatchSize && await reader.WaitToReadAsync(wait.Token).ConfigureAwait(false))
+            {
+                while (batch.Count < _options.BatchSize && reader.TryRead(out var work))
+                {
+                    batch.Add(work);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (!state.StopTaking.IsCancellationRequested)
+        {
+            // The batch's time is up.
+        }
+    }
+
+    /// <summary>Processes one message until it is committed or dead-lettered; false when the partition stopped first.</summary>
+    private async ValueTask<bool> HandleOneAsync(PartitionState state, Work work, int firstAttempt)
+    {
+        if (work.Error is not null)
+        {
+            return await DeadLetterUnreadableAsync(state, work).ConfigureAwait(false);
+        }
+
+        var attempt = firstAttempt;
+        var outages = 0;
+        while (true)
+        {
+            var message = ToIncoming(work, attempt);
+            ProcessingResult result;
+            await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+            var started = _time.GetTimestamp();
+            try
+            {
+                result = await _processor.ProcessAsync(message, state.Abort.Token).ConfigureAwait(false);
+            }
+            finally
+            {
+                _slots.Release();
+            }
+
+            DurationObserver?.Invoke(1, _time.GetElapsedTime(started));
+
+            var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, outages + 1);
+            switch (decision.Action)
+            {
+                case DeliveryAction.Acknowledge:
+                    ResumeAfterStore(state);
+                    ResultObserver?.Invoke(result);
+                    return true;
+                case DeliveryAction.DeadLetter:
+                    ResumeAfterStore(state);
+                    ResultObserver?.Invoke(result);
+                    return await DeadLetterAsync(state, work, result, decision, attempt).ConfigureAwait(false);
+                case DeliveryAction.PauseAndRetry:
+                    outages++;
+                    await WaitForStoreAsync(state, decision.Delay, outages).ConfigureAwait(false);
+                    break;
+                case DeliveryAction.Retry:
+                    Log.Retrying(_logger, state.Name, work.Offset, decision.Delay, attempt + 1);
+                    attempt++;
+                    await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+                    break;
+                default:
+                    // RetryLater: another worker holds the key; not an attempt.
+                    await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+                    break;
+            }
+        }
+    }
+
+    /// <summary>Processes a batch in one store transaction; messages that did not commit are then settled one by one, in order.</summary>
+    private async ValueTask<bool> HandleBatchAsync(PartitionState state, List<Work> batch)
+    {
+        var pending = new List<Work>(batch.Count);
+        foreach (var work in batch)
+        {
+            if (work.Error is null)
+            {
+                pending.Add(work);
+            }
+        }
+
+        var outages = 0;
+        var failed = new List<(Work Work, ProcessingResult Result)>();
+        while (pending.Count > 0)
+        {
+            var messages = new IncomingMessage[pending.Count];
+            for (var i = 0; i < messages.Length; i++)
+            {
+                messages[i] = ToIncoming(pending[i], 1);
+            }
+
+            IReadOnlyList<ProcessingResult> results;
+            await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+            var started = _time.GetTimestamp();
+            try
+            {
+                results = await _processor.ProcessBatchAsync(messages, state.Abort.Token).ConfigureAwait(false);
+            }
+            finally
+            {
+                _slots.Release();
+            }
+
+            DurationObserver?.Invoke(messages.Length, _time.GetElapsedTime(started));
+
+            var storeDown = false;
+            var next = new List<Work>();
+            for (var i = 0; i < results.Count; i++)
+            {
+                var result = results[i];
+                if (result.IsCommitted)
+                {
+                    ResultObserver?.Invoke(result);
+                }
+                else if (result.Outcome == ProcessingOutcome.StoreUnavailable)
+                {
+                    storeDown = true;
+                    next.Add(pending[i]);
+                }
+                else
+                {
+                    failed.Add((pending[i], result));
+                }
+            }
+
+            pending = next;
+            if (storeDown)
+            {
+                outages++;
+                await WaitForStoreAsync(state, _processor.Options.StoreUnavailableBackoff.GetDelay(outages), outages).ConfigureAwait(false);
+            }
+        }
+
+        ResumeAfterStore(state);
+
+        // The rest of the batch committed; each failure (and unreadable message) now gets its retries or its dead-letter, in offset order.
+        failed.Sort((a, b) => a.Work.Offset.CompareTo(b.Work.Offset));
+        var unreadable = batch.Where(w => w.Error is not null);
+        foreach (var work in failed.Select(f => f.Work).Concat(unreadable).OrderBy(w => w.Offset))
+        {
+            var first = failed.FindIndex(f => f.Work.Offset == work.Offset);
+            if (first >= 0)
+            {
+                var (_, result) = failed[first];
+                var decision = DeliveryPolicy.Decide(result, 1, _processor.Options);
+                if (decision.Action == DeliveryAction.DeadLetter)
+                {
+                    ResultObserver?.Invoke(result);
+                    if (!await DeadLetterAsync(state, work, result, decision, 1).ConfigureAwait(false))
+                    {
+                        return false;
+                    }
+
+                    continue;
+                }
+
+                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+            }
+
+            if (!await HandleOneAsync(state, work, firstAttempt: first >= 0 && failed[first].Result.Outcome != ProcessingOutcome.InProgress ? 2 : 1).ConfigureAwait(false))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    private async ValueTask WaitForStoreAsync(PartitionState state, TimeSpan delay, int outages)
+    {
+        if (!state.StorePaused)
+        {
+            state.StorePaused = true;
+            UpdatePause(state);
+            Log.PausedForStore(_logger, state.Name);
+        }
+
+        // Nothing is committed or dead-lettered while the store is away; the same message is tried again once it answers.
+        while (true)
+        {
+            await Task.Delay(delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+            bool answers;
+            try
+            {
+                answers = await _processor.Store.PingAsync(state.StopTaking.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                answers = false;
+            }
+
+            if (answers)
+            {
+                return;
+            }
+
+            outages++;
+            delay = _processor.Options.StoreUnavailableBackoff.GetDelay(outages);
+        }
+    }
+
+    private void ResumeAfterStore(PartitionState state)
+    {
+        if (state.StorePaused)
+        {
+            state.StorePaused = false;
+            UpdatePause(state);
+            Log.ResumedAfterStore(_logger, state.Name);
+        }
+    }
+
+    private async ValueTask<bool> DeadLetterAsync(PartitionState state, Work work, ProcessingResult result, DeliveryDecision decision, int attempts)
+    {
+        var headers = DeadLetterHeaders.Create(result, decision, _processor.HandlerName, attempts);
+        var record = work.Result!;
+        return await ProduceDeadLetterAsync(state, work, KeyBytes(record.Message.Key), result.Message.Body.ToArray(), record.Message.Headers, headers, decision.ReasonCode ?? "unknown", attempts).ConfigureAwait(false);
+    }
+
+    private async ValueTask<bool> DeadLetterUnreadableAsync(PartitionState state, Work work)
+    {
+        var raw = work.Raw!;
+        var error = (ConsumeException)work.Error!;
+        var headers = new Dictionary<string, string>(StringComparer.Ordinal)
+        {
+            [DeadLetterHeaders.ReasonCode] = KafkaDeadLetterHeaders.DeserializationFailed,
+            [DeadLetterHeaders.ErrorType] = error.InnerException?.GetType().FullName ?? error.GetType().FullName!,
+            [DeadLetterHeaders.ErrorMessage] = error.Error.Reason,
+            [DeadLetterHeaders.Attempts] = "1",
+            [DeadLetterHeaders.Handler] = _processor.HandlerName,
+        };
+        return await ProduceDeadLetterAsync(state, work, raw.Message.Key, raw.Message.Value, raw.Message.Headers, headers, KafkaDeadLetterHeaders.DeserializationFailed, 1).ConfigureAwait(false);
+    }
+
+    private async ValueTask<bool> ProduceDeadLetterAsync(PartitionState state, Work work, byte[]? key, byte[]? value, Headers? original, Dictionary<string, string> extra, string reasonCode, int attempts)
+    {
+        var topic = _options.GetDeadLetterTopic(state.Partition.Topic);
+        var headers = new Headers();
+        if (original is not null)
+        {
+            foreach (var header in original)
+            {
+                headers.Add(header.Key, header.GetValueBytes());
+            }
+        }
+
+        foreach (var (name, text) in extra)
+        {
+            headers.Add(name, Encoding.UTF8.GetBytes(text));
+        }
+
+        headers.Add(KafkaDeadLetterHeaders.OriginalTopic, Encoding.UTF8.GetBytes(state.Partition.Topic));
+        headers.Add(KafkaDeadLetterHeaders.OriginalPartition, Encoding.UTF8.GetBytes(state.Partition.Partition.Value.ToString(CultureInfo.InvariantCulture)));
+        headers.Add(KafkaDeadLetterHeaders.OriginalOffset, Encoding.UTF8.GetBytes(work.Offset.ToString(CultureInfo.InvariantCulture)));
+        if (work.Timestamp is { Type: not TimestampType.NotAvailable } timestamp)
+        {
+            headers.Add(KafkaDeadLetterHeaders.OriginalTimestamp, Encoding.UTF8.GetBytes(timestamp.UnixTimestampMs.ToString(CultureInfo.InvariantCulture)));
+        }
+
+        var message = new Message<byte[]?, byte[]?> { Key = key, Value = value, Headers = headers };
+        var failures = 0;
+        while (true)
+        {
+            try
+            {
+                // The source offset may move past this message only once the dead-letter topic acknowledged it.
+                await _deadLetterProducer.ProduceAsync(topic, message, state.StopTaking.Token).ConfigureAwait(false);
+                IdempotencyMetrics.RecordDeadLettered("kafka", _processor.HandlerName, state.Partition.Topic, reasonCode);
+                Log.DeadLettered(_logger, state.Name, work.Offset, topic, reasonCode, attempts);
+                return true;
+            }
+            catch (ProduceException<byte[]?, byte[]?> e)
+            {
+                failures++;
+                Log.DeadLetterFailed(_logger, e, topic);
+                await Task.Delay(_options.DeadLetterProduceBackoff.GetDelay(failures), _time, state.StopTaking.Token).ConfigureAwait(false);
+            }
+        }
+    }
+
+    private IncomingMessage ToIncoming(Work work, int attempt)
+    {
+        var record = work.Result!;
+        return new IncomingMessage(SelectKey(record), SelectBody(record))
+        {
+            Broker = "kafka",
+            Destination = record.Topic,
+            Headers = TraceHeaders(record.Message.Headers),
+            Timestamp = record.Message.Timestamp.Type == TimestampType.NotAvailable ? null : new DateTimeOffset(record.Message.Timestamp.UtcDateTime),
+            Redelivered = work.Reread || attempt > 1,
+            RedeliveryCause = work.Reread ? "rebalance" : attempt > 1 ? "redelivery" : null,
+            DeliveryAttempt = attempt,
+            Native = record,
+        };
+    }
+
+    private string? SelectKey(ConsumeResult<TKey, TValue> record)
+    {
+        if (_keySelector is null)
+        {
+            return record.Message.Headers is { } headers && headers.TryGetLastBytes(_options.KeyHeader, out var bytes) && bytes is not null
+                ? Encoding.UTF8.GetString(bytes)
+                : null;
+        }
+
+        try
+        {
+            return _keySelector(record);
+        }
+#pragma warning disable CA1031 // A selector that throws is a message without a key; its policy decides.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            Log.KeySelectorFailed(_logger, e, record.TopicPartition.ToString(), record.Offset.Value);
+            return null;
+        }
+    }
+
+    private ReadOnlyMemory<byte> SelectBody(ConsumeResult<TKey, TValue> record)
+    {
+        if (_bodySelector is not null)
+        {
+            return _bodySelector(record);
+        }
+
+        return record.Message.Value switch
+        {
+            byte[] bytes => bytes,
+            string text => Encoding.UTF8.GetBytes(text),
+            _ => ReadOnlyMemory<byte>.Empty,
+        };
+    }
+
+    private static byte[]? KeyBytes(TKey key) => key switch
+    {
+        byte[] bytes => bytes,
+        string text => Encoding.UTF8.GetBytes(text),
+        _ => null,
+    };
+
+    private static Dictionary<string, string>? TraceHeaders(Headers? headers)
+    {
+        if (headers is null || headers.Count == 0 || !headers.TryGetLastBytes("traceparent", out var parent))
+        {
+            return null;
+        }
+
+        var result = new Dictionary<string, string>(StringComparer.Ordinal) { ["traceparent"] = Encoding.UTF8.GetString(parent) };
+        if (headers.TryGetLastBytes("tracestate", out var state))
+        {
+            result["tracestate"] = Encoding.UTF8.GetString(state);
+        }
+
+        return result;
+    }
+
+    private readonly record struct Work(ConsumeResult<TKey, TValue>? Result, ConsumeResult<byte[], byte[]>? Raw, Exception? Error)
+    {
+        public bool Reread { get; init; }
+
+        public long Offset => Result?.Offset.Value ?? Raw!.Offset.Value;
+
+        public Timestamp? Timestamp => Result?.Message.Timestamp ?? Raw?.Message.Timestamp;
+    }
+
+    private sealed class PartitionState(TopicPartition partition) : IDisposable
+    {
+        public int Buffered;
+        public long CompletedNext = -1;
+
+        public TopicPartition Partition { get; } = partition;
+
+        public string Name { get; } = partition.ToString();
+
+        public Channel<Work> Queue { get; } = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions { SingleReader = true, SingleWriter = true });
+
+        /// <summary>Stops taking queued messages and ends waits (retry backoff, store outage).</summary>
+        public CancellationTokenSource StopTaking { get; } = new();
+
+        /// <summary>Cancels the store transaction in flight (it rolls back).</summary>
+        public CancellationTokenSource Abort { get; } = new();
+
+        public Task Worker { get; set; } = Task.CompletedTask;
+
+        public long CommittedNext { get; set; } = -1;
+
+        public volatile bool BackpressurePaused;
+
+        public volatile bool StorePaused;
+
+        public bool PausedAtBroker { get; set; }
+
+        public void Dispose()
+        {
+            StopTaking.Dispose();
+            Abort.Dispose();
+        }
+    }
+}

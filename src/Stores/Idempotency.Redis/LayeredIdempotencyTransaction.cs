@@ -1,0 +1,257 @@
+using Idempotency.Outbox;
+using Idempotency.Postgres;
+using Idempotency.Storage;
+using StackExchange.Redis;
+
+namespace Idempotency.Redis;
+
+/// <summary>
+/// A transaction of the <see cref="LayeredIdempotencyStore"/>: Redis leases under one token, and the PostgreSQL
+/// transaction the handler writes in (<see cref="PostgresTransaction"/>, or <c>context.GetNpgsqlTransaction()</c>).
+/// </summary>
+public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPostgresTransactionSource
+{
+    private readonly LayeredIdempotencyStore _store;
+    private readonly List<ClaimRequest> _leased = [];
+    private PostgresIdempotencyTransaction? _postgres;
+    private bool _finished;
+
+    internal LayeredIdempotencyTransaction(LayeredIdempotencyStore store)
+    {
+        _store = store;
+        LeaseToken = Guid.NewGuid().ToString("N");
+    }
+
+    /// <summary>Gets the token this transaction's Redis leases hold.</summary>
+    public string LeaseToken { get; }
+
+    /// <summary>Gets a value indicating whether a PostgreSQL transaction was opened (some key got past the Redis filter).</summary>
+    public bool HasPostgresTransaction => _postgres is not null;
+
+    /// <inheritdoc/>
+    public PostgresIdempotencyTransaction PostgresTransaction =>
+        _postgres ?? throw new InvalidOperationException("No PostgreSQL transaction is open: no key of this transaction got past the Redis filter.");
+
+    private RedisIdempotencyStore Redis => _store.Redis;
+
+    /// <inheritdoc/>
+    public async ValueTask<ClaimResult> ClaimAsync(ClaimRequest request, CancellationToken cancellationToken = default)
+    {
+        var results = await ClaimBatchAsync([request], cancellationToken).ConfigureAwait(false);
+        return results[0];
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IReadOnlyList<ClaimResult>> ClaimBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        ObjectDisposedException.ThrowIf(_finished, this);
+        cancellationToken.ThrowIfCancellationRequested();
+        if (requests.Count == 0)
+        {
+            return [];
+        }
+
+        var results = new ClaimResult[requests.Count];
+        ClaimResult[]? filtered = null;
+        try
+        {
+            // A disconnected Redis is skipped at once rather than queueing the claim until it times out.
+            filtered = Redis.Connection.IsConnected
+                ? await Redis.ClaimAsync(requests, LeaseToken).ConfigureAwait(false)
+                : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
+        }
+        catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+        {
+            Log.RedisLayerUnavailable(Redis.Logger, exception, requests[0].HandlerName);
+        }
+
+        // Keys past the filter go to PostgreSQL in the caller's (sorted) order.
+        var toPostgres = new List<int>(requests.Count);
+        for (var i = 0; i < requests.Count; i++)
+        {
+            if (filtered is null || filtered[i].Status == ClaimStatus.Claimed)
+            {
+                toPostgres.Add(i);
+                if (filtered is not null)
+                {
+                    _leased.Add(requests[i]);
+                }
+            }
+            else
+            {
+                results[i] = filtered[i];
+            }
+        }
+
+        if (toPostgres.Count == 0)
+        {
+            return results;
+        }
+
+        cancellationToken.ThrowIfCancellationRequested();
+        _postgres ??= (PostgresIdempotencyTransaction)await _store.Postgres.BeginAsync(cancellationToken).ConfigureAwait(false);
+        var pgRequests = toPostgres.Select(i => requests[i]).ToArray();
+        var pgResults = await _postgres.ClaimBatchAsync(pgRequests, cancellationToken).ConfigureAwait(false);
+        List<CompletionRecord>? restore = null;
+        for (var j = 0; j < pgRequests.Length; j++)
+        {
+            results[toPostgres[j]] = pgResults[j];
+            if (pgResults[j].Status == ClaimStatus.AlreadyProcessed && filtered is not null)
+            {
+                // Completed in PostgreSQL but the Redis marker is gone (expired, evicted, or its best-effort write failed).
+                (restore ??= []).Add(new CompletionRecord(pgRequests[j] with { Fingerprint = pgResults[j].StoredFingerprint }, TimeSpan.Zero, pgResults[j].StoredResult));
+            }
+        }
+
+        if (restore is not null)
+        {
+            await RestoreMarkersAsync(restore).ConfigureAwait(false);
+        }
+
+        return results;
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="ClaimLostException">Another worker holds a key's lease; nothing was committed.</exception>
+    public async ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(completions);
+        ArgumentNullException.ThrowIfNull(outbox);
+        ObjectDisposedException.ThrowIf(_finished, this);
+
+        var leased = completions.Where(c => IsLeased(c.Claim)).ToArray();
+        if (leased.Length > 0)
+        {
+            var lost = 0;
+            try
+            {
+                lost = await Redis.CheckAsync(LeaseKeys(leased.Select(c => c.Claim)), LeaseToken).ConfigureAwait(false);
+            }
+            catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+            {
+                // The check is an early refusal, not the guarantee: PostgreSQL's unique key still is.
+                Log.RedisLayerUnavailable(Redis.Logger, exception, leased[0].Claim.HandlerName);
+            }
+
+            if (lost > 0)
+            {
+                throw new ClaimLostException(leased[lost - 1].Claim.Key);
+            }
+        }
+
+        if (_postgres is not null)
+        {
+            await _postgres.CommitAsync(completions, outbox, cancellationToken).ConfigureAwait(false);
+        }
+
+        _finished = true;
+        if (leased.Length > 0)
+        {
+            try
+            {
+                await Redis.CompleteAsync(leased, LeaseToken).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // Best effort by design: PostgreSQL already holds the truth and filters the duplicates itself.
+            catch (Exception exception)
+#pragma warning restore CA1031
+            {
+                Log.MarkCompletedFailed(Redis.Logger, exception, leased.Length, leased[0].Claim.HandlerName);
+            }
+        }
+
+        var done = new HashSet<string>(leased.Select(c => c.Claim.Key), StringComparer.Ordinal);
+        _leased.RemoveAll(c => done.Contains(c.Key));
+        await ReleaseLeasesAsync().ConfigureAwait(false);
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask RollbackAsync(CancellationToken cancellationToken = default)
+    {
+        if (_finished)
+        {
+            return;
+        }
+
+        _finished = true;
+        try
+        {
+            if (_postgres is not null)
+            {
+                await _postgres.RollbackAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            await ReleaseLeasesAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            await RollbackAsync(CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (_store.IsUnavailable(exception))
+        {
+            // The PostgreSQL transaction dies with its connection below.
+        }
+        finally
+        {
+            if (_postgres is not null)
+            {
+                await _postgres.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    private bool IsLeased(ClaimRequest claim) =>
+        _leased.Exists(c => string.Equals(c.Key, claim.Key, StringComparison.Ordinal) && string.Equals(c.HandlerName, claim.HandlerName, StringComparison.Ordinal));
+
+    private RedisKey[] LeaseKeys(IEnumerable<ClaimRequest> claims) => claims.Select(c => Redis.GetLeaseKey(c.HandlerName, c.Key)).ToArray();
+
+    private async Task RestoreMarkersAsync(List<CompletionRecord> restore)
+    {
+        foreach (var record in restore)
+        {
+            _leased.RemoveAll(c => string.Equals(c.Key, record.Claim.Key, StringComparison.Ordinal));
+        }
+
+        try
+        {
+            await Redis.CompleteAsync(restore, LeaseToken).ConfigureAwait(false);
+            foreach (var record in restore)
+            {
+                Log.MarkerRestored(Redis.Logger, record.Claim.Key, record.Claim.HandlerName);
+            }
+        }
+#pragma warning disable CA1031 // Best effort: the marker only saves later duplicates a PostgreSQL round trip.
+        catch (Exception exception)
+#pragma warning restore CA1031
+        {
+            Log.MarkCompletedFailed(Redis.Logger, exception, restore.Count, restore[0].Claim.HandlerName);
+        }
+    }
+
+    private async Task ReleaseLeasesAsync()
+    {
+        if (_leased.Count == 0)
+        {
+            return;
+        }
+
+        var leases = LeaseKeys(_leased);
+        var handler = _leased[0].HandlerName;
+        _leased.Clear();
+        try
+        {
+            await Redis.ReleaseAsync(leases, LeaseToken).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+        {
+            Log.ReleaseFailed(Redis.Logger, exception, handler);
+        }
+    }
+}
