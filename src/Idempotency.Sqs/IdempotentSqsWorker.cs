@@ -112,6 +112,7 @@ public sealed class IdempotentSqsWorker
             }
 
             Log.Started(_logger, _processor.HandlerName, _options.QueueUrl, _options.Pollers, _options.BatchProcessing);
+            await WarnIfRetentionTooShortAsync(stoppingToken).ConfigureAwait(false);
             var pollers = new Task[_options.Pollers];
             for (var i = 0; i < pollers.Length; i++)
             {
@@ -720,5 +721,24 @@ public sealed class IdempotentSqsWorker
         var trimmed = queueUrl.TrimEnd('/');
         var slash = trimmed.LastIndexOf('/');
         return slash >= 0 ? trimmed[(slash + 1)..] : trimmed;
+    }
+
+    /// <summary>Reads the queue's MessageRetentionPeriod: a key kept for less time than that can let a late redelivery through.</summary>
+    private async Task WarnIfRetentionTooShortAsync(CancellationToken cancellationToken)
+    {
+        try
+        {
+            var attributes = await _sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = _options.QueueUrl, AttributeNames = ["MessageRetentionPeriod"] }, cancellationToken).ConfigureAwait(false);
+            if (attributes.Attributes?.TryGetValue("MessageRetentionPeriod", out var seconds) == true
+                && int.TryParse(seconds, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var value))
+            {
+                RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s");
+            }
+        }
+#pragma warning disable CA1031 // The check is advice: a queue whose attributes cannot be read must still be consumed.
+        catch (Exception exception) when (exception is not OperationCanceledException)
+#pragma warning restore CA1031
+        {
+        }
     }
 }
