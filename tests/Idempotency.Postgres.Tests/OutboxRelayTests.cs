@@ -110,6 +110,36 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
     }
 
     [Fact]
+    public async Task Row_whose_older_same_key_row_is_held_by_another_relay_waits_while_other_keys_go_on()
+    {
+        var store = await db.CreateStoreAsync();
+        var processor = Sender(store, "held", outgoing: (key, _) => [new OutboxMessage("orders", key.Split('#')[0], Encoding.UTF8.GetBytes(key))]);
+        foreach (var key in new[] { "A#1", "A#2", "B#1", "A#3", "C#1" })
+        {
+            await processor.ProcessAsync(Message(key), Ct);
+        }
+
+        // Relay 1 takes A#1 and hangs in the broker call, holding its lock.
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var slow = new RecordingPublisher(onPublish: _ => entered.TrySetResult());
+        var relay1 = new PostgresOutboxRelay(store, new GatedPublisher(slow, release.Task), new PostgresOutboxRelayOptions { BatchSize = 1 });
+        var first = relay1.RelayOnceAsync(Ct);
+        await entered.Task.WaitAsync(TimeSpan.FromSeconds(10), Ct);
+
+        // Relay 2 must skip A#2 and A#3 (A#1 is unsent and held) but publish B#1 and C#1.
+        var fast = new RecordingPublisher();
+        var relay2 = new PostgresOutboxRelay(store, fast, new PostgresOutboxRelayOptions { BatchSize = 10 });
+        Assert.Equal(2, await relay2.RelayOnceAsync(Ct));
+        Assert.Equal(["B#1", "C#1"], fast.Published.Select(r => Encoding.UTF8.GetString(r.Payload.Span)));
+
+        release.SetResult();
+        Assert.Equal(1, await first.WaitAsync(TimeSpan.FromSeconds(10), Ct));
+        Assert.Equal(2, await relay2.RelayOnceAsync(Ct));
+        Assert.Equal(["B#1", "C#1", "A#2", "A#3"], fast.Published.Select(r => Encoding.UTF8.GetString(r.Payload.Span)));
+    }
+
+    [Fact]
     public async Task Notify_wakes_the_relay_far_sooner_than_the_poll_interval()
     {
         var store = await db.CreateStoreAsync();
@@ -286,6 +316,15 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
             {
                 throw new InvalidOperationException("relay died after publishing, before marking sent");
             }
+        }
+    }
+
+    internal sealed class GatedPublisher(IOutboxPublisher inner, Task gate) : IOutboxPublisher
+    {
+        public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
+        {
+            await inner.PublishAsync(messages, cancellationToken);
+            await gate.WaitAsync(cancellationToken);
         }
     }
 
