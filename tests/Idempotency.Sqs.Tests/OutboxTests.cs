@@ -1,7 +1,15 @@
 using System.Text;
 using Amazon.SQS;
 using Amazon.SQS.Model;
+using System.Text.Json;
+using Confluent.Kafka;
+using Dapper;
+using Idempotency.Kafka;
+using Idempotency.Kafka.Outbox;
+using Idempotency.Kafka.Tests;
 using Idempotency.Outbox;
+using Idempotency.RabbitMQ;
+using Idempotency.RabbitMQ.Outbox;
 using Idempotency.Postgres;
 using Idempotency.Postgres.Outbox;
 using Idempotency.Sqs.Outbox;
@@ -11,8 +19,102 @@ using static Idempotency.Sqs.Tests.SqsTestKit;
 namespace Idempotency.Sqs.Tests;
 
 /// <summary>The PostgreSQL outbox relayed to SQS with <see cref="SqsOutboxPublisher"/>, consumed downstream by the SQS worker.</summary>
-public sealed class OutboxTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
+public sealed class OutboxTests(SqsFixture sqs, PostgresFixture db, RabbitMqFixture mq) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
 {
+    [Fact]
+    public async Task Kafka_to_RabbitMQ_to_SQS_through_two_outboxes_with_duplicates_at_every_hop_applies_each_order_once()
+    {
+        const int orders = 30;
+        var orderIds = Enumerable.Range(0, orders).Select(i => $"order-{i}").ToList();
+
+        // Hop 1: Kafka, every 5th order produced twice.
+        using var cluster = MockKafkaCluster.Start();
+        var topic = "orders-" + Guid.NewGuid().ToString("N")[..8];
+        cluster.CreateTopic(topic, 3);
+        using (var producer = cluster.CreateProducer())
+        {
+            foreach (var id in orderIds.Concat(orderIds.Where((_, i) => i % 5 == 0)))
+            {
+                var key = Encoding.UTF8.GetBytes(id);
+                await producer.ProduceAsync(topic, new Message<byte[]?, byte[]?> { Key = key, Value = Encoding.UTF8.GetBytes($"{{\"id\":\"{id}\"}}"), Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, key } } }, Ct);
+            }
+        }
+
+        var rabbitTopology = await RabbitMqTopology.DeclareAsync(mq.Channel, mq.NewQueueName("e2e"), RabbitMqQueueType.Classic, cancellationToken: Ct);
+        var sqsQueue = await sqs.CreateQueueAsync("e2e");
+        var kafkaStore = await db.CreateStoreAsync();
+        var rabbitStore = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+
+        // Kafka consumer -> outbox -> RabbitMQ (the relay dies once after publishing: the batch goes out twice).
+        using var kafkaConsumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(
+            new ConsumerConfig { BootstrapServers = cluster.BootstrapServers, GroupId = "e2e-" + Guid.NewGuid().ToString("N")[..6], AutoOffsetReset = AutoOffsetReset.Earliest, SessionTimeoutMs = 6000 },
+            new IdempotentProcessor(kafkaStore, Forward(rabbitTopology.Queue), Handler("e2e-kafka")),
+            KafkaOptions(topic));
+        var kafkaRun = kafkaConsumer.RunAsync(stop.Token);
+        await using var rabbitConnection = await mq.CreateConnectionAsync("e2e-relay");
+        await using var rabbitPublisher = new RabbitMqOutboxPublisher(rabbitConnection);
+        var relayOptions = new PostgresOutboxRelayOptions { PollInterval = TimeSpan.FromMilliseconds(200), FailureBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(50), MaxDelay = TimeSpan.FromMilliseconds(200) } };
+        var crash1 = new CrashAfterPublish(rabbitPublisher, crashes: 1);
+        var relay1 = new PostgresOutboxRelay(kafkaStore, crash1, relayOptions).RunAsync(stop.Token);
+
+        // RabbitMQ consumer -> outbox -> SQS (again one republish).
+        await using var consumerConnection = await mq.CreateConnectionAsync("e2e-consumer");
+        var rabbitConsumer = await IdempotentRabbitMqConsumer.CreateAsync(consumerConnection, new IdempotentProcessor(rabbitStore, Forward(sqsQueue), Handler("e2e-rabbit")), rabbitTopology.ApplyTo(new RabbitMqIdempotencyOptions { PrefetchCount = 20 }), cancellationToken: Ct);
+        await rabbitConsumer.StartAsync(Ct);
+        var crash2 = new CrashAfterPublish(new SqsOutboxPublisher(sqs.CreateClient()), crashes: 1);
+        var relay2 = new PostgresOutboxRelay(rabbitStore, crash2, relayOptions).RunAsync(stop.Token);
+
+        // SQS worker: the final effect, one row per order, counted.
+        var finalHandler = IdempotentHandler.Create(async (context, _) =>
+        {
+            var id = JsonDocument.Parse(context.Body).RootElement.GetProperty("id").GetString();
+            await context.GetNpgsqlConnection().ExecuteAsync(
+                $"INSERT INTO {table} (id, amount, applied) VALUES (@id, 1, 1) ON CONFLICT (id) DO UPDATE SET applied = {table}.applied + 1",
+                new { id }, context.GetNpgsqlTransaction());
+        });
+        await using var worker = Start(sqs.CreateClient(), await db.CreateStoreAsync(), finalHandler, Handler("e2e-sqs"), Fast(sqsQueue));
+
+        await SqsFixture.WaitUntilAsync(
+            async () => await db.RowsAsync(table) == orders && await sqs.DrainedAsync(sqsQueue) && await Pending(kafkaStore) == 0 && await Pending(rabbitStore) == 0 && await mq.ReadyCountAsync(rabbitTopology.Queue) == 0,
+            Long,
+            "every order applied, every outbox drained, every queue empty",
+            async () => $"rows={await db.RowsAsync(table)} applied={await db.AppliedAsync(table)} kafka-outbox pending={await Pending(kafkaStore)} rabbit-outbox pending={await Pending(rabbitStore)} rabbit ready={await mq.ReadyCountAsync(rabbitTopology.Queue)}");
+        await Task.Delay(1000, Ct); // room for a late duplicate to land
+        await worker.StopAsync();
+        await rabbitConsumer.StopAsync(Ct);
+        await stop.CancelAsync();
+        await Task.WhenAll(kafkaRun, relay1, relay2).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+
+        Assert.Equal((long)orders, await db.RowsAsync(table));
+        Assert.Equal((long)orders, await db.AppliedAsync(table));
+        Assert.Equal(0L, await db.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE applied <> 1"));
+
+        // Duplicates really happened at every hop: 36 Kafka messages for 30 orders, and each relay published its first
+        // batch, died before marking it, and published it again.
+        Assert.True(crash1.Crashed && crash2.Crashed, "both relays must have republished a batch");
+        Assert.True(rabbitConsumer.AcknowledgedCount > orders, $"RabbitMQ acknowledged {rabbitConsumer.AcknowledgedCount}: the republished copies must have arrived too");
+        Assert.Equal((long)orders, await db.ScalarAsync<long>($"SELECT count(*) FROM {kafkaStore.QualifiedOutboxTableName}"));
+        Assert.Equal((long)orders, await db.ScalarAsync<long>($"SELECT count(*) FROM {rabbitStore.QualifiedOutboxTableName}"));
+    }
+
+    private Task<long> Pending(PostgresIdempotencyStore store) => db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedOutboxTableName} WHERE sent_at IS NULL");
+
+    private static IIdempotentMessageHandler Forward(string destination) => IdempotentHandler.Create((context, _) =>
+    {
+        var id = JsonDocument.Parse(context.Body).RootElement.GetProperty("id").GetString()!;
+        context.AddOutgoing(new OutboxMessage(destination, id, context.Body));
+        return ValueTask.CompletedTask;
+    });
+
+    private static KafkaIdempotencyOptions<byte[], byte[]> KafkaOptions(string topic)
+    {
+        var options = new KafkaIdempotencyOptions<byte[], byte[]> { CommitInterval = TimeSpan.FromMilliseconds(200), PollTimeout = TimeSpan.FromMilliseconds(50), ShutdownTimeout = TimeSpan.FromSeconds(5) };
+        options.Topics.Add(topic);
+        return options;
+    }
+
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
     [Fact]
@@ -132,10 +234,14 @@ public sealed class OutboxTests(SqsFixture sqs, PostgresFixture db) : IClassFixt
     private sealed class CrashAfterPublish(IOutboxPublisher inner, int crashes) : IOutboxPublisher
     {
         private int _left = crashes;
+        private int _calls;
+
+        public bool Crashed => Volatile.Read(ref _calls) > 1;
 
         public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
         {
             await inner.PublishAsync(messages, cancellationToken);
+            Interlocked.Increment(ref _calls);
             if (Interlocked.Decrement(ref _left) >= 0)
             {
                 throw new InvalidOperationException("relay died after publishing, before marking sent");
