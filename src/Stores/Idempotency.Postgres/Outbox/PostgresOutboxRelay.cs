@@ -29,7 +29,8 @@ public sealed partial class PostgresOutboxRelay
     private readonly PostgresOutboxRelayOptions _options;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
-    private readonly string _selectSql;
+    private readonly string _lockSql;
+    private readonly string _blockedSql;
     private readonly string _markSql;
     private readonly string _cleanupSql;
     private readonly SemaphoreSlim _wake = new(0, 1);
@@ -59,17 +60,22 @@ public sealed partial class PostgresOutboxRelay
 
         // SKIP LOCKED lets relays share the table; the NOT EXISTS keeps per-key order across them: a row whose key
         // has an older unsent row outside this batch (held by another relay, or skipped) waits for a later round.
-        _selectSql = $"""
-            WITH candidates AS (
-                SELECT id FROM {outbox} WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-            SELECT o.id, o.message_id, o.destination, o.message_key, o.payload, o.headers::text, o.created_at
-            FROM {outbox} o JOIN candidates c ON c.id = o.id
-            WHERE NOT EXISTS (
-                SELECT 1 FROM {outbox} p
-                WHERE p.message_key = o.message_key AND p.sent_at IS NULL AND p.id < o.id
-                  AND p.id NOT IN (SELECT id FROM candidates))
-            ORDER BY o.id
+        // Step 1 locks the oldest pending rows nobody else holds (SKIP LOCKED lets relays share the table). Step 2 keeps
+        // per-key order across relays: a locked row is published only if no older unsent row of its key exists outside
+        // this batch (held by another relay); the others stay locked and unpublished until a later round. Two plain
+        // statements rather than one anti-join, so the plan cannot degrade into scanning the whole backlog when the
+        // table's statistics are stale (an outbox churns faster than autovacuum analyzes it).
+        _lockSql = $"""
+            SELECT id, message_id, destination, message_key, payload, headers::text, created_at
+            FROM {outbox} WHERE sent_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
             """;
+        _blockedSql = $"""
+            SELECT message_key, min(id) FROM {outbox}
+            WHERE sent_at IS NULL AND message_key = ANY($1) AND id < $2 AND NOT (id = ANY($3))
+            GROUP BY message_key
+            """;
+        // Losing a "sent" mark in a crash only republishes rows the consumer downstream deduplicates, so this
+        // transaction does not wait for its WAL flush (one fsync less per batch).
         _markSql = $"UPDATE {outbox} SET sent_at = now() WHERE id = ANY($1)";
         _cleanupSql = $"DELETE FROM {outbox} WHERE id = ANY(ARRAY(SELECT id FROM {outbox} WHERE sent_at < $1 ORDER BY id LIMIT $2))";
     }
@@ -84,15 +90,42 @@ public sealed partial class PostgresOutboxRelay
         var transaction = await connection.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
         await using var transactionScope = transaction.ConfigureAwait(false);
 
-        var records = new List<OutboxRecord>();
-        using (var select = new NpgsqlCommand(_selectSql, connection, transaction))
+        var locked = new List<OutboxRecord>();
+        using (var select = new NpgsqlBatch(connection, transaction))
         {
-            select.Parameters.Add(new NpgsqlParameter<int> { TypedValue = _options.BatchSize });
+            // Walk the pending index in id order even when statistics claim only a few rows are pending.
+            select.BatchCommands.Add(new NpgsqlBatchCommand("SET LOCAL enable_sort TO off"));
+            select.BatchCommands.Add(new NpgsqlBatchCommand("SET LOCAL enable_bitmapscan TO off"));
+            var lockRows = new NpgsqlBatchCommand(_lockSql);
+            lockRows.Parameters.Add(new NpgsqlParameter<int> { TypedValue = _options.BatchSize });
+            select.BatchCommands.Add(lockRows);
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
                 var headers = reader.IsDBNull(5) ? null : JsonSerializer.Deserialize<Dictionary<string, string>>(reader.GetString(5));
-                records.Add(new OutboxRecord(reader.GetInt64(0), reader.GetGuid(1), reader.GetString(2), reader.GetString(3), reader.GetFieldValue<byte[]>(4), headers, reader.GetFieldValue<DateTimeOffset>(6)));
+                locked.Add(new OutboxRecord(reader.GetInt64(0), reader.GetGuid(1), reader.GetString(2), reader.GetString(3), reader.GetFieldValue<byte[]>(4), headers, reader.GetFieldValue<DateTimeOffset>(6)));
+            }
+        }
+
+        var records = locked;
+        if (locked.Count > 0)
+        {
+            var blocked = new Dictionary<string, long>(StringComparer.Ordinal);
+            using (var check = new NpgsqlCommand(_blockedSql, connection, transaction))
+            {
+                check.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = locked.Select(r => r.Key).Distinct(StringComparer.Ordinal).ToArray() });
+                check.Parameters.Add(new NpgsqlParameter<long> { TypedValue = locked[^1].Id });
+                check.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = locked.Select(r => r.Id).ToArray(), NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bigint });
+                using var reader = await check.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    blocked[reader.GetString(0)] = reader.GetInt64(1);
+                }
+            }
+
+            if (blocked.Count > 0)
+            {
+                records = locked.Where(r => !blocked.TryGetValue(r.Key, out var first) || r.Id < first).ToList();
             }
         }
 
@@ -104,9 +137,12 @@ public sealed partial class PostgresOutboxRelay
 
         // The rows stay locked while publishing, so no other relay publishes them at the same time.
         await _publisher.PublishAsync(records, cancellationToken).ConfigureAwait(false);
-        using (var mark = new NpgsqlCommand(_markSql, connection, transaction))
+        using (var mark = new NpgsqlBatch(connection, transaction))
         {
-            mark.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = records.Select(r => r.Id).ToArray(), NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bigint });
+            mark.BatchCommands.Add(new NpgsqlBatchCommand("SET LOCAL synchronous_commit TO OFF"));
+            var update = new NpgsqlBatchCommand(_markSql);
+            update.Parameters.Add(new NpgsqlParameter<long[]> { TypedValue = records.Select(r => r.Id).ToArray(), NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bigint });
+            mark.BatchCommands.Add(update);
             await mark.ExecuteNonQueryAsync(CancellationToken.None).ConfigureAwait(false);
         }
 

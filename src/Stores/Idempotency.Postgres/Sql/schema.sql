@@ -35,3 +35,8 @@ CREATE TABLE IF NOT EXISTS {schema}.{outbox_table} (
 );
 
 CREATE INDEX IF NOT EXISTS {outbox_table}_pending_idx ON {schema}.{outbox_table} (id) WHERE sent_at IS NULL;
+
+-- The relay's per-key order check ("no older unsent row of this key outside my batch") probes this index instead of
+-- scanning every older pending row. The redundant "message_key IS NOT NULL" keeps the planner from using it for the
+-- relay's id-ordered scan (it can prove the predicate only from a "message_key = ..." condition).
+CREATE INDEX IF NOT EXISTS {outbox_table}_pending_key_idx ON {schema}.{outbox_table} (message_key, id) WHERE sent_at IS NULL AND message_key IS NOT NULL;
