@@ -190,6 +190,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
     private bool _ownsConsumer;
 
+    /// <summary>Gets or sets the heartbeat the consume loop beats on every poll, for the consumer health check (set by the DI registration).</summary>
+    public Idempotency.Health.ConsumerHeartbeat? Heartbeat { get; set; }
+
     /// <summary>
     /// Consumes and processes until <paramref name="cancellationToken"/> is cancelled, then shuts down gracefully:
     /// stops fetching, lets in-flight messages finish within <see cref="KafkaIdempotencyOptions.ShutdownTimeout"/>
@@ -261,6 +264,12 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
             while (!cancellationToken.IsCancellationRequested)
             {
+                if (Heartbeat is { } heartbeat)
+                {
+                    heartbeat.Beat();
+                    heartbeat.State = _partitions.Values.Any(p => p.StorePaused) ? Idempotency.Health.ConsumerState.Paused : Idempotency.Health.ConsumerState.Running;
+                }
+
                 ApplyPauseChanges();
                 MaybeCommit(force: false);
                 ConsumeResult<TKey, TValue>? result;
@@ -322,6 +331,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         if (_ownsClients)
         {
             _deadLetterProducer.Flush(TimeSpan.FromSeconds(5));
+        }
+
+        if (Heartbeat is not null)
+        {
+            Heartbeat.State = Idempotency.Health.ConsumerState.Stopped;
         }
 
         Log.Stopped(_logger, committed);

@@ -1,5 +1,6 @@
 using Confluent.Kafka;
 using Idempotency;
+using Idempotency.Health;
 using Idempotency.Kafka;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
@@ -46,12 +47,22 @@ public static class KafkaIdempotencyBuilderExtensions
         builder.ConfigureHandler(handlerName);
         builder.Services.TryAddScoped<THandler>();
         builder.Services.AddSingleton<IHostedService>(sp => new KafkaIdempotentConsumerService<TKey, TValue>(() =>
-            IdempotentKafkaConsumer<TKey, TValue>.Create(
+        {
+            var consumer = IdempotentKafkaConsumer<TKey, TValue>.Create(
                 consumerConfig,
                 sp.CreateIdempotentProcessor<THandler>(handlerName),
                 options,
                 logger: sp.GetService<ILoggerFactory>()?.CreateLogger("Idempotency.Kafka." + handlerName),
-                timeProvider: sp.GetService<TimeProvider>())));
+                timeProvider: sp.GetService<TimeProvider>());
+            var processorLogger = sp.GetService<ILoggerFactory>()?.CreateLogger("Idempotency.Kafka." + handlerName);
+            if (processorLogger is not null)
+            {
+                _ = KafkaRetentionCheck.WarnIfRetentionTooShortAsync(consumerConfig, options.Topics, sp.CreateIdempotentProcessor<THandler>(handlerName).Options, processorLogger);
+            }
+
+            consumer.Heartbeat = sp.GetService<ConsumerHealthRegistry>()?.Register($"kafka:{handlerName}:{consumerConfig.GroupId}", sp.GetService<TimeProvider>() ?? TimeProvider.System);
+            return consumer;
+        }));
         return builder;
     }
 }

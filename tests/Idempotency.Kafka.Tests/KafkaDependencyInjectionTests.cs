@@ -1,5 +1,6 @@
 using Idempotency.InMemory;
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Hosting;
 using static Idempotency.Kafka.Tests.KafkaTestKit;
 
@@ -27,17 +28,24 @@ public sealed class KafkaDependencyInjectionTests
         Produce(cluster, topic, ["a", "b", "a", "c"]);
         var group = Unique("g");
         var services = new ServiceCollection();
+        services.AddLogging();
         services.AddIdempotency(b => b
             .UseStore(_ => new InMemoryIdempotencyStore())
-            .AddKafkaConsumer<CountingHandler, byte[], byte[]>("di-handler", ConsumerConfig(cluster, group), o => o.Topics.Add(topic)));
+            .AddKafkaConsumer<CountingHandler, byte[], byte[]>("di-handler", ConsumerConfig(cluster, group), o => o.Topics.Add(topic))
+            .AddHealthChecks());
         await using var provider = services.BuildServiceProvider();
         var hosted = provider.GetServices<IHostedService>().OfType<KafkaIdempotentConsumerService<byte[], byte[]>>().Single();
 
         await hosted.StartAsync(TestContext.Current.CancellationToken);
         await WaitForCommittedToEndAsync(cluster, group, topic, 2, TimeSpan.FromSeconds(30));
+        var health = provider.GetRequiredService<HealthCheckService>();
+        var running = await health.CheckHealthAsync(r => r.Name == "idempotency-consumers", TestContext.Current.CancellationToken);
         await hosted.StopAsync(TestContext.Current.CancellationToken);
+        var stopped = await health.CheckHealthAsync(r => r.Name == "idempotency-consumers", TestContext.Current.CancellationToken);
 
         Assert.Equal(3, CountingHandler.Runs);
+        Assert.Equal(HealthStatus.Healthy, running.Status);
+        Assert.Equal(HealthStatus.Unhealthy, stopped.Status);
     }
 
     [Fact]

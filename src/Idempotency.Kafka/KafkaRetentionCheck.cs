@@ -1,0 +1,46 @@
+using System.Globalization;
+using Confluent.Kafka;
+using Confluent.Kafka.Admin;
+using Microsoft.Extensions.Logging;
+
+namespace Idempotency.Kafka;
+
+/// <summary>Reads the topics' <c>retention.ms</c> and warns when the handler forgets keys sooner than Kafka can redeliver them.</summary>
+public static class KafkaRetentionCheck
+{
+    /// <summary>Describes the topics and logs a warning for each whose retention exceeds the handler's; never throws.</summary>
+    /// <param name="config">Connection settings (bootstrap servers, security).</param>
+    /// <param name="topics">The topics consumed.</param>
+    /// <param name="options">The handler's options.</param>
+    /// <param name="logger">Where the warning goes.</param>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns>How many topics drew a warning.</returns>
+    public static async Task<int> WarnIfRetentionTooShortAsync(ClientConfig config, IEnumerable<string> topics, IdempotencyOptions options, ILogger logger, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(topics);
+        var warnings = 0;
+        try
+        {
+            using var admin = new AdminClientBuilder(new AdminClientConfig(config)).Build();
+            var resources = topics.Select(t => new ConfigResource { Type = ResourceType.Topic, Name = t }).ToList();
+            var described = await admin.DescribeConfigsAsync(resources, new DescribeConfigsOptions { RequestTimeout = TimeSpan.FromSeconds(10) }).ConfigureAwait(false);
+            foreach (var topic in described)
+            {
+                cancellationToken.ThrowIfCancellationRequested();
+                if (topic.Entries.TryGetValue("retention.ms", out var entry)
+                    && long.TryParse(entry.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var ms) && ms > 0
+                    && RetentionGuard.WarnIfTooShort(logger, options, TimeSpan.FromMilliseconds(ms), $"topic {topic.ConfigResource.Name} retention.ms={ms}"))
+                {
+                    warnings++;
+                }
+            }
+        }
+        catch (KafkaException)
+        {
+            // Describing configs needs ACLs some clusters deny; the check is advice, never a reason not to start.
+        }
+
+        return warnings;
+    }
+}

@@ -1,0 +1,79 @@
+using Idempotency.InMemory;
+
+namespace Idempotency.RabbitMQ.Tests;
+
+public sealed class OptionsTests
+{
+    [Fact]
+    public void Defaults_are_valid_once_a_queue_is_set()
+    {
+        Assert.Empty(new RabbitMqIdempotencyOptions { Queue = "orders" }.GetValidationErrors());
+    }
+
+    [Fact]
+    public void Validation_errors_name_each_bad_setting()
+    {
+        var errors = new RabbitMqIdempotencyOptions
+        {
+            Queue = " ",
+            HandlerConcurrency = 0,
+            PrefetchCount = 70_000,
+            BatchSize = 0,
+            BatchTimeout = TimeSpan.FromSeconds(-1),
+            KeyHeader = string.Empty,
+            ShutdownTimeout = TimeSpan.FromHours(2),
+            MaxTrackedMessages = 0,
+        }.GetValidationErrors();
+
+        foreach (var setting in new[] { "Queue", "HandlerConcurrency", "PrefetchCount", "BatchSize", "BatchTimeout", "KeyHeader", "ShutdownTimeout", "MaxTrackedMessages" })
+        {
+            Assert.Contains(errors, e => e.StartsWith(setting, StringComparison.Ordinal));
+        }
+    }
+
+    [Fact]
+    public void Prefetch_below_concurrency_or_batch_size_is_rejected_by_name()
+    {
+        var concurrency = new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 8, PrefetchCount = 4 }.GetValidationErrors();
+        Assert.Contains(concurrency, e => e.Contains("PrefetchCount must be at least HandlerConcurrency", StringComparison.Ordinal));
+
+        var batch = new RabbitMqIdempotencyOptions { Queue = "q", BatchSize = 100, PrefetchCount = 50 }.GetValidationErrors();
+        Assert.Contains(batch, e => e.Contains("PrefetchCount must be at least BatchSize", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void Consumer_refuses_invalid_options_with_the_setting_in_the_message()
+    {
+        var processor = new IdempotentProcessor(new InMemoryIdempotencyStore(), IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), new IdempotencyOptions { HandlerName = "h" });
+        var channel = new DispatchProxyChannel();
+        var error = Assert.Throws<ArgumentException>(() => new IdempotentRabbitMqConsumer(channel.Channel, processor, new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 0 }));
+        Assert.Contains("HandlerConcurrency", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Attempt_tracker_forgets_the_least_recently_seen_message_first()
+    {
+        var tracker = new AttemptTracker(capacity: 2);
+        tracker.RecordFailure("a");
+        tracker.RecordFailure("b");
+        tracker.Get("a");
+        tracker.RecordFailure("c");
+
+        Assert.Equal(2, tracker.Count);
+        Assert.Equal((1, 0), tracker.Get("a"));
+        Assert.Equal((0, 0), tracker.Get("b"));
+        tracker.RecordRequeue("c");
+        Assert.Equal((1, 1), tracker.Get("c"));
+    }
+
+    /// <summary>An IChannel that is never used: option validation happens before the channel is touched.</summary>
+    private sealed class DispatchProxyChannel
+    {
+        public global::RabbitMQ.Client.IChannel Channel { get; } = System.Reflection.DispatchProxy.Create<global::RabbitMQ.Client.IChannel, Unused>();
+
+        public class Unused : System.Reflection.DispatchProxy
+        {
+            protected override object? Invoke(System.Reflection.MethodInfo? targetMethod, object?[]? args) => throw new NotSupportedException();
+        }
+    }
+}
