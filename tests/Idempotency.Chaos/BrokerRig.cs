@@ -20,12 +20,14 @@ internal abstract class BrokerRig : IAsyncDisposable
     public static BrokerRig Create(string name) => name switch
     {
         "kafka" => new KafkaRig(),
+        "rabbitmq" => new RabbitMqRig(),
         _ => throw new NotSupportedException($"broker '{name}' is not wired into the chaos suite yet"),
     };
 
     public static Task RunChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop) => args.Broker switch
     {
         "kafka" => KafkaRig.RunKafkaChildAsync(args, processor, ready, stop),
+        "rabbitmq" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
         _ => throw new NotSupportedException(args.Broker),
     };
 

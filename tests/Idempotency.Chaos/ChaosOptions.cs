@@ -30,6 +30,9 @@ internal sealed class ChaosOptions
 
     public string ResultsDirectory { get; private set; } = "artifacts";
 
+    /// <summary>Fault kinds not to inject (to isolate a failure).</summary>
+    public IReadOnlyList<string> SkipFaults { get; private set; } = [];
+
     public static ChaosOptions Parse(string[] args)
     {
         var o = new ChaosOptions();
@@ -50,6 +53,7 @@ internal sealed class ChaosOptions
                 case "--duplicates": o.DuplicateShare = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--seed": o.Seed = Int(Next(), a, 0); break;
                 case "--results": o.ResultsDirectory = Next(); break;
+                case "--skip-faults": o.SkipFaults = Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
                 case "-h" or "--help": throw new HelpRequestedException();
                 default: throw new ArgumentException($"unknown option {a}");
             }
@@ -78,6 +82,7 @@ internal sealed class ChaosOptions
           --poison N          poison messages per scenario
           --duplicates F      share of re-sent keys (default 0.2)
           --seed N            random seed (printed; re-run with it to repeat the schedule)
+          --skip-faults LIST  fault kinds not to inject, e.g. kafka-request-errors,store-cut (to isolate a failure)
           --results DIR       where chaos.md and test-results/chaos.trx go (default: artifacts)
         """;
 

@@ -109,7 +109,13 @@ internal sealed class KafkaRig : BrokerRig
             }
 
             var header = r.Message.Headers?.FirstOrDefault(h => h.Key == KafkaIdempotencyOptions.DefaultKeyHeader);
-            keys.Add(header is not null ? Encoding.UTF8.GetString(header.GetValueBytes()) : Encoding.UTF8.GetString(r.Message.Key ?? []));
+            var key = header is not null ? Encoding.UTF8.GetString(header.GetValueBytes()) : Encoding.UTF8.GetString(r.Message.Key ?? []);
+            if (Environment.GetEnvironmentVariable("CHAOS_DEBUG") == "1")
+            {
+                Console.Error.WriteLine($"dlq @{r.Offset.Value} key={key} value={Encoding.UTF8.GetString(r.Message.Value ?? [])} headers={string.Join(";", r.Message.Headers?.Select(h => h.Key + "=" + Encoding.UTF8.GetString(h.GetValueBytes())) ?? [])}");
+            }
+
+            keys.Add(key);
         }
 
         consumer.Close();

@@ -94,6 +94,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 }),
             };
             faults.AddRange(brokerRig.Faults);
+            faults.RemoveAll(f => options.SkipFaults.Contains(f.Name));
 
             using var killPhase = new CancellationTokenSource();
             var faultTask = InjectFaultsAsync(faults, new Random(rng.Next()), result, killPhase.Token);
@@ -115,6 +116,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
             killPhase.Cancel();
             await faultTask;
+            Note(result, $"{result.Kills} kills in {clock.Elapsed.TotalSeconds:0} s");
 
             // Settle: one last child runs without kills until every key has its effect and the DLQ its poison.
             child = ChildProcess.Start(childArgs);
@@ -227,7 +229,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         // Round-robin over the fault kinds at random intervals while the kills go on; the first round always completes.
         for (var i = 0; ; i++)
         {
-            if (i >= faults.Count && killPhase.IsCancellationRequested)
+            if (faults.Count == 0 || (i >= faults.Count && killPhase.IsCancellationRequested))
             {
                 return;
             }
