@@ -25,10 +25,13 @@ internal static class ChildHost
         {
             while (Console.In.ReadLine() is { } line)
             {
-                switch (line.Trim())
+                // "hold-handler N": hold in the N-th handler call from now; "hold-commit N": after the N-th committed result.
+                var parts = line.Trim().Split(' ');
+                var n = parts.Length > 1 ? int.Parse(parts[1], System.Globalization.CultureInfo.InvariantCulture) : 1;
+                switch (parts[0])
                 {
-                    case "hold-handler": Interlocked.Exchange(ref s_holdHandler, 1); break;
-                    case "hold-commit": Interlocked.Exchange(ref s_holdCommit, 1); break;
+                    case "hold-handler": Interlocked.Exchange(ref s_holdHandler, n); break;
+                    case "hold-commit": Interlocked.Exchange(ref s_holdCommit, n); break;
                     case "stop": stop.Cancel(); return;
                 }
             }
@@ -41,7 +44,7 @@ internal static class ChildHost
         await using var storeScope = store.ConfigureAwait(false);
         var handler = IdempotentHandler.Create(async (context, ct) =>
         {
-            if (Interlocked.Exchange(ref s_holdHandler, 0) == 1)
+            if (Volatile.Read(ref s_holdHandler) > 0 && Interlocked.Decrement(ref s_holdHandler) == 0)
             {
                 // Held inside the handler, with the batch's store transaction open: the kill lands here.
                 Output.WriteLine("H");
@@ -95,7 +98,7 @@ internal static class ChildHost
                 _ => "L",
             };
             Output.WriteLine("R " + code);
-            if (code is "P" or "D" && Interlocked.Exchange(ref s_holdCommit, 0) == 1)
+            if (code is "P" or "D" && Volatile.Read(ref s_holdCommit) > 0 && Interlocked.Decrement(ref s_holdCommit) == 0)
             {
                 // The processor records the result after its store transaction committed and before it returns to the
                 // adapter, which acknowledges only then: holding here puts the kill between commit and ack.

@@ -13,6 +13,10 @@ internal sealed class ChildProcess : IDisposable
     private readonly object _gate = new();
     private readonly List<(string Event, TaskCompletionSource Done)> _waiters = [];
     private int _results;
+    private readonly Stopwatch _age = Stopwatch.StartNew();
+
+    /// <summary>Milliseconds from start to the first result, -1 when none yet.</summary>
+    public long FirstResultMs = -1;
 
     private ChildProcess(Process process) => _process = process;
 
@@ -173,6 +177,11 @@ internal sealed class ChildProcess : IDisposable
     {
         if (line.StartsWith("R ", StringComparison.Ordinal))
         {
+            if (Interlocked.Read(ref FirstResultMs) < 0)
+            {
+                Interlocked.CompareExchange(ref FirstResultMs, _age.ElapsedMilliseconds, -1);
+            }
+
             switch (line[2])
             {
                 case 'P': Interlocked.Increment(ref Processed); Interlocked.Increment(ref _results); break;

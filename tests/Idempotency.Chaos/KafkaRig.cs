@@ -146,8 +146,8 @@ internal sealed class KafkaRig : BrokerRig
             GroupId = args["group"],
             AutoOffsetReset = AutoOffsetReset.Earliest,
             // A SIGKILLed member stays in the group until its session times out; the next child waits for that.
-            SessionTimeoutMs = 2000,
-            HeartbeatIntervalMs = 300,
+            SessionTimeoutMs = 1000,
+            HeartbeatIntervalMs = 200,
             TopicMetadataRefreshIntervalMs = 1000,
             ReconnectBackoffMs = 50,
             ReconnectBackoffMaxMs = 500,

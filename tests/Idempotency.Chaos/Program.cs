@@ -35,19 +35,27 @@ Console.WriteLine($"chaos: {(options.Quick ? "quick" : "full")} run, seed {optio
 var results = new List<ScenarioResult>();
 try
 {
-    foreach (var broker in options.Brokers)
+    // Brokers run side by side (the children mostly wait on kills and faults), each broker's stores one after another.
+    var lanes = options.Brokers.Select(broker => Task.Run(async () =>
     {
+        var lane = new List<ScenarioResult>();
         foreach (var store in options.Stores)
         {
             Console.WriteLine($"==> {broker} + {store}");
             var result = await new Scenario(options, broker, store).RunAsync();
-            results.Add(result);
-            Console.WriteLine($"    {(result.Passed ? "PASS" : "FAIL")} in {result.Duration.TotalSeconds:0} s: kills {result.Kills} ({string.Join(", ", result.KillPoints.Select(k => $"{k.Key} {k.Value}"))}); faults {string.Join(", ", result.Faults.Select(k => $"{k.Key} {k.Value}"))}");
+            lane.Add(result);
+            Console.WriteLine($"    {result.Name}: {(result.Passed ? "PASS" : "FAIL")} in {result.Duration.TotalSeconds:0} s: kills {result.Kills} ({string.Join(", ", result.KillPoints.Select(k => $"{k.Key} {k.Value}"))}); faults {string.Join(", ", result.Faults.Select(k => $"{k.Key} {k.Value}"))}");
             foreach (var v in result.Violations)
             {
-                Console.WriteLine("    VIOLATION: " + v);
+                Console.WriteLine($"    {result.Name}: VIOLATION: {v}");
             }
         }
+
+        return lane;
+    })).ToList();
+    foreach (var lane in await Task.WhenAll(lanes))
+    {
+        results.AddRange(lane);
     }
 }
 finally

@@ -77,10 +77,14 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             await storeRig.SetupAsync(runId);
             await brokerRig.SetupAsync(runId);
             var messages = Generate(rng, result);
-            await brokerRig.ProduceAsync(messages);
-            Note(result, $"produced {messages.Count} messages ({result.Unique} unique keys, {messages.Count - result.Unique - result.Poison} re-sends, {result.Poison} poison)");
+            // The producer keeps producing while the consumer is killed: a first chunk now, one more before each kill,
+            // so every consumer life has fresh work (and re-sends still follow their originals).
+            var chunks = messages.Chunk(Math.Max(1, (messages.Count + options.Kills) / (options.Kills + 1))).ToList();
+            await brokerRig.ProduceAsync(chunks[0]);
+            Note(result, $"producing {messages.Count} messages ({result.Unique} unique keys, {messages.Count - result.Unique - result.Poison} re-sends, {result.Poison} poison) in {chunks.Count} chunks");
 
-            var childArgs = new Dictionary<string, string>(StringComparer.Ordinal) { ["broker"] = broker, ["store"] = store };
+            // A small handler delay keeps messages flowing through the whole kill phase, so holds have a handler to land in.
+            var childArgs = new Dictionary<string, string>(StringComparer.Ordinal) { ["broker"] = broker, ["store"] = store, ["delay"] = "3" };
             storeRig.AddChildArgs(childArgs);
             brokerRig.AddChildArgs(childArgs);
 
@@ -101,11 +105,18 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             var perKill = Math.Max(2, (result.Unique + result.Poison) / Math.Max(1, options.Kills));
             for (var k = 0; k < options.Kills; k++)
             {
+                if (k + 1 < chunks.Count)
+                {
+                    await brokerRig.ProduceAsync(chunks[k + 1]);
+                }
+
                 child = ChildProcess.Start(childArgs);
                 result.Restarts++;
                 var point = k < KillPointNames.Length ? KillPointNames[k] : KillPointNames[rng.Next(KillPointNames.Length)];
+                var lifetime = Stopwatch.StartNew();
                 var landed = await ReachKillPointAsync(child, point, rng, perKill);
                 child.Kill();
+                result.Log.Add($"kill {k + 1}: {point}{(landed ? "" : " (idle)")} after {lifetime.ElapsedMilliseconds} ms, {child.Results} results (first at {child.FirstResultMs} ms)");
                 Collect(result, child);
                 child.Dispose();
                 child = null;
@@ -117,6 +128,11 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             killPhase.Cancel();
             await faultTask;
             Note(result, $"{result.Kills} kills in {clock.Elapsed.TotalSeconds:0} s");
+
+            foreach (var rest in chunks.Skip(options.Kills + 1))
+            {
+                await brokerRig.ProduceAsync(rest);
+            }
 
             // Settle: one last child runs without kills until every key has its effect and the DLQ its poison.
             child = ChildProcess.Start(childArgs);
@@ -204,7 +220,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
     private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill)
     {
-        var wait = TimeSpan.FromSeconds(8);
+        var wait = TimeSpan.FromSeconds(5);
         switch (point)
         {
             case "startup":
@@ -212,15 +228,17 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 await Task.Delay(rng.Next(100, 900));
                 return child.Results == 0;
             case "random":
-                return await child.WaitForResultsAsync(rng.Next(1, 2 * perKill), wait);
+                // Anywhere while messages flow: between messages, in a claim, a commit, an ack or an offset commit.
+                await child.WaitForResultsAsync(1, wait);
+                await Task.Delay(rng.Next(0, 1200));
+                return child.Results > 0 && !child.HasExited;
             case "in-handler":
-                await child.WaitForResultsAsync(rng.Next(0, perKill), wait);
-                child.Send("hold-handler");
-                return await child.WaitForEventAsync("H", TimeSpan.FromSeconds(4));
+                // Armed at once: the child holds in its N-th handler call (with a batch, mid-batch).
+                child.Send($"hold-handler {rng.Next(1, perKill + 1)}");
+                return await child.WaitForEventAsync("H", wait);
             default:
-                await child.WaitForResultsAsync(rng.Next(0, perKill), wait);
-                child.Send("hold-commit");
-                return await child.WaitForEventAsync("C", TimeSpan.FromSeconds(4));
+                child.Send($"hold-commit {rng.Next(1, perKill + 1)}");
+                return await child.WaitForEventAsync("C", wait);
         }
     }
 
