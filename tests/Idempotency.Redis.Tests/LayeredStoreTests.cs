@@ -60,12 +60,25 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
         var prefix = RedisFixture.NewPrefix();
         var slowStore = new LayeredIdempotencyStore(redis.Connection, new RedisIdempotencyStoreOptions { KeyPrefix = prefix, LeaseDuration = TimeSpan.FromMilliseconds(300) }, postgres);
         var fastStore = new LayeredIdempotencyStore(redis.Connection, new RedisIdempotencyStoreOptions { KeyPrefix = prefix }, postgres);
-        var slow = new IdempotentProcessor(slowStore, Credit(table, TimeSpan.FromMilliseconds(900)), Options());
+        var slowStarted = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var releaseSlow = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var slowHandler = Credit(table);
+        var slow = new IdempotentProcessor(slowStore, IdempotentHandler.Create(async (context, ct) =>
+        {
+            slowStarted.TrySetResult();
+            await releaseSlow.Task.WaitAsync(ct);
+            await slowHandler.HandleAsync(context, ct);
+        }), Options());
         var fast = new IdempotentProcessor(fastStore, Credit(table), Options());
+        var lease = slowStore.Redis.GetLeaseKey("orders", "contested");
 
+        // Steps are driven by what Redis shows, not by sleeps, so a slow machine cannot reorder them.
         var slowRun = slow.ProcessAsync(Message("contested"), Ct).AsTask();
-        await Task.Delay(600, Ct); // the slow worker's lease has expired; its PostgreSQL row is still uncommitted
-        var fastRun = fast.ProcessAsync(Message("contested"), Ct).AsTask(); // takes the lease, then waits on the row
+        await slowStarted.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        await WaitUntilAsync(async () => !await redis.Connection.GetDatabase().KeyExistsAsync(lease)); // the slow worker's lease expired
+        var fastRun = fast.ProcessAsync(Message("contested"), Ct).AsTask(); // takes the lease, then waits on the uncommitted row
+        await WaitUntilAsync(async () => await redis.Connection.GetDatabase().KeyExistsAsync(lease));
+        releaseSlow.SetResult();
         var slowResult = await slowRun;
         var fastResult = await fastRun;
 
@@ -74,6 +87,16 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
         Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'contested'"));
         Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {postgres.QualifiedTableName}"));
         Assert.Equal(ProcessingOutcome.Duplicate, (await slow.ProcessAsync(Message("contested"), Ct)).Outcome);
+    }
+
+    private static async Task WaitUntilAsync(Func<Task<bool>> condition)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(30), "condition not reached within 30 s");
+            await Task.Delay(10, Ct);
+        }
     }
 
     [Fact]

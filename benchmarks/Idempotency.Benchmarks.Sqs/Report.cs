@@ -1,0 +1,93 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+
+namespace Idempotency.Benchmarks.Sqs;
+
+internal static class Report
+{
+    public static void Write(BenchOptions options, List<ScenarioResult> runs, string[] names)
+    {
+        // Per scenario the round with the median throughput; ratios compare those medians.
+        var medians = names.ToDictionary(n => n, n =>
+        {
+            var ordered = runs.Where(r => r.Scenario == n).OrderBy(r => r.MessagesPerSecond).ToList();
+            return ordered[ordered.Count / 2];
+        });
+        var plain = medians[Scenarios.Plain].MessagesPerSecond;
+        var inv = CultureInfo.InvariantCulture;
+        var md = new StringBuilder();
+        md.AppendLine(inv, $"## SQS benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+        md.AppendLine();
+        md.AppendLine(inv, $"{options.Messages} preloaded messages per run, {options.Pollers} pollers, batches of 10, fauxqs + PostgreSQL 15 on loopback, {options.Rounds} interleaved rounds, median round shown; {Environment.ProcessorCount} cores (shared).");
+        md.AppendLine();
+        md.AppendLine("| scenario | msgs/s | vs plain | p50 ms | p99 ms | peak working set MiB | worker CPU us/msg | business rows |");
+        md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var name in names)
+        {
+            var r = medians[name];
+            md.AppendLine(inv, $"| {Describe(name)} | {r.MessagesPerSecond:0} | {r.MessagesPerSecond / plain:0.00}x | {r.P50Ms:0.0} | {r.P99Ms:0.0} | {r.PeakWorkingSetBytes / 1048576.0:0.0} | {r.CpuUsPerMessage:0} | {r.BusinessRows} |");
+        }
+
+        md.AppendLine();
+        md.AppendLine("All rounds (msgs/s): " + string.Join("; ", names.Select(n => $"{n}: " + string.Join(", ", runs.Where(r => r.Scenario == n).Select(r => r.MessagesPerSecond.ToString("0", inv))))));
+        const double target = 0.85;
+        md.AppendLine();
+        md.AppendLine("Ratio to plain, from the medians and as the median of the per-round ratios (each round runs the scenarios back to back, so a round's ratio sees the same machine load):");
+        md.AppendLine();
+        foreach (var name in names.Skip(1))
+        {
+            var ratio = medians[name].MessagesPerSecond / plain;
+            var paired = PairedRatio(runs, name);
+            md.AppendLine(inv, $"- {name}: {ratio:0.000}x (paired {paired:0.000}x); target >= {target:0.00}x: {(Math.Min(ratio, paired) >= target ? "met" : ratio >= target || paired >= target ? "borderline" : "NOT met")}");
+        }
+
+        var text = md.ToString();
+        Console.WriteLine(text);
+        var directory = FindResultsDirectory();
+        var stamp = DateTime.UtcNow.ToString("yyyyMMdd-HHmmss", inv);
+        File.WriteAllText(Path.Combine(directory, $"sqs-{stamp}.md"), text);
+        File.WriteAllText(Path.Combine(directory, $"sqs-{stamp}.json"), JsonSerializer.Serialize(new
+        {
+            options.Messages,
+            options.Pollers,
+            options.Rounds,
+            Median = medians.Values,
+            PairedRatios = names.Skip(1).ToDictionary(n => n, n => PairedRatio(runs, n)),
+            RatioPerMessage = medians[Scenarios.OursPerMessage].MessagesPerSecond / plain,
+            RatioBatch = medians[Scenarios.OursBatch].MessagesPerSecond / plain,
+            RatioBatchSetBased = medians[Scenarios.OursBatchSet].MessagesPerSecond / plain,
+            Runs = runs,
+        }, new JsonSerializerOptions { WriteIndented = true }));
+        Console.Error.WriteLine($"written to {directory}/sqs-{stamp}.md and .json");
+    }
+
+    private static double PairedRatio(List<ScenarioResult> runs, string name)
+    {
+        var ratios = runs.Where(r => r.Scenario == name)
+            .Select(r => r.MessagesPerSecond / runs.Single(p => p.Scenario == Scenarios.Plain && p.Round == r.Round).MessagesPerSecond)
+            .Order()
+            .ToList();
+        return ratios.Count % 2 == 1 ? ratios[ratios.Count / 2] : (ratios[(ratios.Count / 2) - 1] + ratios[ratios.Count / 2]) / 2;
+    }
+
+    private static string Describe(string name) => name switch
+    {
+        Scenarios.Plain => "plain worker (own transaction per message, no idempotency)",
+        Scenarios.OursPerMessage => "IdempotentSqsWorker, transaction per message",
+        Scenarios.OursBatch => "IdempotentSqsWorker, one transaction per batch (per-message handler)",
+        Scenarios.OursBatchSet => "IdempotentSqsWorker, one transaction per batch, set-based batch handler",
+        _ => name,
+    };
+
+    private static string FindResultsDirectory()
+    {
+        var directory = new DirectoryInfo(AppContext.BaseDirectory);
+        while (directory is not null && !Directory.Exists(Path.Combine(directory.FullName, "benchmarks", "results")))
+        {
+            directory = directory.Parent;
+        }
+
+        return directory is null ? Directory.GetCurrentDirectory() : Path.Combine(directory.FullName, "benchmarks", "results");
+    }
+}

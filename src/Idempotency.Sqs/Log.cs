@@ -1,0 +1,55 @@
+using Microsoft.Extensions.Logging;
+
+namespace Idempotency.Sqs;
+
+/// <summary>Source-generated log messages of the SQS adapter (event ids 4000-4099). Payloads are never logged.</summary>
+internal static partial class Log
+{
+    [LoggerMessage(EventId = 4000, Level = LogLevel.Information, Message = "SQS worker for handler {Handler} started on {Queue} with {Pollers} pollers (batch processing {Batch})")]
+    public static partial void Started(ILogger logger, string handler, string queue, int pollers, bool batch);
+
+    [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "SQS worker for handler {Handler} stopped: {Statistics}")]
+    public static partial void Stopped(ILogger logger, string handler, SqsWorkerStatistics statistics);
+
+    [LoggerMessage(EventId = 4002, Level = LogLevel.Warning, Message = "Receive from {Queue} failed; retrying")]
+    public static partial void ReceiveFailed(ILogger logger, Exception exception, string queue);
+
+    [LoggerMessage(EventId = 4003, Level = LogLevel.Warning, Message = "Delete of message {MessageId} from {Queue} failed ({Code}: {Reason}); it will come back and be a duplicate")]
+    public static partial void DeleteFailed(ILogger logger, string messageId, string queue, string code, string reason);
+
+    [LoggerMessage(EventId = 4004, Level = LogLevel.Warning, Message = "DeleteMessageBatch of {Count} messages on {Queue} failed; they will come back and be duplicates")]
+    public static partial void DeleteBatchFailed(ILogger logger, Exception exception, int count, string queue);
+
+    [LoggerMessage(EventId = 4005, Level = LogLevel.Warning, Message = "Visibility change of {Count} messages on {Queue} failed")]
+    public static partial void VisibilityChangeFailed(ILogger logger, Exception exception, int count, string queue);
+
+    [LoggerMessage(EventId = 4006, Level = LogLevel.Warning, Message = "Visibility change of message {MessageId} on {Queue} failed ({Code}: {Reason})")]
+    public static partial void VisibilityEntryFailed(ILogger logger, string messageId, string queue, string code, string reason);
+
+    [LoggerMessage(EventId = 4007, Level = LogLevel.Warning, Message = "Message {MessageId} dead-lettered from {Queue} to {DeadLetterQueue}: {ReasonCode}")]
+    public static partial void DeadLettered(ILogger logger, string messageId, string queue, string deadLetterQueue, string reasonCode);
+
+    [LoggerMessage(EventId = 4008, Level = LogLevel.Error, Message = "Sending message {MessageId} to dead-letter queue {DeadLetterQueue} failed; it stays in {Queue}")]
+    public static partial void DeadLetterFailed(ILogger logger, Exception exception, string messageId, string deadLetterQueue, string queue);
+
+    [LoggerMessage(EventId = 4009, Level = LogLevel.Warning, Message = "Idempotency store is unreachable; polling of {Queue} paused until it answers (outage {Outage})")]
+    public static partial void StorePaused(ILogger logger, string queue, int outage);
+
+    [LoggerMessage(EventId = 4010, Level = LogLevel.Information, Message = "Idempotency store answers again; polling of {Queue} resumes")]
+    public static partial void StoreResumed(ILogger logger, string queue);
+
+    [LoggerMessage(EventId = 4011, Level = LogLevel.Warning, Message = "Key selector threw for message {MessageId} on {Queue}; treating the key as missing")]
+    public static partial void KeySelectorFailed(ILogger logger, Exception exception, string messageId, string queue);
+
+    [LoggerMessage(EventId = 4012, Level = LogLevel.Information, Message = "Message {MessageId} on {Queue} will be retried in {Delay} (attempt {Attempt}, {Action})")]
+    public static partial void Retrying(ILogger logger, string messageId, string queue, TimeSpan delay, int attempt, string action);
+
+    [LoggerMessage(EventId = 4013, Level = LogLevel.Warning, Message = "Message {MessageId} on {Queue} is to be dead-lettered ({ReasonCode}); no DeadLetterQueueUrl is set, so it is left to the queue's RedrivePolicy")]
+    public static partial void LeftToRedrive(ILogger logger, string messageId, string queue, string reasonCode);
+
+    [LoggerMessage(EventId = 4014, Level = LogLevel.Information, Message = "Stop requested: {Count} in-flight batches on {Queue} get {Timeout} to finish")]
+    public static partial void Draining(ILogger logger, int count, string queue, TimeSpan timeout);
+
+    [LoggerMessage(EventId = 4015, Level = LogLevel.Error, Message = "Unexpected failure handling a batch of {Count} messages on {Queue}; they are released for redelivery")]
+    public static partial void BatchCrashed(ILogger logger, Exception exception, int count, string queue);
+}
