@@ -17,10 +17,14 @@ internal abstract class BrokerRig : IAsyncDisposable
     /// <summary>Gets the kill points this broker supports beyond the common ones.</summary>
     public virtual string Notes => "";
 
+    /// <summary>Gets a line for the log after the run (e.g. how many connections went through the proxy).</summary>
+    public virtual string Diagnostics => "";
+
     public static BrokerRig Create(string name) => name switch
     {
         "kafka" => new KafkaRig(),
         "rabbitmq" => new RabbitMqRig(),
+        "sqs" => new SqsRig(),
         _ => throw new NotSupportedException($"broker '{name}' is not wired into the chaos suite yet"),
     };
 
@@ -28,6 +32,7 @@ internal abstract class BrokerRig : IAsyncDisposable
     {
         "kafka" => KafkaRig.RunKafkaChildAsync(args, processor, ready, stop),
         "rabbitmq" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
+        "sqs" => SqsRig.RunSqsChildAsync(args, processor, ready, stop),
         _ => throw new NotSupportedException(args.Broker),
     };
 

@@ -27,6 +27,8 @@ internal sealed class RabbitMqRig : BrokerRig
 
     private IConnection Connection => _connection ?? throw new InvalidOperationException("not set up");
 
+    public override string Diagnostics => $"the child's broker proxy accepted {_proxy?.AcceptedConnections ?? 0} connections";
+
     public override IReadOnlyList<FaultKind> Faults
     {
         get

@@ -153,6 +153,11 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             child.Dispose();
             child = null;
 
+            if (brokerRig.Diagnostics.Length > 0)
+            {
+                Note(result, brokerRig.Diagnostics);
+            }
+
             await VerifyAsync(storeRig, brokerRig, messages, result);
         }
         catch (Exception e)
