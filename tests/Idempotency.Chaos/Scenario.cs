@@ -239,10 +239,10 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 return child.Results > 0 && !child.HasExited;
             case "in-handler":
                 // Armed at once: the child holds in its N-th handler call (with a batch, mid-batch).
-                child.Send($"hold-handler {rng.Next(1, perKill + 1)}");
+                child.Send($"hold-handler {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("H", wait);
             default:
-                child.Send($"hold-commit {rng.Next(1, perKill + 1)}");
+                child.Send($"hold-commit {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("C", wait);
         }
     }
