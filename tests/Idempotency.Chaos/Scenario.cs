@@ -344,7 +344,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         var wrongDlq = dlqKeys.Where(k => !poison.Contains(k)).Take(10).ToList();
         if (wrongDlq.Count > 0)
         {
-            result.Violations.Add($"the DLQ holds messages that are not poison: {string.Join(", ", wrongDlq)}");
+            result.Violations.Add($"the DLQ holds messages that are not poison: {string.Join(", ", wrongDlq.Select(k => k.Length == 0 ? "(an entry without a key)" : k))}");
         }
 
         if (result.Kills < 1 && result.FaultCount < 1)
