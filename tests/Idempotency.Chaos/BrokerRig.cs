@@ -1,0 +1,52 @@
+namespace Idempotency.Chaos;
+
+/// <summary>A message the orchestrator produces.</summary>
+internal sealed record ChaosMessage(string Key, string Body)
+{
+    public bool IsPoison => Body.StartsWith("poison", StringComparison.Ordinal);
+}
+
+/// <summary>A fault a broker or store can inject while the consumer runs.</summary>
+internal sealed record FaultKind(string Name, Func<Random, CancellationToken, Task> InjectAsync);
+
+/// <summary>One broker of a scenario, orchestrator side; <see cref="RunChildAsync"/> is the child side.</summary>
+internal abstract class BrokerRig : IAsyncDisposable
+{
+    public abstract string Name { get; }
+
+    /// <summary>Gets the kill points this broker supports beyond the common ones.</summary>
+    public virtual string Notes => "";
+
+    /// <summary>Gets a line for the log after the run (e.g. how many connections went through the proxy).</summary>
+    public virtual string Diagnostics => "";
+
+    public static BrokerRig Create(string name) => name switch
+    {
+        "kafka" => new KafkaRig(),
+        "rabbitmq" => new RabbitMqRig(),
+        "sqs" => new SqsRig(),
+        _ => throw new NotSupportedException($"broker '{name}' is not wired into the chaos suite yet"),
+    };
+
+    public static Task RunChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop) => args.Broker switch
+    {
+        "kafka" => KafkaRig.RunKafkaChildAsync(args, processor, ready, stop),
+        "rabbitmq" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
+        "sqs" => SqsRig.RunSqsChildAsync(args, processor, ready, stop),
+        _ => throw new NotSupportedException(args.Broker),
+    };
+
+    public abstract Task SetupAsync(string runId);
+
+    public abstract Task ProduceAsync(IReadOnlyList<ChaosMessage> messages);
+
+    public abstract void AddChildArgs(IDictionary<string, string> args);
+
+    /// <summary>Gets the broker's own faults.</summary>
+    public abstract IReadOnlyList<FaultKind> Faults { get; }
+
+    /// <summary>Reads the dead-letter destination: the key of every message in it (one entry per message).</summary>
+    public abstract Task<IReadOnlyList<string>> ReadDeadLettersAsync();
+
+    public abstract ValueTask DisposeAsync();
+}

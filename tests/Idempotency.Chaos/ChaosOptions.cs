@@ -1,0 +1,114 @@
+using System.Globalization;
+
+namespace Idempotency.Chaos;
+
+/// <summary>Command-line options of the orchestrator.</summary>
+internal sealed class ChaosOptions
+{
+    public bool Quick { get; private set; }
+
+    public IReadOnlyList<string> Brokers { get; private set; } = ["kafka", "rabbitmq", "sqs"];
+
+    public IReadOnlyList<string> Stores { get; private set; } = ["postgres", "redis"];
+
+    /// <summary>Messages produced per scenario (duplicates and poison included).</summary>
+    public int Messages { get; private set; }
+
+    /// <summary>SIGKILLs per scenario.</summary>
+    public int Kills { get; private set; }
+
+    /// <summary>Share of the produced messages that are re-sends of an earlier key.</summary>
+    public double DuplicateShare { get; private set; } = 0.2;
+
+    /// <summary>Poison messages per scenario (the handler always throws for them).</summary>
+    public int Poison { get; private set; }
+
+    public int Seed { get; private set; } = Environment.TickCount & 0x7FFFFFFF;
+
+    /// <summary>Bound on each scenario's settle phase (after the last kill) before it counts as lost.</summary>
+    public TimeSpan SettleTimeout { get; private set; }
+
+    public string ResultsDirectory { get; private set; } = "artifacts";
+
+    /// <summary>Fault kinds not to inject (to isolate a failure).</summary>
+    public IReadOnlyList<string> SkipFaults { get; private set; } = [];
+
+    public static ChaosOptions Parse(string[] args)
+    {
+        var o = new ChaosOptions();
+        int? messages = null, kills = null, poison = null;
+        for (var i = 0; i < args.Length; i++)
+        {
+            var a = args[i];
+            string Next() => i + 1 < args.Length ? args[++i] : throw new ArgumentException($"{a} needs a value");
+            switch (a)
+            {
+                case "--quick": o.Quick = true; break;
+                case "--full": o.Quick = false; break;
+                case "--broker": o.Brokers = List(Next(), ["kafka", "rabbitmq", "sqs"], a); break;
+                case "--store": o.Stores = List(Next(), ["postgres", "redis"], a); break;
+                case "--messages": messages = Int(Next(), a, 10); break;
+                case "--kills": kills = Int(Next(), a, 0); break;
+                case "--poison": poison = Int(Next(), a, 0); break;
+                case "--duplicates": o.DuplicateShare = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--seed": o.Seed = Int(Next(), a, 0); break;
+                case "--results": o.ResultsDirectory = Next(); break;
+                case "--skip-faults": o.SkipFaults = Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
+                case "-h" or "--help": throw new HelpRequestedException();
+                default: throw new ArgumentException($"unknown option {a}");
+            }
+        }
+
+        o.Messages = messages ?? (o.Quick ? 600 : 4000);
+        o.Kills = kills ?? (o.Quick ? 20 : 40);
+        o.Poison = poison ?? (o.Quick ? 4 : 10);
+        o.SettleTimeout = TimeSpan.FromSeconds(o.Quick ? 60 : 120);
+        if (o.DuplicateShare is < 0 or >= 1)
+        {
+            throw new ArgumentException("--duplicates must be in [0, 1)");
+        }
+
+        return o;
+    }
+
+    public const string Usage = """
+        usage: dotnet run --project tests/Idempotency.Chaos -c Release -- [options]
+          --quick             reduced run for CI (600 messages, 20 kills, 4 poison per scenario)
+          --full              full run (default: 4000 messages, 40 kills, 10 poison per scenario)
+          --broker LIST       kafka,rabbitmq,sqs (default: all)
+          --store LIST        postgres,redis (default: both)
+          --messages N        messages produced per scenario (duplicates and poison included)
+          --kills N           SIGKILLs of the consumer per scenario
+          --poison N          poison messages per scenario
+          --duplicates F      share of re-sent keys (default 0.2)
+          --seed N            random seed (printed; re-run with it to repeat the schedule)
+          --skip-faults LIST  fault kinds not to inject, e.g. kafka-request-errors,store-cut (to isolate a failure)
+          --results DIR       where chaos.md and test-results/chaos.trx go (default: artifacts)
+        """;
+
+    private static List<string> List(string value, string[] allowed, string option)
+    {
+        var items = value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s => s.ToLowerInvariant()).ToList();
+        foreach (var item in items)
+        {
+            if (!allowed.Contains(item))
+            {
+                throw new ArgumentException($"{option}: unknown value '{item}' (allowed: {string.Join(", ", allowed)})");
+            }
+        }
+
+        return items;
+    }
+
+    private static int Int(string value, string option, int min)
+    {
+        if (!int.TryParse(value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var n) || n < min)
+        {
+            throw new ArgumentException($"{option} needs an integer >= {min} (was '{value}')");
+        }
+
+        return n;
+    }
+}
+
+internal sealed class HelpRequestedException : Exception;

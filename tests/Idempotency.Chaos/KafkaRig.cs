@@ -1,0 +1,160 @@
+using System.Text;
+using Confluent.Kafka;
+using Idempotency.Kafka;
+using Idempotency.Kafka.Tests;
+
+namespace Idempotency.Chaos;
+
+/// <summary>
+/// Kafka on librdkafka's mock cluster, hosted in the orchestrator process (3 brokers on loopback ports) and reached
+/// over TCP by the child. Faults: one broker down and up, every broker down and up, injected request errors on
+/// OffsetCommit, Fetch and Heartbeat.
+/// </summary>
+internal sealed class KafkaRig : BrokerRig
+{
+    private const int Partitions = 3;
+    private MockKafkaCluster? _cluster;
+    private string _topic = "";
+
+    public override string Name => "kafka";
+
+    private MockKafkaCluster Cluster => _cluster ?? throw new InvalidOperationException("not set up");
+
+    private string DeadLetterTopic => _topic + ".dlq";
+
+    public override IReadOnlyList<FaultKind> Faults =>
+    [
+        new("kafka-broker-down", async (rng, ct) =>
+        {
+            var id = rng.Next(1, Cluster.BrokerCount + 1);
+            Cluster.SetBrokerDown(id);
+            try { await Task.Delay(rng.Next(800, 2000), ct); }
+            finally { Cluster.SetBrokerUp(id); }
+        }),
+        new("kafka-all-brokers-down", async (rng, ct) =>
+        {
+            for (var id = 1; id <= Cluster.BrokerCount; id++) Cluster.SetBrokerDown(id);
+            try { await Task.Delay(rng.Next(800, 2000), ct); }
+            finally { for (var id = 1; id <= Cluster.BrokerCount; id++) Cluster.SetBrokerUp(id); }
+        }),
+        new("kafka-request-errors", (rng, _) =>
+        {
+            Cluster.PushRequestErrors(MockKafkaCluster.ApiOffsetCommit, ErrorCode.NotCoordinatorForGroup, ErrorCode.RequestTimedOut, ErrorCode.GroupLoadInProgress);
+            Cluster.PushRequestErrors(MockKafkaCluster.ApiFetch, ErrorCode.NotLeaderForPartition, ErrorCode.RequestTimedOut, ErrorCode.NotLeaderForPartition);
+            Cluster.PushRequestErrors(MockKafkaCluster.ApiHeartbeat, ErrorCode.NotCoordinatorForGroup);
+            return Task.CompletedTask;
+        }),
+    ];
+
+    public override Task SetupAsync(string runId)
+    {
+        _cluster = MockKafkaCluster.StartMock(3);
+        _topic = "chaos-" + runId;
+        Cluster.CreateTopic(_topic, Partitions);
+        Cluster.CreateTopic(DeadLetterTopic, 1);
+        return Task.CompletedTask;
+    }
+
+    public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
+    {
+        using var producer = Cluster.CreateProducer();
+        var pending = new List<Task>(messages.Count);
+        foreach (var m in messages)
+        {
+            var headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.Key) } };
+            pending.Add(producer.ProduceAsync(_topic, new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers }));
+            if (pending.Count >= 500)
+            {
+                await Task.WhenAll(pending);
+                pending.Clear();
+            }
+        }
+
+        await Task.WhenAll(pending);
+    }
+
+    public override void AddChildArgs(IDictionary<string, string> args)
+    {
+        args["bootstrap"] = Cluster.BootstrapServers;
+        args["topic"] = _topic;
+        args["group"] = _topic + "-consumer";
+        args["batch"] = "8";
+    }
+
+    public override Task<IReadOnlyList<string>> ReadDeadLettersAsync()
+    {
+        var config = new ConsumerConfig
+        {
+            BootstrapServers = Cluster.BootstrapServers,
+            GroupId = "dlq-reader-" + Guid.NewGuid().ToString("N"),
+            AutoOffsetReset = AutoOffsetReset.Earliest,
+            EnableAutoCommit = false,
+            EnablePartitionEof = true,
+        };
+        using var consumer = new ConsumerBuilder<byte[]?, byte[]?>(config).Build();
+        consumer.Assign(new TopicPartitionOffset(DeadLetterTopic, 0, Offset.Beginning));
+        var keys = new List<string>();
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (DateTime.UtcNow < deadline)
+        {
+            var r = consumer.Consume(TimeSpan.FromMilliseconds(500));
+            if (r is null)
+            {
+                continue;
+            }
+
+            if (r.IsPartitionEOF)
+            {
+                break;
+            }
+
+            var header = r.Message.Headers?.FirstOrDefault(h => h.Key == KafkaIdempotencyOptions.DefaultKeyHeader);
+            var key = header is not null ? Encoding.UTF8.GetString(header.GetValueBytes()) : Encoding.UTF8.GetString(r.Message.Key ?? []);
+            if (Environment.GetEnvironmentVariable("CHAOS_DEBUG") == "1")
+            {
+                Console.Error.WriteLine($"dlq @{r.Offset.Value} key={key} value={Encoding.UTF8.GetString(r.Message.Value ?? [])} headers={string.Join(";", r.Message.Headers?.Select(h => h.Key + "=" + Encoding.UTF8.GetString(h.GetValueBytes())) ?? [])}");
+            }
+
+            keys.Add(key);
+        }
+
+        consumer.Close();
+        return Task.FromResult<IReadOnlyList<string>>(keys);
+    }
+
+    public override ValueTask DisposeAsync()
+    {
+        _cluster?.Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    public static async Task RunKafkaChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
+    {
+        var options = new KafkaIdempotencyOptions<byte[], byte[]>
+        {
+            BatchSize = int.Parse(args["batch"], System.Globalization.CultureInfo.InvariantCulture),
+            CommitEveryMessages = 50,
+            CommitInterval = TimeSpan.FromMilliseconds(500),
+            PollTimeout = TimeSpan.FromMilliseconds(50),
+            ShutdownTimeout = TimeSpan.FromSeconds(5),
+            DeadLetterProduceBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromSeconds(1) },
+        };
+        options.Topics.Add(args["topic"]);
+        var config = new ConsumerConfig
+        {
+            BootstrapServers = args["bootstrap"],
+            GroupId = args["group"],
+            AutoOffsetReset = AutoOffsetReset.Earliest,
+            // A SIGKILLed member stays in the group until its session times out; the next child waits for that.
+            SessionTimeoutMs = 1000,
+            HeartbeatIntervalMs = 200,
+            TopicMetadataRefreshIntervalMs = 1000,
+            ReconnectBackoffMs = 50,
+            ReconnectBackoffMaxMs = 500,
+        };
+        using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(config, processor, options);
+        var run = consumer.RunAsync(stop);
+        ready();
+        await run.ConfigureAwait(false);
+    }
+}

@@ -1,0 +1,73 @@
+// The chaos suite (./build.sh chaos): for each broker and store, produce messages with re-sent keys and poison,
+// run the idempotent consumer as a child process under SIGKILLs and injected faults, then verify that every key has
+// exactly one business effect, nothing is lost, and the DLQ holds exactly the poison messages. See docs/guarantees.md.
+using System.Diagnostics;
+using Idempotency.Chaos;
+
+if (args.Length > 0 && args[0] == "--child")
+{
+    return await ChildHost.RunAsync(ChildArgs.Parse(args.Skip(1)));
+}
+
+ChaosOptions options;
+try
+{
+    options = ChaosOptions.Parse(args);
+}
+catch (HelpRequestedException)
+{
+    Console.WriteLine(ChaosOptions.Usage);
+    return 0;
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine("chaos: " + e.Message);
+    Console.Error.WriteLine(ChaosOptions.Usage);
+    return 2;
+}
+
+AppDomain.CurrentDomain.ProcessExit += (_, _) => ChildProcess.KillAll();
+Console.CancelKeyPress += (_, _) => ChildProcess.KillAll();
+
+var start = DateTimeOffset.UtcNow;
+var clock = Stopwatch.StartNew();
+Console.WriteLine($"chaos: {(options.Quick ? "quick" : "full")} run, seed {options.Seed}, {options.Messages} messages / {options.Kills} kills / {options.Poison} poison per scenario; brokers {string.Join(",", options.Brokers)}; stores {string.Join(",", options.Stores)}");
+var results = new List<ScenarioResult>();
+try
+{
+    // Brokers run side by side (the children mostly wait on kills and faults), each broker's stores one after another.
+    var lanes = options.Brokers.Select(broker => Task.Run(async () =>
+    {
+        var lane = new List<ScenarioResult>();
+        foreach (var store in options.Stores)
+        {
+            Console.WriteLine($"==> {broker} + {store}");
+            var result = await new Scenario(options, broker, store).RunAsync();
+            lane.Add(result);
+            Console.WriteLine($"    {result.Name}: {(result.Passed ? "PASS" : "FAIL")} in {result.Duration.TotalSeconds:0} s: kills {result.Kills} ({string.Join(", ", result.KillPoints.Select(k => $"{k.Key} {k.Value}"))}); faults {string.Join(", ", result.Faults.Select(k => $"{k.Key} {k.Value}"))}");
+            foreach (var v in result.Violations)
+            {
+                Console.WriteLine($"    {result.Name}: VIOLATION: {v}");
+            }
+        }
+
+        return lane;
+    })).ToList();
+    foreach (var lane in await Task.WhenAll(lanes))
+    {
+        results.AddRange(lane);
+    }
+}
+finally
+{
+    ChildProcess.KillAll();
+}
+
+Console.WriteLine();
+Console.WriteLine(Report.Table(results));
+Directory.CreateDirectory(Path.Combine(options.ResultsDirectory, "test-results"));
+await File.WriteAllTextAsync(Path.Combine(options.ResultsDirectory, "test-results", "chaos.trx"), Report.Trx(results, start, DateTimeOffset.UtcNow));
+await File.WriteAllTextAsync(Path.Combine(options.ResultsDirectory, "chaos.md"), Report.Markdown(results, options, clock.Elapsed));
+var failed = results.Count(r => !r.Passed);
+Console.WriteLine($"chaos: {results.Count - failed} passed, {failed} failed in {clock.Elapsed.TotalSeconds:0} s (seed {options.Seed}); wrote {options.ResultsDirectory}/chaos.md and {options.ResultsDirectory}/test-results/chaos.trx");
+return failed == 0 && results.Count > 0 ? 0 : 1;

@@ -1,0 +1,209 @@
+using System.Diagnostics;
+using System.Text;
+using Idempotency.RabbitMQ;
+using Idempotency.TestSupport;
+using RabbitMQ.Client;
+
+namespace Idempotency.Chaos;
+
+/// <summary>
+/// RabbitMQ (the shared server): a quorum queue with its dead-letter exchange and queue, named per run. The child
+/// connects through a <see cref="TcpProxy"/>. Faults: the proxy cut and restored (every connection reset), and the
+/// child's connection force-closed by the server (<c>rabbitmqctl close_connection</c>, when
+/// <c>$IDEMPOTENCY_RABBITMQCTL</c> is set).
+/// </summary>
+internal sealed class RabbitMqRig : BrokerRig
+{
+    private readonly Uri _uri = new(Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") is { Length: > 0 } v
+        ? v
+        : throw new InvalidOperationException("$IDEMPOTENCY_RABBITMQ is not set: run ./build.sh chaos (it starts the services and exports it)."));
+
+    private TcpProxy? _proxy;
+    private IConnection? _connection;
+    private RabbitMqQueueTopology? _topology;
+    private string _clientName = "";
+
+    public override string Name => "rabbitmq";
+
+    private IConnection Connection => _connection ?? throw new InvalidOperationException("not set up");
+
+    public override string Diagnostics => $"the child's broker proxy accepted {_proxy?.AcceptedConnections ?? 0} connections";
+
+    public override IReadOnlyList<FaultKind> Faults
+    {
+        get
+        {
+            var faults = new List<FaultKind>
+            {
+                new("rabbitmq-connection-reset", async (rng, ct) =>
+                {
+                    _proxy!.Stop();
+                    try { await Task.Delay(rng.Next(500, 1500), ct); }
+                    finally { _proxy.Start(); }
+                }),
+            };
+            if (Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
+            {
+                faults.Add(new("rabbitmq-close-connection", (_, ct) => CloseConnectionAsync(ctl, ct)));
+            }
+
+            return faults;
+        }
+    }
+
+    public override async Task SetupAsync(string runId)
+    {
+        _proxy = new TcpProxy(_uri.Host is "localhost" ? "127.0.0.1" : _uri.Host, _uri.Port > 0 ? _uri.Port : 5672);
+        _clientName = "chaos-child-" + runId;
+        _connection = await new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + runId }.CreateConnectionAsync();
+        await using var channel = await Connection.CreateChannelAsync();
+        _topology = await RabbitMqTopology.DeclareAsync(channel, "chaos-" + runId, RabbitMqQueueType.Quorum);
+    }
+
+    public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
+    {
+        await using var channel = await Connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        var pending = new List<ValueTask>(256);
+        foreach (var m in messages)
+        {
+            var props = new BasicProperties { MessageId = m.Key, Persistent = true };
+            pending.Add(channel.BasicPublishAsync(string.Empty, _topology!.Queue, mandatory: true, props, Encoding.UTF8.GetBytes(m.Body)));
+            if (pending.Count >= 256)
+            {
+                foreach (var p in pending) await p;
+                pending.Clear();
+            }
+        }
+
+        foreach (var p in pending) await p;
+    }
+
+    public override void AddChildArgs(IDictionary<string, string> args)
+    {
+        var builder = new UriBuilder(_uri) { Host = "127.0.0.1", Port = _proxy!.Port };
+        args["amqp"] = builder.Uri.ToString();
+        args["queue"] = _topology!.Queue;
+        args["dlx"] = _topology.DeadLetterExchange;
+        args["dlrk"] = _topology.DeadLetterRoutingKey;
+        args["client"] = _clientName;
+    }
+
+    public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
+    {
+        // basic.get without ack, then close the channel: every message goes back to the queue (a non-destructive read).
+        var keys = new List<string>();
+        await using (var channel = await Connection.CreateChannelAsync())
+        {
+            while (await channel.BasicGetAsync(_topology!.DeadLetterQueue, autoAck: false) is { } got)
+            {
+                keys.Add(got.BasicProperties.MessageId ?? "");
+            }
+
+            await channel.CloseAsync();
+        }
+
+        return keys;
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        if (_proxy is not null)
+        {
+            await _proxy.DisposeAsync();
+        }
+
+        if (_connection is not null)
+        {
+            try
+            {
+                if (_topology is not null)
+                {
+                    await using var channel = await _connection.CreateChannelAsync();
+                    await channel.QueueDeleteAsync(_topology.Queue);
+                    await channel.QueueDeleteAsync(_topology.DeadLetterQueue);
+                    await channel.ExchangeDeleteAsync(_topology.DeadLetterExchange);
+                }
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine("chaos: rabbitmq cleanup failed: " + e.Message);
+            }
+
+            await _connection.DisposeAsync();
+        }
+    }
+
+    public static async Task RunRabbitChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
+    {
+        var factory = new ConnectionFactory
+        {
+            Uri = new Uri(args["amqp"]),
+            AutomaticRecoveryEnabled = true,
+            TopologyRecoveryEnabled = true,
+            NetworkRecoveryInterval = TimeSpan.FromMilliseconds(500),
+            RequestedHeartbeat = TimeSpan.FromSeconds(5),
+            ClientProvidedName = args["client"],
+        };
+        await using var connection = await factory.CreateConnectionAsync(stop).ConfigureAwait(false);
+        var options = new RabbitMqIdempotencyOptions
+        {
+            Queue = args["queue"],
+            DeadLetterExchange = args["dlx"],
+            DeadLetterRoutingKey = args["dlrk"],
+            HandlerConcurrency = 4,
+            PrefetchCount = 40,
+            ShutdownTimeout = TimeSpan.FromSeconds(5),
+        };
+        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, options, cancellationToken: stop).ConfigureAwait(false);
+        await consumer.StartAsync(stop).ConfigureAwait(false);
+        ready();
+        try
+        {
+            await Task.Delay(Timeout.Infinite, stop).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+
+        await consumer.StopAsync(CancellationToken.None).ConfigureAwait(false);
+    }
+
+    private async Task CloseConnectionAsync(string ctl, CancellationToken ct)
+    {
+        // The child names its connection; rabbitmqctl finds it by that name and the server closes it.
+        var list = await RunAsync(ctl, ["list_connections", "-q", "--no-table-headers", "name", "user_provided_name"], ct);
+        foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var parts = line.Split('\t');
+            if (parts.Length >= 2 && parts[1].Trim() == _clientName)
+            {
+                await RunAsync(ctl, ["close_connection", parts[0].Trim(), "chaos: forced close"], ct);
+            }
+        }
+    }
+
+    private static async Task<string> RunAsync(string ctl, string[] arguments, CancellationToken ct)
+    {
+        var info = new ProcessStartInfo(ctl) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in arguments)
+        {
+            info.ArgumentList.Add(a);
+        }
+
+        using var process = Process.Start(info)!;
+        var output = process.StandardOutput.ReadToEndAsync(ct);
+        _ = process.StandardError.ReadToEndAsync(ct);
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        try
+        {
+            await process.WaitForExitAsync(timeout.Token);
+        }
+        catch (OperationCanceledException)
+        {
+            process.Kill(entireProcessTree: true);
+            throw new TimeoutException($"{ctl} {string.Join(' ', arguments)} did not finish in 30 s");
+        }
+
+        return await output;
+    }
+}

@@ -1,0 +1,361 @@
+using System.Diagnostics;
+
+namespace Idempotency.Chaos;
+
+/// <summary>What one scenario (one broker over one store) did and found.</summary>
+internal sealed class ScenarioResult
+{
+    public required string Broker { get; init; }
+
+    public required string Store { get; init; }
+
+    public int Produced { get; set; }
+
+    public int Unique { get; set; }
+
+    public int Poison { get; set; }
+
+    public int Kills { get; set; }
+
+    public SortedDictionary<string, int> KillPoints { get; } = new(StringComparer.Ordinal);
+
+    public SortedDictionary<string, int> Faults { get; } = new(StringComparer.Ordinal);
+
+    public int FaultCount => Faults.Values.Sum();
+
+    /// <summary>Keys with a business effect.</summary>
+    public int Effects { get; set; }
+
+    /// <summary>Effects applied more than once (sum over keys of applied - 1).</summary>
+    public long DuplicateEffects { get; set; }
+
+    public int DuplicatesSkipped { get; set; }
+
+    public int ProcessedReported { get; set; }
+
+    public int Lost { get; set; }
+
+    /// <summary>Distinct keys in the dead-letter destination.</summary>
+    public int DeadLettered { get; set; }
+
+    /// <summary>Messages in the dead-letter destination (a poison message dead-lettered again after a kill counts twice).</summary>
+    public int DeadLetterMessages { get; set; }
+
+    public int Restarts { get; set; }
+
+    public TimeSpan Duration { get; set; }
+
+    public DateTimeOffset Started { get; set; }
+
+    public List<string> Violations { get; } = [];
+
+    public List<string> Log { get; } = [];
+
+    public bool Passed => Violations.Count == 0;
+
+    public string Name => $"{Broker} + {Store}";
+}
+
+/// <summary>Runs one scenario: produce, run the consumer child under SIGKILLs and faults, let it settle, verify.</summary>
+internal sealed class Scenario(ChaosOptions options, string broker, string store)
+{
+    private static readonly string[] KillPointNames = ["startup", "random", "in-handler", "after-commit"];
+
+    public async Task<ScenarioResult> RunAsync()
+    {
+        var result = new ScenarioResult { Broker = broker, Store = store, Started = DateTimeOffset.UtcNow };
+        var clock = Stopwatch.StartNew();
+        // string.GetHashCode is randomized per process: derive the scenario seed from stable values.
+        var seed = (options.Seed * 31 + Stable(broker) * 7 + Stable(store)) & 0x7FFFFFFF;
+        var rng = new Random(seed);
+        var runId = $"{DateTime.UtcNow:HHmmss}_{rng.Next():x8}";
+        await using var brokerRig = BrokerRig.Create(broker);
+        await using var storeRig = StoreRig.Create(store);
+        ChildProcess? child = null;
+        try
+        {
+            await storeRig.SetupAsync(runId);
+            await brokerRig.SetupAsync(runId);
+            var messages = Generate(rng, result);
+            // The producer keeps producing while the consumer is killed: a first chunk now, one more before each kill,
+            // so every consumer life has fresh work (and re-sends still follow their originals).
+            var chunks = messages.Chunk(Math.Max(1, (messages.Count + options.Kills) / (options.Kills + 1))).ToList();
+            await brokerRig.ProduceAsync(chunks[0]);
+            Note(result, $"producing {messages.Count} messages ({result.Unique} unique keys, {messages.Count - result.Unique - result.Poison} re-sends, {result.Poison} poison) in {chunks.Count} chunks");
+
+            // A small handler delay keeps messages flowing through the whole kill phase, so holds have a handler to land in.
+            var childArgs = new Dictionary<string, string>(StringComparer.Ordinal) { ["broker"] = broker, ["store"] = store, ["delay"] = "3" };
+            storeRig.AddChildArgs(childArgs);
+            brokerRig.AddChildArgs(childArgs);
+
+            var faults = new List<FaultKind>
+            {
+                new("store-cut", async (r, ct) =>
+                {
+                    storeRig.Cut();
+                    try { await Task.Delay(r.Next(800, 2500), ct); }
+                    finally { storeRig.Restore(); }
+                }),
+            };
+            faults.AddRange(brokerRig.Faults);
+            faults.RemoveAll(f => options.SkipFaults.Contains(f.Name));
+
+            using var killPhase = new CancellationTokenSource();
+            var faultTask = InjectFaultsAsync(faults, new Random(rng.Next()), result, killPhase.Token);
+            var perKill = Math.Max(2, (result.Unique + result.Poison) / Math.Max(1, options.Kills));
+            for (var k = 0; k < options.Kills; k++)
+            {
+                if (k + 1 < chunks.Count)
+                {
+                    await brokerRig.ProduceAsync(chunks[k + 1]);
+                }
+
+                child = ChildProcess.Start(childArgs);
+                result.Restarts++;
+                var point = k < KillPointNames.Length ? KillPointNames[k] : KillPointNames[rng.Next(KillPointNames.Length)];
+                var lifetime = Stopwatch.StartNew();
+                var landed = await ReachKillPointAsync(child, point, rng, perKill);
+                child.Kill();
+                result.Log.Add($"kill {k + 1}: {point}{(landed ? "" : " (idle)")} after {lifetime.ElapsedMilliseconds} ms, {child.Results} results (first at {child.FirstResultMs} ms)");
+                Collect(result, child);
+                child.Dispose();
+                child = null;
+                result.Kills++;
+                var key = landed ? point : point + " (idle)";
+                result.KillPoints[key] = result.KillPoints.GetValueOrDefault(key) + 1;
+            }
+
+            killPhase.Cancel();
+            await faultTask;
+            Note(result, $"{result.Kills} kills in {clock.Elapsed.TotalSeconds:0} s");
+
+            foreach (var rest in chunks.Skip(options.Kills + 1))
+            {
+                await brokerRig.ProduceAsync(rest);
+            }
+
+            // Settle: one last child runs without kills until every key has its effect and the DLQ its poison.
+            child = ChildProcess.Start(childArgs);
+            result.Restarts++;
+            var complete = await WaitCompleteAsync(storeRig, brokerRig, result, options.SettleTimeout);
+            if (complete)
+            {
+                // A little longer, so a stray redelivery after completion would show as a second effect.
+                await Task.Delay(1500);
+            }
+            else
+            {
+                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; child stderr tail:{Environment.NewLine}{child.StderrTail}");
+            }
+
+            await child.StopAsync(TimeSpan.FromSeconds(15));
+            Collect(result, child);
+            child.Dispose();
+            child = null;
+
+            if (brokerRig.Diagnostics.Length > 0)
+            {
+                Note(result, brokerRig.Diagnostics);
+            }
+
+            await VerifyAsync(storeRig, brokerRig, messages, result);
+        }
+        catch (Exception e)
+        {
+            result.Violations.Add($"scenario error: {e.GetType().Name}: {e.Message}");
+            Note(result, e.ToString());
+        }
+        finally
+        {
+            child?.Dispose();
+        }
+
+        result.Duration = clock.Elapsed;
+        return result;
+    }
+
+    private static int Stable(string s)
+    {
+        var h = 17;
+        foreach (var c in s)
+        {
+            h = unchecked(h * 31 + c);
+        }
+
+        return h & 0x7FFFFFF;
+    }
+
+    private List<ChaosMessage> Generate(Random rng, ScenarioResult result)
+    {
+        var poison = Math.Min(options.Poison, options.Messages / 10);
+        var resends = (int)Math.Round(options.Messages * options.DuplicateShare);
+        var unique = options.Messages - resends - poison;
+        var messages = new List<ChaosMessage>(options.Messages);
+        for (var i = 0; i < unique; i++)
+        {
+            var key = $"k-{i:D6}";
+            messages.Add(new ChaosMessage(key, "ok:" + key));
+        }
+
+        for (var i = 0; i < poison; i++)
+        {
+            messages.Insert(rng.Next(messages.Count + 1), new ChaosMessage($"p-{i:D4}", $"poison:p-{i:D4}"));
+        }
+
+        // Producer re-sends: a copy of an earlier ordinary message, placed after the original.
+        for (var i = 0; i < resends; i++)
+        {
+            int at;
+            ChaosMessage original;
+            do
+            {
+                at = rng.Next(messages.Count);
+                original = messages[at];
+            }
+            while (original.IsPoison);
+
+            messages.Insert(rng.Next(at + 1, messages.Count + 1), original);
+        }
+
+        result.Produced = messages.Count;
+        result.Unique = unique;
+        result.Poison = poison;
+        return messages;
+    }
+
+    private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill)
+    {
+        var wait = TimeSpan.FromSeconds(5);
+        switch (point)
+        {
+            case "startup":
+                // Before any handler ran: during start-up, connect, group join or the first fetch.
+                await Task.Delay(rng.Next(100, 900));
+                return child.Results == 0;
+            case "random":
+                // Anywhere while messages flow: between messages, in a claim, a commit, an ack or an offset commit.
+                await child.WaitForResultsAsync(1, wait);
+                await Task.Delay(rng.Next(0, 1200));
+                return child.Results > 0 && !child.HasExited;
+            case "in-handler":
+                // Armed at once: the child holds in its N-th handler call (with a batch, mid-batch).
+                child.Send($"hold-handler {rng.Next(1, (perKill / 2) + 2)}");
+                return await child.WaitForEventAsync("H", wait);
+            default:
+                child.Send($"hold-commit {rng.Next(1, (perKill / 2) + 2)}");
+                return await child.WaitForEventAsync("C", wait);
+        }
+    }
+
+    private static async Task InjectFaultsAsync(List<FaultKind> faults, Random rng, ScenarioResult result, CancellationToken killPhase)
+    {
+        // Round-robin over the fault kinds at random intervals while the kills go on; the first round always completes.
+        for (var i = 0; ; i++)
+        {
+            if (faults.Count == 0 || (i >= faults.Count && killPhase.IsCancellationRequested))
+            {
+                return;
+            }
+
+            try
+            {
+                await Task.Delay(rng.Next(500, 2500), i < faults.Count ? CancellationToken.None : killPhase);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            var fault = faults[i % faults.Count];
+            await fault.InjectAsync(rng, CancellationToken.None);
+            lock (result)
+            {
+                result.Faults[fault.Name] = result.Faults.GetValueOrDefault(fault.Name) + 1;
+            }
+        }
+    }
+
+    private static async Task<bool> WaitCompleteAsync(StoreRig store, BrokerRig broker, ScenarioResult result, TimeSpan timeout)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < timeout)
+        {
+            await Task.Delay(1000);
+            var effects = await store.ReadEffectsAsync();
+            if (effects.Count(e => e.Key.StartsWith("k-", StringComparison.Ordinal)) < result.Unique)
+            {
+                continue;
+            }
+
+            var dlq = await broker.ReadDeadLettersAsync();
+            if (dlq.Distinct().Count() >= result.Poison)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    private static void Collect(ScenarioResult result, ChildProcess child)
+    {
+        result.DuplicatesSkipped += child.Duplicates;
+        result.ProcessedReported += child.Processed;
+    }
+
+    private static async Task VerifyAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result)
+    {
+        var effects = await store.ReadEffectsAsync();
+        var dlq = await broker.ReadDeadLettersAsync();
+        var expected = messages.Where(m => !m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
+        var poison = messages.Where(m => m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
+
+        result.Effects = effects.Count(e => e.Value > 0);
+        result.DuplicateEffects = effects.Values.Where(v => v > 1).Sum(v => v - 1);
+        var lost = expected.Where(k => !effects.ContainsKey(k)).ToList();
+        result.Lost = lost.Count;
+        var dlqKeys = dlq.ToHashSet(StringComparer.Ordinal);
+        result.DeadLettered = dlqKeys.Count;
+        result.DeadLetterMessages = dlq.Count;
+
+        var twice = effects.Where(e => e.Value > 1).Select(e => $"{e.Key}x{e.Value}").Take(10).ToList();
+        if (twice.Count > 0)
+        {
+            result.Violations.Add($"{effects.Count(e => e.Value > 1)} keys have more than one effect: {string.Join(", ", twice)}");
+        }
+
+        if (lost.Count > 0)
+        {
+            result.Violations.Add($"{lost.Count} keys have no effect (lost): {string.Join(", ", lost.Take(10))}");
+        }
+
+        var unexpected = effects.Keys.Where(k => !expected.Contains(k)).Take(10).ToList();
+        if (unexpected.Count > 0)
+        {
+            result.Violations.Add($"effects for keys that must have none (poison or unknown): {string.Join(", ", unexpected)}");
+        }
+
+        var missingPoison = poison.Where(k => !dlqKeys.Contains(k)).ToList();
+        if (missingPoison.Count > 0)
+        {
+            result.Violations.Add($"{missingPoison.Count} poison messages are not in the DLQ: {string.Join(", ", missingPoison)}");
+        }
+
+        var wrongDlq = dlqKeys.Where(k => !poison.Contains(k)).Take(10).ToList();
+        if (wrongDlq.Count > 0)
+        {
+            result.Violations.Add($"the DLQ holds messages that are not poison: {string.Join(", ", wrongDlq.Select(k => k.Length == 0 ? "(an entry without a key)" : k))}");
+        }
+
+        if (result.Kills < 1 && result.FaultCount < 1)
+        {
+            result.Violations.Add("nothing was injected");
+        }
+    }
+
+    private static void Note(ScenarioResult result, string line)
+    {
+        result.Log.Add(line);
+        Console.Error.WriteLine($"    [{result.Name}] {line}");
+    }
+}

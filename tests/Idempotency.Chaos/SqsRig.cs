@@ -1,0 +1,160 @@
+using Amazon.Runtime;
+using Amazon.SQS;
+using Amazon.SQS.Model;
+using Idempotency.Sqs;
+using Idempotency.TestSupport;
+
+namespace Idempotency.Chaos;
+
+/// <summary>
+/// SQS on the fauxqs emulator: a standard queue and a dead-letter queue named per run. The child connects through a
+/// <see cref="TcpProxy"/> with a 2 s visibility timeout. Fault: the proxy cut for longer than the visibility timeout,
+/// so the heartbeat cannot extend it and visibility expires mid-handler; the message comes back (to the other poller
+/// or the next child) while the first handler may still run, and only the store decides which one commits.
+/// </summary>
+internal sealed class SqsRig : BrokerRig
+{
+    private readonly string _serviceUrl = Environment.GetEnvironmentVariable("IDEMPOTENCY_SQS") is { Length: > 0 } v
+        ? v
+        : throw new InvalidOperationException("$IDEMPOTENCY_SQS is not set: run ./build.sh chaos (it starts the services and exports it).");
+
+    private TcpProxy? _proxy;
+    private AmazonSQSClient? _sqs;
+    private string _queueUrl = "";
+    private string _dlqUrl = "";
+
+    public override string Name => "sqs";
+
+    private AmazonSQSClient Sqs => _sqs ?? throw new InvalidOperationException("not set up");
+
+    public override string Diagnostics => $"the child's broker proxy accepted {_proxy?.AcceptedConnections ?? 0} connections";
+
+    public override IReadOnlyList<FaultKind> Faults =>
+    [
+        new("sqs-visibility-expiry", async (rng, ct) =>
+        {
+            _proxy!.Stop();
+            try { await Task.Delay(rng.Next(2500, 4000), ct); }
+            finally { _proxy.Start(); }
+        }),
+    ];
+
+    public static AmazonSQSClient Client(string serviceUrl) =>
+        new(new BasicAWSCredentials("test", "test"), new AmazonSQSConfig { ServiceURL = serviceUrl, AuthenticationRegion = "us-east-1", MaxErrorRetry = 1, Timeout = TimeSpan.FromSeconds(5) });
+
+    public override async Task SetupAsync(string runId)
+    {
+        var uri = new Uri(_serviceUrl);
+        _proxy = new TcpProxy(uri.Host is "localhost" ? "127.0.0.1" : uri.Host, uri.Port);
+        _sqs = Client(_serviceUrl);
+        _queueUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId })).QueueUrl;
+        _dlqUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + "-dlq" })).QueueUrl;
+    }
+
+    public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
+    {
+        foreach (var chunk in messages.Chunk(10))
+        {
+            var entries = chunk.Select((m, i) => new SendMessageBatchRequestEntry
+            {
+                Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                MessageBody = m.Body,
+                MessageAttributes = new() { [SqsIdempotencyOptions.DefaultKeyAttributeName] = new MessageAttributeValue { DataType = "String", StringValue = m.Key } },
+            }).ToList();
+            var response = await Sqs.SendMessageBatchAsync(new SendMessageBatchRequest { QueueUrl = _queueUrl, Entries = entries });
+            if (response.Failed is { Count: > 0 })
+            {
+                throw new InvalidOperationException("SendMessageBatch failed: " + response.Failed[0].Message);
+            }
+        }
+    }
+
+    public override void AddChildArgs(IDictionary<string, string> args)
+    {
+        args["sqs"] = $"http://127.0.0.1:{_proxy!.Port}";
+        args["queue"] = _queueUrl;
+        args["dlq"] = _dlqUrl;
+    }
+
+    public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
+    {
+        // Receive everything (hidden for a while), then make it visible again: a non-destructive read.
+        var keys = new List<string>();
+        var handles = new List<string>();
+        for (var empty = 0; empty < 2;)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _dlqUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
+                MessageAttributeNames = ["All"],
+            });
+            if (response.Messages is not { Count: > 0 })
+            {
+                empty++;
+                continue;
+            }
+
+            foreach (var m in response.Messages)
+            {
+                keys.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
+                handles.Add(m.ReceiptHandle);
+            }
+        }
+
+        foreach (var chunk in handles.Chunk(10))
+        {
+            await Sqs.ChangeMessageVisibilityBatchAsync(new ChangeMessageVisibilityBatchRequest
+            {
+                QueueUrl = _dlqUrl,
+                Entries = chunk.Select((h, i) => new ChangeMessageVisibilityBatchRequestEntry { Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture), ReceiptHandle = h, VisibilityTimeout = 0 }).ToList(),
+            });
+        }
+
+        return keys;
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        if (_proxy is not null)
+        {
+            await _proxy.DisposeAsync();
+        }
+
+        if (_sqs is not null)
+        {
+            foreach (var url in new[] { _queueUrl, _dlqUrl }.Where(u => u.Length > 0))
+            {
+                try { await _sqs.DeleteQueueAsync(url); }
+                catch (Exception e) { Console.Error.WriteLine("chaos: sqs cleanup failed: " + e.Message); }
+            }
+
+            _sqs.Dispose();
+        }
+    }
+
+    public static async Task RunSqsChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
+    {
+        using var sqs = Client(args["sqs"]);
+        var options = new SqsIdempotencyOptions
+        {
+            QueueUrl = args["queue"],
+            DeadLetterQueueUrl = args["dlq"],
+            VisibilityTimeout = TimeSpan.FromSeconds(2),
+            WaitTimeSeconds = 1,
+            Pollers = 2,
+            MaxMessages = 10,
+            ShutdownTimeout = TimeSpan.FromSeconds(5),
+            ReceiveErrorDelay = TimeSpan.FromMilliseconds(300),
+        };
+        var worker = new IdempotentSqsWorker(sqs, processor, options);
+        var run = worker.RunAsync(stop);
+        ready();
+        try
+        {
+            await run.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+        }
+    }
+}
