@@ -5,12 +5,12 @@ namespace Idempotency.Demo;
 /// <summary>Command-line settings of the demo.</summary>
 internal sealed record DemoSettings(int Messages, double DuplicateShare, int Crashes, IReadOnlySet<string> Brokers, IReadOnlySet<string> Stores)
 {
-    public static readonly string[] AllBrokers = ["inprocess"];
-    public static readonly string[] AllStores = ["postgres"];
+    public static readonly string[] AllBrokers = ["inprocess", "kafka", "rabbitmq", "sqs"];
+    public static readonly string[] AllStores = ["postgres", "redis"];
 
     public static DemoSettings Parse(string[] args)
     {
-        int messages = 2000, crashes = 20;
+        int messages = 2000, crashes = 4;
         double duplicates = 0.2;
         HashSet<string> brokers = [.. AllBrokers], stores = [.. AllStores];
         for (var i = 0; i < args.Length; i++)
@@ -38,11 +38,14 @@ internal sealed record DemoSettings(int Messages, double DuplicateShare, int Cra
 
     public const string Usage = """
         usage: ./build.sh demo [--messages N] [--duplicates SHARE] [--crashes N] [--broker LIST] [--store LIST]
-          --messages N        messages produced per scenario (default 2000), of which SHARE are re-sent copies
+          --messages N        messages produced per run (default 2000), of which SHARE are re-sent copies
           --duplicates SHARE  share of produced messages that repeat an earlier key (default 0.2)
-          --crashes N         consumer crashes injected per scenario (default 20)
-          --broker LIST       comma-separated brokers (default: all)
-          --store LIST        comma-separated stores (default: all)
+          --crashes N         consumer crashes injected per run (default 4): the consumer is killed abruptly
+                              mid-handler and a fresh one started (inprocess: simulated redeliveries instead)
+          --broker LIST       comma-separated, from inprocess,kafka,rabbitmq,sqs (default: all)
+          --store LIST        comma-separated, from postgres,redis (default: all; redis = Redis-held state)
+        environment: IDEMPOTENCY_POSTGRES, IDEMPOTENCY_REDIS, IDEMPOTENCY_RABBITMQ, IDEMPOTENCY_SQS (set by ./build.sh demo);
+        Kafka runs on librdkafka's mock cluster inside the demo process.
         """;
 }
 

@@ -20,10 +20,16 @@ catch (Exception e) when (e is ArgumentException or FormatException)
     return 2;
 }
 
-var postgres = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES");
-if (string.IsNullOrEmpty(postgres))
+string Env(string name) => Environment.GetEnvironmentVariable(name) ?? string.Empty;
+var required = new List<string>();
+if (settings.Stores.Contains("postgres")) required.Add("IDEMPOTENCY_POSTGRES");
+if (settings.Stores.Contains("redis")) required.Add("IDEMPOTENCY_REDIS");
+if (settings.Brokers.Contains("rabbitmq")) required.Add("IDEMPOTENCY_RABBITMQ");
+if (settings.Brokers.Contains("sqs")) required.Add("IDEMPOTENCY_SQS");
+var missing = required.Where(v => string.IsNullOrEmpty(Env(v))).ToList();
+if (missing.Count > 0)
 {
-    Console.Error.WriteLine("IDEMPOTENCY_POSTGRES is not set: run the demo with ./build.sh demo, which starts the services first.");
+    Console.Error.WriteLine($"{string.Join(", ", missing)} not set: run the demo with ./build.sh demo, which starts the services first.");
     return 2;
 }
 
@@ -33,7 +39,8 @@ if (Console.IsOutputRedirected)
     AnsiConsole.Profile.Width = 200;
 }
 
-IDemoScenario[] scenarios = [new InProcessScenario()];
+using var kafka = new KafkaScenario();
+IDemoScenario[] scenarios = [new InProcessScenario(), kafka, new RabbitMqScenario(Env("IDEMPOTENCY_RABBITMQ")), new SqsScenario(Env("IDEMPOTENCY_SQS"))];
 var workload = new Workload(settings.Messages, settings.DuplicateShare);
 AnsiConsole.MarkupLine($"[bold]Idempotency demo[/]: {settings.Messages} messages per run, {workload.UniqueKeys} unique keys, {settings.Crashes} consumer crashes injected per run");
 var rows = new List<DemoRow>();
@@ -49,9 +56,11 @@ await AnsiConsole.Progress()
             foreach (var storeName in settings.Stores)
             {
                 var task = progress.AddTask($"{scenario.Broker} + {storeName}", maxValue: 1.0);
+                var scenarioName = $"{scenario.Broker}_{storeName}_{RunId.Value}";
                 await using IDemoLedger ledger = storeName switch
                 {
-                    _ => await PostgresLedger.CreateAsync(postgres, $"{scenario.Broker}_{storeName}", cancellation.Token),
+                    "redis" => await RedisLedger.CreateAsync(Env("IDEMPOTENCY_REDIS"), scenarioName),
+                    _ => await PostgresLedger.CreateAsync(Env("IDEMPOTENCY_POSTGRES"), scenarioName, cancellation.Token),
                 };
                 var row = await scenario.RunAsync(ledger, workload, settings.Crashes, fraction => task.Value = fraction, cancellation.Token);
                 task.Value = 1.0;

@@ -55,7 +55,20 @@ internal sealed class PostgresLedger : IDemoLedger
         return row;
     }
 
-    public async ValueTask DisposeAsync() => await _dataSource.DisposeAsync();
+    public async ValueTask DisposeAsync()
+    {
+        // Each run has its own tables; they go away with it.
+        try
+        {
+            await using var connection = await _dataSource.OpenConnectionAsync();
+            await connection.ExecuteAsync($"DROP TABLE IF EXISTS {_table}, {_table[..^"_orders".Length]}_processed, {_table[..^"_orders".Length]}_outbox");
+        }
+        catch (NpgsqlException)
+        {
+        }
+
+        await _dataSource.DisposeAsync();
+    }
 
     private sealed record Order(int Amount);
 }
