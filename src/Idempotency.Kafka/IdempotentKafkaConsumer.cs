@@ -279,7 +279,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 }
                 catch (ConsumeException e) when (!e.Error.IsFatal)
                 {
-                    if (e.ConsumerRecord is { } raw && raw.Message is not null)
+                    // Only a deserialization failure carries a real message. Other consume errors (a fetch that
+                    // failed or timed out) also come with a record, but its offset is just the fetch position and its
+                    // value the error text: dead-lettering it would commit past a message nobody processed.
+                    if (e.Error.Code is ErrorCode.Local_KeyDeserialization or ErrorCode.Local_ValueDeserialization
+                        && e.ConsumerRecord is { } raw && raw.Message is not null)
                     {
                         // A message that cannot be deserialized: it keeps its place in its partition and is dead-lettered there.
                         Enqueue(raw.TopicPartition, new Work(null, raw, e));
