@@ -110,6 +110,35 @@ public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<Postgr
         Assert.Equal(600L, (await cluster.CommittedOffsetsAsync(group, topic, 3)).Sum());
     }
 
+    [Fact]
+    public async Task Fetch_errors_are_not_messages_nothing_is_dead_lettered_and_nothing_is_skipped()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        Assert.SkipUnless(cluster.IsMock, "fault injection needs librdkafka's mock cluster (KAFKA_BOOTSTRAP_SERVERS is set)");
+        var topic = Unique("fetch-errors");
+        cluster.CreateTopic(topic, 1);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var processor = new IdempotentProcessor(store, Credit(table), HandlerOptions("fetch-errors"));
+        var group = Unique("g");
+
+        // Failed fetches surface as consume errors that carry a record (the fetch position, the error text as value).
+        cluster.PushRequestErrors(MockKafkaCluster.ApiFetch, Enumerable.Repeat(ErrorCode.RequestTimedOut, 6).ToArray());
+        Produce(cluster, topic, Enumerable.Range(0, 100).Select(i => $"e-{i}"));
+        await using (var running = Start(cluster, group, processor, Options(topic, o => o.CommitEveryMessages = 10)))
+        {
+            await WaitUntilAsync(async () => await CountAsync(db, table) == 100, Timeout, async () => $"{await CountAsync(db, table)} rows");
+            cluster.PushRequestErrors(MockKafkaCluster.ApiFetch, Enumerable.Repeat(ErrorCode.RequestTimedOut, 6).ToArray());
+            Produce(cluster, topic, Enumerable.Range(100, 100).Select(i => $"e-{i}"));
+            await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+        }
+
+        Assert.Equal(200L, await CountAsync(db, table));
+        Assert.Equal(200L, await AppliedAsync(db, table));
+        Assert.Equal([0L], cluster.EndOffsets(topic + ".dlq", 1));
+    }
+
     [Theory]
     [InlineData(1)]
     [InlineData(20)]
