@@ -1,0 +1,306 @@
+using System.Text.Json.Nodes;
+
+namespace Idempotency.Benchmarks;
+
+/// <summary>One normalised benchmark row. Kind: ceiling, baseline, per-message, batch, replay or other.</summary>
+internal sealed class SummaryRow
+{
+    /// <summary>The benchmark that measured it (kafka, rabbitmq, sqs, redis, aggregator).</summary>
+    public required string Source { get; init; }
+
+    public required string Broker { get; init; }
+
+    public required string Store { get; init; }
+
+    public required string Scenario { get; init; }
+
+    public required string Kind { get; init; }
+
+    public double MessagesPerSecond { get; init; }
+
+    public double? P50Ms { get; init; }
+
+    public double? P99Ms { get; init; }
+
+    public double? PeakWorkingSetMiB { get; init; }
+
+    /// <summary>How the benchmark measured latency (the benchmarks differ; see docs/benchmarks.md).</summary>
+    public string? LatencyNote { get; init; }
+
+    public string? Baseline { get; set; }
+
+    public double? RatioToBaseline { get; set; }
+
+    public string? Ceiling { get; set; }
+
+    public double? RatioToCeiling { get; set; }
+
+    public List<TargetCheck> Targets { get; } = [];
+
+    // Resolution hints (not serialised).
+    [System.Text.Json.Serialization.JsonIgnore]
+    public Func<Summary, SummaryRow?>? BaselineOf { get; init; }
+
+    [System.Text.Json.Serialization.JsonIgnore]
+    public Func<Summary, SummaryRow?>? CeilingOf { get; init; }
+
+    [System.Text.Json.Serialization.JsonIgnore]
+    public List<TargetSpec> TargetSpecs { get; init; } = [];
+}
+
+/// <summary>A target from the issues: Against is "baseline", "ceiling" or the scenario of another row.</summary>
+internal sealed record TargetSpec(string Against, double Threshold, string Issue, Func<Summary, SummaryRow?>? Other = null);
+
+internal sealed record TargetCheck(string Against, double Threshold, double? Value, bool? Met, string Issue)
+{
+    public string Describe() => $">= {Threshold:0.##}x {Against}";
+}
+
+internal sealed class Summary
+{
+    public List<SummaryRow> Rows { get; } = [];
+
+    public List<string> Notes { get; } = [];
+
+    public DateTime StartedUtc { get; init; }
+
+    public static Summary Build(RepoPaths paths, List<ChildRun> runs, DateTime started)
+    {
+        var summary = new Summary { StartedUtc = started };
+        foreach (var run in runs)
+        {
+            if (!run.Succeeded)
+            {
+                summary.Notes.Add($"{run.Name}: the benchmark failed in this run ({run.Error}); its rows are missing.");
+                continue;
+            }
+
+            var file = run.Name == "sqs"
+                ? new DirectoryInfo(paths.Results).GetFiles("sqs-*.json").Where(f => f.LastWriteTimeUtc >= run.StartedUtc).OrderByDescending(f => f.LastWriteTimeUtc).FirstOrDefault()?.FullName
+                : Path.Combine(paths.Results, run.Name + ".json");
+            if (file is null || !File.Exists(file) || File.GetLastWriteTimeUtc(file) < run.StartedUtc)
+            {
+                summary.Notes.Add($"{run.Name}: no results file written by this run; its rows are missing.");
+                continue;
+            }
+
+            var json = JsonNode.Parse(File.ReadAllText(file))!;
+            switch (run.Name)
+            {
+                case "kafka": summary.AddKafka(json); break;
+                case "rabbitmq": summary.AddRabbitMq(json); break;
+                case "sqs": summary.AddSqs(json); break;
+                case "redis": summary.AddRedis(json); break;
+            }
+        }
+
+        return summary;
+    }
+
+    // ---- run-wide ceilings: PostgreSQL (Kafka's run or the aggregator's), Redis SET NX (the Redis run) ----
+    private SummaryRow? PgSingle(int connections) => Rows.FirstOrDefault(r => r.Kind == "ceiling" && r.Store == "postgres" && r.Source is "kafka" or "aggregator" && r.Scenario.Contains("single-row", StringComparison.Ordinal) && r.Scenario.Contains($", {connections} conn", StringComparison.Ordinal));
+
+    private SummaryRow? PgBatch() => Rows.FirstOrDefault(r => r.Kind == "ceiling" && r.Store == "postgres" && r.Source is "kafka" or "aggregator" && r.Scenario.Contains("100-key", StringComparison.Ordinal));
+
+    private SummaryRow? ByScenario(string source, string prefix) => Rows.FirstOrDefault(r => r.Source == source && r.Scenario.StartsWith(prefix, StringComparison.Ordinal));
+
+    public void AddOwnCeilings(IEnumerable<SummaryRow> rows) => Rows.InsertRange(0, rows);
+
+    private void AddKafka(JsonNode json)
+    {
+        const string Issue = "#3";
+        const string Latency = "per message (per batch in batch mode): the pipeline call; ceilings: one transaction";
+        foreach (var r in json["rows"]!.AsArray())
+        {
+            var name = (string)r!["Name"]!;
+            var (kind, scenario) = name switch
+            {
+                _ when name.StartsWith("ceiling: claim + update tx", StringComparison.Ordinal) => ("ceiling", "PostgreSQL single-row insert-on-conflict + update tx" + name["ceiling: claim + update tx".Length..]),
+                _ when name.StartsWith("ceiling: 100-key batch", StringComparison.Ordinal) => ("ceiling", "PostgreSQL 100-key batched insert-on-conflict + update tx" + name["ceiling: 100-key batch tx".Length..]),
+                "plain at-least-once, 16 partitions concurrent" => ("baseline", name),
+                _ when name.StartsWith("plain", StringComparison.Ordinal) => ("other", name),
+                "ours per-message" => ("per-message", name),
+                "ours batch mode (100)" => ("batch", name),
+                _ when name.StartsWith("ours replay", StringComparison.Ordinal) => ("replay", name),
+                _ => ("other", name),
+            };
+            Rows.Add(new SummaryRow
+            {
+                Source = "kafka",
+                Broker = kind == "ceiling" ? "-" : "kafka",
+                Store = "postgres",
+                Scenario = scenario,
+                Kind = kind,
+                MessagesPerSecond = (double)r["MessagesPerSecond"]!,
+                P50Ms = (double?)r["P50Ms"],
+                P99Ms = (double?)r["P99Ms"],
+                PeakWorkingSetMiB = (double?)r["PeakWorkingSetMiB"],
+                LatencyNote = Latency,
+                BaselineOf = kind == "ceiling" ? null : s => s.ByScenario("kafka", "plain at-least-once, 16"),
+                CeilingOf = kind switch
+                {
+                    "per-message" or "baseline" or "other" => s => s.PgSingle(16),
+                    "batch" => s => s.PgBatch(),
+                    "replay" => name.Contains("batch", StringComparison.Ordinal) ? s => s.PgBatch() : s => s.PgSingle(16),
+                    _ => null,
+                },
+                TargetSpecs = name switch
+                {
+                    "ours per-message" => [new("baseline", 0.85, Issue), new("ceiling", 0.6, Issue)],
+                    "ours batch mode (100)" => [new("ceiling", 0.5, Issue)],
+                    "ours replay (all duplicates), per-message" => [new("ours per-message", 3, Issue, s => s.ByScenario("kafka", "ours per-message"))],
+                    _ => [],
+                },
+            });
+        }
+    }
+
+    private void AddRabbitMq(JsonNode json)
+    {
+        const string Issue = "#4";
+        var results = json["results"]!.AsArray();
+        var concurrency = (int?)json["concurrency"] ?? 4;
+        var names = new List<string>();
+        for (var i = 0; i < results.Count; i++)
+        {
+            var r = results[i]!;
+            var name = (string)r["Name"]!;
+            names.Add(name);
+            var kind = i switch { 0 or 1 => "ceiling", 2 => "baseline", 3 => "per-message", 4 => "batch", _ => "other" };
+            var ceilingName = names[0];
+            Rows.Add(new SummaryRow
+            {
+                Source = "rabbitmq",
+                Broker = kind == "ceiling" ? "-" : "rabbitmq",
+                Store = "postgres",
+                Scenario = kind == "ceiling" ? $"{name}, {concurrency} conn (RabbitMQ run)" : name,
+                Kind = kind,
+                MessagesPerSecond = (double)r["MessagesPerSecond"]!,
+                P50Ms = (double?)r["P50Ms"],
+                P99Ms = (double?)r["P99Ms"],
+                PeakWorkingSetMiB = (double?)r["PeakWorkingSetMb"],
+                LatencyNote = "delivery callback to completed basic.ack (median of the interleaved rounds)",
+                BaselineOf = kind == "ceiling" ? null : s => s.Rows.FirstOrDefault(x => x.Source == "rabbitmq" && x.Kind == "baseline"),
+                // Issue #4: the ceiling at the same concurrency, measured by the RabbitMQ run itself.
+                CeilingOf = kind switch
+                {
+                    "batch" => s => s.PgBatch(),
+                    "ceiling" => null,
+                    _ => s => s.Rows.FirstOrDefault(x => x.Source == "rabbitmq" && x.Kind == "ceiling"),
+                },
+                TargetSpecs = kind switch
+                {
+                    "per-message" => [new("baseline", 0.85, Issue), new("ceiling", 0.6, Issue)],
+                    "batch" => [new("ours per-message", 3, Issue, s => s.Rows.FirstOrDefault(x => x.Source == "rabbitmq" && x.Kind == "per-message"))],
+                    _ => [],
+                },
+            });
+        }
+
+        Notes.Add("rabbitmq: no replay-of-processed-keys scenario in that benchmark yet.");
+    }
+
+    private void AddSqs(JsonNode json)
+    {
+        const string Issue = "#5";
+        var pollers = (int?)json["Pollers"] ?? 4;
+        foreach (var r in json["Median"]!.AsArray())
+        {
+            var scenario = (string)r!["Scenario"]!;
+            var (kind, name) = scenario switch
+            {
+                "plain" => ("baseline", "plain worker, own transaction per message"),
+                "ours-message" => ("per-message", "IdempotentSqsWorker, transaction per message"),
+                "ours-batch" => ("batch", "IdempotentSqsWorker, transaction per batch of 10 (per-message handler)"),
+                "ours-batch-set" => ("batch", "IdempotentSqsWorker, transaction per batch of 10 (set-based handler)"),
+                _ => ("other", scenario),
+            };
+            var paired = (double?)json["PairedRatios"]?[scenario];
+            Rows.Add(new SummaryRow
+            {
+                Source = "sqs",
+                Broker = "sqs",
+                Store = "postgres",
+                Scenario = paired is { } p ? $"{name} (paired ratio {p:0.00}x)" : name,
+                Kind = kind,
+                MessagesPerSecond = (double)r["MessagesPerSecond"]!,
+                P50Ms = (double?)r["P50Ms"],
+                P99Ms = (double?)r["P99Ms"],
+                PeakWorkingSetMiB = (double?)r["PeakWorkingSetBytes"] / 1048576.0,
+                LatencyNote = "receive to delete, per message (median round; peak working set of the scenario's own process)",
+                BaselineOf = s => s.Rows.FirstOrDefault(x => x.Source == "sqs" && x.Kind == "baseline"),
+                CeilingOf = kind == "batch" ? s => s.PgBatch() : s => s.PgSingle(pollers == 16 ? 16 : pollers >= 4 ? 4 : 1),
+                TargetSpecs = kind is "per-message" or "batch" ? [new("baseline", 0.85, Issue)] : [],
+            });
+        }
+
+        Notes.Add("sqs: no replay-of-processed-keys scenario in that benchmark yet.");
+    }
+
+    private void AddRedis(JsonNode json)
+    {
+        const string Issue = "#6";
+        foreach (var r in json["rows"]!.AsArray())
+        {
+            var name = (string)r!["Scenario"]!;
+            var (kind, store) = name switch
+            {
+                _ when name.StartsWith("raw SET NX", StringComparison.Ordinal) || name.StartsWith("redis-benchmark", StringComparison.Ordinal) => ("ceiling", "redis"),
+                _ when name.StartsWith("store claim + complete, one key", StringComparison.Ordinal) => ("per-message", "redis"),
+                _ when name.StartsWith("store claim + complete, batches", StringComparison.Ordinal) => ("batch", "redis"),
+                _ when name.StartsWith("PostgreSQL alone", StringComparison.Ordinal) => ("baseline", "postgres"),
+                _ when name.StartsWith("layered", StringComparison.Ordinal) => ("replay", "redis+postgres"),
+                _ => ("other", "redis"),
+            };
+            var single = name.Contains("single messages", StringComparison.Ordinal) || name.Contains("one key", StringComparison.Ordinal);
+            Rows.Add(new SummaryRow
+            {
+                Source = "redis",
+                Broker = "- (store only)",
+                Store = store,
+                Scenario = (name.StartsWith("raw SET NX", StringComparison.Ordinal) ? "Redis " : "") + name,
+                Kind = kind,
+                MessagesPerSecond = (double?)r["rate"] ?? 0,
+                P50Ms = (double?)r["p50ms"],
+                P99Ms = (double?)r["p99ms"],
+                PeakWorkingSetMiB = (double?)r["peakWorkingSetBytes"] / 1048576.0,
+                LatencyNote = "per operation (one in flight) or per batch of 100",
+                // Layered rows compare with PostgreSQL alone on the same traffic; store rows with raw SET NX.
+                BaselineOf = kind == "replay" ? s => s.ByScenario("redis", single ? "PostgreSQL alone, single" : "PostgreSQL alone, batches") : null,
+                CeilingOf = kind is "ceiling" or "baseline" or "replay" ? null : single ? s => s.ByScenario("redis", "Redis raw SET NX PX, 16") : s => s.ByScenario("redis", "Redis raw SET NX PX, pipelined"),
+                TargetSpecs = kind == "batch" ? [new("ceiling", 0.5, Issue)] : [],
+            });
+        }
+    }
+
+    /// <summary>Fills the ratios and target checks once all rows are in.</summary>
+    public void Resolve()
+    {
+        foreach (var row in Rows)
+        {
+            if (row.BaselineOf?.Invoke(this) is { } baseline && baseline != row && baseline.MessagesPerSecond > 0)
+            {
+                row.Baseline = baseline.Scenario;
+                row.RatioToBaseline = row.MessagesPerSecond / baseline.MessagesPerSecond;
+            }
+
+            if (row.CeilingOf?.Invoke(this) is { } ceiling && ceiling.MessagesPerSecond > 0)
+            {
+                row.Ceiling = ceiling.Scenario;
+                row.RatioToCeiling = row.MessagesPerSecond / ceiling.MessagesPerSecond;
+            }
+
+            foreach (var spec in row.TargetSpecs)
+            {
+                double? value = spec.Against switch
+                {
+                    "baseline" => row.RatioToBaseline,
+                    "ceiling" => row.RatioToCeiling,
+                    _ => spec.Other?.Invoke(this) is { MessagesPerSecond: > 0 } other ? row.MessagesPerSecond / other.MessagesPerSecond : null,
+                };
+                var against = spec.Against switch { "baseline" => "baseline", "ceiling" => "ceiling", _ => spec.Against };
+                row.Targets.Add(new TargetCheck(against, spec.Threshold, value, value is { } v ? v >= spec.Threshold : null, spec.Issue));
+            }
+        }
+    }
+}
