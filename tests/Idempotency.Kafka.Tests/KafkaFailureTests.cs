@@ -150,10 +150,8 @@ public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<Postgr
         cluster.CreateTopic(topic + ".dlq", 1);
         Produce(cluster, topic, Enumerable.Range(0, 150).Select(i => $"o-{i}"));
 
-        var real = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(real.Host!, real.Port);
-        var viaProxy = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
-        await using var dataSource = NpgsqlDataSource.Create(viaProxy.ConnectionString);
+        await using var proxied = db.ConnectThroughProxy();
+        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
         var setup = await db.CreateStoreAsync();
         var store = new PostgresIdempotencyStore(dataSource, setup.Options);
         var table = await db.CreateBusinessTableAsync();

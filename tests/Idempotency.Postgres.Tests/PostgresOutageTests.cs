@@ -12,10 +12,8 @@ public sealed class PostgresOutageTests(PostgresFixture db) : IClassFixture<Post
     [Fact]
     public async Task Store_down_reports_store_unavailable_never_a_failure_and_recovers_with_exact_counts()
     {
-        var real = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(real.Host!, real.Port);
-        var viaProxy = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
-        await using var dataSource = NpgsqlDataSource.Create(viaProxy.ConnectionString);
+        await using var proxied = db.ConnectThroughProxy();
+        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
         var setup = await db.CreateStoreAsync();
         var store = new PostgresIdempotencyStore(dataSource, setup.Options);
         var table = await db.CreateBusinessTableAsync();
@@ -49,10 +47,8 @@ public sealed class PostgresOutageTests(PostgresFixture db) : IClassFixture<Post
     [Fact]
     public async Task Connection_cut_in_the_middle_of_a_handler_is_store_unavailable_and_commits_nothing()
     {
-        var real = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(real.Host!, real.Port);
-        var viaProxy = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
-        await using var dataSource = NpgsqlDataSource.Create(viaProxy.ConnectionString);
+        await using var proxied = db.ConnectThroughProxy();
+        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
         var setup = await db.CreateStoreAsync();
         var store = new PostgresIdempotencyStore(dataSource, setup.Options);
         var table = await db.CreateBusinessTableAsync();

@@ -66,10 +66,8 @@ public sealed class FailureTests(PostgresFixture db, RabbitMqFixture mq) : IClas
     public async Task Store_down_for_a_while_pauses_consuming_dead_letters_nothing_and_counts_are_exact_after_recovery()
     {
         var h = await Harness.CreateAsync(db, mq);
-        var real = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(real.Host!, real.Port);
-        var viaProxy = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
-        await using var dataSource = NpgsqlDataSource.Create(viaProxy.ConnectionString);
+        await using var proxied = db.ConnectThroughProxy();
+        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
         var store = new PostgresIdempotencyStore(dataSource, h.Store.Options);
 
         const int total = 400;

@@ -78,10 +78,8 @@ public sealed class SqsFaultTests(SqsFixture sqs, PostgresFixture db) : IClassFi
         var deadLetter = await sqs.CreateQueueAsync("outage-dlq");
         var setup = await db.CreateStoreAsync();
         var table = await db.CreateBusinessTableAsync();
-        var real = new NpgsqlConnectionStringBuilder(db.ConnectionString);
-        await using var proxy = new TcpProxy(real.Host!, real.Port);
-        var viaProxy = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
-        await using var dataSource = NpgsqlDataSource.Create(viaProxy.ConnectionString);
+        await using var proxied = db.ConnectThroughProxy();
+        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
         var store = new PostgresIdempotencyStore(dataSource, setup.Options);
 
         // Two attempts before dead-lettering: if an outage were mistaken for a failure, messages would land in the DLQ fast.

@@ -69,6 +69,18 @@ public sealed class PostgresFixture : IAsyncLifetime
         return table;
     }
 
+    /// <summary>
+    /// A <see cref="TcpProxy"/> in front of this database and a data source that connects through it, with short
+    /// timeouts so an outage (<c>Proxy.Stop()</c>) shows at once. The real server is never touched.
+    /// </summary>
+    public ProxiedDatabase ConnectThroughProxy()
+    {
+        var real = new NpgsqlConnectionStringBuilder(ConnectionString);
+        var proxy = new TcpProxy(real.Host!, real.Port);
+        var viaProxy = new NpgsqlConnectionStringBuilder(ConnectionString) { Host = "127.0.0.1", Port = proxy.Port, Timeout = 2, CommandTimeout = 5 };
+        return new ProxiedDatabase(proxy, NpgsqlDataSource.Create(viaProxy.ConnectionString));
+    }
+
     /// <summary>Runs a scalar query.</summary>
     public async Task<T> ScalarAsync<T>(string sql, object? parameters = null)
     {
@@ -98,5 +110,16 @@ public sealed class PostgresFixture : IAsyncLifetime
         {
             await _container.DisposeAsync();
         }
+    }
+}
+
+/// <summary>A proxy in front of the test database and a data source through it; disposing ends both.</summary>
+public sealed record ProxiedDatabase(TcpProxy Proxy, NpgsqlDataSource DataSource) : IAsyncDisposable
+{
+    /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        await DataSource.DisposeAsync();
+        await Proxy.DisposeAsync();
     }
 }
