@@ -23,6 +23,10 @@ public sealed class IdempotencyOptions
     /// <value>Defaults to <see cref="PayloadMismatchPolicy.TreatAsDuplicate"/>.</value>
     public PayloadMismatchPolicy PayloadMismatchPolicy { get; set; } = PayloadMismatchPolicy.TreatAsDuplicate;
 
+    /// <summary>Gets or sets when a single message's key is claimed: before the handler runs, or with the commit.</summary>
+    /// <value>Defaults to <see cref="ClaimTiming.BeforeHandler"/>. <see cref="ClaimTiming.AtCommit"/> saves a round trip per new message but needs a store that supports it.</value>
+    public ClaimTiming ClaimTiming { get; set; } = ClaimTiming.BeforeHandler;
+
     /// <summary>Gets or sets what happens to a message without a valid key.</summary>
     /// <value>Defaults to <see cref="MissingKeyPolicy.DeadLetter"/>.</value>
     public MissingKeyPolicy MissingKeyPolicy { get; set; } = MissingKeyPolicy.DeadLetter;
@@ -67,6 +71,11 @@ public sealed class IdempotencyOptions
         if (!Enum.IsDefined(PayloadMismatchPolicy))
         {
             errors.Add($"{nameof(PayloadMismatchPolicy)} has an unknown value {(int)PayloadMismatchPolicy}.");
+        }
+
+        if (!Enum.IsDefined(ClaimTiming))
+        {
+            errors.Add($"{nameof(ClaimTiming)} has an unknown value {(int)ClaimTiming}.");
         }
 
         if (!Enum.IsDefined(MissingKeyPolicy))

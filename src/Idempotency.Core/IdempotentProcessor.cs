@@ -23,6 +23,8 @@ public sealed class IdempotentProcessor
     private readonly IdempotencyOptions _options;
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
+    private readonly IDeferredClaimStore? _deferredClaimStore;
+    private readonly DuplicateRate _duplicateRate = new();
 
     /// <summary>Creates the pipeline for one handler.</summary>
     /// <param name="store">Where keys are claimed; its transaction is the one the handler writes in.</param>
@@ -31,7 +33,7 @@ public sealed class IdempotentProcessor
     /// <param name="logger">Optional logger.</param>
     /// <param name="timeProvider">Optional clock; defaults to <see cref="TimeProvider.System"/>.</param>
     /// <exception cref="ArgumentNullException">A required argument is null.</exception>
-    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    /// <exception cref="ArgumentException">The options are invalid, or ask for <see cref="ClaimTiming.AtCommit"/> from a store that cannot do it.</exception>
     public IdempotentProcessor(
         IIdempotencyStore store,
         IIdempotentMessageHandler handler,
@@ -49,6 +51,12 @@ public sealed class IdempotentProcessor
         _options = options;
         _logger = logger ?? NullLogger.Instance;
         _time = timeProvider ?? TimeProvider.System;
+        if (options.ClaimTiming == ClaimTiming.AtCommit)
+        {
+            _deferredClaimStore = store as IDeferredClaimStore ?? throw new ArgumentException(
+                $"{nameof(IdempotencyOptions.ClaimTiming)} {nameof(ClaimTiming.AtCommit)} needs a store that can claim keys at commit (PostgreSQL, in-memory); the '{store.Name}' store cannot. Use {nameof(ClaimTiming.BeforeHandler)}.",
+                nameof(options));
+        }
     }
 
     /// <summary>Gets the handler name that scopes keys.</summary>
@@ -139,6 +147,11 @@ public sealed class IdempotentProcessor
         }
 
         var claim = CreateClaim(message);
+        if (_deferredClaimStore is not null)
+        {
+            return await ProcessClaimingAtCommitAsync(message, claim, _deferredClaimStore, cancellationToken).ConfigureAwait(false);
+        }
+
         IIdempotencyTransaction? transaction = null;
         try
         {
@@ -173,6 +186,93 @@ public sealed class IdempotentProcessor
         {
             Log.ClaimLost(_logger, claim.Key, HandlerName);
             return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+        {
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+            }
+
+            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
+            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
+        {
+            // A failure outside the handler, such as a deferred constraint the handler's writes broke at commit.
+            if (transaction is not null)
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+            }
+
+            return HandlerFailed(message, claim, exception);
+        }
+        finally
+        {
+            if (transaction is not null)
+            {
+                await transaction.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// <see cref="ClaimTiming.AtCommit"/>: the handler runs first and the key is inserted, completed, with the commit; a
+    /// key committed by someone else first turns the commit into a rollback. The key is looked up first only when a
+    /// duplicate is likely.
+    /// </summary>
+    private async ValueTask<ProcessingResult> ProcessClaimingAtCommitAsync(IncomingMessage message, ClaimRequest claim, IDeferredClaimStore store, CancellationToken cancellationToken)
+    {
+        IIdempotencyTransaction? transaction = null;
+        try
+        {
+            if (message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh)
+            {
+                var started = _time.GetTimestamp();
+                var found = await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false);
+                IdempotencyMetrics.RecordStoreOperation(_store.Name, "lookup", _time.GetElapsedTime(started));
+                _duplicateRate.Record(found is not null);
+                if (found is { } processed)
+                {
+                    return NotClaimed(message, claim, processed);
+                }
+            }
+
+            transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
+            var deferred = transaction as IDeferredClaimTransaction
+                ?? throw new InvalidOperationException($"The '{_store.Name}' store said it claims at commit but its transaction does not implement {nameof(IDeferredClaimTransaction)}.");
+            var context = new MessageContext(message, claim.Key, HandlerName, transaction);
+            var handlerStarted = _time.GetTimestamp();
+            try
+            {
+                await _handler.HandleAsync(context, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+            {
+                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+
+                // The handler ran without a claim: it may have failed only because the message is a duplicate (a
+                // business insert meeting its own earlier row, say). A committed key makes it a duplicate, not a failure.
+                if (await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false) is { } processed)
+                {
+                    _duplicateRate.Record(true);
+                    return NotClaimed(message, claim, processed);
+                }
+
+                return HandlerFailed(message, claim, exception);
+            }
+
+            var duration = _time.GetElapsedTime(handlerStarted);
+            IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
+            var commitStarted = _time.GetTimestamp();
+
+            // Once the commit is sent its outcome must be learned, so shutdown does not cancel it half way.
+            var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result), context.Outbox, CancellationToken.None).ConfigureAwait(false);
+            IdempotencyMetrics.RecordStoreOperation(_store.Name, "commit", _time.GetElapsedTime(commitStarted));
+            _duplicateRate.Record(committed.Status != ClaimStatus.Claimed);
+            return committed.Status == ClaimStatus.Claimed
+                ? new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint }
+                : NotClaimed(message, claim, committed);
         }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
         {

@@ -13,7 +13,7 @@ namespace Idempotency.InMemory;
 /// first transaction commits (then it is a duplicate) or rolls back (then it claims the key). Effects enlisted with
 /// <see cref="InMemoryTransaction.OnCommit"/> apply only on commit.
 /// </remarks>
-public sealed class InMemoryIdempotencyStore : IIdempotencyStore
+public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
 {
     private readonly ConcurrentDictionary<(string Handler, string Key), StoredRecord> _records = new();
     private readonly ConcurrentDictionary<(string Handler, string Key), TaskCompletionSource> _inFlight = new();
@@ -49,6 +49,16 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     public bool IsUnavailable(Exception exception) => exception is IdempotencyStoreUnavailableException;
 
     /// <inheritdoc/>
+    public ValueTask<ClaimResult?> FindProcessedAsync(ClaimRequest request, CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        ThrowIfUnavailable();
+        return ValueTask.FromResult<ClaimResult?>(_records.TryGetValue((request.HandlerName, request.Key), out var existing)
+            ? new ClaimResult(ClaimStatus.AlreadyProcessed, existing.Fingerprint, existing.Result)
+            : null);
+    }
+
+    /// <inheritdoc/>
     public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => ValueTask.FromResult(!Unavailable);
 
     private void ThrowIfUnavailable()
@@ -67,7 +77,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     public sealed record StoredRecord(ReadOnlyMemory<byte> Fingerprint, DateTimeOffset ExpiresAt, TimeSpan Duration, ReadOnlyMemory<byte>? Result);
 
     /// <summary>A transaction of the in-memory store.</summary>
-    public sealed class InMemoryTransaction : IIdempotencyTransaction
+    public sealed class InMemoryTransaction : IDeferredClaimTransaction
     {
         private readonly InMemoryIdempotencyStore _store;
         private readonly List<((string, string) Id, TaskCompletionSource Gate)> _claims = [];
@@ -157,6 +167,21 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
             Release();
             return ValueTask.CompletedTask;
+        }
+
+        /// <inheritdoc/>
+        public async ValueTask<ClaimResult> ClaimAndCommitAsync(CompletionRecord completion, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default)
+        {
+            // Claiming now waits for a concurrent holder of the key, as PostgreSQL's unique index does at commit.
+            var claimed = await ClaimAsync(completion.Claim, cancellationToken).ConfigureAwait(false);
+            if (claimed.Status != ClaimStatus.Claimed)
+            {
+                Release();
+                return claimed;
+            }
+
+            await CommitAsync([completion], outbox, cancellationToken).ConfigureAwait(false);
+            return claimed;
         }
 
         /// <inheritdoc/>

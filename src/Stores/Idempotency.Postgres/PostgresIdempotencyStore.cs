@@ -11,7 +11,7 @@ namespace Idempotency.Postgres;
 /// completion record commit in one transaction. A concurrent duplicate waits on the primary key until the first
 /// transaction ends, then sees Duplicate (or claims the key if the first rolled back).
 /// </summary>
-public sealed class PostgresIdempotencyStore : IIdempotencyStore, IAsyncDisposable
+public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IAsyncDisposable
 {
     private readonly NpgsqlDataSource _dataSource;
     private readonly bool _ownsDataSource;
@@ -110,6 +110,26 @@ public sealed class PostgresIdempotencyStore : IIdempotencyStore, IAsyncDisposab
             }
 
             throw new IdempotencyStoreUnavailableException("Could not open a PostgreSQL connection for the idempotency store.", exception);
+        }
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<ClaimResult?> FindProcessedAsync(ClaimRequest request, CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            // No transaction: a pooled connection, one round trip, nothing to roll back for a duplicate.
+            using var command = _dataSource.CreateCommand(_sql.SelectOne);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                ? new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), reader.IsDBNull(1) ? null : reader.GetFieldValue<byte[]>(1))
+                : null;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            throw new IdempotencyStoreUnavailableException("Could not look up a key in the PostgreSQL idempotency store.", exception);
         }
     }
 

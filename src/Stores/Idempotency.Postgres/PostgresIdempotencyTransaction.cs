@@ -10,7 +10,7 @@ namespace Idempotency.Postgres;
 /// A PostgreSQL store transaction. Handlers write through <see cref="Connection"/> and <see cref="Transaction"/>
 /// (or <c>context.GetNpgsqlTransaction()</c>) so their writes commit or roll back with the key.
 /// </summary>
-public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
+public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
 {
     private readonly PostgresSql _sql;
     private bool _finished;
@@ -167,6 +167,45 @@ public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
     }
 
     /// <inheritdoc/>
+    public async ValueTask<ClaimResult> ClaimAndCommitAsync(CompletionRecord completion, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(outbox);
+        var claim = completion.Claim;
+
+        // Key, outbox rows and COMMIT in one round trip: with the handler's own statement that makes two per message.
+        using var batch = new NpgsqlBatch(Connection, Transaction);
+        var insert = new NpgsqlBatchCommand(_sql.InsertCompleted);
+        AddClaimParameters(insert.Parameters, claim);
+        insert.Parameters.Add(new NpgsqlParameter<double> { TypedValue = completion.Duration.TotalMilliseconds });
+        insert.Parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
+        batch.BatchCommands.Add(insert);
+        if (outbox.Count > 0)
+        {
+            AddOutbox(batch, outbox);
+        }
+
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+        try
+        {
+            await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            _finished = true;
+            return ClaimResult.Claimed;
+        }
+        catch (PostgresException exception) when (IsKeyConflict(exception))
+        {
+            // Another transaction committed this key first: the COMMIT was skipped, so undo the handler's writes too.
+            await RollbackAsync(cancellationToken).ConfigureAwait(false);
+            using var select = new NpgsqlCommand(_sql.SelectOne, Connection);
+            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = claim.HandlerName });
+            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = claim.Key });
+            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                ? new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), ReadResult(reader, 1))
+                : throw new InvalidOperationException($"Key '{claim.Key}' conflicted at commit but no committed row was found; was it pruned concurrently?");
+        }
+    }
+
+    /// <inheritdoc/>
     public async ValueTask RollbackAsync(CancellationToken cancellationToken = default)
     {
         if (_finished)
@@ -236,6 +275,11 @@ public sealed class PostgresIdempotencyTransaction : IIdempotencyTransaction
                 : throw new InvalidOperationException($"Key '{keys[index]}' conflicted but no committed row was found; was it pruned concurrently?");
         }
     }
+
+    private bool IsKeyConflict(PostgresException exception) =>
+        exception.SqlState == PostgresErrorCodes.UniqueViolation
+        && string.Equals(exception.TableName, _sql.Table, StringComparison.OrdinalIgnoreCase)
+        && string.Equals(exception.SchemaName, _sql.Schema, StringComparison.OrdinalIgnoreCase);
 
     private static void AddClaimParameters(NpgsqlParameterCollection parameters, ClaimRequest request)
     {

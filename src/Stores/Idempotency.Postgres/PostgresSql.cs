@@ -9,6 +9,8 @@ internal sealed class PostgresSql
         var outbox = $"{options.Schema}.{options.OutboxTable}";
         QualifiedTable = table;
         QualifiedOutbox = outbox;
+        Schema = options.Schema;
+        Table = options.Table;
 
         // One round trip for the common cases: a new key returns claimed, a key committed before returns its
         // fingerprint. A key another transaction committed while this one waited on the unique index returns no
@@ -44,6 +46,13 @@ internal sealed class PostgresSql
 
         SelectMany = $"SELECT idempotency_key, fingerprint, result FROM {table} WHERE handler_name = $1 AND idempotency_key = ANY($2)";
 
+        // ClaimTiming.AtCommit: the key arrives with the commit, already completed. No ON CONFLICT: a key committed
+        // first by another transaction must fail this statement, which turns the COMMIT behind it into a rollback.
+        InsertCompleted = $"""
+            INSERT INTO {table} (handler_name, idempotency_key, fingerprint, expires_at, completed_at, duration_ms, result)
+            VALUES ($1, $2, $3, $4, clock_timestamp(), $5, $6)
+            """;
+
         CompleteOne = $"UPDATE {table} SET completed_at = clock_timestamp(), duration_ms = $3, result = $4 WHERE handler_name = $1 AND idempotency_key = $2";
 
         CompleteMany = $"""
@@ -61,6 +70,12 @@ internal sealed class PostgresSql
     }
 
     public string QualifiedTable { get; }
+
+    public string Schema { get; }
+
+    public string Table { get; }
+
+    public string InsertCompleted { get; }
 
     /// <summary>The NOTIFY channel: lower case, because an unquoted LISTEN folds the name to lower case.</summary>
     public static string OutboxChannelFor(PostgresIdempotencyStoreOptions options) =>
