@@ -79,6 +79,13 @@ try
     rows.Add(await Ours("ours per-message", cluster, topic, messages, store, handler, batchSize: 1, ProcessingOutcome.Processed));
     rows.Add(await Ours("ours replay (all duplicates), per-message", cluster, topic, messages, store, handler, batchSize: 1, ProcessingOutcome.Duplicate));
 
+    // ClaimTiming.AtCommit: the handler first, the key inserted completed with the commit (2 round trips per new message).
+    var atCommitStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_at_commit", OutboxTable = "outbox_at_commit" });
+    await atCommitStore.EnsureSchemaAsync();
+    var atCommitAccounts = await NewAccounts("at_commit_accounts");
+    rows.Add(await Ours("ours per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Processed, ClaimTiming.AtCommit));
+    rows.Add(await Ours("ours replay (all duplicates), per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Duplicate, ClaimTiming.AtCommit));
+
     var batchStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_batch", OutboxTable = "outbox_batch" });
     await batchStore.EnsureSchemaAsync();
     var batchAccounts = await NewAccounts("batch_accounts");
@@ -89,9 +96,10 @@ try
     await using (var c = await dataSource.OpenConnectionAsync())
     {
         var ours = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {ourAccounts}");
+        var atCommit = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {atCommitAccounts}");
         var batch = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {batchAccounts}");
-        Console.WriteLine($"check: ours applied {ours} of {messages}, batch applied {batch} of {batchMessages}");
-        if (ours != messages || batch != batchMessages)
+        Console.WriteLine($"check: ours applied {ours} of {messages}, claim at commit {atCommit} of {messages}, batch applied {batch} of {batchMessages}");
+        if (ours != messages || atCommit != messages || batch != batchMessages)
         {
             throw new InvalidOperationException("effects were not applied exactly once");
         }
@@ -240,9 +248,9 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
     return Measured(name, done, elapsed, latencies);
 }
 
-async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected)
+async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
 {
-    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
     var options = new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = Partitions, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
     options.Topics.Add(topic);
     using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, "ours-" + Guid.NewGuid().ToString("N")[..8]), processor, options);
@@ -341,6 +349,8 @@ static void Report(List<Row> rows)
     var ceilingBatch = Rate("ceiling: 100-key batch");
     var replay = Rate("ours replay (all duplicates), per-message");
     var replayBatch = Rate("ours replay (all duplicates), batch");
+    var atCommit = Rate("ours per-message, claim at commit");
+    var replayAtCommit = Rate("ours replay (all duplicates), per-message, claim at commit");
     var ratios = new List<Ratio>
     {
         new("ours per-message / plain (16 partitions concurrent)", perMessage / plain, 0.85),
@@ -349,6 +359,9 @@ static void Report(List<Row> rows)
         new("ours batch / 100-key batch ceiling (4 conn)", batch / ceilingBatch, 0.5),
         new("replay / new, per-message", replay / perMessage, 3),
         new("replay / new, batch mode", replayBatch / batch, null),
+        new("ours per-message, claim at commit / plain (16 partitions concurrent)", atCommit / plain, 0.85),
+        new("ours per-message, claim at commit / 16-connection ceiling", atCommit / ceiling16, 0.6),
+        new("replay / new, per-message, claim at commit", replayAtCommit / atCommit, 3),
     };
 
     var md = new StringBuilder();

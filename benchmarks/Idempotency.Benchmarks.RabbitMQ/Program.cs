@@ -41,6 +41,7 @@ try
     await Ceiling("warmup", 500, claim: false);
     await Plain("warmup", 500);
     await Ours("warmup", 500, batch: 1);
+    await Ours("warmup", 500, batch: 1, ClaimTiming.AtCommit);
     await Ours("warmup", 500, batch: batchSize);
 
     // Rounds interleave the scenarios so that a load swing on the shared machine hits all of them alike; each
@@ -51,6 +52,7 @@ try
         ("PostgreSQL claim + upsert transaction (plain INSERT key ON CONFLICT DO NOTHING + upsert)", n => Ceiling("claim+upsert", n, claim: true)),
         ("Plain manual-ack consumer, own transaction per message", n => Plain("plain", n)),
         ("IdempotentRabbitMqConsumer, per message", n => Ours("ours", n, batch: 1)),
+        ("IdempotentRabbitMqConsumer, per message, claim at commit", n => Ours("ours-at-commit", n, batch: 1, ClaimTiming.AtCommit)),
         ($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", n => Ours("batch", n, batch: batchSize)),
         ("IdempotentProcessor alone, no broker", n => ProcessorOnly("processor", n)),
         ("The store's SQL by hand: claim CTE + upsert + completion UPDATE with COMMIT (3 round trips)", n => StoreSql("store-sql", n)),
@@ -85,12 +87,15 @@ finally
 var ceiling = results[0].MessagesPerSecond;
 var plain = results[2].MessagesPerSecond;
 var ours = results[3].MessagesPerSecond;
-var batched = results[4].MessagesPerSecond;
+var atCommit = results[4].MessagesPerSecond;
+var batched = results[5].MessagesPerSecond;
 var ratios = new Dictionary<string, double>
 {
     ["ours / plain (target >= 0.85)"] = ours / plain,
     ["ours / single-row ceiling (target >= 0.6)"] = ours / ceiling,
     ["batch / ours per message (target >= 3)"] = batched / ours,
+    ["ours claim at commit / plain (target >= 0.85)"] = atCommit / plain,
+    ["ours claim at commit / single-row ceiling (target >= 0.6)"] = atCommit / ceiling,
     ["plain / single-row ceiling"] = plain / ceiling,
 };
 
@@ -305,7 +310,7 @@ async Task<Result> Plain(string name, int count)
     return latencies.Result(name, count, elapsed, sampler.PeakMb, $"ConsumerDispatchConcurrency={concurrency}");
 }
 
-async Task<Result> Ours(string name, int count, int batch)
+async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
 {
     var table = await BusinessTable();
     var queue = await Queue(count);
@@ -336,7 +341,7 @@ async Task<Result> Ours(string name, int count, int batch)
             latencies.WorkStarted(ctx.GetNative<RabbitMqDelivery>().DeliveryTag);
             return new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key));
         });
-    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
     await using var raw = await connection.CreateChannelAsync();
     var channel = AckTap.Wrap(raw, tag =>
     {

@@ -19,7 +19,7 @@ if (options.Child is { } scenario)
 }
 
 var self = typeof(BenchOptions).Assembly.Location;
-var names = new[] { Scenarios.Plain, Scenarios.OursPerMessage, Scenarios.OursBatch, Scenarios.OursBatchSet };
+var names = new[] { Scenarios.Plain, Scenarios.OursPerMessage, Scenarios.OursPerMessageAtCommit, Scenarios.OursBatch, Scenarios.OursBatchSet };
 var runs = new List<ScenarioResult>();
 for (var round = 1; round <= options.Rounds; round++)
 {

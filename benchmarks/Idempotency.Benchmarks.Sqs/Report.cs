@@ -55,6 +55,7 @@ internal static class Report
             Median = medians.Values,
             PairedRatios = names.Skip(1).ToDictionary(n => n, n => PairedRatio(runs, n)),
             RatioPerMessage = medians[Scenarios.OursPerMessage].MessagesPerSecond / plain,
+            RatioPerMessageAtCommit = medians[Scenarios.OursPerMessageAtCommit].MessagesPerSecond / plain,
             RatioBatch = medians[Scenarios.OursBatch].MessagesPerSecond / plain,
             RatioBatchSetBased = medians[Scenarios.OursBatchSet].MessagesPerSecond / plain,
             Runs = runs,
@@ -75,6 +76,7 @@ internal static class Report
     {
         Scenarios.Plain => "plain worker (own transaction per message, no idempotency)",
         Scenarios.OursPerMessage => "IdempotentSqsWorker, transaction per message",
+        Scenarios.OursPerMessageAtCommit => "IdempotentSqsWorker, transaction per message, claim at commit",
         Scenarios.OursBatch => "IdempotentSqsWorker, one transaction per batch (per-message handler)",
         Scenarios.OursBatchSet => "IdempotentSqsWorker, one transaction per batch, set-based batch handler",
         _ => name,

@@ -13,6 +13,7 @@ internal static class Scenarios
 {
     public const string Plain = "plain";
     public const string OursPerMessage = "ours-message";
+    public const string OursPerMessageAtCommit = "ours-message-at-commit";
     public const string OursBatch = "ours-batch";
     public const string OursBatchSet = "ours-batch-set";
 
@@ -74,6 +75,7 @@ internal static class Scenarios
         {
             Plain => Task.WhenAll(Enumerable.Range(0, pollers).Select(_ => PlainPollerAsync(timing.Client, queue, dataSource, sql, stop.Token))),
             OursPerMessage or OursBatch => RunOursAsync(timing.Client, queue, store, PerMessageHandler(sql), pollers, batch: scenario == OursBatch, stop.Token),
+            OursPerMessageAtCommit => RunOursAsync(timing.Client, queue, store, PerMessageHandler(sql), pollers, batch: false, stop.Token, ClaimTiming.AtCommit),
             OursBatchSet => RunOursAsync(timing.Client, queue, store, SetBasedHandler(sql, table), pollers, batch: true, stop.Token),
             _ => throw new ArgumentException($"Unknown scenario {scenario}; use {Plain}, {OursPerMessage} or {OursBatch}."),
         };
@@ -157,9 +159,9 @@ internal static class Scenarios
             },
             async (context, _) => await context.GetNpgsqlConnection().ExecuteAsync(sql, new { id = context.Key }, context.GetNpgsqlTransaction()));
 
-    private static async Task RunOursAsync(IAmazonSQS sqs, string queue, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int pollers, bool batch, CancellationToken stop)
+    private static async Task RunOursAsync(IAmazonSQS sqs, string queue, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int pollers, bool batch, CancellationToken stop, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
     {
-        var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+        var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
         var worker = new IdempotentSqsWorker(sqs, processor, new SqsIdempotencyOptions
         {
             QueueUrl = queue,
