@@ -21,6 +21,7 @@ var messages = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture
 var batchMessages = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 200_000;
 const int Partitions = 16;
 const int Accounts = 100_000;
+var BatchConcurrency = args.Length > 2 ? int.Parse(args[2], CultureInfo.InvariantCulture) : 4;
 var ceilingDuration = TimeSpan.FromSeconds(3);
 
 var connectionString = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
@@ -67,6 +68,15 @@ try
     var batchTopic = "bench-batch-" + Guid.NewGuid().ToString("N")[..8];
     cluster.CreateTopic(batchTopic, Partitions);
     Produce(cluster, batchTopic, batchMessages, "b");
+
+    // The batch path without Kafka: the same store, handler and batches of 100 from 4 workers, like the batched ceiling.
+    var aloneStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_alone", OutboxTable = "outbox_alone" });
+    await aloneStore.EnsureSchemaAsync();
+    rows.Add(await ProcessorAlone("IdempotentProcessor.ProcessBatchAsync alone, batches of 100, 4 workers (no Kafka)", aloneStore, Handler(await NewAccounts("alone_accounts")), 100, 4));
+
+    // What the in-process mock cluster and the client deliver on this machine with no database at all: a ceiling
+    // for every Kafka row below (they share the same cores with the broker).
+    rows.Add(ConsumeOnly("consume only, no database (mock cluster ceiling)", cluster, batchTopic, batchMessages));
 
     var plainAccounts = await NewAccounts("plain_accounts");
     rows.Add(await Plain("plain at-least-once, 1 loop", cluster, topic, messages, plainAccounts, concurrent: false));
@@ -168,6 +178,59 @@ async Task<Row> Ceiling(string name, int connections, int keysPerTx, Func<Npgsql
     return Measured(name, done, Stopwatch.GetElapsedTime(started), latencies);
 }
 
+async Task<Row> ProcessorAlone(string name, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, int workers)
+{
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    var latencies = new ConcurrentBag<double>();
+    long done = 0;
+    var stopAt = Stopwatch.GetTimestamp() + (long)(ceilingDuration.TotalSeconds * Stopwatch.Frequency);
+    var started = Stopwatch.GetTimestamp();
+    await Task.WhenAll(Enumerable.Range(0, workers).Select(w => Task.Run(async () =>
+    {
+        var n = 0;
+        while (Stopwatch.GetTimestamp() < stopAt)
+        {
+            var batch = Enumerable.Range(0, batchSize).Select(i => new IncomingMessage($"alone-{w}-{n}-{i}", Encoding.UTF8.GetBytes($"{{\"id\":\"alone-{w}-{n}-{i}\",\"amount\":1}}")) { Broker = "kafka", Destination = "bench" }).ToArray();
+            var t0 = Stopwatch.GetTimestamp();
+            var results = await processor.ProcessBatchAsync(batch);
+            latencies.Add(Stopwatch.GetElapsedTime(t0).TotalMilliseconds);
+            if (results.Any(r => r.Outcome != ProcessingOutcome.Processed))
+            {
+                throw new InvalidOperationException($"{name}: not every message was processed");
+            }
+
+            Interlocked.Add(ref done, batchSize);
+            n++;
+        }
+    })));
+    return Measured(name, done, Stopwatch.GetElapsedTime(started), latencies);
+}
+
+Row ConsumeOnly(string name, MockKafkaCluster cluster, string topic, int count)
+{
+    using var consumer = new ConsumerBuilder<byte[], byte[]>(ConsumerConfig(cluster, "consume-only-" + Guid.NewGuid().ToString("N")[..8])).Build();
+    consumer.Subscribe(topic);
+    var latencies = new ConcurrentBag<double>();
+    long done = 0;
+    long first = 0;
+    while (done < count)
+    {
+        if (consumer.Consume(100) is { Message: not null })
+        {
+            if (first == 0)
+            {
+                first = Stopwatch.GetTimestamp();
+            }
+
+            done++;
+        }
+    }
+
+    var elapsed = Stopwatch.GetElapsedTime(first);
+    consumer.Close();
+    return Measured(name, done, elapsed, latencies);
+}
+
 async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int count, string table, bool concurrent)
 {
     // The usual at-least-once consumer: the business write in its own transaction, the offset stored after it commits.
@@ -251,7 +314,10 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
 async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
 {
     var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
-    var options = new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = Partitions, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
+    // Batch transactions are big: as many in flight as the batched ceiling's connections (4), not one per partition,
+    // or concurrent batches queue on each other's row locks.
+    var concurrency = batchSize > 1 ? BatchConcurrency : Partitions;
+    var options = new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = concurrency, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
     options.Topics.Add(topic);
     using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, "ours-" + Guid.NewGuid().ToString("N")[..8]), processor, options);
     var latencies = new ConcurrentBag<double>();

@@ -118,7 +118,7 @@ foreach (var r in results)
 md.AppendLine();
 md.AppendLine("| ratio | value | met |");
 md.AppendLine("|---|---:|---|");
-var targets = new Dictionary<string, double> { ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3 };
+var targets = new Dictionary<string, double> { ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3, ["ours claim at commit / plain (target >= 0.85)"] = 0.85, ["ours claim at commit / single-row ceiling (target >= 0.6)"] = 0.6 };
 foreach (var (name, value) in ratios)
 {
     var met = targets.TryGetValue(name, out var target) ? (value >= target ? "yes" : "NO") : "";

@@ -134,16 +134,21 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             command.Parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
             batch.BatchCommands.Add(command);
         }
-        else if (completions.Count > 1)
+        else if (completions.Count > 1 && CountResults(completions) is var withResults and > 0)
         {
-            var keys = new string[completions.Count];
-            var durations = new double[completions.Count];
-            var results = new byte[]?[completions.Count];
-            for (var i = 0; i < completions.Count; i++)
+            // The claim wrote completed_at; only keys with a stored result need their row written again.
+            var keys = new string[withResults];
+            var durations = new double[withResults];
+            var results = new byte[]?[withResults];
+            var next = 0;
+            foreach (var completion in completions)
             {
-                keys[i] = completions[i].Claim.Key;
-                durations[i] = completions[i].Duration.TotalMilliseconds;
-                results[i] = completions[i].Result?.ToArray();
+                if (completion.Result is { } result)
+                {
+                    keys[next] = completion.Claim.Key;
+                    durations[next] = completion.Duration.TotalMilliseconds;
+                    results[next++] = result.ToArray();
+                }
             }
 
             var command = new NpgsqlBatchCommand(_sql.CompleteMany);
@@ -274,6 +279,20 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
                 ? found
                 : throw new InvalidOperationException($"Key '{keys[index]}' conflicted but no committed row was found; was it pruned concurrently?");
         }
+    }
+
+    private static int CountResults(IReadOnlyList<CompletionRecord> completions)
+    {
+        var count = 0;
+        foreach (var completion in completions)
+        {
+            if (completion.Result is not null)
+            {
+                count++;
+            }
+        }
+
+        return count;
     }
 
     private bool IsKeyConflict(PostgresException exception) =>
