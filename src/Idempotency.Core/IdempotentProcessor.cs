@@ -166,7 +166,7 @@ public sealed class IdempotentProcessor
 
             var duration = _time.GetElapsedTime(handlerStarted);
             IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
-            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result)], context.Outbox, cancellationToken).ConfigureAwait(false);
+            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result) { Position = message.Position }], context.Outbox, cancellationToken).ConfigureAwait(false);
             return new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint };
         }
         catch (ClaimLostException)
@@ -361,7 +361,7 @@ public sealed class IdempotentProcessor
             for (var i = 0; i < contexts.Count; i++)
             {
                 IdempotencyMetrics.RecordHandlerDuration(contexts[i].Message, HandlerName, durations[i]);
-                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result);
+                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = contexts[i].Message.Position };
                 if (contexts[i].Outbox.Count > 0)
                 {
                     (outbox ??= []).AddRange(contexts[i].Outbox);
