@@ -48,7 +48,14 @@ public sealed class KafkaRetentionCheckTests
         var logger = new FakeLogger();
         var options = new IdempotencyOptions { HandlerName = "retention", Retention = TimeSpan.FromMinutes(1) };
 
-        // librdkafka's mock cluster does not implement DescribeConfigs: the check is advice and must not stop a start.
+        // librdkafka's mock cluster names no controller, so DescribeConfigs times out waiting for one (measured here:
+        // KafkaException Local_TimedOut "Failed while waiting for controller"). The check is advice: it must not stop a start.
+        using (var admin = new AdminClientBuilder(new AdminClientConfig { BootstrapServers = cluster.BootstrapServers }).Build())
+        {
+            var refused = await Record.ExceptionAsync(() => admin.DescribeConfigsAsync([new ConfigResource { Type = ResourceType.Topic, Name = topic }], new DescribeConfigsOptions { RequestTimeout = TimeSpan.FromSeconds(2) }));
+            Assert.Equal(ErrorCode.Local_TimedOut, Assert.IsAssignableFrom<KafkaException>(refused).Error.Code);
+        }
+
         var watch = Stopwatch.StartNew();
         var warnings = await KafkaRetentionCheck.WarnIfRetentionTooShortAsync(new ClientConfig { BootstrapServers = cluster.BootstrapServers }, [topic], options, logger, TestContext.Current.CancellationToken);
 
