@@ -179,7 +179,7 @@ public sealed class IdempotentProcessor
 
             var duration = _time.GetElapsedTime(handlerStarted);
             IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
-            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result)], context.Outbox, cancellationToken).ConfigureAwait(false);
+            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result) { Position = message.Position }], context.Outbox, cancellationToken).ConfigureAwait(false);
             return new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint };
         }
         catch (ClaimLostException)
@@ -267,7 +267,7 @@ public sealed class IdempotentProcessor
             var commitStarted = _time.GetTimestamp();
 
             // Once the commit is sent its outcome must be learned, so shutdown does not cancel it half way.
-            var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result), context.Outbox, CancellationToken.None).ConfigureAwait(false);
+            var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result) { Position = message.Position }, context.Outbox, CancellationToken.None).ConfigureAwait(false);
             IdempotencyMetrics.RecordStoreOperation(_store.Name, "commit", _time.GetElapsedTime(commitStarted));
             _duplicateRate.Record(committed.Status != ClaimStatus.Claimed);
             return committed.Status == ClaimStatus.Claimed
@@ -461,7 +461,7 @@ public sealed class IdempotentProcessor
             for (var i = 0; i < contexts.Count; i++)
             {
                 IdempotencyMetrics.RecordHandlerDuration(contexts[i].Message, HandlerName, durations[i]);
-                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result);
+                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = contexts[i].Message.Position };
                 if (contexts[i].Outbox.Count > 0)
                 {
                     (outbox ??= []).AddRange(contexts[i].Outbox);

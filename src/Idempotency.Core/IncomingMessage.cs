@@ -48,6 +48,13 @@ public sealed class IncomingMessage
     /// <value>Defaults to 1.</value>
     public int DeliveryAttempt { get; init; } = 1;
 
+    /// <summary>
+    /// Gets the consumer's position after this message, set by adapters that keep offsets in the store
+    /// (<see cref="Storage.IConsumerPositionStore"/>); the store records it with the completion.
+    /// </summary>
+    /// <value>Defaults to <see langword="null"/>: nothing is recorded.</value>
+    public Storage.ConsumerPosition? Position { get; init; }
+
     /// <summary>Gets the broker client's own message object, for handlers that need broker details.</summary>
     public object? Native { get; init; }
 }

@@ -5,6 +5,7 @@ using System.Threading.Channels;
 using Confluent.Kafka;
 using Idempotency.Delivery;
 using Idempotency.Diagnostics;
+using Idempotency.Storage;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -95,6 +96,19 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(deadLetterProducer);
         var errors = new List<string>(options.GetValidationErrors());
+        if (options.OffsetStorage == KafkaOffsetStorage.BrokerAndStore)
+        {
+            if (processor.Store is not IConsumerPositionStore)
+            {
+                errors.Add($"{nameof(KafkaIdempotencyOptions.OffsetStorage)} = {nameof(KafkaOffsetStorage.BrokerAndStore)} needs a store that implements {nameof(IConsumerPositionStore)} (PostgreSQL does); the '{processor.Store.Name}' store does not.");
+            }
+
+            if (!hasRebalanceHandlers)
+            {
+                errors.Add($"{nameof(KafkaIdempotencyOptions.OffsetStorage)} = {nameof(KafkaOffsetStorage.BrokerAndStore)} seeks in the wrapper's assignment handler: build the consumer with {nameof(Create)}, not around a consumer you built.");
+            }
+        }
+
         var typed = options as KafkaIdempotencyOptions<TKey, TValue>;
         if (typed is null && !IsRawValueType)
         {
@@ -159,6 +173,12 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         TimeProvider? timeProvider = null)
     {
         ArgumentNullException.ThrowIfNull(config);
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.OffsetStorage == KafkaOffsetStorage.BrokerAndStore && string.IsNullOrWhiteSpace(config.GroupId))
+        {
+            throw new ArgumentException($"{nameof(KafkaIdempotencyOptions.OffsetStorage)} = {nameof(KafkaOffsetStorage.BrokerAndStore)} keys the stored offsets by group: set {nameof(ConsumerConfig.GroupId)}.", nameof(config));
+        }
+
         var consumerConfig = new ConsumerConfig(new Dictionary<string, string>(config, StringComparer.Ordinal))
         {
             EnableAutoCommit = false,
@@ -170,6 +190,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             var wrapper = new IdempotentKafkaConsumer<TKey, TValue>(processor, options, producer, logger, timeProvider, ownsClients: deadLetterProducer is null, hasRebalanceHandlers: true);
             var builder = new ConsumerBuilder<TKey, TValue>(consumerConfig);
             configure?.Invoke(builder);
+            if (options.OffsetStorage == KafkaOffsetStorage.BrokerAndStore)
+            {
+                wrapper._positionGroup = config.GroupId;
+            }
+
             builder.SetPartitionsAssignedHandler((_, partitions) => wrapper.OnAssigned(partitions));
             builder.SetPartitionsRevokedHandler((_, partitions) => wrapper.OnRevoked(partitions.Select(p => p.TopicPartition).ToList(), lost: false));
             builder.SetPartitionsLostHandler((_, partitions) => wrapper.OnRevoked(partitions.Select(p => p.TopicPartition).ToList(), lost: true));
@@ -189,6 +214,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     }
 
     private bool _ownsConsumer;
+
+    /// <summary>The group whose positions go to the store (<see cref="KafkaOffsetStorage.BrokerAndStore"/>); null when they do not.</summary>
+    private string? _positionGroup;
 
     /// <summary>Gets or sets the heartbeat the consume loop beats on every poll, for the consumer health check (set by the DI registration).</summary>
     public Idempotency.Health.ConsumerHeartbeat? Heartbeat { get; set; }
@@ -384,7 +412,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         return state;
     }
 
-    private void OnAssigned(List<TopicPartition> partitions)
+    private IEnumerable<TopicPartitionOffset> OnAssigned(List<TopicPartition> partitions)
     {
         Log.Assigned(_logger, string.Join(", ", partitions));
         foreach (var partition in partitions)
@@ -394,6 +422,64 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 StartPartition(partition);
             }
         }
+
+        return _positionGroup is null
+            ? partitions.Select(p => new TopicPartitionOffset(p, Offset.Unset))
+            : StartOffsetsFromStore(partitions, _positionGroup);
+    }
+
+    /// <summary>
+    /// For each partition, the offset after the store's position when it is ahead of the group's committed offset (the
+    /// broker lost or never got a commit); otherwise <see cref="Offset.Unset"/>: the committed offset, which may be ahead
+    /// of the store after dead-letters or duplicates, whose offsets only Kafka records.
+    /// </summary>
+    private List<TopicPartitionOffset> StartOffsetsFromStore(List<TopicPartition> partitions, string group)
+    {
+        var starts = partitions.Select(p => new TopicPartitionOffset(p, Offset.Unset)).ToList();
+        try
+        {
+            // Runs on the consume thread inside the rebalance: bounded, well under max.poll.interval.ms.
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            var store = (IConsumerPositionStore)_processor.Store;
+            var stored = new Dictionary<TopicPartition, long>();
+            foreach (var topic in partitions.GroupBy(p => p.Topic))
+            {
+                var positions = store.LoadPositionsAsync(group, topic.Key, topic.Select(p => p.Partition.Value).ToList(), timeout.Token).AsTask().GetAwaiter().GetResult();
+                foreach (var (partition, offset) in positions)
+                {
+                    stored[new TopicPartition(topic.Key, partition)] = offset;
+                }
+            }
+
+            if (stored.Count == 0)
+            {
+                return starts;
+            }
+
+            var committed = _consumer.Committed(stored.Keys, TimeSpan.FromSeconds(10)).ToDictionary(c => c.TopicPartition, c => c.Offset.Value);
+            for (var i = 0; i < starts.Count; i++)
+            {
+                var partition = starts[i].TopicPartition;
+                if (stored.TryGetValue(partition, out var last))
+                {
+                    var brokerNext = committed.GetValueOrDefault(partition, Offset.Unset.Value);
+                    if (last + 1 > brokerNext)
+                    {
+                        starts[i] = new TopicPartitionOffset(partition, last + 1);
+                        Log.SeekToStoredPosition(_logger, partition.ToString(), last + 1, brokerNext);
+                    }
+                }
+            }
+        }
+#pragma warning disable CA1031 // Stored offsets save re-reads; without them the committed offsets are still correct (re-reads are duplicates).
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            Log.StoredPositionsUnavailable(_logger, e, string.Join(", ", partitions));
+            return partitions.Select(p => new TopicPartitionOffset(p, Offset.Unset)).ToList();
+        }
+
+        return starts;
     }
 
     private void OnRevoked(List<TopicPartition> partitions, bool lost)
@@ -917,6 +1003,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             RedeliveryCause = work.Reread ? "rebalance" : attempt > 1 ? "redelivery" : null,
             DeliveryAttempt = attempt,
             Native = record,
+            Position = _positionGroup is null ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
         };
     }
 

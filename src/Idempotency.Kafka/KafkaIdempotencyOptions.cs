@@ -71,6 +71,14 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to 100 ms; between 1 ms and 10 s.</value>
     public TimeSpan PollTimeout { get; set; } = TimeSpan.FromMilliseconds(100);
 
+    /// <summary>Gets or sets where the group's offsets are kept.</summary>
+    /// <value>
+    /// Defaults to <see cref="KafkaOffsetStorage.Broker"/>. <see cref="KafkaOffsetStorage.BrokerAndStore"/> needs a store
+    /// implementing <see cref="Idempotency.Storage.IConsumerPositionStore"/> (PostgreSQL) and a consumer built by
+    /// <see cref="IdempotentKafkaConsumer{TKey, TValue}.Create"/> (it seeks in the wrapper's assignment handler).
+    /// </value>
+    public KafkaOffsetStorage OffsetStorage { get; set; } = KafkaOffsetStorage.Broker;
+
     /// <summary>Gets or sets how dead-letter produce failures are retried (the message's offset waits until the dead-letter is acknowledged).</summary>
     public BackoffOptions DeadLetterProduceBackoff { get; set; } = new() { InitialDelay = TimeSpan.FromMilliseconds(200), MaxDelay = TimeSpan.FromSeconds(10) };
 
@@ -122,6 +130,11 @@ public class KafkaIdempotencyOptions
         Range(errors, nameof(RevokeTimeout), RevokeTimeout, TimeSpan.Zero, TimeSpan.FromMinutes(5));
         Range(errors, nameof(ShutdownTimeout), ShutdownTimeout, TimeSpan.Zero, TimeSpan.FromMinutes(10));
         Range(errors, nameof(PollTimeout), PollTimeout, TimeSpan.FromMilliseconds(1), TimeSpan.FromSeconds(10));
+        if (!Enum.IsDefined(OffsetStorage))
+        {
+            errors.Add($"{nameof(OffsetStorage)} must be Broker or BrokerAndStore (was {(int)OffsetStorage}).");
+        }
+
         if (DeadLetterProduceBackoff is null)
         {
             errors.Add($"{nameof(DeadLetterProduceBackoff)} must not be null.");

@@ -25,20 +25,33 @@ public static class KafkaRetentionCheck
             using var admin = new AdminClientBuilder(new AdminClientConfig(config)).Build();
             var resources = topics.Select(t => new ConfigResource { Type = ResourceType.Topic, Name = t }).ToList();
             var described = await admin.DescribeConfigsAsync(resources, new DescribeConfigsOptions { RequestTimeout = TimeSpan.FromSeconds(10) }).ConfigureAwait(false);
-            foreach (var topic in described)
-            {
-                cancellationToken.ThrowIfCancellationRequested();
-                if (topic.Entries.TryGetValue("retention.ms", out var entry)
-                    && long.TryParse(entry.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var ms) && ms > 0
-                    && RetentionGuard.WarnIfTooShort(logger, options, TimeSpan.FromMilliseconds(ms), $"topic {topic.ConfigResource.Name} retention.ms={ms}"))
-                {
-                    warnings++;
-                }
-            }
+            cancellationToken.ThrowIfCancellationRequested();
+            warnings = WarnIfTooShort(described, options, logger);
         }
         catch (KafkaException)
         {
             // Describing configs needs ACLs some clusters deny; the check is advice, never a reason not to start.
+        }
+
+        return warnings;
+    }
+
+    /// <summary>Logs a warning for each described topic whose <c>retention.ms</c> exceeds the handler's retention.</summary>
+    /// <param name="described">The topics' configurations.</param>
+    /// <param name="options">The handler's options.</param>
+    /// <param name="logger">Where the warnings go.</param>
+    /// <returns>How many topics drew a warning (infinite retention, <c>-1</c>, draws none: nothing to compare with).</returns>
+    internal static int WarnIfTooShort(IEnumerable<DescribeConfigsResult> described, IdempotencyOptions options, ILogger logger)
+    {
+        var warnings = 0;
+        foreach (var topic in described)
+        {
+            if (topic.Entries.TryGetValue("retention.ms", out var entry)
+                && long.TryParse(entry.Value, NumberStyles.Integer, CultureInfo.InvariantCulture, out var ms) && ms > 0
+                && RetentionGuard.WarnIfTooShort(logger, options, TimeSpan.FromMilliseconds(ms), $"topic {topic.ConfigResource.Name} retention.ms={ms}"))
+            {
+                warnings++;
+            }
         }
 
         return warnings;

@@ -47,4 +47,10 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 2013, Level = LogLevel.Error, Message = "Fatal consumer error; the consume loop stops")]
     public static partial void Fatal(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 2014, Level = LogLevel.Information, Message = "Starting {Partition} at offset {Offset} from the store's position (the group's committed offset was {Committed})")]
+    public static partial void SeekToStoredPosition(ILogger logger, string partition, long offset, long committed);
+
+    [LoggerMessage(EventId = 2015, Level = LogLevel.Warning, Message = "Could not read the stored positions of {Partitions}; starting from the group's committed offsets (re-read messages are skipped as duplicates)")]
+    public static partial void StoredPositionsUnavailable(ILogger logger, Exception exception, string partitions);
 }

@@ -4,6 +4,7 @@ using Confluent.Kafka;
 using Dapper;
 using Idempotency.Postgres;
 using Idempotency.TestSupport;
+using Microsoft.Extensions.Logging;
 
 namespace Idempotency.Kafka.Tests;
 
@@ -87,9 +88,9 @@ internal static class KafkaTestKit
         StoreUnavailableBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromMilliseconds(500) },
     };
 
-    public static RunningConsumer Start(MockKafkaCluster cluster, string group, IdempotentProcessor processor, KafkaIdempotencyOptions options, Action<ProcessingResult>? observe = null)
+    public static RunningConsumer Start(MockKafkaCluster cluster, string group, IdempotentProcessor processor, KafkaIdempotencyOptions options, Action<ProcessingResult>? observe = null, ILogger? logger = null)
     {
-        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), processor, options);
+        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), processor, options, logger: logger);
         consumer.ResultObserver = observe;
         return new RunningConsumer(consumer);
     }

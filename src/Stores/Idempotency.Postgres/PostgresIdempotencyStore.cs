@@ -11,7 +11,7 @@ namespace Idempotency.Postgres;
 /// completion record commit in one transaction. A concurrent duplicate waits on the primary key until the first
 /// transaction ends, then sees Duplicate (or claims the key if the first rolled back).
 /// </summary>
-public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IAsyncDisposable
+public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPositionStore, IAsyncDisposable
 {
     private readonly NpgsqlDataSource _dataSource;
     private readonly bool _ownsDataSource;
@@ -71,7 +71,8 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IAsyncDispos
         return reader.ReadToEnd()
             .Replace("{schema}", Options.Schema, StringComparison.Ordinal)
             .Replace("{table}", Options.Table, StringComparison.Ordinal)
-            .Replace("{outbox_table}", Options.OutboxTable, StringComparison.Ordinal);
+            .Replace("{outbox_table}", Options.OutboxTable, StringComparison.Ordinal)
+            .Replace("{positions_table}", Options.ConsumerPositionsTable, StringComparison.Ordinal);
     }
 
     /// <summary>Creates the schema, tables and indexes if they do not exist. Call it once at start-up (or run the script yourself).</summary>
@@ -154,6 +155,23 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IAsyncDispos
         }
 
         return false;
+    }
+
+    /// <inheritdoc/>
+    /// <exception cref="IdempotencyStoreUnavailableException">The store cannot be reached.</exception>
+    public async ValueTask<IReadOnlyDictionary<int, long>> LoadPositionsAsync(string group, string stream, IReadOnlyCollection<int> partitions, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(group);
+        ArgumentNullException.ThrowIfNull(stream);
+        ArgumentNullException.ThrowIfNull(partitions);
+        try
+        {
+            return await _sql.Positions.LoadAsync(_dataSource, group, stream, partitions, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            throw new IdempotencyStoreUnavailableException("Could not read consumer positions from PostgreSQL.", exception);
+        }
     }
 
     /// <inheritdoc/>

@@ -18,6 +18,10 @@ public sealed class PostgresIdempotencyStoreOptions
     /// <value>Defaults to <c>outbox</c>; a plain SQL identifier.</value>
     public string OutboxTable { get; set; } = "outbox";
 
+    /// <summary>Gets or sets the table of consumer positions (offsets kept in the store, see <c>IConsumerPositionStore</c>).</summary>
+    /// <value>Defaults to <c>consumer_positions</c>; a plain SQL identifier. Written only for messages that carry a position.</value>
+    public string ConsumerPositionsTable { get; set; } = "consumer_positions";
+
     /// <summary>Returns one message per invalid option, each naming the option.</summary>
     /// <param name="requireConnectionString">Whether <see cref="ConnectionString"/> must be set.</param>
     /// <returns>An empty list when valid.</returns>
@@ -32,6 +36,7 @@ public sealed class PostgresIdempotencyStoreOptions
         Check(Schema, nameof(Schema));
         Check(Table, nameof(Table));
         Check(OutboxTable, nameof(OutboxTable));
+        Check(ConsumerPositionsTable, nameof(ConsumerPositionsTable));
         return errors;
 
         void Check(string value, string name)

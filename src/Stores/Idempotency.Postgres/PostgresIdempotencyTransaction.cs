@@ -164,6 +164,9 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             AddOutbox(batch, outbox);
         }
 
+        // Consumer positions (offsets kept in the store) commit with the effects; see PostgresConsumerPositions.
+        _sql.Positions.AddTo(batch, completions);
+
         // COMMIT rides in the same batch: the completion costs no round trip of its own. Npgsql tracks the
         // server's transaction status, so the NpgsqlTransaction knows it is complete afterwards.
         batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
@@ -189,6 +192,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             AddOutbox(batch, outbox);
         }
 
+        _sql.Positions.AddTo(batch, [completion]);
         batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
         try
         {

@@ -76,7 +76,10 @@ internal sealed class PostgresSql
             """;
 
         NotifyOutbox = $"SELECT pg_notify('{OutboxChannelFor(options)}', '')";
+        Positions = new PostgresConsumerPositions(options);
     }
+
+    public PostgresConsumerPositions Positions { get; }
 
     public string QualifiedTable { get; }
 

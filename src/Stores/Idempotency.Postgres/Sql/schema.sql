@@ -1,7 +1,7 @@
 -- Idempotency for .NET: PostgreSQL schema.
 -- Apply with PostgresIdempotencyStore.EnsureSchemaAsync(), or run this file in your own migrations after
--- replacing {schema}, {table} and {outbox_table} with your names (the defaults are idempotency,
--- processed_messages and outbox). Safe to run more than once.
+-- replacing {schema}, {table}, {outbox_table} and {positions_table} with your names (the defaults are idempotency,
+-- processed_messages, outbox and consumer_positions). Safe to run more than once.
 
 CREATE SCHEMA IF NOT EXISTS {schema};
 
@@ -43,3 +43,14 @@ CREATE INDEX IF NOT EXISTS {outbox_table}_pending_idx ON {schema}.{outbox_table}
 -- scanning every older pending row. The redundant "message_key IS NOT NULL" keeps the planner from using it for the
 -- relay's id-ordered scan (it can prove the predicate only from a "message_key = ..." condition).
 CREATE INDEX IF NOT EXISTS {outbox_table}_pending_key_idx ON {schema}.{outbox_table} (message_key, id) WHERE sent_at IS NULL AND message_key IS NOT NULL;
+
+-- Consumer positions kept in the store (optional, e.g. Kafka's OffsetStorage = BrokerAndStore): per group, topic and
+-- partition the offset of the last message whose effects committed, written in that same transaction.
+CREATE TABLE IF NOT EXISTS {schema}.{positions_table} (
+    group_id     text        NOT NULL,
+    stream       text        NOT NULL,
+    partition_id integer     NOT NULL,
+    offset_value bigint      NOT NULL,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, stream, partition_id)
+);
