@@ -56,6 +56,38 @@ public sealed class OptionsTests
     }
 
     [Fact]
+    public async Task Claim_at_commit_with_a_store_that_cannot_do_it_stops_the_host_at_start_up()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["Idempotency:Handlers:orders:ClaimTiming"] = "AtCommit" });
+        builder.Services.AddIdempotency()
+            .UseStore(_ => new ClaimFirstOnlyStore())
+            .ConfigureHandler("orders", builder.Configuration.GetSection("Idempotency:Handlers:orders"));
+        using var host = builder.Build();
+
+        var error = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync(TestContext.Current.CancellationToken));
+        Assert.Contains("Idempotency handler 'orders'", error.Message);
+        Assert.Contains("ClaimTiming AtCommit", error.Message);
+        Assert.Contains("'claim-first'", error.Message);
+    }
+
+    [Fact]
+    public async Task Claim_at_commit_binds_from_configuration_and_starts_with_a_store_that_supports_it()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Configuration.AddInMemoryCollection(new Dictionary<string, string?> { ["Idempotency:Handlers:orders:ClaimTiming"] = "AtCommit" });
+        builder.Services.AddIdempotency()
+            .UseStore(_ => new InMemoryIdempotencyStore())
+            .ConfigureHandler("orders", builder.Configuration.GetSection("Idempotency:Handlers:orders"));
+        using var host = builder.Build();
+        await host.StartAsync(TestContext.Current.CancellationToken);
+
+        var options = host.Services.GetRequiredService<IOptionsMonitor<IdempotencyOptions>>().Get("orders");
+        Assert.Equal(ClaimTiming.AtCommit, options.ClaimTiming);
+        await host.StopAsync(TestContext.Current.CancellationToken);
+    }
+
+    [Fact]
     public async Task Handler_options_bind_from_configuration()
     {
         var builder = Host.CreateApplicationBuilder();
