@@ -187,19 +187,10 @@ public sealed class IdempotentProcessor
             Log.ClaimLost(_logger, claim.Key, HandlerName);
             return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
         }
-        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
-        {
-            if (transaction is not null)
-            {
-                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
-            }
-
-            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
-            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
-        }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
         {
-            // A failure outside the handler, such as a deferred constraint the handler's writes broke at commit.
+            // Outside the handler: the store went away (StoreUnavailable), or a deferred constraint the handler's
+            // writes broke at commit (Failed). HandlerFailed tells them apart.
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
@@ -274,19 +265,10 @@ public sealed class IdempotentProcessor
                 ? new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint }
                 : NotClaimed(message, claim, committed);
         }
-        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
-        {
-            if (transaction is not null)
-            {
-                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
-            }
-
-            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
-            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
-        }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
         {
-            // A failure outside the handler, such as a deferred constraint the handler's writes broke at commit.
+            // Outside the handler: the store went away (StoreUnavailable), or a deferred constraint the handler's
+            // writes broke at commit (Failed). HandlerFailed tells them apart.
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
