@@ -1,6 +1,8 @@
 using System.Text;
 using Confluent.Kafka;
 using Idempotency.Kafka.Transactions;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 using static Idempotency.Kafka.Tests.KafkaTestKit;
 
 namespace Idempotency.Kafka.Tests;
@@ -132,6 +134,54 @@ public sealed class TransactionalProcessorTests
     }
 
     [Fact]
+    public async Task AddKafkaTransactionalProcessor_runs_in_a_host_with_a_scoped_handler_and_read_committed_readers_see_each_output_once()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var input = Unique("in");
+        var output = Unique("out");
+        cluster.CreateTopic(input, 2);
+        cluster.CreateTopic(output, 2);
+        Produce(cluster, input, Enumerable.Range(0, 40).Select(i => $"order-{i}"));
+
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddSingleton(new PricingHandler.Settings(output));
+        builder.Services.AddIdempotency().AddKafkaTransactionalProcessor<PricingHandler>(
+            ConsumerConfig(cluster, Unique("g")),
+            new ProducerConfig { BootstrapServers = cluster.BootstrapServers },
+            o =>
+            {
+                o.Topics.Add(input);
+                o.TransactionalId = Unique("pricing-0");
+                o.BatchSize = 10;
+                o.MaxBatchDelay = TimeSpan.FromMilliseconds(50);
+            });
+        using var host = builder.Build();
+        await host.StartAsync(TestContext.Current.CancellationToken);
+        var seen = 0;
+        await WaitUntilAsync(
+            () => Task.FromResult((seen = Read(cluster, output, 2, IsolationLevel.ReadCommitted, 40).Count) >= 40),
+            Timeout,
+            () => Task.FromResult($"{seen} of 40 committed outputs"));
+        await host.StopAsync(TestContext.Current.CancellationToken);
+
+        var outputs = Read(cluster, output, 2, IsolationLevel.ReadCommitted, 40);
+        Assert.Equal(40, outputs.Count);
+        Assert.Equal(40, outputs.Select(m => Encoding.UTF8.GetString(m.Message.Key)).Distinct().Count());
+        Assert.All(outputs, m => Assert.Equal("priced:" + Encoding.UTF8.GetString(m.Message.Key), Encoding.UTF8.GetString(m.Message.Value)));
+        Assert.Equal(40, outputs.Select(m => Encoding.UTF8.GetString(m.Message.Headers.GetLastBytes(KafkaIdempotencyOptions.DefaultKeyHeader))).Distinct().Count());
+        Assert.True(PricingHandler.Instances >= 40, $"a fresh scope (and handler) per input message; {PricingHandler.Instances} handlers were created");
+    }
+
+    [Fact]
+    public void AddKafkaTransactionalProcessor_refuses_invalid_options_at_registration_naming_the_setting()
+    {
+        var services = new ServiceCollection();
+        var error = Assert.Throws<ArgumentException>(() => services.AddIdempotency().AddKafkaTransactionalProcessor<PricingHandler>(
+            new ConsumerConfig(), new ProducerConfig(), o => o.Topics.Add("t")));
+        Assert.Contains("TransactionalId", error.Message);
+    }
+
+    [Fact]
     public void Missing_transactional_id_and_topics_are_rejected_naming_the_settings()
     {
         var error = Assert.Throws<ArgumentException>(() => new KafkaTransactionalProcessor(
@@ -215,5 +265,29 @@ public sealed class TransactionalProcessorTests
         }
 
         return results;
+    }
+
+    /// <summary>A DI-registered transactional handler: one output per input, on the topic from a singleton setting.</summary>
+    public sealed class PricingHandler : IKafkaTransactionalHandler
+    {
+        private static int _instances;
+        private readonly Settings _settings;
+
+        public PricingHandler(Settings settings)
+        {
+            _settings = settings;
+            Interlocked.Increment(ref _instances);
+        }
+
+        public static int Instances => Volatile.Read(ref _instances);
+
+        public ValueTask HandleAsync(KafkaTransactionContext context, CancellationToken cancellationToken)
+        {
+            var key = Encoding.UTF8.GetString(context.Input.Message.Key);
+            context.Produce(_settings.Output, new Message<byte[], byte[]> { Key = context.Input.Message.Key, Value = Encoding.UTF8.GetBytes("priced:" + key) });
+            return ValueTask.CompletedTask;
+        }
+
+        public sealed record Settings(string Output);
     }
 }
