@@ -1,10 +1,13 @@
 using System.Globalization;
 using System.Text;
+using Dapper;
 using Idempotency.Outbox;
 using Idempotency.Postgres;
 using Idempotency.Postgres.Outbox;
 using Idempotency.RabbitMQ.Outbox;
 using Idempotency.TestSupport;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace Idempotency.RabbitMQ.Tests;
 
@@ -85,6 +88,40 @@ public sealed class OutboxTests(PostgresFixture db, RabbitMqFixture mq) : IClass
         Assert.Equal(1L, await h.MaxAppliedAsync());
         Assert.Equal((long)rows, await db.ScalarAsync<long>($"SELECT count(DISTINCT message_id) FROM {upstreamStore.QualifiedOutboxTableName}"));
         Assert.Equal((long)rows, await db.ScalarAsync<long>($"SELECT count(*) FROM {h.Table} t JOIN {upstreamStore.QualifiedOutboxTableName} o ON o.message_id::text = t.id"));
+    }
+
+    [Fact]
+    public async Task AddPostgresOutboxRelay_in_a_host_is_woken_by_commits_publishes_each_row_and_marks_it_sent()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "outbox-di");
+        var upstreamStore = await db.CreateStoreAsync();
+        await using var connection = await mq.CreateConnectionAsync("outbox-di-relay");
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddIdempotency()
+            .UsePostgres(o =>
+            {
+                o.ConnectionString = db.ConnectionString;
+                o.Schema = db.Schema;
+                o.Table = upstreamStore.Options.Table;
+                o.OutboxTable = upstreamStore.Options.OutboxTable;
+            })
+            .AddPostgresOutboxRelay(_ => new RabbitMqOutboxPublisher(connection), o => o.PollInterval = TimeSpan.FromMinutes(5));
+        using var host = builder.Build();
+        await host.StartAsync(Ct);
+
+        // Written after the relay started, through the host's own store: with a 5-minute poll interval only the commit's
+        // NOTIFY can wake the relay in time.
+        await Upstream(host.Services.GetRequiredService<PostgresIdempotencyStore>(), h.Queue)
+            .ProcessBatchAsync(Enumerable.Range(0, 30).Select(i => Incoming("di-order-" + i)).ToList(), Ct);
+        await Harness.WaitUntilAsync(async () => await PendingAsync(upstreamStore) == 0, 20, "30 outbox rows marked sent");
+        await host.StopAsync(Ct);
+
+        Assert.Equal(30L, await db.ScalarAsync<long>($"SELECT count(*) FROM {upstreamStore.QualifiedOutboxTableName} WHERE sent_at IS NOT NULL"));
+        var published = (await mq.DrainAsync(h.Queue)).Select(m => m.BasicProperties.MessageId!).Order().ToList();
+        await using var read = await db.DataSource.OpenConnectionAsync(Ct);
+        var rows = (await read.QueryAsync<Guid>($"SELECT message_id FROM {upstreamStore.QualifiedOutboxTableName}")).Select(g => g.ToString()).Order().ToList();
+        Assert.Equal(30, rows.Count);
+        Assert.Equal(rows, published);
     }
 
     [Fact]
