@@ -121,13 +121,26 @@ public sealed class TransactionalProcessorTests
         var run = processor.RunAsync(stop.Token);
         await WaitForOutputsAsync(cluster, output, 1, 19, run, processor);
         await WaitForOutputsAsync(cluster, input + ".dlq", 1, 1, run, processor);
+        await WaitUntilAsync(
+            () => Task.FromResult(run.IsCompleted || processor.CommittedMessages >= 20),
+            Timeout,
+            () => Task.FromResult($"{processor.CommittedMessages} of 20 inputs covered by committed transactions"));
         await stop.CancelAsync();
         await run.WaitAsync(Timeout, TestContext.Current.CancellationToken);
 
         Assert.Equal(3, poisonRuns);
         var outputs = Read(cluster, output, 1, IsolationLevel.ReadCommitted, expected: 19);
-        Assert.Equal(19, outputs.Count);
-        Assert.DoesNotContain(outputs, m => Encoding.UTF8.GetString(m.Message.Key) == "poison");
+        var good = outputs.Where(m => Encoding.UTF8.GetString(m.Message.Key) != "poison").ToList();
+        Assert.Equal(19, good.Select(m => Encoding.UTF8.GetString(m.Message.Key)).Distinct().Count());
+        Assert.Equal(19, good.Select(m => Encoding.UTF8.GetString(m.Message.Headers.GetLastBytes(KafkaIdempotencyOptions.DefaultKeyHeader))).Distinct().Count());
+        if (!cluster.IsMock)
+        {
+            // librdkafka's mock has no read_committed isolation: outputs of an aborted attempt that had already reached
+            // the log stay visible (only what the client still held is purged), so the exact count is a real-broker fact.
+            Assert.Equal(19, outputs.Count);
+            Assert.DoesNotContain(outputs, m => Encoding.UTF8.GetString(m.Message.Key) == "poison");
+        }
+
         var dead = Assert.Single(Read(cluster, input + ".dlq", 1, IsolationLevel.ReadCommitted, expected: 1));
         Assert.Equal("poison", Encoding.UTF8.GetString(dead.Message.Key));
         Assert.Equal("3", Encoding.UTF8.GetString(dead.Message.Headers.GetLastBytes("x-attempts")));
@@ -179,6 +192,65 @@ public sealed class TransactionalProcessorTests
         var error = Assert.Throws<ArgumentException>(() => services.AddIdempotency().AddKafkaTransactionalProcessor<PricingHandler>(
             new ConsumerConfig(), new ProducerConfig(), o => o.Topics.Add("t")));
         Assert.Contains("TransactionalId", error.Message);
+    }
+
+    /// <summary>
+    /// Zombie fencing, at the producer level: a second producer with the same transactional id (a restarted instance)
+    /// must fence the first (its open transaction aborted, its next commit refused with a fatal error). librdkafka's
+    /// mock does not implement this (its InitProducerId hands a fresh producer a new producer id instead of bumping the
+    /// epoch of the id registered for that transactional id; EndTxn writes no markers and Fetch reports no aborted
+    /// transactions), so on the mock this test pins the gap; with <c>KAFKA_BOOTSTRAP_SERVERS</c> it asserts the fencing.
+    /// </summary>
+    [Fact]
+    public void Second_producer_with_the_same_transactional_id_fences_the_first_on_a_real_broker_the_mock_does_not()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("fence");
+        cluster.CreateTopic(topic, 1);
+        var transactionalId = Unique("app-0");
+        var timeout = TimeSpan.FromSeconds(10);
+        IProducer<byte[], byte[]> Producer() => new ProducerBuilder<byte[], byte[]>(new ProducerConfig { BootstrapServers = cluster.BootstrapServers, TransactionalId = transactionalId }).Build();
+        Message<byte[], byte[]> Text(string s) => new() { Key = Encoding.UTF8.GetBytes(s), Value = Encoding.UTF8.GetBytes(s) };
+
+        using var old = Producer();
+        old.InitTransactions(timeout);
+        old.BeginTransaction();
+        old.Produce(topic, Text("old-committed"));
+        old.CommitTransaction(timeout);
+        old.BeginTransaction();
+        old.Produce(topic, Text("old-open"));
+        old.Flush(timeout); // in the log, transaction still open: the instance "hangs" here
+
+        using var restarted = Producer();
+        restarted.InitTransactions(timeout);
+        restarted.BeginTransaction();
+        restarted.Produce(topic, Text("new-committed"));
+        restarted.CommitTransaction(timeout);
+        restarted.BeginTransaction();
+        restarted.Produce(topic, Text("new-aborted"));
+        restarted.Flush(timeout);
+        restarted.AbortTransaction(timeout);
+
+        // The zombie wakes up and tries to finish its transaction.
+        old.Produce(topic, Text("old-zombie"));
+        var zombieCommit = Record.Exception(() => old.CommitTransaction(timeout));
+        var visible = Read(cluster, topic, 1, IsolationLevel.ReadCommitted, expected: 2).Select(m => Encoding.UTF8.GetString(m.Message.Key)).ToList();
+
+        if (cluster.IsMock)
+        {
+            // The gap, as observed with librdkafka 2.16.0's mock: no fencing, and read_committed isolation only for
+            // what the client purged before sending. If this fails, the mock learned fencing: assert it as below and
+            // update docs/outbox.md.
+            Assert.Null(zombieCommit);
+            Assert.Equal(["old-committed", "old-open", "new-committed", "new-aborted", "old-zombie"], visible);
+        }
+        else
+        {
+            var fenced = Assert.IsType<KafkaException>(zombieCommit, exactMatch: false);
+            Assert.True(fenced.Error.IsFatal, $"the zombie's error must be fatal: {fenced.Error}");
+            Assert.Contains(fenced.Error.Code, new[] { ErrorCode.ProducerFenced, ErrorCode.InvalidProducerEpoch, ErrorCode.Local_Fenced });
+            Assert.Equal(["old-committed", "new-committed"], visible);
+        }
     }
 
     [Fact]
