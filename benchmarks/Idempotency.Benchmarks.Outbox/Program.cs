@@ -21,9 +21,11 @@ var pg = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? throw new
 var amqp = Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? throw new InvalidOperationException("Set IDEMPOTENCY_RABBITMQ (scripts/services.sh up).");
 var n = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 20_000;
 var latencyMessages = args.Length > 1 ? int.Parse(args[1], CultureInfo.InvariantCulture) : 400;
+var defaultBatch = new PostgresOutboxRelayOptions().BatchSize;
 var outDir = Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, "../../../../results"));
 Directory.CreateDirectory(outDir);
 
+var loadAtStart = LoadAverage();
 await using var dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(pg) { MaxPoolSize = 32 }.ConnectionString);
 var schema = "bench_outbox_" + Guid.NewGuid().ToString("N")[..8];
 await using (var c = await dataSource.OpenConnectionAsync())
@@ -65,19 +67,12 @@ finally
 }
 
 var peak = Process.GetCurrentProcess().PeakWorkingSet64 / (1024.0 * 1024.0);
-double load = 0;
-try
-{
-    load = double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
-}
-catch (IOException)
-{
-}
+var load = LoadAverage();
 
 var md = new StringBuilder();
 md.AppendLine("# Outbox benchmark");
 md.AppendLine();
-md.AppendLine(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, load average {load:0.0} at the end, {n:N0} messages per throughput scenario, {latencyMessages} for latency. PostgreSQL 15 and RabbitMQ 3.10 on loopback; Kafka is librdkafka's in-process mock cluster.");
+md.AppendLine(CultureInfo.InvariantCulture, $"{DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, load average {loadAtStart:0.0} at the start and {load:0.0} at the end, {n:N0} messages per throughput scenario, {latencyMessages} for latency. PostgreSQL 15 and RabbitMQ 3.10 on loopback; Kafka is librdkafka's in-process mock cluster.");
 md.AppendLine(CultureInfo.InvariantCulture, $"Command: `dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Outbox -- {n} {latencyMessages}`");
 md.AppendLine();
 md.AppendLine("| broker | scenario | msg/s | ratio to direct | p50 ms | p99 ms |");
@@ -90,12 +85,12 @@ foreach (var row in rows)
 md.AppendLine();
 md.AppendLine(CultureInfo.InvariantCulture, $"Peak working set: {peak:0} MB. Targets: relay >= 0.5x direct, p99 commit-to-publish < 100 ms.");
 md.AppendLine();
-md.AppendLine("- direct: the same publisher, batches of 100 pre-built records, one batch at a time (what the relay calls).");
-md.AppendLine("- relay: N rows already committed in the outbox, one relay (batch 100 / 500) reads with SKIP LOCKED, publishes, marks sent; timed until every row is marked.");
-md.AppendLine("- latency: one writer commits one message per transaction (a 5 ms pause between), the relay runs with PollInterval 5 s, so only NOTIFY can make it fast; measured from the commit call's return to the broker's confirm.");
+md.AppendLine(CultureInfo.InvariantCulture, $"- direct: the same publisher, pre-built records in batches of 100 / {defaultBatch}, one batch at a time (what the relay calls).");
+md.AppendLine(CultureInfo.InvariantCulture, $"- relay: N rows already committed in the outbox, one relay (batch 100 / {defaultBatch}, the default) reads with SKIP LOCKED, publishes, marks sent; timed until every row is marked. Its ratio is to the direct row of the same batch size.");
+md.AppendLine(CultureInfo.InvariantCulture, $"- latency: one writer commits one message per transaction (a 5 ms pause between), the relay runs with default options (batch {defaultBatch}) but PollInterval 5 s, so only NOTIFY can make it fast; measured from the commit call's return to the broker's confirm.");
 Console.WriteLine(md);
 await File.WriteAllTextAsync(Path.Combine(outDir, "outbox.md"), md.ToString());
-await File.WriteAllTextAsync(Path.Combine(outDir, "outbox.json"), JsonSerializer.Serialize(new { n, latencyMessages, cores = Environment.ProcessorCount, load, peakWorkingSetMb = peak, rows }, new JsonSerializerOptions { WriteIndented = true }));
+await File.WriteAllTextAsync(Path.Combine(outDir, "outbox.json"), JsonSerializer.Serialize(new { n, latencyMessages, cores = Environment.ProcessorCount, defaultBatch, loadAtStart, load, peakWorkingSetMb = peak, rows }, new JsonSerializerOptions { WriteIndented = true }));
 return;
 
 async Task<List<Row>> RunBrokerAsync(string broker, string destination, IOutboxPublisher publisher, Func<Task> reset)
@@ -106,19 +101,24 @@ async Task<List<Row>> RunBrokerAsync(string broker, string destination, IOutboxP
     await publisher.PublishAsync(Records(destination, 200), CancellationToken.None);
     await reset();
 
-    // Direct.
+    // Direct, in the same batch sizes the relay uses (each relay row is compared with the direct row of its size).
     var records = Records(destination, n);
-    var sw = Stopwatch.StartNew();
-    for (var i = 0; i < records.Count; i += 100)
+    var direct = new Dictionary<int, double>();
+    var sw = new Stopwatch();
+    foreach (var size in new[] { 100, defaultBatch })
     {
-        await publisher.PublishAsync(records.GetRange(i, Math.Min(100, records.Count - i)), CancellationToken.None);
+        sw.Restart();
+        for (var i = 0; i < records.Count; i += size)
+        {
+            await publisher.PublishAsync(records.GetRange(i, Math.Min(size, records.Count - i)), CancellationToken.None);
+        }
+
+        direct[size] = n / sw.Elapsed.TotalSeconds;
+        result.Add(new Row(broker, $"direct publish (batches of {size})", direct[size], 1, -1, -1));
+        await reset();
     }
 
-    var direct = n / sw.Elapsed.TotalSeconds;
-    result.Add(new Row(broker, "direct publish (batches of 100)", direct, 1, -1, -1));
-    await reset();
-
-    foreach (var (batchSize, noop) in new[] { (100, true), (100, false), (500, false) })
+    foreach (var (batchSize, noop) in new[] { (defaultBatch, true), (100, false), (defaultBatch, false) })
     {
         var store = await NewStoreAsync();
         await FillAsync(store, destination, n);
@@ -135,7 +135,8 @@ async Task<List<Row>> RunBrokerAsync(string broker, string destination, IOutboxP
             throw new InvalidOperationException($"{pending} rows left unsent");
         }
 
-        result.Add(new Row(broker, noop ? $"relay, batch {batchSize}, no-op publisher (PostgreSQL side only)" : $"relay, batch {batchSize}", relayed, relayed / direct, -1, -1));
+        var label = batchSize == defaultBatch ? $"batch {batchSize} (default)" : $"batch {batchSize}";
+        result.Add(new Row(broker, noop ? $"relay, {label}, no-op publisher (PostgreSQL side only)" : $"relay, {label}", relayed, relayed / direct[batchSize], -1, -1));
         await reset();
     }
 
@@ -145,6 +146,7 @@ async Task<List<Row>> RunBrokerAsync(string broker, string destination, IOutboxP
         var clock = Stopwatch.StartNew();
         var confirmed = new System.Collections.Concurrent.ConcurrentDictionary<string, TimeSpan>();
         var timing = new TimingPublisher(publisher, clock, confirmed);
+        // Default options (batch size included) but for the poll interval.
         var relay = new PostgresOutboxRelay(store, timing, new PostgresOutboxRelayOptions { PollInterval = TimeSpan.FromSeconds(5) });
         using var stop = new CancellationTokenSource();
         var run = relay.RunAsync(stop.Token);
@@ -218,6 +220,18 @@ async Task<long> Scalar(string sql)
 {
     await using var c = await dataSource.OpenConnectionAsync();
     return await c.ExecuteScalarAsync<long>(sql);
+}
+
+static double LoadAverage()
+{
+    try
+    {
+        return double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
+    }
+    catch (IOException)
+    {
+        return 0;
+    }
 }
 
 static double Percentile(List<double> sorted, double p) => sorted.Count == 0 ? double.NaN : sorted[Math.Clamp((int)Math.Ceiling(p * sorted.Count) - 1, 0, sorted.Count - 1)];

@@ -1,9 +1,13 @@
+using System.Globalization;
 using System.Text;
+using Dapper;
 using Idempotency.Outbox;
 using Idempotency.Postgres;
 using Idempotency.Postgres.Outbox;
 using Idempotency.RabbitMQ.Outbox;
 using Idempotency.TestSupport;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
 
 namespace Idempotency.RabbitMQ.Tests;
 
@@ -37,6 +41,87 @@ public sealed class OutboxTests(PostgresFixture db, RabbitMqFixture mq) : IClass
         Assert.Equal(40L, await h.AppliedAsync());
         var ids = await db.ScalarAsync<long>($"SELECT count(*) FROM {h.Table} t JOIN {upstreamStore.QualifiedOutboxTableName} o ON o.message_id::text = t.id");
         Assert.Equal(40L, ids);
+    }
+
+    [Fact]
+    public async Task Relay_process_SIGKILLed_after_publishing_a_batch_before_marking_it_sent_republishes_it_on_restart_and_downstream_applies_each_row_once()
+    {
+        const int rows = 60;
+        const int batch = 20;
+        var h = await Harness.CreateAsync(db, mq, prefix: "outbox-kill");
+        var upstreamStore = await db.CreateStoreAsync();
+        await Upstream(upstreamStore, h.Queue).ProcessBatchAsync(Enumerable.Range(0, rows).Select(i => Incoming("order-" + i)).ToList(), Ct);
+        string[] relayArgs = ["relay", mq.Uri.ToString(), db.ConnectionString, db.Schema, upstreamStore.Options.Table, upstreamStore.Options.OutboxTable, batch.ToString(CultureInfo.InvariantCulture)];
+
+        // First relay process: batch 1 is published and marked; batch 2 is published (broker confirmed) and the host
+        // blocks before marking it, announcing "holding 20". It is killed right there.
+        using (var first = ChildHost.Start("Idempotency.RabbitMQ.Tests", "Idempotency.RabbitMQ.TestHost", relayArgs, new Dictionary<string, string> { ["IDEMPOTENCY_TESTHOST_HOLD_AFTER_PUBLISH"] = "2" }))
+        {
+            await first.WaitForLineAsync($"holding {batch}", TimeSpan.FromSeconds(60));
+            Assert.Equal(2L * batch, await h.ReadyAsync());
+            Assert.Equal((long)rows - batch, await PendingAsync(upstreamStore));
+            first.Kill();
+        }
+
+        // The kill rolled back the open relay transaction: batch 2 is in the queue but still unsent in the outbox.
+        Assert.Equal((long)rows - batch, await PendingAsync(upstreamStore));
+        Assert.Equal(2u * batch, await h.ReadyAsync());
+
+        // Restarted relay: publishes batch 2 again, then batch 3, and marks everything sent.
+        using (var second = ChildHost.Start("Idempotency.RabbitMQ.Tests", "Idempotency.RabbitMQ.TestHost", relayArgs))
+        {
+            await Harness.WaitUntilAsync(async () => await PendingAsync(upstreamStore) == 0, 60, "every outbox row marked sent after the restart");
+            await second.StopAsync(TimeSpan.FromSeconds(15));
+        }
+
+        // The broker really got the duplicate batch: this count is what proves the kill fell between publish and mark.
+        Assert.Equal((uint)(rows + batch), await h.ReadyAsync());
+
+        await using var consumerConnection = await mq.CreateConnectionAsync("outbox-kill-downstream");
+        var consumer = await h.StartAsync(consumerConnection, h.Processor(h.Credit()), h.Options());
+        await Harness.WaitUntilAsync(() => consumer.AcknowledgedCount == rows + batch, 30, $"{rows + batch} deliveries acknowledged");
+        await consumer.StopAsync(Ct);
+
+        Assert.Equal(rows, h.Runs);
+        Assert.Equal(rows, await h.RowsAsync());
+        Assert.Equal(rows, await h.AppliedAsync());
+        Assert.Equal(1L, await h.MaxAppliedAsync());
+        Assert.Equal((long)rows, await db.ScalarAsync<long>($"SELECT count(DISTINCT message_id) FROM {upstreamStore.QualifiedOutboxTableName}"));
+        Assert.Equal((long)rows, await db.ScalarAsync<long>($"SELECT count(*) FROM {h.Table} t JOIN {upstreamStore.QualifiedOutboxTableName} o ON o.message_id::text = t.id"));
+    }
+
+    [Fact]
+    public async Task AddPostgresOutboxRelay_in_a_host_is_woken_by_commits_publishes_each_row_and_marks_it_sent()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "outbox-di");
+        var upstreamStore = await db.CreateStoreAsync();
+        await using var connection = await mq.CreateConnectionAsync("outbox-di-relay");
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddIdempotency()
+            .UsePostgres(o =>
+            {
+                o.ConnectionString = db.ConnectionString;
+                o.Schema = db.Schema;
+                o.Table = upstreamStore.Options.Table;
+                o.OutboxTable = upstreamStore.Options.OutboxTable;
+            })
+            .AddPostgresOutboxRelay(_ => new RabbitMqOutboxPublisher(connection), o => o.PollInterval = TimeSpan.FromMinutes(5));
+        using var host = builder.Build();
+        await host.StartAsync(Ct);
+
+        // Written after the relay started, through the host's own store: with a 5-minute poll interval only the commit's
+        // NOTIFY can wake the relay in time.
+        await Upstream(host.Services.GetRequiredService<PostgresIdempotencyStore>(), h.Queue)
+            .ProcessBatchAsync(Enumerable.Range(0, 30).Select(i => Incoming("di-order-" + i)).ToList(), Ct);
+        await Harness.WaitUntilAsync(async () => await PendingAsync(upstreamStore) == 0, 20, "30 outbox rows marked sent");
+        await host.StopAsync(Ct);
+
+        Assert.Equal(30L, await db.ScalarAsync<long>($"SELECT count(*) FROM {upstreamStore.QualifiedOutboxTableName} WHERE sent_at IS NOT NULL"));
+        var published = (await mq.DrainAsync(h.Queue)).Select(m => m.BasicProperties.MessageId!).Order().ToList();
+        await using var read = await db.DataSource.OpenConnectionAsync(Ct);
+        var rows = (await read.QueryAsync<Guid>($"SELECT message_id FROM {upstreamStore.QualifiedOutboxTableName}")).Select(g => g.ToString()).Order().ToList();
+        Assert.Equal(30, rows.Count);
+        Assert.Equal(rows, published);
     }
 
     [Fact]

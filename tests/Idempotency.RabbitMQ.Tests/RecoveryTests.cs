@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Idempotency.TestSupport;
 
 namespace Idempotency.RabbitMQ.Tests;
@@ -54,8 +53,7 @@ public sealed class RecoveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         using (var first = StartHost(h))
         {
             await Harness.WaitUntilAsync(async () => await h.RowsAsync() >= 300, 60, "300 rows before the kill");
-            first.Kill(entireProcessTree: true);
-            await first.WaitForExitAsync(TestContext.Current.CancellationToken);
+            first.Kill();
         }
 
         var rowsAtKill = await h.RowsAsync();
@@ -64,8 +62,7 @@ public sealed class RecoveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         using (var second = StartHost(h))
         {
             await Harness.WaitUntilAsync(async () => await h.RowsAsync() == total, 90, $"{total} rows after the restart");
-            second.Kill(entireProcessTree: true);
-            await second.WaitForExitAsync(TestContext.Current.CancellationToken);
+            second.Kill();
         }
 
         // Whatever the killed processes committed but had not acked comes back now: all of it must be duplicates.
@@ -82,25 +79,8 @@ public sealed class RecoveryTests(PostgresFixture db, RabbitMqFixture mq) : ICla
         Assert.Equal(0u, await h.DeadLetteredAsync());
     }
 
-    private Process StartHost(Harness h)
-    {
-        var dll = Path.Combine(AppContext.BaseDirectory.Replace("Idempotency.RabbitMQ.Tests", "Idempotency.RabbitMQ.TestHost", StringComparison.Ordinal), "Idempotency.RabbitMQ.TestHost.dll");
-        Assert.True(File.Exists(dll), $"The test host is not built at {dll}");
-        var info = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardInput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var arg in new[] { dll, mq.Uri.ToString(), h.Queue, db.ConnectionString, db.Schema, h.Store.Options.Table, h.Table, "4", "1", h.Store.Options.OutboxTable })
-        {
-            info.ArgumentList.Add(arg);
-        }
-
-        var process = Process.Start(info) ?? throw new InvalidOperationException("dotnet did not start");
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is not null)
-            {
-                TestContext.Current.SendDiagnosticMessage("testhost: " + e.Data);
-            }
-        };
-        process.BeginErrorReadLine();
-        return process;
-    }
+    private ChildHost StartHost(Harness h) => ChildHost.Start(
+        "Idempotency.RabbitMQ.Tests",
+        "Idempotency.RabbitMQ.TestHost",
+        [mq.Uri.ToString(), h.Queue, db.ConnectionString, db.Schema, h.Store.Options.Table, h.Table, "4", "1", h.Store.Options.OutboxTable]);
 }
