@@ -64,18 +64,17 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
         Assert.Equal(0L, await db.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE applied <> 1"));
     }
 
-    [Fact]
-    public async Task Two_relays_publish_every_row_and_keep_per_key_order_while_writers_commit()
+    [Theory]
+    [InlineData(2, 1, 2)] // two relay instances, one batch at a time each
+    [InlineData(1, 4, 20)] // one relay, four batches at a time (Workers), a slow broker so they overlap
+    public async Task Relays_publish_every_row_and_keep_per_key_order_while_writers_commit(int relays, int workers, int publishMs)
     {
         var store = await db.CreateStoreAsync();
-        var log = new RecordingPublisher(delay: TimeSpan.FromMilliseconds(2));
-        var options = new PostgresOutboxRelayOptions { BatchSize = 25, PollInterval = TimeSpan.FromMilliseconds(200) };
-        var countA = new SwitchablePublisher(log);
-        var countB = new SwitchablePublisher(log);
-        var relayA = new PostgresOutboxRelay(store, countA, options);
-        var relayB = new PostgresOutboxRelay(store, countB, options);
+        var log = new RecordingPublisher(delay: TimeSpan.FromMilliseconds(publishMs));
+        var options = new PostgresOutboxRelayOptions { BatchSize = 25, PollInterval = TimeSpan.FromMilliseconds(200), Workers = workers };
+        var counters = Enumerable.Range(0, relays).Select(_ => new SwitchablePublisher(log)).ToList();
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(Ct);
-        var runs = new[] { relayA.RunAsync(stop.Token), relayB.RunAsync(stop.Token) };
+        var runs = counters.Select(counter => new PostgresOutboxRelay(store, counter, options).RunAsync(stop.Token)).ToArray();
 
         // 4 writers, each owning 5 keys, each committing 20 transactions of 5 messages (one per key, in sequence).
         const int writers = 4, keysPerWriter = 5, rounds = 20;
@@ -100,7 +99,11 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
         var published = log.Published.ToList();
         Assert.Equal(total, published.Select(r => r.MessageId).Distinct().Count());
         Assert.Equal(total, published.Count); // no failures here, so nothing twice
-        Assert.True(countA.Batches > 0 && countB.Batches > 0, $"expected both relays to publish: {countA.Batches} and {countB.Batches} batches");
+        Assert.All(counters, counter => Assert.True(counter.Batches > 0, $"expected every relay to publish: {string.Join(", ", counters.Select(c => c.Batches))} batches"));
+        if (workers > 1)
+        {
+            Assert.True(log.MaxInFlight >= 2, $"expected the relay's workers to publish batches at the same time; at most {log.MaxInFlight} were in flight");
+        }
         foreach (var perKey in published.GroupBy(r => r.Key))
         {
             var sequence = perKey.Select(r => Encoding.UTF8.GetString(r.Payload.Span)).ToList();
@@ -285,7 +288,31 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
             }
         }
 
+        private int _inFlight;
+        private int _maxInFlight;
+
+        /// <summary>Gets the most batches that were being published at the same time.</summary>
+        public int MaxInFlight => Volatile.Read(ref _maxInFlight);
+
         public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
+        {
+            var inFlight = Interlocked.Increment(ref _inFlight);
+            int max;
+            while (inFlight > (max = Volatile.Read(ref _maxInFlight)) && Interlocked.CompareExchange(ref _maxInFlight, inFlight, max) != max)
+            {
+            }
+
+            try
+            {
+                await PublishCoreAsync(messages, cancellationToken);
+            }
+            finally
+            {
+                Interlocked.Decrement(ref _inFlight);
+            }
+        }
+
+        private async ValueTask PublishCoreAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
         {
             foreach (var message in messages)
             {

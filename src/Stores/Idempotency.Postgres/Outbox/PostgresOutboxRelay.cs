@@ -33,7 +33,7 @@ public sealed partial class PostgresOutboxRelay
     private readonly string _blockedSql;
     private readonly string _markSql;
     private readonly string _cleanupSql;
-    private readonly SemaphoreSlim _wake = new(0, 1);
+    private readonly SemaphoreSlim _wake;
 
     /// <summary>Creates a relay.</summary>
     /// <param name="store">The store whose outbox table is relayed.</param>
@@ -54,6 +54,7 @@ public sealed partial class PostgresOutboxRelay
 
         _store = store;
         _publisher = publisher;
+        _wake = new SemaphoreSlim(0, _options.Workers);
         _time = timeProvider ?? TimeProvider.System;
         _logger = logger ?? NullLogger.Instance;
         var outbox = store.QualifiedOutboxTableName;
@@ -187,51 +188,9 @@ public sealed partial class PostgresOutboxRelay
     {
         using var listening = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var listener = ListenAsync(listening.Token);
-        var failures = 0;
-        var nextCleanup = _time.GetUtcNow() + _options.CleanupInterval;
         try
         {
-            while (!cancellationToken.IsCancellationRequested)
-            {
-                int published;
-                try
-                {
-                    published = await RelayOnceAsync(cancellationToken).ConfigureAwait(false);
-                    failures = 0;
-                    if (_time.GetUtcNow() >= nextCleanup)
-                    {
-                        nextCleanup = _time.GetUtcNow() + _options.CleanupInterval;
-                        await CleanupAsync(cancellationToken).ConfigureAwait(false);
-                    }
-                }
-                catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
-                {
-                    return;
-                }
-#pragma warning disable CA1031 // Broker or database down: nothing was marked sent; back off and try again.
-                catch (Exception exception)
-#pragma warning restore CA1031
-                {
-                    failures++;
-                    var delay = _options.FailureBackoff.GetDelay(failures);
-                    LogRelayFailed(_logger, exception, failures, delay);
-                    await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
-
-                if (published < _options.BatchSize)
-                {
-                    // Drained (or only key-blocked rows remain): wait for the next commit's NOTIFY or the poll interval.
-                    try
-                    {
-                        _ = await _wake.WaitAsync(_options.PollInterval, cancellationToken).ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException)
-                    {
-                        return;
-                    }
-                }
-            }
+            await Task.WhenAll(Enumerable.Range(0, _options.Workers).Select(worker => RunWorkerAsync(cleans: worker == 0, cancellationToken))).ConfigureAwait(false);
         }
         finally
         {
@@ -242,6 +201,65 @@ public sealed partial class PostgresOutboxRelay
             }
             catch (OperationCanceledException)
             {
+            }
+        }
+    }
+
+    private async Task RunWorkerAsync(bool cleans, CancellationToken cancellationToken)
+    {
+        var failures = 0;
+        var nextCleanup = _time.GetUtcNow() + _options.CleanupInterval;
+        while (!cancellationToken.IsCancellationRequested)
+        {
+            int published;
+            try
+            {
+                published = await RelayOnceAsync(cancellationToken).ConfigureAwait(false);
+                failures = 0;
+                if (cleans && _time.GetUtcNow() >= nextCleanup)
+                {
+                    nextCleanup = _time.GetUtcNow() + _options.CleanupInterval;
+                    await CleanupAsync(cancellationToken).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+            {
+                return;
+            }
+#pragma warning disable CA1031 // Broker or database down: nothing was marked sent; back off and try again.
+            catch (Exception exception)
+#pragma warning restore CA1031
+            {
+                failures++;
+                var delay = _options.FailureBackoff.GetDelay(failures);
+                LogRelayFailed(_logger, exception, failures, delay);
+                try
+                {
+                    await Task.Delay(delay, _time, cancellationToken).ConfigureAwait(false);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            if (published >= _options.BatchSize)
+            {
+                // A full batch: more is likely pending, so wake a sleeping sibling to publish alongside.
+                Wake();
+                continue;
+            }
+
+            // Drained (or only key-blocked rows remain): wait for the next commit's NOTIFY or the poll interval.
+            try
+            {
+                _ = await _wake.WaitAsync(_options.PollInterval, cancellationToken).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
             }
         }
     }

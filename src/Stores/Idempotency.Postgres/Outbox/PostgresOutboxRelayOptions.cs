@@ -7,6 +7,10 @@ public sealed class PostgresOutboxRelayOptions
     /// <value>Defaults to 500 (measured on the in-process Kafka mock: 100 left the relay at 0.37x of direct publishing in batches of 100, 500 reaches 0.9x of that; see docs/outbox.md); between 1 and 10,000.</value>
     public int BatchSize { get; set; } = 500;
 
+    /// <summary>Gets or sets how many batches one relay publishes at a time (each on its own connection).</summary>
+    /// <value>Defaults to 2; between 1 and 64. Batches are taken with <c>FOR UPDATE SKIP LOCKED</c> and a row waits while an older row of its key is in another batch, so per-key order holds for any number, as it does across relay instances. Within a batch, publishing and marking are sequential: more workers overlap one batch's publish with another's database work.</value>
+    public int Workers { get; set; } = 2;
+
     /// <summary>Gets or sets how long the relay waits for a commit notification before it looks anyway.</summary>
     /// <value>Defaults to 5 s; at least 10 ms. LISTEN/NOTIFY wakes it at once after each commit; this is the safety net.</value>
     public TimeSpan PollInterval { get; set; } = TimeSpan.FromSeconds(5);
@@ -34,6 +38,11 @@ public sealed class PostgresOutboxRelayOptions
         if (BatchSize is < 1 or > 10_000)
         {
             errors.Add($"{nameof(BatchSize)} must be between 1 and 10000 (was {BatchSize}).");
+        }
+
+        if (Workers is < 1 or > 64)
+        {
+            errors.Add($"{nameof(Workers)} must be between 1 and 64 (was {Workers}).");
         }
 
         if (PollInterval < TimeSpan.FromMilliseconds(10))
