@@ -108,6 +108,26 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task Batch_commit_is_refused_as_a_whole_when_one_key_was_taken_over_and_writes_nothing()
+    {
+        var store = redis.CreateStore(o => o.LeaseDuration = TimeSpan.FromMilliseconds(200));
+        ClaimRequest[] claims = [Claim("b-1"), Claim("b-2"), Claim("b-3")];
+        var stale = await store.BeginAsync(Ct);
+        Assert.All(await stale.ClaimBatchAsync(claims, Ct), r => Assert.Equal(ClaimStatus.Claimed, r.Status));
+        await Task.Delay(400, Ct); // every lease expired; another worker takes only b-2
+        var fresh = (RedisIdempotencyTransaction)await store.BeginAsync(Ct);
+        Assert.Equal(ClaimStatus.Claimed, (await fresh.ClaimAsync(claims[1], Ct)).Status);
+
+        var lost = await Assert.ThrowsAsync<ClaimLostException>(async () => await stale.CommitAsync(claims.Select(c => new CompletionRecord(c, TimeSpan.Zero)).ToArray(), [], Ct));
+        Assert.Equal("b-2", lost.Key);
+        Assert.Null(await store.FindAsync("orders", "b-1"));
+        Assert.Null(await store.FindAsync("orders", "b-3"));
+        Assert.Equal(fresh.LeaseToken, await store.FindLeaseTokenAsync("orders", "b-2"));
+        await stale.DisposeAsync();
+        await fresh.DisposeAsync();
+    }
+
+    [Fact]
     public async Task Stale_worker_without_redis_writes_is_refused_when_another_worker_completed_the_key()
     {
         var store = redis.CreateStore(o => o.LeaseDuration = TimeSpan.FromMilliseconds(200));

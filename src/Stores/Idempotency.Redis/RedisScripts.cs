@@ -6,9 +6,9 @@ namespace Idempotency.Redis;
 /// </summary>
 /// <remarks>
 /// One Redis key per (handler, key) holds either the lease token of the worker processing it (with the lease as its
-/// TTL) or the completion record (see <see cref="RedisRecord"/>, with the retention as its TTL). Each script costs
-/// the server one Lua <c>redis.call</c> per key on the claim and two on the commit: every call is a full command
-/// dispatch inside the script, so the number of calls per key is what the batch rate depends on.
+/// TTL) or the completion record (see <see cref="RedisRecord"/>, with the retention as its TTL). Per key the server
+/// does one write on the claim (<c>SET NX PX GET</c>, creating the lease) and one on the commit (<c>SET PX</c>, the record),
+/// plus one MGET per 1,000 keys for the token check: two key writes per key, against one for a plain <c>SET NX</c>.
 /// </remarks>
 internal static class RedisScripts
 {
@@ -32,10 +32,14 @@ internal static class RedisScripts
     /// 1-based index of the first refused key, nothing written) when any key holds another token or a record; otherwise
     /// replaces every key (our lease, or nothing if it expired untaken) by its record with the TTL and returns 0.
     /// </summary>
+    /// <remarks>The check reads the keys with one MGET per 1,000 keys (a Lua call costs a command dispatch; one GET per key cost
+    /// about 1.5 µs of server CPU per key, the MGET about 0.5).</remarks>
     public const string Complete = """
-        for i, k in ipairs(KEYS) do
-          local v = redis.call('GET', k)
-          if v and v ~= ARGV[1] then return i end
+        for s = 1, #KEYS, 1000 do
+          local found = redis.call('MGET', unpack(KEYS, s, math.min(s + 999, #KEYS)))
+          for j, v in ipairs(found) do
+            if v and v ~= ARGV[1] then return s + j - 1 end
+          end
         end
         for i, k in ipairs(KEYS) do
           redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
