@@ -158,8 +158,12 @@ public abstract class EffectStore : IAsyncDisposable
                 return new RedisEffectStore(effects, effects.CreateStore(), null, null);
             }
 
+            // A claim that landed just before the cut, whose commit and release did not, keeps its key leased until the
+            // lease expires (redeliveries are InProgress until then): a short lease keeps outage tests short.
             var (proxy, connection) = await redis.ConnectThroughProxyAsync();
-            return new RedisEffectStore(effects, new RedisIdempotencyStore(connection, RedisFixture.NewOptions()), proxy, connection);
+            var options = RedisFixture.NewOptions();
+            options.LeaseDuration = TimeSpan.FromSeconds(3);
+            return new RedisEffectStore(effects, new RedisIdempotencyStore(connection, options), proxy, connection);
         }
 
         public override Task<EffectCounts> ReadAsync() => effects.ReadAsync();
