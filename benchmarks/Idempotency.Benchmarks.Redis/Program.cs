@@ -24,6 +24,7 @@ var outDir = Arg("--out") ?? Path.Combine(FindRepoRoot(), "benchmarks", "results
 var redisEndpoint = Arg("--redis");
 var pairs = int.Parse(Arg("--pairs") ?? "5", CultureInfo.InvariantCulture);
 var pairRatios = new List<double>();
+var pairRows = new List<(Row Raw, Row Ours)>();
 Process? ownServer = null;
 string? ownDir = null;
 if (redisEndpoint is null)
@@ -108,6 +109,7 @@ try
         var raw = await MeasureAsync($"pair {run}: raw SET NX PX, pipelined 100 deep, 4 workers", "ops", 4, TimeSpan.FromSeconds(1), 100, rawPipelined);
         var ours = await MeasureAsync($"pair {run}: store claim + complete, batches of 100, 4 workers", "keys", 4, TimeSpan.FromSeconds(1), 100, storeBatched);
         pairRatios.Add(ours.Rate / raw.Rate);
+        pairRows.Add((raw, ours));
     }
 
     // 5. Store batched with Redis-held state: the handler's INCR rides in the MULTI/EXEC with the records.
@@ -225,6 +227,20 @@ foreach (var (name, v) in ratios)
     md.AppendLine($"| {name} | {v:0.00}x |");
 }
 
+if (pairRows.Count > 0)
+{
+    md.AppendLine();
+    md.AppendLine("Alternating 1 s pairs (raw SET NX PX pipelined 100 deep vs store claim + complete in batches of 100, 4 workers each):");
+    md.AppendLine();
+    md.AppendLine("| pair | raw ops/s | store keys/s | ratio | raw CPU µs/op client / redis-server | store CPU µs/key client / redis-server |");
+    md.AppendLine("|---:|---:|---:|---:|---:|---:|");
+    for (var i = 0; i < pairRows.Count; i++)
+    {
+        var (raw, ours) = pairRows[i];
+        md.AppendLine($"| {i + 1} | {raw.Rate:N0} | {ours.Rate:N0} | {ours.Rate / raw.Rate:0.00} | {Fmt1(raw.ClientCpuMicroseconds)} / {Fmt1(raw.RedisCpuMicroseconds)} | {Fmt1(ours.ClientCpuMicroseconds)} / {Fmt1(ours.RedisCpuMicroseconds)} |");
+    }
+}
+
 md.AppendLine();
 md.AppendLine("Latency columns are per operation for one-in-flight rows and per batch of 100 for batched rows.");
 md.AppendLine("CPU columns: CPU seconds spent during the scenario per unit (op, key or message), by this process (the .NET client) and by redis-server (INFO cpu, used_cpu_user + used_cpu_sys); both share the machine's cores.");
@@ -244,6 +260,7 @@ await File.WriteAllTextAsync(Path.Combine(outDir, "redis.json"), JsonSerializer.
     seconds,
     rows = rows.Select(r => new { r.Scenario, r.Unit, rate = Math.Round(r.Rate), clientCpuMicroseconds = double.IsNaN(r.ClientCpuMicroseconds) ? (double?)null : Math.Round(r.ClientCpuMicroseconds, 2), redisCpuMicroseconds = double.IsNaN(r.RedisCpuMicroseconds) ? (double?)null : Math.Round(r.RedisCpuMicroseconds, 2), p50ms = double.IsNaN(r.P50) ? (double?)null : Math.Round(r.P50, 3), p99ms = double.IsNaN(r.P99) ? (double?)null : Math.Round(r.P99, 3), peakWorkingSetBytes = r.PeakWorkingSet }),
     ratios = ratios.Select(r => new { name = r.Item1, value = Math.Round(r.Item2, 3) }),
+    pairs = pairRows.Select(p => new { rawRate = Math.Round(p.Raw.Rate), storeRate = Math.Round(p.Ours.Rate), ratio = Math.Round(p.Ours.Rate / p.Raw.Rate, 3), rawClientCpuMicroseconds = Math.Round(p.Raw.ClientCpuMicroseconds, 2), rawRedisCpuMicroseconds = Math.Round(p.Raw.RedisCpuMicroseconds, 2), storeClientCpuMicroseconds = Math.Round(p.Ours.ClientCpuMicroseconds, 2), storeRedisCpuMicroseconds = Math.Round(p.Ours.RedisCpuMicroseconds, 2) }),
     notes,
 }, new JsonSerializerOptions { WriteIndented = true }));
 return 0;
