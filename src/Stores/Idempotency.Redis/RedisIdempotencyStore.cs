@@ -7,9 +7,9 @@ using StackExchange.Redis;
 namespace Idempotency.Redis;
 
 /// <summary>
-/// The Redis store. A claim takes an in-progress lease (<c>SET lease token PX</c>, in a Lua script that first looks
-/// for a completed record); the commit writes the completion record with its TTL and drops the lease, guarded by
-/// the lease still being this worker's. Two ways to use it:
+/// The Redis store. A claim takes an in-progress lease (<c>SET key token NX PX lease GET</c>, in a Lua script over the
+/// batch: a completed record or another worker's token found there answers instead); the commit replaces the lease by
+/// the completion record with its TTL, guarded by the key still holding this worker's token. Two ways to use it:
 /// <list type="bullet">
 /// <item><description>Redis-held state: the handler queues its writes on <c>context.GetRedisTransaction()</c>; they
 /// commit in one MULTI/EXEC with the completion record, only if this worker still owns the lease. Exactly-once
