@@ -1,7 +1,7 @@
 // Redis store benchmark: raw SET NX vs the store's claim + completion, with and without pipelining, and the layered
 // store vs PostgreSQL alone on duplicate-heavy traffic. One run, same servers, ratios printed.
 //
-//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Redis -- [--seconds 3] [--redis host:port] [--out benchmarks/results]
+//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Redis -- [--seconds 3] [--pairs 5] [--redis host:port] [--out benchmarks/results]
 //
 // Without --redis it starts its own redis-server (from PATH) on a free port, so the shared server is not loaded.
 // The layered scenario needs IDEMPOTENCY_POSTGRES; it is skipped (and says so) without it.
@@ -22,6 +22,9 @@ using StackExchange.Redis;
 var seconds = double.Parse(Arg("--seconds") ?? "3", CultureInfo.InvariantCulture);
 var outDir = Arg("--out") ?? Path.Combine(FindRepoRoot(), "benchmarks", "results");
 var redisEndpoint = Arg("--redis");
+var pairs = int.Parse(Arg("--pairs") ?? "5", CultureInfo.InvariantCulture);
+var pairRatios = new List<double>();
+var pairRows = new List<(Row Raw, Row Ours)>();
 Process? ownServer = null;
 string? ownDir = null;
 if (redisEndpoint is null)
@@ -41,6 +44,8 @@ try
 {
     await using var connection = await ConnectionMultiplexer.ConnectAsync(redisEndpoint);
     var db = connection.GetDatabase();
+    await using var admin = await ConnectionMultiplexer.ConnectAsync(redisEndpoint + ",allowAdmin=true"); // INFO cpu only
+    RedisCpu.Server = admin.GetServer(admin.GetEndPoints()[0]);
     var duration = TimeSpan.FromSeconds(seconds);
     var value = new byte[32];
     Console.WriteLine($"Redis {redisEndpoint}; {Environment.ProcessorCount} cores; {seconds} s per scenario");
@@ -52,16 +57,18 @@ try
     }));
 
     // 2. Raw SET NX PX pipelined: 100 commands sent together per worker, 4 workers.
-    rows.Add(await MeasureAsync("raw SET NX PX, pipelined 100 deep, 4 workers", "ops", 4, duration, 100, async (w, i) =>
+    var run = 0;
+    Func<int, long, Task> rawPipelined = async (w, i) =>
     {
         var tasks = new Task[100];
         for (var k = 0; k < 100; k++)
         {
-            tasks[k] = db.StringSetAsync($"raw100:{w}:{i}:{k}", value, TimeSpan.FromSeconds(60), When.NotExists);
+            tasks[k] = db.StringSetAsync($"raw100:{run}:{w}:{i}:{k}", value, TimeSpan.FromSeconds(60), When.NotExists);
         }
 
         await Task.WhenAll(tasks);
-    }));
+    };
+    rows.Add(await MeasureAsync("raw SET NX PX, pipelined 100 deep, 4 workers", "ops", 4, duration, 100, rawPipelined));
 
     var options = new RedisIdempotencyStoreOptions { KeyPrefix = "bench" + Guid.NewGuid().ToString("N")[..6] };
     var store = new RedisIdempotencyStore(connection, options);
@@ -80,19 +87,30 @@ try
     }));
 
     // 4. Store batched: 100 claims pipelined + one completion script for the batch, 4 workers.
-    rows.Add(await MeasureAsync("store claim + complete, batches of 100 (one claim script, one commit), 4 workers", "keys", 4, duration, 100, async (w, i) =>
+    Func<int, long, Task> storeBatched = async (w, i) =>
     {
         var tx = await store.BeginAsync();
         await using var scope = tx;
         var claims = new ClaimRequest[100];
         for (var k = 0; k < 100; k++)
         {
-            claims[k] = new ClaimRequest("bench", $"s100:{w}:{i}:{k:D3}", fingerprint, default);
+            claims[k] = new ClaimRequest("bench", $"s100:{run}:{w}:{i}:{k:D3}", fingerprint, default);
         }
 
         await tx.ClaimBatchAsync(claims);
         await tx.CommitAsync(claims.Select(c => new CompletionRecord(c, TimeSpan.Zero)).ToArray(), []);
-    }));
+    };
+    rows.Add(await MeasureAsync("store claim + complete, batches of 100 (one claim script, one commit), 4 workers", "keys", 4, duration, 100, storeBatched));
+
+    // 4b. The same two alternated in short pairs: on a shared machine the load moves between scenarios, so the
+    // ratio of each pair (measured seconds apart) is steadier than the ratio of two rows measured a minute apart.
+    for (run = 1; run <= pairs; run++)
+    {
+        var raw = await MeasureAsync($"pair {run}: raw SET NX PX, pipelined 100 deep, 4 workers", "ops", 4, TimeSpan.FromSeconds(1), 100, rawPipelined);
+        var ours = await MeasureAsync($"pair {run}: store claim + complete, batches of 100, 4 workers", "keys", 4, TimeSpan.FromSeconds(1), 100, storeBatched);
+        pairRatios.Add(ours.Rate / raw.Rate);
+        pairRows.Add((raw, ours));
+    }
 
     // 5. Store batched with Redis-held state: the handler's INCR rides in the MULTI/EXEC with the records.
     rows.Add(await MeasureAsync("store batches of 100 + INCR per key in MULTI/EXEC (Redis-held state), 4 workers", "keys", 4, duration, 100, async (w, i) =>
@@ -173,6 +191,12 @@ var ratios = new List<(string, double)>
     ("batched store claims+completions / pipelined raw SET NX (.NET)", Find("store claim + complete, batches").Rate / Find("raw SET NX PX, pipelined").Rate),
     ("single store claim+completion / unpipelined raw SET NX (.NET)", Find("store claim + complete, one key").Rate / Find("raw SET NX PX, 16").Rate),
 };
+if (pairRatios.Count > 0)
+{
+    var sorted = pairRatios.Order().ToArray();
+    ratios.Add(($"batched store / pipelined raw SET NX, median of {sorted.Length} alternating 1 s pairs (min {sorted[0]:0.00}, max {sorted[^1]:0.00})", sorted[sorted.Length / 2]));
+}
+
 if (rows.FirstOrDefault(r => r.Scenario.StartsWith("redis-benchmark -t set -c 50 -P 16", StringComparison.Ordinal)) is { } rb)
 {
     ratios.Add(("batched store claims+completions / redis-benchmark -P 16", Find("store claim + complete, batches").Rate / rb.Rate));
@@ -188,11 +212,11 @@ if (rows.FirstOrDefault(r => r.Scenario.StartsWith("layered", StringComparison.O
 var md = new StringBuilder();
 md.AppendLine($"# Redis store benchmark ({DateTime.UtcNow:yyyy-MM-dd}, {Environment.ProcessorCount} cores, Redis on loopback, {seconds} s per scenario)");
 md.AppendLine();
-md.AppendLine("| scenario | unit | per second | p50 ms | p99 ms | peak working set MB |");
-md.AppendLine("|---|---|---:|---:|---:|---:|");
+md.AppendLine("| scenario | unit | per second | p50 ms | p99 ms | client CPU µs/unit | redis-server CPU µs/unit | peak working set MB |");
+md.AppendLine("|---|---|---:|---:|---:|---:|---:|---:|");
 foreach (var r in rows)
 {
-    md.AppendLine($"| {r.Scenario} | {r.Unit} | {r.Rate:N0} | {Fmt(r.P50)} | {Fmt(r.P99)} | {r.PeakWorkingSet / 1024 / 1024} |");
+    md.AppendLine($"| {r.Scenario} | {r.Unit} | {r.Rate:N0} | {Fmt(r.P50)} | {Fmt(r.P99)} | {Fmt1(r.ClientCpuMicroseconds)} | {Fmt1(r.RedisCpuMicroseconds)} | {r.PeakWorkingSet / 1024 / 1024} |");
 }
 
 md.AppendLine();
@@ -203,8 +227,23 @@ foreach (var (name, v) in ratios)
     md.AppendLine($"| {name} | {v:0.00}x |");
 }
 
+if (pairRows.Count > 0)
+{
+    md.AppendLine();
+    md.AppendLine("Alternating 1 s pairs (raw SET NX PX pipelined 100 deep vs store claim + complete in batches of 100, 4 workers each):");
+    md.AppendLine();
+    md.AppendLine("| pair | raw ops/s | store keys/s | ratio | raw CPU µs/op client / redis-server | store CPU µs/key client / redis-server |");
+    md.AppendLine("|---:|---:|---:|---:|---:|---:|");
+    for (var i = 0; i < pairRows.Count; i++)
+    {
+        var (raw, ours) = pairRows[i];
+        md.AppendLine($"| {i + 1} | {raw.Rate:N0} | {ours.Rate:N0} | {ours.Rate / raw.Rate:0.00} | {Fmt1(raw.ClientCpuMicroseconds)} / {Fmt1(raw.RedisCpuMicroseconds)} | {Fmt1(ours.ClientCpuMicroseconds)} / {Fmt1(ours.RedisCpuMicroseconds)} |");
+    }
+}
+
 md.AppendLine();
 md.AppendLine("Latency columns are per operation for one-in-flight rows and per batch of 100 for batched rows.");
+md.AppendLine("CPU columns: CPU seconds spent during the scenario per unit (op, key or message), by this process (the .NET client) and by redis-server (INFO cpu, used_cpu_user + used_cpu_sys); both share the machine's cores.");
 foreach (var note in notes)
 {
     md.AppendLine($"- {note}");
@@ -219,8 +258,9 @@ await File.WriteAllTextAsync(Path.Combine(outDir, "redis.json"), JsonSerializer.
     date = DateTime.UtcNow,
     cores = Environment.ProcessorCount,
     seconds,
-    rows = rows.Select(r => new { r.Scenario, r.Unit, rate = Math.Round(r.Rate), p50ms = double.IsNaN(r.P50) ? (double?)null : Math.Round(r.P50, 3), p99ms = double.IsNaN(r.P99) ? (double?)null : Math.Round(r.P99, 3), peakWorkingSetBytes = r.PeakWorkingSet }),
+    rows = rows.Select(r => new { r.Scenario, r.Unit, rate = Math.Round(r.Rate), clientCpuMicroseconds = double.IsNaN(r.ClientCpuMicroseconds) ? (double?)null : Math.Round(r.ClientCpuMicroseconds, 2), redisCpuMicroseconds = double.IsNaN(r.RedisCpuMicroseconds) ? (double?)null : Math.Round(r.RedisCpuMicroseconds, 2), p50ms = double.IsNaN(r.P50) ? (double?)null : Math.Round(r.P50, 3), p99ms = double.IsNaN(r.P99) ? (double?)null : Math.Round(r.P99, 3), peakWorkingSetBytes = r.PeakWorkingSet }),
     ratios = ratios.Select(r => new { name = r.Item1, value = Math.Round(r.Item2, 3) }),
+    pairs = pairRows.Select(p => new { rawRate = Math.Round(p.Raw.Rate), storeRate = Math.Round(p.Ours.Rate), ratio = Math.Round(p.Ours.Rate / p.Raw.Rate, 3), rawClientCpuMicroseconds = Math.Round(p.Raw.ClientCpuMicroseconds, 2), rawRedisCpuMicroseconds = Math.Round(p.Raw.RedisCpuMicroseconds, 2), storeClientCpuMicroseconds = Math.Round(p.Ours.ClientCpuMicroseconds, 2), storeRedisCpuMicroseconds = Math.Round(p.Ours.RedisCpuMicroseconds, 2) }),
     notes,
 }, new JsonSerializerOptions { WriteIndented = true }));
 return 0;
@@ -314,6 +354,8 @@ static async Task<Row> MeasureAsync(string scenario, string unit, int workers, T
     })));
 
     var latencies = new List<double>[workers];
+    var serverCpu0 = await RedisCpu.SecondsAsync();
+    var clientCpu0 = Process.GetCurrentProcess().TotalProcessorTime;
     var stopwatch = Stopwatch.StartNew();
     await Task.WhenAll(Enumerable.Range(0, workers).Select(w => Task.Run(async () =>
     {
@@ -326,13 +368,22 @@ static async Task<Row> MeasureAsync(string scenario, string unit, int workers, T
         }
     })));
     var elapsed = stopwatch.Elapsed.TotalSeconds;
+    var clientCpu = (Process.GetCurrentProcess().TotalProcessorTime - clientCpu0).TotalSeconds;
+    var serverCpu = await RedisCpu.SecondsAsync() - serverCpu0;
     var all = latencies.SelectMany(l => l).Order().ToArray();
-    var row = new Row(scenario, unit, all.Length * perCall / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), Process.GetCurrentProcess().PeakWorkingSet64);
-    Console.WriteLine($"{scenario}: {row.Rate:N0} {unit}/s, p50 {row.P50:0.000} ms, p99 {row.P99:0.000} ms");
+    var units = all.Length * (double)perCall;
+    var row = new Row(scenario, unit, units / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), Process.GetCurrentProcess().PeakWorkingSet64)
+    {
+        ClientCpuMicroseconds = clientCpu * 1e6 / units,
+        RedisCpuMicroseconds = serverCpu * 1e6 / units,
+    };
+    Console.WriteLine($"{scenario}: {row.Rate:N0} {unit}/s, p50 {row.P50:0.000} ms, p99 {row.P99:0.000} ms, CPU per {unit[..^1]}: client {row.ClientCpuMicroseconds:0.0} us, redis-server {row.RedisCpuMicroseconds:0.0} us");
     return row;
 }
 
 static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
+
+static string Fmt1(double v) => double.IsNaN(v) ? "—" : v.ToString("0.0", CultureInfo.InvariantCulture);
 
 static string Fmt(double v) => double.IsNaN(v) ? "—" : v.ToString("0.000", CultureInfo.InvariantCulture);
 
@@ -404,5 +455,27 @@ string? Arg(string name)
     return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
 }
 
-internal sealed record Row(string Scenario, string Unit, double Rate, double P50, double P99, long PeakWorkingSet);
+internal sealed record Row(string Scenario, string Unit, double Rate, double P50, double P99, long PeakWorkingSet)
+{
+    public double ClientCpuMicroseconds { get; init; } = double.NaN;
+
+    public double RedisCpuMicroseconds { get; init; } = double.NaN;
+}
+
+/// <summary>The redis-server's own CPU time, from INFO cpu, so a row can say where the time per key goes.</summary>
+internal static class RedisCpu
+{
+    public static IServer? Server { get; set; }
+
+    public static async Task<double> SecondsAsync()
+    {
+        if (Server is null)
+        {
+            return double.NaN;
+        }
+
+        var cpu = (await Server.InfoAsync("cpu")).SelectMany(g => g).ToDictionary(p => p.Key, p => p.Value);
+        return double.Parse(cpu["used_cpu_user"], CultureInfo.InvariantCulture) + double.Parse(cpu["used_cpu_sys"], CultureInfo.InvariantCulture);
+    }
+}
 

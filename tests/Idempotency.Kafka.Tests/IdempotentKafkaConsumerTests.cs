@@ -7,14 +7,13 @@ using static Idempotency.Kafka.Tests.KafkaTestKit;
 
 namespace Idempotency.Kafka.Tests;
 
-public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFixture<PostgresFixture>
+public sealed class IdempotentKafkaConsumerTests(PostgresFixture db, RedisFixture redis) : IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(100)]
-    public async Task Ten_thousand_messages_with_20_percent_reproduced_apply_each_key_once_and_commit_to_the_end(int batchSize)
+    [MemberData(nameof(BatchSizesAndStores), 1, 100)]
+    public async Task Ten_thousand_messages_with_20_percent_reproduced_apply_each_key_once_and_commit_to_the_end(int batchSize, StoreKind kind)
     {
         using var cluster = MockKafkaCluster.Start();
         var topic = Unique("orders");
@@ -24,9 +23,8 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
         var reproduced = Enumerable.Range(0, 2_000).Select(i => $"order-{(i * 7) % 8_000}");
         Produce(cluster, topic, unique.Concat(reproduced));
 
-        var store = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        var processor = new IdempotentProcessor(store, Credit(table), HandlerOptions("orders"));
+        await using var store = await EffectStore.CreateAsync(kind, db, redis);
+        var processor = new IdempotentProcessor(store.Store, store.Handler(), HandlerOptions("orders"));
         var outcomes = new ConcurrentDictionary<ProcessingOutcome, int>();
         var group = Unique("g");
         await using var running = Start(cluster, group, processor, Options(topic, o => o.BatchSize = batchSize), r => outcomes.AddOrUpdate(r.Outcome, 1, (_, n) => n + 1));
@@ -34,8 +32,7 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
         await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
         await running.StopAsync();
 
-        Assert.Equal(8_000L, await CountAsync(db, table));
-        Assert.Equal(8_000L, await AppliedAsync(db, table));
+        Assert.Equal(new EffectCounts(8_000, 8_000, 1), await store.ReadAsync());
         Assert.Equal(8_000, outcomes.GetValueOrDefault(ProcessingOutcome.Processed));
         Assert.Equal(2_000, outcomes.GetValueOrDefault(ProcessingOutcome.Duplicate));
         Assert.Equal(cluster.EndOffsets(topic, partitions), await cluster.CommittedOffsetsAsync(group, topic, partitions));
@@ -43,9 +40,8 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(10)]
-    public async Task Poison_message_goes_to_the_dead_letter_topic_after_max_attempts_with_headers_and_the_partition_moves_on(int batchSize)
+    [MemberData(nameof(BatchSizesAndStores), 1, 10)]
+    public async Task Poison_message_goes_to_the_dead_letter_topic_after_max_attempts_with_headers_and_the_partition_moves_on(int batchSize, StoreKind kind)
     {
         using var cluster = MockKafkaCluster.Start();
         var topic = Unique("payments");
@@ -54,12 +50,11 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
         var keys = Enumerable.Range(0, 20).Select(i => i == 7 ? "poison" : $"pay-{i}").ToList();
         Produce(cluster, topic, keys);
 
-        var store = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
+        await using var store = await EffectStore.CreateAsync(kind, db, redis);
         var poisonRuns = 0;
         var processor = new IdempotentProcessor(
-            store,
-            Credit(table, fail: c => c.Key == "poison", onRun: c => { if (c.Key == "poison") { Interlocked.Increment(ref poisonRuns); } }),
+            store.Store,
+            store.Handler(fail: c => c.Key == "poison", onRun: c => { if (c.Key == "poison") { Interlocked.Increment(ref poisonRuns); } }),
             HandlerOptions("payments", maxAttempts: 3));
         var group = Unique("g");
         await using (var running = Start(cluster, group, processor, Options(topic, o => o.BatchSize = batchSize)))
@@ -68,8 +63,7 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
             await running.StopAsync();
         }
 
-        Assert.Equal(19L, await CountAsync(db, table));
-        Assert.Equal(19L, await AppliedAsync(db, table));
+        Assert.Equal(new EffectCounts(19, 19, 1), await store.ReadAsync());
         Assert.Equal(3, poisonRuns);
 
         using var dlq = new ConsumerBuilder<byte[], byte[]>(new ConsumerConfig { BootstrapServers = cluster.BootstrapServers, GroupId = Unique("dlq"), AutoOffsetReset = AutoOffsetReset.Earliest }).Build();
@@ -205,4 +199,13 @@ public sealed class IdempotentKafkaConsumerTests(PostgresFixture db) : IClassFix
         Assert.Contains("BodySelector", string.Join(" ", new KafkaIdempotencyOptions<string, int>().GetValidationErrors()));
         Assert.Empty(new KafkaIdempotencyOptions<string, int> { BodySelector = r => BitConverter.GetBytes(r.Message.Value) }.GetValidationErrors());
     }
+
+    /// <summary>Each batch size with each store: the scenarios' guarantees must not depend on the store.</summary>
+    public static TheoryData<int, StoreKind> BatchSizesAndStores(int single, int batched) => new()
+    {
+        { single, StoreKind.Postgres },
+        { batched, StoreKind.Postgres },
+        { single, StoreKind.Redis },
+        { batched, StoreKind.Redis },
+    };
 }

@@ -9,7 +9,7 @@ using static Idempotency.Kafka.Tests.KafkaTestKit;
 
 namespace Idempotency.Kafka.Tests;
 
-public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<PostgresFixture>
+public sealed class KafkaFailureTests(PostgresFixture db, RedisFixture redis) : IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
 
@@ -140,9 +140,8 @@ public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<Postgr
     }
 
     [Theory]
-    [InlineData(1)]
-    [InlineData(20)]
-    public async Task Store_down_for_a_while_pauses_without_dead_letters_or_commits_and_recovers_with_exact_counts(int batchSize)
+    [MemberData(nameof(IdempotentKafkaConsumerTests.BatchSizesAndStores), 1, 20, MemberType = typeof(IdempotentKafkaConsumerTests))]
+    public async Task Store_down_for_a_while_pauses_without_dead_letters_or_commits_and_recovers_with_exact_counts(int batchSize, StoreKind kind)
     {
         using var cluster = MockKafkaCluster.Start();
         var topic = Unique("outage");
@@ -150,33 +149,27 @@ public sealed class KafkaFailureTests(PostgresFixture db) : IClassFixture<Postgr
         cluster.CreateTopic(topic + ".dlq", 1);
         Produce(cluster, topic, Enumerable.Range(0, 150).Select(i => $"o-{i}"));
 
-        await using var proxied = db.ConnectThroughProxy();
-        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
-        var setup = await db.CreateStoreAsync();
-        var store = new PostgresIdempotencyStore(dataSource, setup.Options);
-        var table = await db.CreateBusinessTableAsync();
-        var processor = new IdempotentProcessor(store, Credit(table, onRun: _ => Thread.Sleep(2)), HandlerOptions("outage", maxAttempts: 2));
+        await using var store = await EffectStore.CreateAsync(kind, db, redis, throughProxy: true);
+        var processor = new IdempotentProcessor(store.Store, store.Handler(onRun: _ => Thread.Sleep(2)), HandlerOptions("outage", maxAttempts: 2));
         var outcomes = new ConcurrentBag<ProcessingResult>();
         var group = Unique("g");
         await using var running = Start(cluster, group, processor, Options(topic, o => { o.BatchSize = batchSize; o.CommitEveryMessages = 5; }), outcomes.Add);
-        await WaitUntilAsync(async () => await CountAsync(db, table) >= 30, Timeout, async () => $"{await CountAsync(db, table)} rows");
+        await WaitUntilAsync(async () => (await store.ReadAsync()).Keys >= 30, Timeout, async () => $"{await store.ReadAsync()}");
 
-        proxy.Stop();
-        dataSource.Clear();
+        store.Cut();
         Produce(cluster, topic, Enumerable.Range(150, 150).Select(i => $"o-{i}"));
         await Task.Delay(2_000, TestContext.Current.CancellationToken);
 
-        // While the store is away the group's offsets never pass a message whose effects are not in the database.
-        var rowsDuringOutage = await CountAsync(db, table);
+        // While the store is away the group's offsets never pass a message whose effects are not in the store.
+        var rowsDuringOutage = (await store.ReadAsync()).Keys;
         var committedDuringOutage = (await cluster.CommittedOffsetsAsync(group, topic, 3)).Where(o => o > 0).Sum();
-        Assert.True(committedDuringOutage <= rowsDuringOutage, $"committed {committedDuringOutage} offsets but only {rowsDuringOutage} rows are in the database");
+        Assert.True(committedDuringOutage <= rowsDuringOutage, $"committed {committedDuringOutage} offsets but only {rowsDuringOutage} effects are in the store");
         Assert.True(rowsDuringOutage < 300, "the outage came too late to test anything");
-        proxy.Start();
+        store.Restore();
 
         await WaitForCommittedToEndAsync(cluster, group, topic, 3, Timeout);
         await running.StopAsync();
-        Assert.Equal(300L, await CountAsync(db, table));
-        Assert.Equal(300L, await AppliedAsync(db, table));
+        Assert.Equal(new EffectCounts(300, 300, 1), await store.ReadAsync());
         // A commit cut off in flight may have landed: its retry after the outage is then a Duplicate, never a second effect.
         Assert.Equal(300, outcomes.Count);
         Assert.DoesNotContain(outcomes, r => !r.IsCommitted);

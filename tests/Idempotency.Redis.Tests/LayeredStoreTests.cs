@@ -70,7 +70,7 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
             await slowHandler.HandleAsync(context, ct);
         }), Options());
         var fast = new IdempotentProcessor(fastStore, Credit(table), Options());
-        var lease = slowStore.Redis.GetLeaseKey("orders", "contested");
+        var lease = slowStore.Redis.GetKey("orders", "contested");
 
         // Steps are driven by what Redis shows, not by sleeps, so a slow machine cannot reorder them.
         var slowRun = slow.ProcessAsync(Message("contested"), Ct).AsTask();
@@ -112,7 +112,7 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
         Assert.False(other.HasPostgresTransaction);
         await other.DisposeAsync();
         await holder.DisposeAsync();
-        Assert.False(await store.Redis.Database.KeyExistsAsync(store.Redis.GetLeaseKey("orders", "busy")));
+        Assert.False(await store.Redis.Database.KeyExistsAsync(store.Redis.GetKey("orders", "busy")));
     }
 
     [Fact]
@@ -124,11 +124,11 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
         var processor = new IdempotentProcessor(store, Credit(table), Options(policy: PayloadMismatchPolicy.Fail));
 
         Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("evicted"), Ct)).Outcome);
-        await store.Redis.Database.KeyDeleteAsync(store.Redis.GetRecordKey("orders", "evicted")); // evicted or expired
+        await store.Redis.Database.KeyDeleteAsync(store.Redis.GetKey("orders", "evicted")); // evicted or expired
 
         Assert.Equal(ProcessingOutcome.Duplicate, (await processor.ProcessAsync(Message("evicted"), Ct)).Outcome);
         Assert.NotNull(await store.Redis.FindAsync("orders", "evicted"));
-        Assert.False(await store.Redis.Database.KeyExistsAsync(store.Redis.GetLeaseKey("orders", "evicted")));
+        Assert.Null(await store.Redis.FindLeaseTokenAsync("orders", "evicted"));
         Assert.Equal(ProcessingOutcome.PayloadMismatch, (await processor.ProcessAsync(Message("evicted", "{\"amount\":9}"), Ct)).Outcome);
         Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'evicted'"));
     }

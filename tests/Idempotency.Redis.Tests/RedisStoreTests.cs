@@ -39,7 +39,7 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         Assert.Equal(1, results.Count(r => r.claim.Status == ClaimStatus.Claimed));
         Assert.Equal(15, results.Count(r => r.claim.Status == ClaimStatus.HeldByAnother));
         var winner = (RedisIdempotencyTransaction)results.Single(r => r.claim.Status == ClaimStatus.Claimed).transaction;
-        Assert.Equal(winner.LeaseToken, (string?)await store.Database.StringGetAsync(store.GetLeaseKey("orders", "hot")));
+        Assert.Equal(winner.LeaseToken, await store.FindLeaseTokenAsync("orders", "hot"));
         foreach (var (transaction, _) in results)
         {
             await transaction.DisposeAsync();
@@ -98,13 +98,33 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         Assert.False(await store.Database.KeyExistsAsync(counter));
         Assert.Null(await store.FindAsync("orders", "slow"));
         await stale.DisposeAsync();
-        Assert.Equal(fresh.LeaseToken, (string?)await store.Database.StringGetAsync(store.GetLeaseKey("orders", "slow"))); // A's rollback left B's lease alone
+        Assert.Equal(fresh.LeaseToken, await store.FindLeaseTokenAsync("orders", "slow")); // A's rollback left B's lease alone
 
         await fresh.CommitAsync([new CompletionRecord(claim, TimeSpan.Zero)], [], Ct);
         await fresh.DisposeAsync();
         Assert.Equal(1, (int)await store.Database.StringGetAsync(counter));
         Assert.NotNull(await store.FindAsync("orders", "slow"));
-        Assert.False(await store.Database.KeyExistsAsync(store.GetLeaseKey("orders", "slow")));
+        Assert.Null(await store.FindLeaseTokenAsync("orders", "slow"));
+    }
+
+    [Fact]
+    public async Task Batch_commit_is_refused_as_a_whole_when_one_key_was_taken_over_and_writes_nothing()
+    {
+        var store = redis.CreateStore(o => o.LeaseDuration = TimeSpan.FromMilliseconds(200));
+        ClaimRequest[] claims = [Claim("b-1"), Claim("b-2"), Claim("b-3")];
+        var stale = await store.BeginAsync(Ct);
+        Assert.All(await stale.ClaimBatchAsync(claims, Ct), r => Assert.Equal(ClaimStatus.Claimed, r.Status));
+        await Task.Delay(400, Ct); // every lease expired; another worker takes only b-2
+        var fresh = (RedisIdempotencyTransaction)await store.BeginAsync(Ct);
+        Assert.Equal(ClaimStatus.Claimed, (await fresh.ClaimAsync(claims[1], Ct)).Status);
+
+        var lost = await Assert.ThrowsAsync<ClaimLostException>(async () => await stale.CommitAsync(claims.Select(c => new CompletionRecord(c, TimeSpan.Zero)).ToArray(), [], Ct));
+        Assert.Equal("b-2", lost.Key);
+        Assert.Null(await store.FindAsync("orders", "b-1"));
+        Assert.Null(await store.FindAsync("orders", "b-3"));
+        Assert.Equal(fresh.LeaseToken, await store.FindLeaseTokenAsync("orders", "b-2"));
+        await stale.DisposeAsync();
+        await fresh.DisposeAsync();
     }
 
     [Fact]
@@ -188,12 +208,12 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => { Interlocked.Increment(ref runs); return ValueTask.CompletedTask; }), Options());
 
         Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("ttl"), Ct)).Outcome);
-        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetRecordKey("orders", "ttl"));
+        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetKey("orders", "ttl"));
         Assert.NotNull(ttl);
         Assert.InRange(ttl.Value, TimeSpan.FromMilliseconds(500), TimeSpan.FromMilliseconds(1_500));
         Assert.Equal(ProcessingOutcome.Duplicate, (await processor.ProcessAsync(Message("ttl"), Ct)).Outcome);
 
-        await WaitUntilAsync(async () => !await store.Database.KeyExistsAsync(store.GetRecordKey("orders", "ttl")), TimeSpan.FromSeconds(5), "the record did not expire");
+        await WaitUntilAsync(async () => !await store.Database.KeyExistsAsync(store.GetKey("orders", "ttl")), TimeSpan.FromSeconds(5), "the record did not expire");
         Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("ttl"), Ct)).Outcome);
         Assert.Equal(2, runs);
     }
@@ -204,9 +224,9 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         var store = redis.CreateStore();
         var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), Options());
         await processor.ProcessAsync(Message("week"), Ct);
-        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetRecordKey("orders", "week"));
+        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetKey("orders", "week"));
         Assert.InRange(ttl!.Value, TimeSpan.FromDays(7) - TimeSpan.FromMinutes(1), TimeSpan.FromDays(7));
-        Assert.False(await store.Database.KeyExistsAsync(store.GetLeaseKey("orders", "week")));
+        Assert.Null(await store.FindLeaseTokenAsync("orders", "week"));
     }
 
     [Fact]
@@ -222,7 +242,7 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         Assert.Equal(ProcessingOutcome.Processed, (await new IdempotentProcessor(shipping, handler, Options("invoices")).ProcessAsync(Message("k-1"), Ct)).Outcome);
         Assert.Equal(ProcessingOutcome.Duplicate, (await new IdempotentProcessor(billing, handler, Options("invoices")).ProcessAsync(Message("k-1"), Ct)).Outcome);
         Assert.Equal(3, runs);
-        Assert.StartsWith(billing.Options.KeyPrefix + ":{invoices|k-1}", (string)billing.GetRecordKey("invoices", "k-1")!);
+        Assert.StartsWith(billing.Options.KeyPrefix + ":{invoices|k-1}", (string)billing.GetKey("invoices", "k-1")!);
     }
 
     [Theory]
@@ -252,7 +272,7 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         }), Options());
 
         Assert.Equal(ProcessingOutcome.Failed, (await processor.ProcessAsync(Message("f-1"), Ct)).Outcome);
-        Assert.False(await store.Database.KeyExistsAsync(store.GetLeaseKey("orders", "f-1")));
+        Assert.False(await store.Database.KeyExistsAsync(store.GetKey("orders", "f-1")));
         Assert.False(await store.Database.KeyExistsAsync($"{store.Options.KeyPrefix}:state:count"));
 
         fail = false;
@@ -338,7 +358,7 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         await cancelled.CancelAsync();
         var transaction = await store.BeginAsync(Ct);
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await transaction.ClaimAsync(Claim("c"), cancelled.Token));
-        Assert.False(await store.Database.KeyExistsAsync(store.GetLeaseKey("orders", "c")));
+        Assert.False(await store.Database.KeyExistsAsync(store.GetKey("orders", "c")));
     }
 
     internal static async Task WaitUntilAsync(Func<Task<bool>> condition, TimeSpan timeout, string what)

@@ -4,23 +4,24 @@ using static Idempotency.Sqs.Tests.SqsTestKit;
 
 namespace Idempotency.Sqs.Tests;
 
-public sealed class SqsDeadLetterTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
+public sealed class SqsDeadLetterTests(SqsFixture sqs, PostgresFixture db, RedisFixture redis) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
-    [Fact]
-    public async Task Poison_message_is_sent_to_the_dead_letter_queue_after_max_attempts_and_the_rest_are_processed()
+    [Theory]
+    [InlineData(StoreKind.Postgres)]
+    [InlineData(StoreKind.Redis)]
+    public async Task Poison_message_is_sent_to_the_dead_letter_queue_after_max_attempts_and_the_rest_are_processed(StoreKind kind)
     {
         var queue = await sqs.CreateQueueAsync("poison");
         var deadLetter = await sqs.CreateQueueAsync("poison-dlq");
-        var store = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
+        await using var store = await EffectStore.CreateAsync(kind, db, redis);
         await sqs.SendManyAsync(queue, [.. Enumerable.Range(0, 20).Select(i => ($"{{\"i\":{i}}}", (string?)$"p-{i}")), ("{\"no\":\"key\"}", null)]);
 
-        var handler = Credit(table, (context, _) => context.Key == "p-7" ? throw new InvalidOperationException("poison p-7") : Task.CompletedTask);
+        var handler = store.Handler(fail: context => context.Key == "p-7");
         var options = Fast(queue, visibilitySeconds: 2);
         options.DeadLetterQueueUrl = deadLetter;
-        await using var worker = Start(sqs.CreateClient(), store, handler, Handler("poison", maxAttempts: 3), options);
+        await using var worker = Start(sqs.CreateClient(), store.Store, handler, Handler("poison", maxAttempts: 3), options);
 
-        await sqs.WaitProcessedAsync(queue, db, table, 20 - 1, Long, worker);
+        await sqs.WaitProcessedAsync(queue, store, 20 - 1, Long, worker);
         await SqsFixture.WaitUntilAsync(async () => (await sqs.CountsAsync(deadLetter)).Visible == 2, Long, "two messages in the dead-letter queue");
         await worker.StopAsync();
 
@@ -32,13 +33,12 @@ public sealed class SqsDeadLetterTests(SqsFixture sqs, PostgresFixture db) : ICl
         Assert.Equal("3", poison.MessageAttributes[DeadLetterHeaders.Attempts].StringValue);
         Assert.Equal("p-7", poison.MessageAttributes["IdempotencyKey"].StringValue);
         Assert.Equal(queue, poison.MessageAttributes[SqsDeadLetterAttributes.SourceQueue].StringValue);
-        Assert.Contains("poison p-7", poison.MessageAttributes[DeadLetterHeaders.ErrorMessage].StringValue, StringComparison.Ordinal);
+        Assert.Contains("poison message p-7", poison.MessageAttributes[DeadLetterHeaders.ErrorMessage].StringValue, StringComparison.Ordinal);
         var keyless = Assert.Single(dead, m => m != poison);
         Assert.Equal(DeliveryPolicy.InvalidKey, keyless.MessageAttributes[DeadLetterHeaders.ReasonCode].StringValue);
         Assert.Equal("1", keyless.MessageAttributes[DeadLetterHeaders.Attempts].StringValue); // no retries for a missing key
 
-        Assert.Equal(19L, await db.AppliedAsync(table));
-        Assert.Equal(0L, await db.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE id = 'p-7'"));
+        Assert.Equal(new EffectCounts(19, 19, 1), await store.ReadAsync());
         Assert.Equal(2, worker.Statistics.DeadLettered);
         Assert.Equal(2, worker.Statistics.Retried);
         Assert.Equal((0, 0), await sqs.CountsAsync(queue));

@@ -6,26 +6,24 @@ using static Idempotency.Sqs.Tests.SqsTestKit;
 namespace Idempotency.Sqs.Tests;
 
 /// <summary>Duplicates, visibility expiry, heartbeat and partial delete failures against the emulator and PostgreSQL.</summary>
-public sealed class SqsDeliveryTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
+public sealed class SqsDeliveryTests(SqsFixture sqs, PostgresFixture db, RedisFixture redis) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
-    [Fact]
-    public async Task Message_sent_twice_has_one_effect_and_both_copies_are_deleted()
+    [Theory]
+    [InlineData(StoreKind.Postgres)]
+    [InlineData(StoreKind.Redis)]
+    public async Task Message_sent_twice_has_one_effect_and_both_copies_are_deleted(StoreKind kind)
     {
         var queue = await sqs.CreateQueueAsync("twice");
-        var store = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        var runs = 0;
+        await using var store = await EffectStore.CreateAsync(kind, db, redis);
         await sqs.SendAsync(queue, "{\"amount\":1}", "order-1");
         await sqs.SendAsync(queue, "{\"amount\":1}", "order-1");
 
-        await using var worker = Start(sqs.CreateClient(), store, Credit(table, (_, _) => { Interlocked.Increment(ref runs); return Task.CompletedTask; }), Handler("twice"), Fast(queue));
-        await SqsFixture.WaitUntilAsync(async () => worker.Statistics.Deleted == 2 && await sqs.DrainedAsync(queue), Long, "both copies deleted", () => sqs.DescribeAsync(queue, db, table, worker));
+        await using var worker = Start(sqs.CreateClient(), store.Store, store.Handler(), Handler("twice"), Fast(queue));
+        await SqsFixture.WaitUntilAsync(async () => worker.Statistics.Deleted == 2 && await sqs.DrainedAsync(queue), Long, "both copies deleted", () => sqs.DescribeAsync(queue, store, worker));
         await worker.StopAsync();
 
-        Assert.Equal(1, runs);
-        Assert.Equal(1L, await db.RowsAsync(table));
-        Assert.Equal(1L, await db.AppliedAsync(table));
-        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'order-1'"));
+        Assert.Equal(1, store.Runs);
+        Assert.Equal(new EffectCounts(1, 1, 1), await store.ReadAsync());
         Assert.Equal((0, 0), await sqs.CountsAsync(queue));
         Assert.Equal(0, worker.Statistics.DeleteFailures);
     }

@@ -7,7 +7,7 @@ using static Idempotency.Sqs.Tests.SqsTestKit;
 namespace Idempotency.Sqs.Tests;
 
 /// <summary>Crashes and outages: a worker process SIGKILLed mid-batch, the store cut off through a TCP proxy.</summary>
-public sealed class SqsFaultTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
+public sealed class SqsFaultTests(SqsFixture sqs, PostgresFixture db, RedisFixture redis) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
     [Fact]
     public async Task Worker_process_killed_mid_batch_then_restarted_gives_exact_counts()
@@ -71,29 +71,27 @@ public sealed class SqsFaultTests(SqsFixture sqs, PostgresFixture db) : IClassFi
         return process;
     }
 
-    [Fact]
-    public async Task Store_down_for_a_while_deletes_and_dead_letters_nothing_early_and_counts_are_exact_after_recovery()
+    [Theory]
+    [InlineData(StoreKind.Postgres)]
+    [InlineData(StoreKind.Redis)]
+    public async Task Store_down_for_a_while_deletes_and_dead_letters_nothing_early_and_counts_are_exact_after_recovery(StoreKind kind)
     {
         var queue = await sqs.CreateQueueAsync("outage");
         var deadLetter = await sqs.CreateQueueAsync("outage-dlq");
-        var setup = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        await using var proxied = db.ConnectThroughProxy();
-        var (proxy, dataSource) = (proxied.Proxy, proxied.DataSource);
-        var store = new PostgresIdempotencyStore(dataSource, setup.Options);
+        await using var store = await EffectStore.CreateAsync(kind, db, redis, throughProxy: true);
 
         // Two attempts before dead-lettering: if an outage were mistaken for a failure, messages would land in the DLQ fast.
         var options = Fast(queue);
         options.DeadLetterQueueUrl = deadLetter;
-        await using var worker = Start(sqs.CreateClient(), store, Credit(table), Handler("outage", maxAttempts: 2), options);
+        await using var worker = Start(sqs.CreateClient(), store.Store, store.Handler(), Handler("outage", maxAttempts: 2), options);
 
         await sqs.SendManyAsync(queue, [.. Enumerable.Range(0, 50).Select(i => ($"{{\"i\":{i}}}", (string?)$"o-{i}"))]);
-        await sqs.WaitProcessedAsync(queue, db, table, 50, Long, worker);
+        await sqs.WaitProcessedAsync(queue, store, 50, Long, worker);
 
-        proxy.Stop();
+        store.Cut();
         await sqs.SendManyAsync(queue, [.. Enumerable.Range(50, 50).Select(i => ($"{{\"i\":{i}}}", (string?)$"o-{i}"))]);
         await SqsFixture.WaitUntilAsync(() => Task.FromResult(worker.Statistics.StoreOutages >= 1), Long, "the worker to notice the outage",
-            () => sqs.DescribeAsync(queue, db, table, worker));
+            () => sqs.DescribeAsync(queue, store, worker));
         await Task.Delay(TimeSpan.FromSeconds(5), TestContext.Current.CancellationToken); // several visibility timeouts and pings
 
         var (visible, notVisible) = await sqs.CountsAsync(queue);
@@ -102,15 +100,14 @@ public sealed class SqsFaultTests(SqsFixture sqs, PostgresFixture db) : IClassFi
         Assert.Equal((0, 0), await sqs.CountsAsync(deadLetter)); // nothing dead-lettered
         Assert.Equal(0, worker.Statistics.DeadLettered);
         Assert.Equal(0, worker.Statistics.Retried);            // an outage is not an attempt
-        Assert.Equal(50L, await db.RowsAsync(table));
+        Assert.Equal(new EffectCounts(50, 50, 1), await store.ReadAsync());
         var receivedDuringOutage = worker.Statistics.Received;
 
-        proxy.Start();
-        await sqs.WaitProcessedAsync(queue, db, table, 100, Long, worker);
+        store.Restore();
+        await sqs.WaitProcessedAsync(queue, store, 100, Long, worker);
         await worker.StopAsync();
 
-        Assert.Equal(100L, await db.AppliedAsync(table));
-        Assert.Equal(100L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName}"));
+        Assert.Equal(new EffectCounts(100, 100, 1), await store.ReadAsync());
         Assert.Equal((0, 0), await sqs.CountsAsync(deadLetter));
         Assert.Equal(0, worker.Statistics.DeadLettered);
         Assert.Equal((0, 0), await sqs.CountsAsync(queue));

@@ -64,6 +64,21 @@ internal static class SqsTestKit
                string.Join(" | ", workers.Select(w => w.Worker.Statistics.ToString()));
     }
 
+    public static async Task<string> DescribeAsync(this SqsFixture sqs, string queueUrl, EffectStore store, params RunningWorker[] workers)
+    {
+        var (visible, notVisible) = await sqs.CountsAsync(queueUrl);
+        return $"queue visible={visible} notVisible={notVisible}; {store} effects {await store.ReadAsync()}; " +
+               string.Join(" | ", workers.Select(w => w.Worker.Statistics.ToString()));
+    }
+
+    /// <summary>Waits until the queue is empty and the store shows effects for <paramref name="keys"/> keys.</summary>
+    public static Task WaitProcessedAsync(this SqsFixture sqs, string queueUrl, EffectStore store, long keys, TimeSpan timeout, params RunningWorker[] workers) =>
+        SqsFixture.WaitUntilAsync(
+            async () => (await store.ReadAsync()).Keys == keys && await sqs.DrainedAsync(queueUrl),
+            timeout,
+            $"{keys} keys with effects in {store} and an empty queue",
+            () => sqs.DescribeAsync(queueUrl, store, workers));
+
     /// <summary>Waits until the queue is empty and the business table has <paramref name="rows"/> rows.</summary>
     public static Task WaitProcessedAsync(this SqsFixture sqs, string queueUrl, PostgresFixture db, string table, long rows, TimeSpan timeout, params RunningWorker[] workers) =>
         SqsFixture.WaitUntilAsync(

@@ -65,6 +65,30 @@ public sealed class RedisFixture : IAsyncLifetime
         return new RedisIdempotencyStore(Connection, options);
     }
 
+    /// <summary>
+    /// A <see cref="TcpProxy"/> in front of this server and a connection through it with short timeouts, so an outage
+    /// (<c>Stop()</c>) shows at once and the connection comes back after <c>Start()</c>. The real server is never touched.
+    /// </summary>
+    public async Task<(TcpProxy Proxy, ConnectionMultiplexer Connection)> ConnectThroughProxyAsync()
+    {
+        var direct = ConfigurationOptions.Parse(Configuration);
+        var (host, port) = direct.EndPoints.Single() switch
+        {
+            DnsEndPoint d => (d.Host, d.Port == 0 ? 6379 : d.Port),
+            IPEndPoint i => (i.Address.ToString(), i.Port),
+            var other => throw new InvalidOperationException($"unsupported endpoint {other}"),
+        };
+        var proxy = new TcpProxy(host, port);
+        var viaProxy = direct.Clone();
+        viaProxy.EndPoints.Clear();
+        viaProxy.EndPoints.Add(IPAddress.Loopback, proxy.Port);
+        viaProxy.AbortOnConnectFail = false;
+        viaProxy.ConnectTimeout = 2_000;
+        viaProxy.SyncTimeout = viaProxy.AsyncTimeout = 3_000;
+        viaProxy.ConnectRetry = 1;
+        return (proxy, await ConnectionMultiplexer.ConnectAsync(viaProxy));
+    }
+
     /// <summary>Deletes every key under a prefix (tests' own cleanup).</summary>
     public async Task DeletePrefixAsync(string prefix)
     {

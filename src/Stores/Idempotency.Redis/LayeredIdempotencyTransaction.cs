@@ -210,7 +210,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
     private bool IsLeased(ClaimRequest claim) =>
         _leased.Exists(c => string.Equals(c.Key, claim.Key, StringComparison.Ordinal) && string.Equals(c.HandlerName, claim.HandlerName, StringComparison.Ordinal));
 
-    private RedisKey[] LeaseKeys(IEnumerable<ClaimRequest> claims) => claims.Select(c => Redis.GetLeaseKey(c.HandlerName, c.Key)).ToArray();
+    private RedisKey[] LeaseKeys(IEnumerable<ClaimRequest> claims) => claims.Select(c => Redis.GetKey(c.HandlerName, c.Key)).ToArray();
 
     private async Task RestoreMarkersAsync(List<CompletionRecord> restore)
     {

@@ -7,9 +7,9 @@ using StackExchange.Redis;
 namespace Idempotency.Redis;
 
 /// <summary>
-/// The Redis store. A claim takes an in-progress lease (<c>SET lease token PX</c>, in a Lua script that first looks
-/// for a completed record); the commit writes the completion record with its TTL and drops the lease, guarded by
-/// the lease still being this worker's. Two ways to use it:
+/// The Redis store. A claim takes an in-progress lease (<c>SET key token NX PX lease GET</c>, in a Lua script over the
+/// batch: a completed record or another worker's token found there answers instead); the commit replaces the lease by
+/// the completion record with its TTL, guarded by the key still holding this worker's token. Two ways to use it:
 /// <list type="bullet">
 /// <item><description>Redis-held state: the handler queues its writes on <c>context.GetRedisTransaction()</c>; they
 /// commit in one MULTI/EXEC with the completion record, only if this worker still owns the lease. Exactly-once
@@ -20,9 +20,9 @@ namespace Idempotency.Redis;
 /// </list>
 /// </summary>
 /// <remarks>
-/// Keys are <c>{KeyPrefix}:{{handler}|{key}}:done</c> (the record, a hash with the fingerprint <c>f</c> and the
-/// result <c>r</c>) and <c>...:lease</c>; the braces are a Redis Cluster hash tag, so one key's record and lease share a
-/// slot. Outgoing messages go to the stream <c>{KeyPrefix}:outbox</c>. StackExchange.Redis takes no
+/// One Redis key per (handler, key), <c>{KeyPrefix}:{{handler}|{key}}</c>: while the key is processed it holds the
+/// lease token (TTL: the lease); once completed, the record (fingerprint and optional result; TTL: the retention).
+/// Outgoing messages go to the stream <c>{KeyPrefix}:outbox</c>. StackExchange.Redis takes no
 /// <see cref="CancellationToken"/>: cancellation is honoured between calls.
 /// </remarks>
 public sealed class RedisIdempotencyStore : IIdempotencyStore
@@ -75,17 +75,11 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
 
     internal string TtlMilliseconds => _ttlMilliseconds;
 
-    /// <summary>Gets the Redis key of a key's completion record.</summary>
+    /// <summary>Gets the Redis key that holds a key's lease token while it is processed, then its completion record.</summary>
     /// <param name="handlerName">The handler name.</param>
     /// <param name="key">The idempotency key.</param>
-    /// <returns>The record's key.</returns>
-    public RedisKey GetRecordKey(string handlerName, string key) => $"{Options.KeyPrefix}:{{{handlerName}|{key}}}:done";
-
-    /// <summary>Gets the Redis key of a key's in-progress lease.</summary>
-    /// <param name="handlerName">The handler name.</param>
-    /// <param name="key">The idempotency key.</param>
-    /// <returns>The lease's key.</returns>
-    public RedisKey GetLeaseKey(string handlerName, string key) => $"{Options.KeyPrefix}:{{{handlerName}|{key}}}:lease";
+    /// <returns>The Redis key, <c>{KeyPrefix}:{{handler}|{key}}</c>.</returns>
+    public RedisKey GetKey(string handlerName, string key) => $"{Options.KeyPrefix}:{{{handlerName}|{key}}}";
 
     /// <inheritdoc/>
     public ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default)
@@ -123,49 +117,51 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <returns>The stored fingerprint and result, or <see langword="null"/> when the key is not completed.</returns>
     public async Task<(byte[] Fingerprint, byte[]? Result)?> FindAsync(string handlerName, string key)
     {
-        var values = await Database.HashGetAsync(GetRecordKey(handlerName, key), ["f", "r"]).ConfigureAwait(false);
-        return values[0].IsNull ? null : ((byte[])values[0]!, values[1].IsNull ? null : (byte[])values[1]!);
+        var value = (byte[]?)await Database.StringGetAsync(GetKey(handlerName, key)).ConfigureAwait(false);
+        return RedisRecord.TryDecode(value, out var fingerprint, out var result) ? (fingerprint.ToArray(), result?.ToArray()) : null;
     }
 
-    /// <summary>Claims keys under a lease token, pipelined: one round trip for the whole list.</summary>
+    /// <summary>Reads the token of the lease on a key, or <see langword="null"/> when it is not leased (free or completed).</summary>
+    internal async Task<string?> FindLeaseTokenAsync(string handlerName, string key)
+    {
+        var value = (byte[]?)await Database.StringGetAsync(GetKey(handlerName, key)).ConfigureAwait(false);
+        return value is null || RedisRecord.TryDecode(value, out _, out _) ? null : System.Text.Encoding.UTF8.GetString(value);
+    }
+
+    /// <summary>Claims keys under a lease token: one script for the batch, one round trip.</summary>
     internal async Task<ClaimResult[]> ClaimAsync(IReadOnlyList<ClaimRequest> requests, string token)
     {
-        if (requests.Count > 1 && !IsCluster)
+        var results = new ClaimResult[requests.Count];
+        RedisValue[] args = [token, _leaseMilliseconds];
+        if (requests.Count == 1 || !IsCluster)
         {
-            // One script for the whole batch: Redis runs one EVALSHA instead of one per key (about 4x the keys per second).
-            var keys = new RedisKey[requests.Count * 2];
-            for (var i = 0; i < requests.Count; i++)
+            // One script for the whole batch: Redis runs one EVALSHA, with one SET NX GET per key inside it.
+            var keys = new RedisKey[requests.Count];
+            for (var i = 0; i < keys.Length; i++)
             {
-                keys[2 * i] = GetRecordKey(requests[i].HandlerName, requests[i].Key);
-                keys[(2 * i) + 1] = GetLeaseKey(requests[i].HandlerName, requests[i].Key);
+                keys[i] = GetKey(requests[i].HandlerName, requests[i].Key);
             }
 
-            var replies = (RedisResult[])(await Database.ScriptEvaluateAsync(RedisScripts.ClaimMany, keys, [token, _leaseMilliseconds]).ConfigureAwait(false))!;
-            var many = new ClaimResult[requests.Count];
-            for (var i = 0; i < many.Length; i++)
+            var replies = (RedisResult[])(await Database.ScriptEvaluateAsync(RedisScripts.Claim, keys, args).ConfigureAwait(false))!;
+            for (var i = 0; i < results.Length; i++)
             {
-                many[i] = ToClaimResult(replies[i]);
+                results[i] = ToClaimResult((byte[]?)replies[i], token);
             }
 
-            return many;
+            return results;
         }
 
         // On a cluster the keys of a batch live in different slots: one script per key, pipelined in one round trip.
         var tasks = new Task<RedisResult>[requests.Count];
         for (var i = 0; i < requests.Count; i++)
         {
-            var request = requests[i];
-            tasks[i] = Database.ScriptEvaluateAsync(
-                RedisScripts.Claim,
-                [GetRecordKey(request.HandlerName, request.Key), GetLeaseKey(request.HandlerName, request.Key)],
-                [token, _leaseMilliseconds]);
+            tasks[i] = Database.ScriptEvaluateAsync(RedisScripts.Claim, [GetKey(requests[i].HandlerName, requests[i].Key)], args);
         }
 
         await Task.WhenAll(tasks).ConfigureAwait(false);
-        var results = new ClaimResult[requests.Count];
         for (var i = 0; i < tasks.Length; i++)
         {
-            results[i] = ToClaimResult(tasks[i].Result);
+            results[i] = ToClaimResult((byte[]?)((RedisResult[])tasks[i].Result!)[0], token);
         }
 
         return results;
@@ -174,33 +170,32 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <summary>Writes completion records with one atomic script; returns the 1-based index of a refused key, or 0.</summary>
     internal async Task<int> CompleteAsync(IReadOnlyList<CompletionRecord> completions, string token)
     {
-        var keys = new RedisKey[completions.Count * 2];
-        var values = new RedisValue[2 + (completions.Count * 3)];
+        var keys = new RedisKey[completions.Count];
+        var values = new RedisValue[2 + completions.Count];
         values[0] = token;
         values[1] = _ttlMilliseconds;
         for (var i = 0; i < completions.Count; i++)
         {
-            var claim = completions[i].Claim;
-            keys[2 * i] = GetLeaseKey(claim.HandlerName, claim.Key);
-            keys[(2 * i) + 1] = GetRecordKey(claim.HandlerName, claim.Key);
-            var result = Options.StoreResults ? completions[i].Result : null;
-            values[2 + (3 * i)] = claim.Fingerprint;
-            values[3 + (3 * i)] = result is null ? "0" : "1";
-            values[4 + (3 * i)] = result is { } r ? r : RedisValue.EmptyString;
+            keys[i] = GetKey(completions[i].Claim.HandlerName, completions[i].Claim.Key);
+            values[2 + i] = EncodeRecord(completions[i]);
         }
 
         var reply = await Database.ScriptEvaluateAsync(RedisScripts.Complete, keys, values).ConfigureAwait(false);
         return (int)reply;
     }
 
-    /// <summary>Deletes the leases still held by the token.</summary>
-    internal Task ReleaseAsync(RedisKey[] leases, string token) =>
-        Database.ScriptEvaluateAsync(RedisScripts.Release, leases, [token]);
+    /// <summary>Encodes a completion's record value (the result only when <see cref="RedisIdempotencyStoreOptions.StoreResults"/>).</summary>
+    internal byte[] EncodeRecord(CompletionRecord completion) =>
+        RedisRecord.Encode(completion.Claim.Fingerprint, Options.StoreResults ? completion.Result : null);
 
-    /// <summary>Checks no other token holds the leases and renews ours; returns the 1-based index of a lost one, or 0.</summary>
-    internal async Task<int> CheckAsync(RedisKey[] leases, string token)
+    /// <summary>Deletes the keys still holding the token (our leases).</summary>
+    internal Task ReleaseAsync(RedisKey[] keys, string token) =>
+        Database.ScriptEvaluateAsync(RedisScripts.Release, keys, [token]);
+
+    /// <summary>Checks no other token or record holds the keys and renews our leases; returns the 1-based index of a lost one, or 0.</summary>
+    internal async Task<int> CheckAsync(RedisKey[] keys, string token)
     {
-        var reply = await Database.ScriptEvaluateAsync(RedisScripts.Check, leases, [token, _leaseMilliseconds]).ConfigureAwait(false);
+        var reply = await Database.ScriptEvaluateAsync(RedisScripts.Check, keys, [token, _leaseMilliseconds]).ConfigureAwait(false);
         return (int)reply;
     }
 
@@ -232,15 +227,20 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         || message.StartsWith("CLUSTERDOWN", StringComparison.Ordinal)
         || message.StartsWith("BUSY", StringComparison.Ordinal);
 
-    private static ClaimResult ToClaimResult(RedisResult reply)
+    private static ClaimResult ToClaimResult(byte[]? found, string token)
     {
-        var parts = (RedisResult[])reply!;
-        return (int)parts[0] switch
+        if (found is null)
         {
-            0 => ClaimResult.Claimed,
-            2 => ClaimResult.HeldByAnother,
-            _ => new ClaimResult(ClaimStatus.AlreadyProcessed, (byte[])parts[1]!, parts.Length > 2 && !parts[2].IsNull ? (ReadOnlyMemory<byte>?)(byte[])parts[2]! : null),
-        };
+            return ClaimResult.Claimed;
+        }
+
+        if (RedisRecord.TryDecode(found, out var fingerprint, out var result))
+        {
+            return new ClaimResult(ClaimStatus.AlreadyProcessed, fingerprint, result);
+        }
+
+        // Our own token: this transaction claimed the key before, and the script renewed the lease.
+        return found.AsSpan().SequenceEqual(System.Text.Encoding.ASCII.GetBytes(token)) ? ClaimResult.Claimed : ClaimResult.HeldByAnother;
     }
 
     private static string ToMilliseconds(TimeSpan value) =>

@@ -103,7 +103,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         _transaction = null;
         if (_claimed.Count > 0)
         {
-            var leases = _claimed.Select(c => _store.GetLeaseKey(c.HandlerName, c.Key)).ToArray();
+            var leases = _claimed.Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
             _claimed.Clear();
             await _store.ReleaseAsync(leases, LeaseToken).ConfigureAwait(false);
         }
@@ -130,14 +130,9 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         for (var i = 0; i < completions.Count; i++)
         {
             var claim = completions[i].Claim;
-            var lease = _store.GetLeaseKey(claim.HandlerName, claim.Key);
-            var record = _store.GetRecordKey(claim.HandlerName, claim.Key);
-            conditions[i] = transaction.AddCondition(Condition.StringEqual(lease, LeaseToken));
-            var result = _store.Options.StoreResults ? completions[i].Result : null;
-            HashEntry[] fields = result is { } r ? [new("f", claim.Fingerprint), new("r", r)] : [new("f", claim.Fingerprint)];
-            _ = transaction.HashSetAsync(record, fields);
-            _ = transaction.KeyExpireAsync(record, _store.Options.Retention);
-            _ = transaction.KeyDeleteAsync(lease);
+            var key = _store.GetKey(claim.HandlerName, claim.Key);
+            conditions[i] = transaction.AddCondition(Condition.StringEqual(key, LeaseToken));
+            _ = transaction.StringSetAsync(key, _store.EncodeRecord(completions[i]), _store.Options.Retention);
         }
 
         foreach (var message in outbox)
@@ -166,7 +161,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         }
 
         var done = new HashSet<string>(completions.Select(c => c.Claim.Key), StringComparer.Ordinal);
-        var leftovers = _claimed.Where(c => !done.Contains(c.Key)).Select(c => _store.GetLeaseKey(c.HandlerName, c.Key)).ToArray();
+        var leftovers = _claimed.Where(c => !done.Contains(c.Key)).Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
         _claimed.Clear();
         if (leftovers.Length > 0)
         {

@@ -4,74 +4,50 @@ namespace Idempotency.Redis;
 /// The store's atomic steps. StackExchange.Redis sends each script once (EVAL) and then by its SHA-1 (EVALSHA),
 /// reloading it if the server lost its script cache (a restart).
 /// </summary>
+/// <remarks>
+/// One Redis key per (handler, key) holds either the lease token of the worker processing it (with the lease as its
+/// TTL) or the completion record (see <see cref="RedisRecord"/>, with the retention as its TTL). Per key the server
+/// does one write on the claim (<c>SET NX PX GET</c>, creating the lease) and one on the commit (<c>SET PX</c>, the record),
+/// plus one MGET per 1,000 keys for the token check: two key writes per key, against one for a plain <c>SET NX</c>.
+/// </remarks>
 internal static class RedisScripts
 {
     /// <summary>
-    /// KEYS: record, lease. ARGV: token, lease ms. Returns {1, fingerprint[, result]} for a completed key, {2} while another
-    /// token holds the lease, {0} after taking (or renewing) the lease.
+    /// KEYS: the keys of a batch. ARGV: token, lease ms. Per key, <c>SET key token NX PX lease GET</c>: one reply per
+    /// key, nil when the lease was taken, else the value found (a record, another token, or our own token, whose lease
+    /// is then renewed). One script per batch: the server runs one EVALSHA, not one per key.
     /// </summary>
     public const string Claim = """
-        local rec = redis.call('HMGET', KEYS[1], 'f', 'r')
-        if rec[1] then
-          if rec[2] then return {1, rec[1], rec[2]} end
-          return {1, rec[1]}
-        end
-        local holder = redis.call('GET', KEYS[2])
-        if holder and holder ~= ARGV[1] then return {2} end
-        redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-        return {0}
-        """;
-
-    /// <summary>
-    /// The batch form of <see cref="Claim"/>: KEYS record1, lease1, record2, lease2, ...; ARGV token, lease ms. Returns
-    /// one reply per key, shaped as <see cref="Claim"/>'s. One script per batch: the server runs one EVALSHA, not one per key.
-    /// </summary>
-    public const string ClaimMany = """
         local out = {}
-        for i = 1, #KEYS / 2 do
-          local rec = redis.call('HMGET', KEYS[2 * i - 1], 'f', 'r')
-          if rec[1] then
-            if rec[2] then out[i] = {1, rec[1], rec[2]} else out[i] = {1, rec[1]} end
-          else
-            local holder = redis.call('GET', KEYS[2 * i])
-            if holder and holder ~= ARGV[1] then
-              out[i] = {2}
-            else
-              redis.call('SET', KEYS[2 * i], ARGV[1], 'PX', ARGV[2])
-              out[i] = {0}
-            end
-          end
+        for i, k in ipairs(KEYS) do
+          local v = redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
+          if v == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
+          out[i] = v
         end
         return out
         """;
 
     /// <summary>
-    /// KEYS: lease1, record1, lease2, record2, ... ARGV: token, ttl ms, then per key fingerprint, has-result ('1'/'0'),
-    /// result. Refuses everything (returns the 1-based index of the first refused key) when any key is leased by
-    /// another token or already completed; otherwise writes every record with its TTL, drops our leases and returns 0.
+    /// KEYS: the keys of a batch. ARGV: token, ttl ms, then one encoded record per key. Refuses everything (returns the
+    /// 1-based index of the first refused key, nothing written) when any key holds another token or a record; otherwise
+    /// replaces every key (our lease, or nothing if it expired untaken) by its record with the TTL and returns 0.
     /// </summary>
+    /// <remarks>The check reads the keys with one MGET per 1,000 keys (a Lua call costs a command dispatch; one GET per key cost
+    /// about 1.5 µs of server CPU per key, the MGET about 0.5).</remarks>
     public const string Complete = """
-        local n = #KEYS / 2
-        for i = 1, n do
-          local holder = redis.call('GET', KEYS[2 * i - 1])
-          if holder ~= ARGV[1] then
-            if holder or redis.call('EXISTS', KEYS[2 * i]) == 1 then return i end
+        for s = 1, #KEYS, 1000 do
+          local found = redis.call('MGET', unpack(KEYS, s, math.min(s + 999, #KEYS)))
+          for j, v in ipairs(found) do
+            if v and v ~= ARGV[1] then return s + j - 1 end
           end
         end
-        for i = 1, n do
-          local b = 3 + (i - 1) * 3
-          if ARGV[b + 1] == '1' then
-            redis.call('HSET', KEYS[2 * i], 'f', ARGV[b], 'r', ARGV[b + 2])
-          else
-            redis.call('HSET', KEYS[2 * i], 'f', ARGV[b])
-          end
-          redis.call('PEXPIRE', KEYS[2 * i], ARGV[2])
-          if redis.call('GET', KEYS[2 * i - 1]) == ARGV[1] then redis.call('DEL', KEYS[2 * i - 1]) end
+        for i, k in ipairs(KEYS) do
+          redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
         end
         return 0
         """;
 
-    /// <summary>KEYS: leases. ARGV: token. Deletes each lease still held by the token (compare-and-delete); returns how many.</summary>
+    /// <summary>KEYS: keys. ARGV: token. Deletes each key still holding the token (compare-and-delete); returns how many.</summary>
     public const string Release = """
         local n = 0
         for _, k in ipairs(KEYS) do
@@ -81,13 +57,13 @@ internal static class RedisScripts
         """;
 
     /// <summary>
-    /// KEYS: leases. ARGV: token, lease ms. Returns the 1-based index of the first lease another token holds; else
-    /// renews our leases (so they outlast the commit that follows) and returns 0.
+    /// KEYS: keys. ARGV: token, lease ms. Returns the 1-based index of the first key holding another token or a
+    /// record; else renews our leases (so they outlast the commit that follows) and returns 0.
     /// </summary>
     public const string Check = """
         for i, k in ipairs(KEYS) do
-          local holder = redis.call('GET', k)
-          if holder and holder ~= ARGV[1] then return i end
+          local v = redis.call('GET', k)
+          if v and v ~= ARGV[1] then return i end
         end
         for _, k in ipairs(KEYS) do
           if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
