@@ -140,6 +140,27 @@ async Task<List<Row>> RunBrokerAsync(string broker, string destination, IOutboxP
         await reset();
     }
 
+    // RunAsync as a host runs it: several batches in flight (Workers), draining the same backlog.
+    foreach (var workers in new[] { new PostgresOutboxRelayOptions().Workers, 4 })
+    {
+        var store = await NewStoreAsync();
+        await FillAsync(store, destination, n);
+        var relay = new PostgresOutboxRelay(store, publisher, new PostgresOutboxRelayOptions { PollInterval = TimeSpan.FromSeconds(5), Workers = workers });
+        using var stop = new CancellationTokenSource();
+        sw.Restart();
+        var run = relay.RunAsync(stop.Token);
+        while (await Scalar($"SELECT count(*) FROM {store.QualifiedOutboxTableName} WHERE sent_at IS NULL") > 0)
+        {
+            await Task.Delay(10);
+        }
+
+        var relayed = n / sw.Elapsed.TotalSeconds;
+        await stop.CancelAsync();
+        await run;
+        result.Add(new Row(broker, $"relay, batch {defaultBatch} (default), RunAsync with {workers} workers{(workers == new PostgresOutboxRelayOptions().Workers ? " (default)" : string.Empty)}", relayed, relayed / direct[defaultBatch], -1, -1));
+        await reset();
+    }
+
     // Commit-to-publish latency with LISTEN/NOTIFY.
     {
         var store = await NewStoreAsync();

@@ -72,6 +72,10 @@ static async Task<int> RunRelayAsync(string[] args)
     var relay = new PostgresOutboxRelay(store, new AnnouncingPublisher(publisher, holdAt), new PostgresOutboxRelayOptions
     {
         BatchSize = batchSize,
+
+        // One batch at a time: the test kills the process at an exact point (batch k published, not yet marked), and a
+        // second worker would publish further batches meanwhile.
+        Workers = 1,
         PollInterval = TimeSpan.FromMilliseconds(200),
         FailureBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromMilliseconds(500) },
     });
