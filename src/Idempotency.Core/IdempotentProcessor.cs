@@ -139,7 +139,10 @@ public sealed class IdempotentProcessor
         }
     }
 
-    private async ValueTask<ProcessingResult> ProcessOneAsync(IncomingMessage message, CancellationToken cancellationToken)
+    /// <param name="message">The message.</param>
+    /// <param name="cancellationToken">Cancels processing.</param>
+    /// <param name="storePosition">Whether its consumer position may be recorded: not inside a batch once an earlier message is unsettled.</param>
+    private async ValueTask<ProcessingResult> ProcessOneAsync(IncomingMessage message, CancellationToken cancellationToken, bool storePosition = true)
     {
         if (Prepare(message) is { } rejected)
         {
@@ -149,7 +152,7 @@ public sealed class IdempotentProcessor
         var claim = CreateClaim(message);
         if (_deferredClaimStore is not null)
         {
-            return await ProcessClaimingAtCommitAsync(message, claim, _deferredClaimStore, cancellationToken).ConfigureAwait(false);
+            return await ProcessClaimingAtCommitAsync(message, claim, _deferredClaimStore, storePosition, cancellationToken).ConfigureAwait(false);
         }
 
         IIdempotencyTransaction? transaction = null;
@@ -179,7 +182,7 @@ public sealed class IdempotentProcessor
 
             var duration = _time.GetElapsedTime(handlerStarted);
             IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
-            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result) { Position = message.Position }], context.Outbox, cancellationToken).ConfigureAwait(false);
+            await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result) { Position = storePosition ? message.Position : null }], context.Outbox, cancellationToken).ConfigureAwait(false);
             return new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint };
         }
         catch (ClaimLostException)
@@ -212,12 +215,13 @@ public sealed class IdempotentProcessor
     /// key committed by someone else first turns the commit into a rollback. The key is looked up first only when a
     /// duplicate is likely.
     /// </summary>
-    private async ValueTask<ProcessingResult> ProcessClaimingAtCommitAsync(IncomingMessage message, ClaimRequest claim, IDeferredClaimStore store, CancellationToken cancellationToken)
+    private async ValueTask<ProcessingResult> ProcessClaimingAtCommitAsync(IncomingMessage message, ClaimRequest claim, IDeferredClaimStore store, bool storePosition, CancellationToken cancellationToken)
     {
         IIdempotencyTransaction? transaction = null;
         try
         {
-            if (message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh)
+            var lookedUp = message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh;
+            if (lookedUp)
             {
                 var started = _time.GetTimestamp();
                 var found = await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false);
@@ -258,9 +262,13 @@ public sealed class IdempotentProcessor
             var commitStarted = _time.GetTimestamp();
 
             // Once the commit is sent its outcome must be learned, so shutdown does not cancel it half way.
-            var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result) { Position = message.Position }, context.Outbox, CancellationToken.None).ConfigureAwait(false);
+            var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result) { Position = storePosition ? message.Position : null }, context.Outbox, CancellationToken.None).ConfigureAwait(false);
             IdempotencyMetrics.RecordStoreOperation(_store.Name, "commit", _time.GetElapsedTime(commitStarted));
-            _duplicateRate.Record(committed.Status != ClaimStatus.Claimed);
+            if (!lookedUp || committed.Status != ClaimStatus.Claimed)
+            {
+                // A looked-up message was counted by its look-up; count it again only if a duplicate raced past it.
+                _duplicateRate.Record(committed.Status != ClaimStatus.Claimed);
+            }
             return committed.Status == ClaimStatus.Claimed
                 ? new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint }
                 : NotClaimed(message, claim, committed);
@@ -318,7 +326,7 @@ public sealed class IdempotentProcessor
                 // Several poison messages in one batch: isolating them one redo at a time would cost a round per failure.
                 foreach (var index in pending)
                 {
-                    batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+                    batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken, AllSettledBefore(batch, index)).ConfigureAwait(false);
                 }
 
                 break;
@@ -408,7 +416,7 @@ public sealed class IdempotentProcessor
                     await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
                     foreach (var index in contextIndex)
                     {
-                        batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+                        batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken, AllSettledBefore(batch, index)).ConfigureAwait(false);
                     }
 
                     pending.Clear();
@@ -443,7 +451,7 @@ public sealed class IdempotentProcessor
             for (var i = 0; i < contexts.Count; i++)
             {
                 IdempotencyMetrics.RecordHandlerDuration(contexts[i].Message, HandlerName, durations[i]);
-                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = contexts[i].Message.Position };
+                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = AllSettledBefore(batch, contextIndex[i]) ? contexts[i].Message.Position : null };
                 if (contexts[i].Outbox.Count > 0)
                 {
                     (outbox ??= []).AddRange(contexts[i].Outbox);
@@ -488,7 +496,7 @@ public sealed class IdempotentProcessor
             Log.BatchFailed(_logger, exception, pending.Count, HandlerName);
             foreach (var index in pending)
             {
-                batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken).ConfigureAwait(false);
+                batch.Results[index] = await ProcessOneAsync(messages[index], cancellationToken, AllSettledBefore(batch, index)).ConfigureAwait(false);
             }
 
             pending.Clear();
@@ -501,6 +509,23 @@ public sealed class IdempotentProcessor
                 await transaction.DisposeAsync().ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>
+    /// Whether every message before <paramref name="index"/> has settled (committed, or not yet known to have failed):
+    /// a consumer position recorded past an unsettled message would let a restart skip it.
+    /// </summary>
+    private static bool AllSettledBefore(BatchState batch, int index)
+    {
+        for (var i = 0; i < index; i++)
+        {
+            if (batch.Results[i] is { IsCommitted: false })
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     private static void MarkUnresolved(BatchState batch, List<int> pending, Func<int, ProcessingResult> create)

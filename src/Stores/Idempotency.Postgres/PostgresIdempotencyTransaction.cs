@@ -167,6 +167,14 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         // Consumer positions (offsets kept in the store) commit with the effects; see PostgresConsumerPositions.
         _sql.Positions.AddTo(batch, completions);
 
+        // PostgreSQL answers COMMIT in an aborted transaction (a handler that caught its own error and went on) with
+        // ROLLBACK and no error. Some statement must go first so that such a transaction fails here instead of being
+        // reported committed; "SELECT 1" is refused in an aborted transaction.
+        if (batch.BatchCommands.Count == 0)
+        {
+            batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT 1"));
+        }
+
         // COMMIT rides in the same batch: the completion costs no round trip of its own. Npgsql tracks the
         // server's transaction status, so the NpgsqlTransaction knows it is complete afterwards.
         batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
