@@ -784,11 +784,16 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     private async ValueTask<bool> HandleBatchAsync(PartitionState state, List<Work> batch)
     {
         var pending = new List<Work>(batch.Count);
+        long? firstUnreadable = null;
         foreach (var work in batch)
         {
             if (work.Error is null)
             {
                 pending.Add(work);
+            }
+            else
+            {
+                firstUnreadable ??= work.Offset;
             }
         }
 
@@ -799,7 +804,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             var messages = new IncomingMessage[pending.Count];
             for (var i = 0; i < messages.Length; i++)
             {
-                messages[i] = ToIncoming(pending[i], 1);
+                // An unreadable message is dead-lettered after this batch: a stored position must not pass it first.
+                messages[i] = ToIncoming(pending[i], 1, withPosition: firstUnreadable is not { } unreadableOffset || pending[i].Offset < unreadableOffset);
             }
 
             IReadOnlyList<ProcessingResult> results;
@@ -990,7 +996,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
     }
 
-    private IncomingMessage ToIncoming(Work work, int attempt)
+    private IncomingMessage ToIncoming(Work work, int attempt, bool withPosition = true)
     {
         var record = work.Result!;
         return new IncomingMessage(SelectKey(record), SelectBody(record))
@@ -1003,7 +1009,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             RedeliveryCause = work.Reread ? "rebalance" : attempt > 1 ? "redelivery" : null,
             DeliveryAttempt = attempt,
             Native = record,
-            Position = _positionGroup is null ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
+            Position = _positionGroup is null || !withPosition ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
         };
     }
 
