@@ -238,8 +238,40 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             throw new InvalidOperationException("RunAsync may be called once.");
         }
 
+        return RunCheckedAsync(cancellationToken);
+    }
+
+    private async Task RunCheckedAsync(CancellationToken cancellationToken)
+    {
+        await CheckPositionStoreAsync(cancellationToken).ConfigureAwait(false);
+
         // Consume blocks, and every consumer call stays on this one thread.
-        return Task.Factory.StartNew(() => RunLoop(cancellationToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        await Task.Factory.StartNew(() => RunLoop(cancellationToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// With offsets kept in the store, reads the positions table once before consuming: a table missing from the user's
+    /// own migrations would otherwise fail every commit (not an outage), and every message would be dead-lettered. A store
+    /// that is only down is left to the usual pause and retry.
+    /// </summary>
+    private async Task CheckPositionStoreAsync(CancellationToken cancellationToken)
+    {
+        if (_positionGroup is null || _processor.Store is not IConsumerPositionStore store)
+        {
+            return;
+        }
+
+        try
+        {
+            foreach (var topic in _options.Topics)
+            {
+                await store.LoadPositionsAsync(_positionGroup, topic, [0], cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && !_processor.Store.IsUnavailable(exception))
+        {
+            throw new InvalidOperationException($"{nameof(KafkaIdempotencyOptions.OffsetStorage)} {KafkaOffsetStorage.BrokerAndStore} cannot read the store's consumer positions; is its table created (PostgreSQL: Sql/schema.sql)?", exception);
+        }
     }
 
     /// <inheritdoc/>

@@ -143,4 +143,21 @@ public sealed class KafkaStoredOffsetsTests(PostgresFixture db) : IClassFixture<
         Assert.Contains("OffsetStorage", string.Join(" ", new KafkaIdempotencyOptions { OffsetStorage = (KafkaOffsetStorage)7 }.GetValidationErrors()));
         using var fine = IdempotentKafkaConsumer<byte[], byte[]>.Create(config, postgres, options, deadLetterProducer: producer);
     }
+
+    [Fact]
+    public async Task Storing_offsets_without_the_positions_table_fails_at_start_instead_of_dead_lettering_every_message()
+    {
+        var store = await db.CreateStoreAsync();
+        await db.ScalarAsync<int>($"DROP TABLE {store.Options.Schema}.{store.Options.ConsumerPositionsTable}; SELECT 1");
+        var processor = new IdempotentProcessor(store, Credit("unused"), HandlerOptions("no-table"));
+        var options = new KafkaIdempotencyOptions { OffsetStorage = KafkaOffsetStorage.BrokerAndStore };
+        options.Topics.Add("orders");
+        using var producer = new ProducerBuilder<byte[]?, byte[]?>(new ProducerConfig { BootstrapServers = "127.0.0.1:1" }).Build();
+        using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(new ConsumerConfig { BootstrapServers = "127.0.0.1:1", GroupId = "g" }, processor, options, deadLetterProducer: producer);
+
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => consumer.RunAsync(TestContext.Current.CancellationToken));
+
+        Assert.Contains("OffsetStorage", error.Message);
+        Assert.IsType<Npgsql.PostgresException>(error.InnerException);
+    }
 }

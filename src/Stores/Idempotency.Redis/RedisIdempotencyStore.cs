@@ -37,11 +37,13 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <param name="options">The options; validated here.</param>
     /// <param name="logger">Optional logger.</param>
     /// <exception cref="ArgumentException">An option is invalid; the message names it.</exception>
+    /// <exception cref="NotSupportedException">A connected server is older than Redis 7.0.</exception>
     public RedisIdempotencyStore(IConnectionMultiplexer connection, RedisIdempotencyStoreOptions options, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(connection);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        ThrowIfServerTooOld(connection);
         Connection = connection;
         Options = options;
         Database = connection.GetDatabase(options.Database);
@@ -53,6 +55,25 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
 
     /// <inheritdoc/>
     public string Name => "redis";
+
+    /// <summary>The oldest server the claim script runs on: it uses <c>SET ... NX PX ... GET</c>, new in Redis 7.0.</summary>
+    public static Version MinimumServerVersion { get; } = new(7, 0);
+
+    /// <summary>
+    /// On an older server every claim would fail with a syntax error, which is not an outage: messages would be retried
+    /// and dead-lettered. Refuse at start-up instead. Servers not connected yet are checked when they are.
+    /// </summary>
+    private static void ThrowIfServerTooOld(IConnectionMultiplexer connection)
+    {
+        foreach (var endpoint in connection.GetEndPoints())
+        {
+            var server = connection.GetServer(endpoint);
+            if (server.IsConnected && server.Version < MinimumServerVersion)
+            {
+                throw new NotSupportedException($"The Redis idempotency store needs Redis {MinimumServerVersion} or later; {endpoint} runs {server.Version}.");
+            }
+        }
+    }
 
     /// <summary>Gets the options.</summary>
     public RedisIdempotencyStoreOptions Options { get; }
