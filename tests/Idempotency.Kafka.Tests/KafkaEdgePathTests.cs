@@ -232,6 +232,62 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
         return messages;
     }
 
+    [Fact]
+    public async Task Batch_storing_offsets_records_no_position_past_an_unreadable_message_not_yet_dead_lettered()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        Assert.SkipUnless(cluster.IsMock, "holding the dead-letter back needs injected Produce errors (librdkafka's mock cluster)");
+        var topic = Unique("unreadable-pos");
+        cluster.CreateTopic(topic, 1);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        Produce(cluster, topic, Enumerable.Range(0, 10).Select(i => $"v-{i}"), body: key => key == "v-4" ? "not json" : $"{{\"id\":\"{key}\"}}");
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var processor = new IdempotentProcessor(store, Credit(table), HandlerOptions("unreadable-pos"));
+        var group = Unique("g");
+        var options = new KafkaIdempotencyOptions<byte[], string>
+        {
+            BatchSize = 10,
+            BatchMaxWait = TimeSpan.FromSeconds(2),
+            OffsetStorage = KafkaOffsetStorage.BrokerAndStore,
+            CommitEveryMessages = 1,
+            CommitInterval = TimeSpan.FromMilliseconds(100),
+            PollTimeout = TimeSpan.FromMilliseconds(50),
+            DeadLetterProduceBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(200), MaxDelay = TimeSpan.FromMilliseconds(200), UseJitter = false },
+        };
+        options.Topics.Add(topic);
+
+        // The dead-letter produce of the unreadable message (offset 4) keeps failing, so it stays unsettled after the
+        // batch commits the nine readable ones.
+        cluster.PushRequestErrors(MockKafkaCluster.ApiProduce, Enumerable.Repeat(ErrorCode.TopicAuthorizationFailed, 1000).ToArray());
+        IReadOnlyDictionary<int, long> stored;
+        long committed;
+        using (var wrapper = IdempotentKafkaConsumer<byte[], string>.Create(ConsumerConfig(cluster, group), processor, options, b => b.SetValueDeserializer(new JsonOnly())))
+        {
+            using var stop = new CancellationTokenSource();
+            var loop = wrapper.RunAsync(stop.Token);
+            try
+            {
+                await WaitUntilAsync(async () => await CountAsync(db, table) == 9, Timeout, async () => $"{await CountAsync(db, table)} rows");
+                await Task.Delay(500, TestContext.Current.CancellationToken); // some dead-letter attempts fail meanwhile
+                stored = await store.LoadPositionsAsync(group, topic, [0], TestContext.Current.CancellationToken);
+                committed = (await cluster.CommittedOffsetsAsync(group, topic, 1))[0];
+            }
+            finally
+            {
+                // Stop the loop before the client and the mock cluster are disposed, also when a wait above failed.
+                await stop.CancelAsync();
+                await loop.WaitAsync(Timeout, TestContext.Current.CancellationToken);
+            }
+        }
+
+        // A restart (or the next owner after a rebalance) starts after the stored position: it must not pass offset 4,
+        // which is neither processed nor dead-lettered yet. Neither may the broker commit.
+        Assert.Equal(3L, stored[0]);
+        Assert.True(committed <= 4, $"the broker commit ({committed}) passed the unsettled message");
+        Assert.Equal(9L, await AppliedAsync(db, table));
+    }
+
     /// <summary>A value deserializer that refuses anything that is not a JSON object.</summary>
     private sealed class JsonOnly : IDeserializer<string>
     {
