@@ -136,9 +136,17 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
             wrapper.ResultObserver = outcomes.Add;
             using var stop = new CancellationTokenSource();
             var loop = wrapper.RunAsync(stop.Token);
-            await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
-            await stop.CancelAsync();
-            await loop.WaitAsync(Timeout, TestContext.Current.CancellationToken);
+            try
+            {
+                await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+            }
+            finally
+            {
+                // Stop the loop before the client is disposed, also when the wait failed (disposing under a running
+                // loop can crash the test host).
+                await stop.CancelAsync();
+                await loop.WaitAsync(Timeout, TestContext.Current.CancellationToken);
+            }
         }
 
         // The unreadable message never reached the handler; the nine after and before it did, once each.
