@@ -110,28 +110,6 @@ public sealed class ClaimAtCommitTests(PostgresFixture db) : IClassFixture<Postg
     }
 
     [Fact]
-    public async Task Eight_concurrent_workers_on_one_key_give_one_effect_and_seven_duplicates()
-    {
-        var store = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        var processor = new IdempotentProcessor(store, Credit(table, hold: TimeSpan.FromMilliseconds(200)), AtCommit());
-
-        using var start = new ManualResetEventSlim();
-        var tasks = Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
-        {
-            start.Wait();
-            return await processor.ProcessAsync(Message("hot-key"));
-        })).ToArray();
-        start.Set();
-        var results = await Task.WhenAll(tasks);
-
-        Assert.Equal(1, results.Count(r => r.Outcome == ProcessingOutcome.Processed));
-        Assert.Equal(7, results.Count(r => r.Outcome == ProcessingOutcome.Duplicate));
-        Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'hot-key'"));
-        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'hot-key'"));
-    }
-
-    [Fact]
     public async Task Handler_failing_because_its_business_row_exists_is_a_duplicate_not_a_failure()
     {
         var store = await db.CreateStoreAsync();

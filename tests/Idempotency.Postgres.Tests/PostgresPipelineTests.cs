@@ -83,17 +83,21 @@ public sealed class PostgresPipelineTests(PostgresFixture db) : IClassFixture<Po
         Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'order-3'"));
     }
 
-    [Fact]
-    public async Task Eight_concurrent_workers_on_one_key_give_one_effect_and_seven_duplicates()
+    [Theory]
+    [InlineData(ClaimTiming.BeforeHandler)] // the others wait on the claim and never run their handler
+    [InlineData(ClaimTiming.AtCommit)] // all run; the others' commits wait on the key, fail, and roll back
+    public async Task Eight_concurrent_workers_on_one_key_give_one_effect_and_seven_duplicates(ClaimTiming timing)
     {
         var store = await db.CreateStoreAsync();
         var table = await db.CreateBusinessTableAsync();
+        var options = Options();
+        options.ClaimTiming = timing;
         var processor = new IdempotentProcessor(store, IdempotentHandler.Create(async (context, ct) =>
         {
-            // Hold the claim a while so the others really wait on the unique index.
+            // Hold the transaction a while so the others really overlap it.
             await Task.Delay(200, ct);
             await context.GetNpgsqlConnection().ExecuteAsync($"INSERT INTO {table} (id, applied) VALUES (@id, 1) ON CONFLICT (id) DO UPDATE SET applied = {table}.applied + 1", new { id = context.Key }, context.GetNpgsqlTransaction());
-        }), Options());
+        }), options);
 
         using var start = new ManualResetEventSlim();
         var tasks = Enumerable.Range(0, 8).Select(_ => Task.Run(async () =>
@@ -107,6 +111,7 @@ public sealed class PostgresPipelineTests(PostgresFixture db) : IClassFixture<Po
         Assert.Equal(1, results.Count(r => r.Outcome == ProcessingOutcome.Processed));
         Assert.Equal(7, results.Count(r => r.Outcome == ProcessingOutcome.Duplicate));
         Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'hot-key'"));
+        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'hot-key'"));
     }
 
     [Fact]
