@@ -57,14 +57,7 @@ public sealed class OutboxTests(PostgresFixture db) : IClassFixture<PostgresFixt
         Assert.Equal(60, await relay.RelayOnceAsync(Ct));
         Assert.Equal(120L, cluster.EndOffsets(topic, partitions).Sum());
 
-        var downstream = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        var group = Unique("g");
-        await using (var running = Start(cluster, group, new IdempotentProcessor(downstream, Credit(table), HandlerOptions("downstream")), Options(topic)))
-        {
-            await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
-            await running.StopAsync();
-        }
+        var table = await ApplyDownstreamAsync(cluster, topic, partitions);
 
         Assert.Equal(60L, await CountAsync(db, table));
         Assert.Equal(60L, await AppliedAsync(db, table));
@@ -112,14 +105,7 @@ public sealed class OutboxTests(PostgresFixture db) : IClassFixture<PostgresFixt
 
         // Timed-out batches may have reached the log before their reports failed: at least 50, each applied once.
         Assert.True(cluster.EndOffsets(topic, partitions).Sum() >= 50);
-        var downstream = await db.CreateStoreAsync();
-        var table = await db.CreateBusinessTableAsync();
-        var group = Unique("g");
-        await using (var running = Start(cluster, group, new IdempotentProcessor(downstream, Credit(table), HandlerOptions("downstream")), Options(topic)))
-        {
-            await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
-            await running.StopAsync();
-        }
+        var table = await ApplyDownstreamAsync(cluster, topic, partitions);
 
         Assert.Equal(50L, await CountAsync(db, table));
         Assert.Equal(50L, await AppliedAsync(db, table));
@@ -156,21 +142,6 @@ public sealed class OutboxTests(PostgresFixture db) : IClassFixture<PostgresFixt
         return results;
     }
 
-    /// <summary>Publishes, then throws: a relay that dies after the broker confirmed and before the rows were marked sent.</summary>
-    internal sealed class CrashAfterPublish(IOutboxPublisher inner, int crashes) : IOutboxPublisher
-    {
-        private int _left = crashes;
-
-        public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
-        {
-            await inner.PublishAsync(messages, cancellationToken);
-            if (Interlocked.Decrement(ref _left) >= 0)
-            {
-                throw new InvalidOperationException("relay died after publishing, before marking sent");
-            }
-        }
-    }
-
     internal sealed class CountingPublisher(IOutboxPublisher inner) : IOutboxPublisher
     {
         private int _failures;
@@ -189,5 +160,20 @@ public sealed class OutboxTests(PostgresFixture db) : IClassFixture<PostgresFixt
                 throw;
             }
         }
+    }
+
+    /// <summary>Consumes the whole topic with the wrapped consumer into a fresh store; returns the business table it wrote.</summary>
+    private async Task<string> ApplyDownstreamAsync(MockKafkaCluster cluster, string topic, int partitions)
+    {
+        var downstream = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var group = Unique("g");
+        await using (var running = Start(cluster, group, new IdempotentProcessor(downstream, Credit(table), HandlerOptions("downstream")), Options(topic)))
+        {
+            await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
+            await running.StopAsync();
+        }
+
+        return table;
     }
 }

@@ -331,21 +331,6 @@ public sealed class OutboxRelayTests(PostgresFixture db) : IClassFixture<Postgre
         }
     }
 
-    /// <summary>Publishes, then throws: a relay that dies after the broker confirmed and before the rows were marked sent.</summary>
-    internal sealed class CrashAfterPublish(IOutboxPublisher inner, int crashes) : IOutboxPublisher
-    {
-        private int _left = crashes;
-
-        public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
-        {
-            await inner.PublishAsync(messages, cancellationToken);
-            if (Interlocked.Decrement(ref _left) >= 0)
-            {
-                throw new InvalidOperationException("relay died after publishing, before marking sent");
-            }
-        }
-    }
-
     internal sealed class GatedPublisher(IOutboxPublisher inner, Task gate) : IOutboxPublisher
     {
         public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)

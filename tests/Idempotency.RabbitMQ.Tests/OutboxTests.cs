@@ -197,17 +197,4 @@ public sealed class OutboxTests(PostgresFixture db, RabbitMqFixture mq) : IClass
 
     private Task<long> PendingAsync(PostgresIdempotencyStore store) => db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedOutboxTableName} WHERE sent_at IS NULL");
 
-    private sealed class CrashAfterPublish(IOutboxPublisher inner, int crashes) : IOutboxPublisher
-    {
-        private int _left = crashes;
-
-        public async ValueTask PublishAsync(IReadOnlyList<OutboxRecord> messages, CancellationToken cancellationToken)
-        {
-            await inner.PublishAsync(messages, cancellationToken);
-            if (Interlocked.Decrement(ref _left) >= 0)
-            {
-                throw new InvalidOperationException("relay died after publishing, before marking sent");
-            }
-        }
-    }
 }
