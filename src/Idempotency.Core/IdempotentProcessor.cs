@@ -447,11 +447,12 @@ public sealed class IdempotentProcessor
             }
 
             var completions = new CompletionRecord[contexts.Count];
+            var firstUnsettled = FirstUnsettled(batch);
             List<OutboxMessage>? outbox = null;
             for (var i = 0; i < contexts.Count; i++)
             {
                 IdempotencyMetrics.RecordHandlerDuration(contexts[i].Message, HandlerName, durations[i]);
-                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = AllSettledBefore(batch, contextIndex[i]) ? contexts[i].Message.Position : null };
+                completions[i] = new CompletionRecord(batch.Claims[contextIndex[i]], durations[i], contexts[i].Result) { Position = contextIndex[i] <= firstUnsettled ? contexts[i].Message.Position : null };
                 if (contexts[i].Outbox.Count > 0)
                 {
                     (outbox ??= []).AddRange(contexts[i].Outbox);
@@ -515,17 +516,20 @@ public sealed class IdempotentProcessor
     /// Whether every message before <paramref name="index"/> has settled (committed, or not yet known to have failed):
     /// a consumer position recorded past an unsettled message would let a restart skip it.
     /// </summary>
-    private static bool AllSettledBefore(BatchState batch, int index)
+    private static bool AllSettledBefore(BatchState batch, int index) => index <= FirstUnsettled(batch);
+
+    /// <summary>The index of the first message known not to have committed, or <see cref="int.MaxValue"/>.</summary>
+    private static int FirstUnsettled(BatchState batch)
     {
-        for (var i = 0; i < index; i++)
+        for (var i = 0; i < batch.Results.Length; i++)
         {
             if (batch.Results[i] is { IsCommitted: false })
             {
-                return false;
+                return i;
             }
         }
 
-        return true;
+        return int.MaxValue;
     }
 
     private static void MarkUnresolved(BatchState batch, List<int> pending, Func<int, ProcessingResult> create)

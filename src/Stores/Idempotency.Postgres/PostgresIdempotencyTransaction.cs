@@ -130,8 +130,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             var command = new NpgsqlBatchCommand(_sql.CompleteOne);
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = completion.Claim.HandlerName });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = completion.Claim.Key });
-            command.Parameters.Add(new NpgsqlParameter<double> { TypedValue = completion.Duration.TotalMilliseconds });
-            command.Parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
+            AddCompletionParameters(command.Parameters, completion);
             batch.BatchCommands.Add(command);
         }
         else if (completions.Count > 1 && CountResults(completions) is var withResults and > 0)
@@ -159,25 +158,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             batch.BatchCommands.Add(command);
         }
 
-        if (outbox.Count > 0)
-        {
-            AddOutbox(batch, outbox);
-        }
-
-        // Consumer positions (offsets kept in the store) commit with the effects; see PostgresConsumerPositions.
-        _sql.Positions.AddTo(batch, completions);
-
-        // PostgreSQL answers COMMIT in an aborted transaction (a handler that caught its own error and went on) with
-        // ROLLBACK and no error. Some statement must go first so that such a transaction fails here instead of being
-        // reported committed; "SELECT 1" is refused in an aborted transaction.
-        if (batch.BatchCommands.Count == 0)
-        {
-            batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT 1"));
-        }
-
-        // COMMIT rides in the same batch: the completion costs no round trip of its own. Npgsql tracks the
-        // server's transaction status, so the NpgsqlTransaction knows it is complete afterwards.
-        batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+        AddCommit(batch, completions, outbox);
         _finished = true;
         await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
@@ -192,16 +173,9 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         using var batch = new NpgsqlBatch(Connection, Transaction);
         var insert = new NpgsqlBatchCommand(_sql.InsertCompleted);
         AddClaimParameters(insert.Parameters, claim);
-        insert.Parameters.Add(new NpgsqlParameter<double> { TypedValue = completion.Duration.TotalMilliseconds });
-        insert.Parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
+        AddCompletionParameters(insert.Parameters, completion);
         batch.BatchCommands.Add(insert);
-        if (outbox.Count > 0)
-        {
-            AddOutbox(batch, outbox);
-        }
-
-        _sql.Positions.AddTo(batch, [completion]);
-        batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+        AddCommit(batch, [completion], outbox);
         try
         {
             await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
@@ -243,6 +217,35 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         // Disposing an uncommitted NpgsqlTransaction rolls it back; returning the connection to the pool resets it.
         await Transaction.DisposeAsync().ConfigureAwait(false);
         await Connection.DisposeAsync().ConfigureAwait(false);
+    }
+
+    /// <summary>Ends a commit batch: outbox rows, consumer positions, then COMMIT, all in the batch's one round trip.</summary>
+    private void AddCommit(NpgsqlBatch batch, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox)
+    {
+        if (outbox.Count > 0)
+        {
+            AddOutbox(batch, outbox);
+        }
+
+        // Consumer positions (offsets kept in the store) commit with the effects; see PostgresConsumerPositions.
+        _sql.Positions.AddTo(batch, completions);
+
+        // PostgreSQL answers COMMIT in an aborted transaction (a handler that caught its own error and went on) with
+        // ROLLBACK and no error. Some statement must go first so that such a transaction fails here instead of being
+        // reported committed; "SELECT 1" is refused in an aborted transaction.
+        if (batch.BatchCommands.Count == 0)
+        {
+            batch.BatchCommands.Add(new NpgsqlBatchCommand("SELECT 1"));
+        }
+
+        // Npgsql tracks the server's transaction status, so the NpgsqlTransaction knows it is complete afterwards.
+        batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+    }
+
+    private static void AddCompletionParameters(NpgsqlParameterCollection parameters, CompletionRecord completion)
+    {
+        parameters.Add(new NpgsqlParameter<double> { TypedValue = completion.Duration.TotalMilliseconds });
+        parameters.Add(new NpgsqlParameter { Value = completion.Result is { } result ? result.ToArray() : DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
     }
 
     private void AddOutbox(NpgsqlBatch batch, IReadOnlyList<OutboxMessage> outbox)
