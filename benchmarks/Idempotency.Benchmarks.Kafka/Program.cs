@@ -34,6 +34,7 @@ await using (var c = await dataSource.OpenConnectionAsync())
 }
 
 var rows = new List<Row>();
+var scenarioCpu = CpuMeter.Now();
 try
 {
     using var cluster = MockKafkaCluster.Start();
@@ -156,6 +157,7 @@ IIdempotentMessageHandler Handler(string table) => IdempotentHandler.CreateBatch
 
 async Task<Row> Ceiling(string name, int connections, int keysPerTx, Func<NpgsqlConnection, string[], int[], Task> transaction)
 {
+    scenarioCpu = CpuMeter.Now();
     var latencies = new ConcurrentBag<double>();
     long done = 0;
     var stopAt = Stopwatch.GetTimestamp() + (long)(ceilingDuration.TotalSeconds * Stopwatch.Frequency);
@@ -180,6 +182,7 @@ async Task<Row> Ceiling(string name, int connections, int keysPerTx, Func<Npgsql
 
 async Task<Row> ProcessorAlone(string name, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, int workers)
 {
+    scenarioCpu = CpuMeter.Now();
     var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
     var latencies = new ConcurrentBag<double>();
     long done = 0;
@@ -208,6 +211,7 @@ async Task<Row> ProcessorAlone(string name, PostgresIdempotencyStore store, IIde
 
 Row ConsumeOnly(string name, MockKafkaCluster cluster, string topic, int count)
 {
+    scenarioCpu = CpuMeter.Now();
     using var consumer = new ConsumerBuilder<byte[], byte[]>(ConsumerConfig(cluster, "consume-only-" + Guid.NewGuid().ToString("N")[..8])).Build();
     consumer.Subscribe(topic);
     var latencies = new ConcurrentBag<double>();
@@ -233,6 +237,7 @@ Row ConsumeOnly(string name, MockKafkaCluster cluster, string topic, int count)
 
 async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int count, string table, bool concurrent)
 {
+    scenarioCpu = CpuMeter.Now();
     // The usual at-least-once consumer: the business write in its own transaction, the offset stored after it commits.
     var config = ConsumerConfig(cluster, "plain-" + Guid.NewGuid().ToString("N")[..8]);
     config.EnableAutoCommit = true;
@@ -313,6 +318,7 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
 
 async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
 {
+    scenarioCpu = CpuMeter.Now();
     var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
     // Batch transactions are big: as many in flight as the batched ceiling's connections (4), not one per partition,
     // or concurrent batches queue on each other's row locks.
@@ -396,12 +402,13 @@ static void Produce(MockKafkaCluster cluster, string topic, int count, string pr
     }
 }
 
-static Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> latencies)
+Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> latencies)
 {
+    var (clientCpu, postgresCpu) = CpuMeter.Now().PerMessageSince(scenarioCpu, count);
     var sorted = latencies.Order().ToArray();
     double Percentile(double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
-    var row = new Row(name, count, Math.Round(count / elapsed.TotalSeconds), Math.Round(Percentile(0.50), 2), Math.Round(Percentile(0.99), 2), Process.GetCurrentProcess().PeakWorkingSet64 / (1024 * 1024));
-    Console.WriteLine($"  {row.Name}: {row.MessagesPerSecond:N0}/s p50 {row.P50Ms} ms p99 {row.P99Ms} ms");
+    var row = new Row(name, count, Math.Round(count / elapsed.TotalSeconds), Math.Round(Percentile(0.50), 2), Math.Round(Percentile(0.99), 2), Process.GetCurrentProcess().PeakWorkingSet64 / (1024 * 1024), clientCpu, postgresCpu);
+    Console.WriteLine($"  {row.Name}: {row.MessagesPerSecond:N0}/s p50 {row.P50Ms} ms p99 {row.P99Ms} ms, CPU/msg client {clientCpu} µs, PostgreSQL {postgresCpu} µs");
     return row;
 }
 
@@ -433,11 +440,11 @@ static void Report(List<Row> rows)
     var md = new StringBuilder();
     md.AppendLine(CultureInfo.InvariantCulture, $"# Kafka adapter benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, librdkafka mock cluster + local PostgreSQL)");
     md.AppendLine();
-    md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) |");
-    md.AppendLine("|---|---:|---:|---:|---:|---:|");
+    md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) | CPU µs/msg: this process | CPU µs/msg: PostgreSQL |");
+    md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|");
     foreach (var r in rows)
     {
-        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Messages:N0} | {r.MessagesPerSecond:N0} | {r.P50Ms} | {r.P99Ms} | {r.PeakWorkingSetMiB} |");
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Messages:N0} | {r.MessagesPerSecond:N0} | {r.P50Ms} | {r.P99Ms} | {r.PeakWorkingSetMiB} | {r.ClientCpuMicrosecondsPerMessage} | {r.PostgresCpuMicrosecondsPerMessage} |");
     }
 
     md.AppendLine();
@@ -471,6 +478,6 @@ static string FindResultsDirectory()
     return results;
 }
 
-internal sealed record Row(string Name, long Messages, double MessagesPerSecond, double P50Ms, double P99Ms, long PeakWorkingSetMiB);
+internal sealed record Row(string Name, long Messages, double MessagesPerSecond, double P50Ms, double P99Ms, long PeakWorkingSetMiB, double ClientCpuMicrosecondsPerMessage, double PostgresCpuMicrosecondsPerMessage);
 
 internal sealed record Ratio(string Name, double Value, double? Target);
