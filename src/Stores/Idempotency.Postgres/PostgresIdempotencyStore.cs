@@ -117,20 +117,72 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
     /// <inheritdoc/>
     public async ValueTask<ClaimResult?> FindProcessedAsync(ClaimRequest request, CancellationToken cancellationToken = default)
     {
+        var found = await FindProcessedBatchAsync([request], cancellationToken).ConfigureAwait(false);
+        return found[0];
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<IReadOnlyList<ClaimResult?>> FindProcessedBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        var results = new ClaimResult?[requests.Count];
+        if (requests.Count == 0)
+        {
+            return results;
+        }
+
         try
         {
             // No transaction: a pooled connection, one round trip, nothing to roll back for a duplicate.
-            using var command = _dataSource.CreateCommand(_sql.SelectOne);
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
-            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
-                ? new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), reader.IsDBNull(1) ? null : reader.GetFieldValue<byte[]>(1))
-                : null;
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+            if (requests.Count == 1)
+            {
+                using var command = new NpgsqlCommand(_sql.SelectOne, connection);
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = requests[0].HandlerName });
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = requests[0].Key });
+                await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
+                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    results[0] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), reader.IsDBNull(1) ? null : reader.GetFieldValue<byte[]>(1));
+                }
+
+                return results;
+            }
+
+            var handler = requests[0].HandlerName;
+            var keys = new string[requests.Count];
+            for (var i = 0; i < keys.Length; i++)
+            {
+                keys[i] = string.Equals(requests[i].HandlerName, handler, StringComparison.Ordinal)
+                    ? requests[i].Key
+                    : throw new ArgumentException("A look-up reads keys of one handler only.", nameof(requests));
+            }
+
+            var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
+            using (var command = new NpgsqlCommand(_sql.SelectMany, connection))
+            {
+                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
+                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
+                await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
+                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    byKey[reader.GetString(0)] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), reader.IsDBNull(2) ? null : reader.GetFieldValue<byte[]>(2));
+                }
+            }
+
+            for (var i = 0; i < keys.Length; i++)
+            {
+                results[i] = byKey.TryGetValue(keys[i], out var found) ? found : null;
+            }
+
+            return results;
         }
         catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
         {
-            throw new IdempotencyStoreUnavailableException("Could not look up a key in the PostgreSQL idempotency store.", exception);
+            throw new IdempotencyStoreUnavailableException("Could not look up keys in the PostgreSQL idempotency store.", exception);
         }
     }
 

@@ -22,6 +22,15 @@ public sealed class PostgresIdempotencyStoreOptions
     /// <value>Defaults to <c>consumer_positions</c>; a plain SQL identifier. Written only for messages that carry a position.</value>
     public string ConsumerPositionsTable { get; set; } = "consumer_positions";
 
+    /// <summary>
+    /// Gets or sets a value indicating whether the store prepares its own statements (the claim, the key insert, the
+    /// look-ups and the commit batch) on each physical connection, once. Parsing and planning them on every message cost
+    /// the server more than running them. Set to <see langword="false"/> behind a pooler that cannot keep prepared
+    /// statements (PgBouncer before 1.21 in transaction mode).
+    /// </summary>
+    /// <value>Defaults to <see langword="true"/>.</value>
+    public bool PrepareStatements { get; set; } = true;
+
     /// <summary>Returns one message per invalid option, each naming the option.</summary>
     /// <param name="requireConnectionString">Whether <see cref="ConnectionString"/> must be set.</param>
     /// <returns>An empty list when valid.</returns>

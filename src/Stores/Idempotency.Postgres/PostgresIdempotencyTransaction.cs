@@ -34,6 +34,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         using (var command = new NpgsqlCommand(_sql.ClaimOne, Connection, Transaction))
         {
             AddClaimParameters(command.Parameters, request);
+            await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
@@ -89,6 +90,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
             command.Parameters.Add(new NpgsqlParameter<byte[][]> { TypedValue = fingerprints, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bytea });
             command.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = requests[0].ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
@@ -159,6 +161,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         }
 
         AddCommit(batch, completions, outbox);
+        await _sql.PrepareAsync(batch, cancellationToken).ConfigureAwait(false);
         _finished = true;
         await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
     }
@@ -178,6 +181,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         AddCommit(batch, [completion], outbox);
         try
         {
+            await _sql.PrepareAsync(batch, cancellationToken).ConfigureAwait(false);
             await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             _finished = true;
             return ClaimResult.Claimed;

@@ -1,3 +1,5 @@
+using Npgsql;
+
 namespace Idempotency.Postgres;
 
 /// <summary>The store's SQL, built once from validated identifiers.</summary>
@@ -11,6 +13,7 @@ internal sealed class PostgresSql
         QualifiedOutbox = outbox;
         Schema = options.Schema;
         Table = options.Table;
+        PrepareStatements = options.PrepareStatements;
 
         // Claims write completed_at already: the row is invisible until the commit, and a batch then needs no second
         // write of its keys (that UPDATE halved batch throughput). A single message's completion refines completed_at
@@ -80,6 +83,20 @@ internal sealed class PostgresSql
     }
 
     public PostgresConsumerPositions Positions { get; }
+
+    /// <summary>Whether the store's statements are prepared (<see cref="PostgresIdempotencyStoreOptions.PrepareStatements"/>).</summary>
+    public bool PrepareStatements { get; }
+
+    /// <summary>
+    /// Prepares a command when enabled. Npgsql keeps prepared statements per physical connection across pool returns
+    /// and looks them up by SQL text, so after the first use on a connection this sends nothing.
+    /// </summary>
+    public Task PrepareAsync(NpgsqlCommand command, CancellationToken cancellationToken) =>
+        PrepareStatements ? command.PrepareAsync(cancellationToken) : Task.CompletedTask;
+
+    /// <inheritdoc cref="PrepareAsync(NpgsqlCommand, CancellationToken)"/>
+    public Task PrepareAsync(NpgsqlBatch batch, CancellationToken cancellationToken) =>
+        PrepareStatements ? batch.PrepareAsync(cancellationToken) : Task.CompletedTask;
 
     public string QualifiedTable { get; }
 

@@ -8,8 +8,10 @@ CREATE SCHEMA IF NOT EXISTS {schema};
 -- One row per processed key. The row is inserted (claimed) at the start of the handler's transaction and
 -- becomes visible only when that transaction commits, together with the handler's own writes.
 CREATE TABLE IF NOT EXISTS {schema}.{table} (
-    handler_name    text        NOT NULL,
-    idempotency_key text        NOT NULL,
+    -- COLLATE "C": keys are opaque identifiers, so byte order is enough, and the primary key's comparisons are
+    -- memcmp instead of the database locale's collation rules.
+    handler_name    text        COLLATE "C" NOT NULL,
+    idempotency_key text        COLLATE "C" NOT NULL,
     fingerprint     bytea       NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     completed_at    timestamptz,       -- set by the claim, refined by a single message's completion
