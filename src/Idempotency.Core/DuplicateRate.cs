@@ -1,13 +1,16 @@
 namespace Idempotency;
 
 /// <summary>
-/// A lock-free moving average of how many recent single messages were duplicates, for <see cref="ClaimTiming.AtCommit"/>:
-/// above <see cref="Threshold"/> it pays to look a key up before running the handler.
+/// A lock-free moving average of how many recent single messages were duplicates: above a threshold it pays to look a
+/// key up before running the handler (<see cref="Threshold"/> for <see cref="ClaimTiming.AtCommit"/>,
+/// <see cref="ClaimFirstThreshold"/> for <see cref="ClaimTiming.BeforeHandler"/>).
 /// </summary>
 /// <remarks>
-/// Why a quarter: with the key looked up first, a new message costs one round trip more and a duplicate one round trip
-/// in all; without it a new message saves that round trip but a duplicate costs the handler, the refused commit and a
-/// rollback (about three more). Looking up first wins once duplicates are more than about one in four.
+/// Why a quarter at commit: with the key looked up first, a new message costs one round trip more and a duplicate one
+/// round trip in all; without it a new message saves that round trip but a duplicate costs the handler, the refused
+/// commit and a rollback (about three more). Looking up first wins once duplicates are more than about one in four.
+/// Why a half before the handler: there a duplicate without a look-up costs the claim and a rollback (two round trips
+/// against one), so the look-up wins only once duplicates outnumber new messages.
 /// </remarks>
 internal sealed class DuplicateRate
 {
@@ -21,8 +24,16 @@ internal sealed class DuplicateRate
     /// <summary>The share of duplicates above which keys are looked up first.</summary>
     public const double Threshold = 0.25;
 
-    /// <summary>Gets whether duplicates are frequent enough to look keys up first.</summary>
-    public bool IsHigh => Volatile.Read(ref _scaled) > (int)(One * Threshold);
+    /// <summary>The share of duplicates above which keys are looked up before they are claimed (<see cref="ClaimTiming.BeforeHandler"/>).</summary>
+    public const double ClaimFirstThreshold = 0.5;
+
+    /// <summary>Gets whether duplicates are frequent enough to look keys up first under <see cref="ClaimTiming.AtCommit"/>.</summary>
+    public bool IsHigh => IsAbove(Threshold);
+
+    /// <summary>Whether the estimate is above a share.</summary>
+    /// <param name="share">A share between 0 and 1.</param>
+    /// <returns><see langword="true"/> when more than that share of recent messages were duplicates.</returns>
+    public bool IsAbove(double share) => Volatile.Read(ref _scaled) > (int)(One * share);
 
     /// <summary>Gets the current estimate, between 0 and 1.</summary>
     public double Value => Volatile.Read(ref _scaled) / (double)One;

@@ -24,6 +24,7 @@ public sealed class IdempotentProcessor
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly IDeferredClaimStore? _deferredClaimStore;
+    private readonly IProcessedKeyLookup? _lookup;
     private readonly DuplicateRate _duplicateRate = new();
 
     /// <summary>Creates the pipeline for one handler.</summary>
@@ -51,6 +52,7 @@ public sealed class IdempotentProcessor
         _options = options;
         _logger = logger ?? NullLogger.Instance;
         _time = timeProvider ?? TimeProvider.System;
+        _lookup = store as IProcessedKeyLookup;
         if (options.ClaimTiming == ClaimTiming.AtCommit)
         {
             _deferredClaimStore = store as IDeferredClaimStore ?? throw new ArgumentException(
@@ -67,6 +69,76 @@ public sealed class IdempotentProcessor
 
     /// <summary>Gets the store.</summary>
     public IIdempotencyStore Store => _store;
+
+    /// <summary>
+    /// Gets a value indicating whether more than a quarter of recent single messages were duplicates and the store can
+    /// look keys up: an adapter with several messages queued then pays one <see cref="LookUpProcessedAsync"/> for all
+    /// of them instead of a transaction (or a look-up) each.
+    /// </summary>
+    public bool DuplicatesLikely => _lookup is not null && _duplicateRate.IsHigh;
+
+    /// <summary>
+    /// Looks up the keys of several messages in one step, without claiming them, and settles those already committed:
+    /// for them the result is what <see cref="ProcessAsync"/> would have returned (<see cref="ProcessingOutcome.Duplicate"/>,
+    /// or <see cref="ProcessingOutcome.PayloadMismatch"/> by policy). The others get <see langword="null"/>: process them
+    /// with <see cref="ProcessAsync"/>, marked <see cref="IncomingMessage.KeyLookedUp"/>.
+    /// </summary>
+    /// <param name="messages">Messages of this handler, such as those queued behind one another on a partition.</param>
+    /// <param name="cancellationToken">Cancels the look-up.</param>
+    /// <returns>One entry per message, in order. All <see langword="null"/> when the store cannot look keys up or is unreachable (processing then finds out).</returns>
+    /// <exception cref="OperationCanceledException">Cancelled.</exception>
+    public async ValueTask<IReadOnlyList<ProcessingResult?>> LookUpProcessedAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        var results = new ProcessingResult?[messages.Count];
+        if (_lookup is null || messages.Count == 0)
+        {
+            return results;
+        }
+
+        var claims = new List<ClaimRequest>(messages.Count);
+        var indexes = new List<int>(messages.Count);
+        for (var i = 0; i < messages.Count; i++)
+        {
+            // Invalid keys are left to ProcessAsync, which rejects them with the reason.
+            if (IdempotencyKey.GetValidationError(messages[i].Key, _options.MaxKeyBytes) is null)
+            {
+                claims.Add(CreateClaim(messages[i]));
+                indexes.Add(i);
+            }
+        }
+
+        if (claims.Count == 0)
+        {
+            return results;
+        }
+
+        IReadOnlyList<ClaimResult?> found;
+        try
+        {
+            var started = _time.GetTimestamp();
+            found = await _lookup.FindProcessedBatchAsync(claims, cancellationToken).ConfigureAwait(false);
+            IdempotencyMetrics.RecordStoreOperation(_store.Name, "lookup", _time.GetElapsedTime(started));
+        }
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+        {
+            return results;
+        }
+
+        for (var i = 0; i < claims.Count; i++)
+        {
+            _duplicateRate.Record(found[i] is not null);
+            if (found[i] is { } processed)
+            {
+                var message = messages[indexes[i]];
+                var result = NotClaimed(message, claims[i], processed);
+                Finish(result, activity: null);
+                results[indexes[i]] = result;
+            }
+        }
+
+        return results;
+    }
 
     /// <summary>Processes one message in its own store transaction.</summary>
     /// <param name="message">The message.</param>
@@ -158,10 +230,24 @@ public sealed class IdempotentProcessor
         IIdempotencyTransaction? transaction = null;
         try
         {
+            // Claiming a duplicate costs a transaction and a rollback, a look-up one read: once most messages are
+            // duplicates (a replay), look up first.
+            var lookedUp = _lookup is not null && !message.KeyLookedUp && _duplicateRate.IsAbove(DuplicateRate.ClaimFirstThreshold);
+            if (lookedUp && await LookUpAsync(_lookup!, claim, cancellationToken).ConfigureAwait(false) is { } found)
+            {
+                return NotClaimed(message, claim, found);
+            }
+
             transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
             var started = _time.GetTimestamp();
             var claimed = await transaction.ClaimAsync(claim, cancellationToken).ConfigureAwait(false);
             IdempotencyMetrics.RecordStoreOperation(_store.Name, "claim", _time.GetElapsedTime(started));
+            if (!(lookedUp || message.KeyLookedUp) || claimed.Status != ClaimStatus.Claimed)
+            {
+                // A looked-up message was counted by its look-up; count it again only if a duplicate raced past it.
+                _duplicateRate.Record(claimed.Status == ClaimStatus.AlreadyProcessed);
+            }
+
             if (claimed.Status != ClaimStatus.Claimed)
             {
                 await transaction.RollbackAsync(cancellationToken).ConfigureAwait(false);
@@ -220,17 +306,10 @@ public sealed class IdempotentProcessor
         IIdempotencyTransaction? transaction = null;
         try
         {
-            var lookedUp = message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh;
-            if (lookedUp)
+            var lookedUp = !message.KeyLookedUp && (message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh);
+            if (lookedUp && await LookUpAsync(store, claim, cancellationToken).ConfigureAwait(false) is { } found)
             {
-                var started = _time.GetTimestamp();
-                var found = await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false);
-                IdempotencyMetrics.RecordStoreOperation(_store.Name, "lookup", _time.GetElapsedTime(started));
-                _duplicateRate.Record(found is not null);
-                if (found is { } processed)
-                {
-                    return NotClaimed(message, claim, processed);
-                }
+                return NotClaimed(message, claim, found);
             }
 
             transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
@@ -264,7 +343,7 @@ public sealed class IdempotentProcessor
             // Once the commit is sent its outcome must be learned, so shutdown does not cancel it half way.
             var committed = await deferred.ClaimAndCommitAsync(new CompletionRecord(claim, duration, context.Result) { Position = storePosition ? message.Position : null }, context.Outbox, CancellationToken.None).ConfigureAwait(false);
             IdempotencyMetrics.RecordStoreOperation(_store.Name, "commit", _time.GetElapsedTime(commitStarted));
-            if (!lookedUp || committed.Status != ClaimStatus.Claimed)
+            if (!(lookedUp || message.KeyLookedUp) || committed.Status != ClaimStatus.Claimed)
             {
                 // A looked-up message was counted by its look-up; count it again only if a duplicate raced past it.
                 _duplicateRate.Record(committed.Status != ClaimStatus.Claimed);
@@ -291,6 +370,16 @@ public sealed class IdempotentProcessor
                 await transaction.DisposeAsync().ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>Looks one key up and counts the answer in the duplicate rate.</summary>
+    private async ValueTask<ClaimResult?> LookUpAsync(IProcessedKeyLookup lookup, ClaimRequest claim, CancellationToken cancellationToken)
+    {
+        var started = _time.GetTimestamp();
+        var found = await lookup.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false);
+        IdempotencyMetrics.RecordStoreOperation(_store.Name, "lookup", _time.GetElapsedTime(started));
+        _duplicateRate.Record(found is not null);
+        return found;
     }
 
     private async ValueTask ProcessBatchCoreAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, CancellationToken cancellationToken)

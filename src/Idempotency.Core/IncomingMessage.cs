@@ -55,6 +55,13 @@ public sealed class IncomingMessage
     /// <value>Defaults to <see langword="null"/>: nothing is recorded.</value>
     public Storage.ConsumerPosition? Position { get; init; }
 
+    /// <summary>
+    /// Gets a value indicating whether the adapter looked the key up moments ago
+    /// (<see cref="IdempotentProcessor.LookUpProcessedAsync"/>) and did not find it committed, so the pipeline skips its
+    /// own look-up. Only a hint: the claim stays the guarantee.
+    /// </summary>
+    public bool KeyLookedUp { get; init; }
+
     /// <summary>Gets the broker client's own message object, for handlers that need broker details.</summary>
     public object? Native { get; init; }
 }

@@ -59,6 +59,23 @@ public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
     }
 
     /// <inheritdoc/>
+    public ValueTask<IReadOnlyList<ClaimResult?>> FindProcessedBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(requests);
+        cancellationToken.ThrowIfCancellationRequested();
+        ThrowIfUnavailable();
+        var results = new ClaimResult?[requests.Count];
+        for (var i = 0; i < results.Length; i++)
+        {
+            results[i] = _records.TryGetValue((requests[i].HandlerName, requests[i].Key), out var existing)
+                ? new ClaimResult(ClaimStatus.AlreadyProcessed, existing.Fingerprint, existing.Result)
+                : null;
+        }
+
+        return ValueTask.FromResult<IReadOnlyList<ClaimResult?>>(results);
+    }
+
+    /// <inheritdoc/>
     public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => ValueTask.FromResult(!Unavailable);
 
     private void ThrowIfUnavailable()
