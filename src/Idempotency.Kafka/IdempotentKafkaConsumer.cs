@@ -331,6 +331,12 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 }
 
                 ApplyPauseChanges();
+                if (FailedWorker() is { } failed)
+                {
+                    fatal = failed;
+                    break;
+                }
+
                 MaybeCommit(force: false);
                 ConsumeResult<TKey, TValue>? result;
                 try
@@ -407,6 +413,25 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         {
             throw fatal;
         }
+    }
+
+    /// <summary>
+    /// A partition worker that died of an unexpected exception (a bug, not a handler or store failure, which the worker
+    /// handles) would leave its partition stalled with nobody noticing: the loop stops and RunAsync fails with it.
+    /// </summary>
+    private Exception? FailedWorker()
+    {
+        foreach (var state in _partitions.Values)
+        {
+            if (state.Worker.IsFaulted)
+            {
+                var exception = state.Worker.Exception!.GetBaseException();
+                Log.WorkerFailed(_logger, exception, state.Name);
+                return new InvalidOperationException($"The worker of {state.Name} failed: {exception.Message}", exception);
+            }
+        }
+
+        return null;
     }
 
     private void Enqueue(TopicPartition partition, Work work)
@@ -575,7 +600,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
 
         var workers = states.Select(s => s.Worker).ToArray();
-        if (!Task.WaitAll(workers, timeout))
+        if (!WaitAll(workers, timeout))
         {
             Log.InFlightCancelled(_logger, workers.Count(w => !w.IsCompleted), timeout);
             foreach (var state in states)
@@ -584,7 +609,21 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
 
             // Cancelled work rolls back; the commit of a transaction already sent is awaited by the pipeline.
-            Task.WaitAll(workers, TimeSpan.FromSeconds(30));
+            WaitAll(workers, TimeSpan.FromSeconds(30));
+        }
+    }
+
+    /// <summary>Waits for the workers; a faulted one is reported by <see cref="FailedWorker"/>, not thrown here (inside a rebalance callback).</summary>
+    private static bool WaitAll(Task[] workers, TimeSpan timeout)
+    {
+        try
+        {
+            return Task.WaitAll(workers, timeout);
+        }
+        catch (AggregateException)
+        {
+            // Thrown only once every worker has finished, some of them faulted.
+            return true;
         }
     }
 
@@ -697,6 +736,21 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             while (await reader.WaitToReadAsync(state.StopTaking.Token).ConfigureAwait(false))
             {
                 batch.Clear();
+                if (_options.BatchSize == 1 && Volatile.Read(ref state.Buffered) > 1 && _processor.DuplicatesLikely)
+                {
+                    while (batch.Count < LookAheadMessages && reader.TryRead(out var queued))
+                    {
+                        batch.Add(queued);
+                    }
+
+                    if (!await HandleLookedUpAsync(state, batch).ConfigureAwait(false))
+                    {
+                        return;
+                    }
+
+                    continue;
+                }
+
                 await FillBatchAsync(state, batch).ConfigureAwait(false);
                 if (batch.Count == 0)
                 {
@@ -711,19 +765,76 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                     return;
                 }
 
-                Volatile.Write(ref state.CompletedNext, batch[^1].Offset + 1);
-                Interlocked.Add(ref _completedSinceCommit, batch.Count);
-                if (Interlocked.Add(ref state.Buffered, -batch.Count) <= _options.MaxBufferedMessagesPerPartition / 2 && state.BackpressurePaused)
-                {
-                    state.BackpressurePaused = false;
-                    UpdatePause(state);
-                }
+                MarkCompleted(state, batch[^1].Offset, batch.Count);
             }
         }
         catch (OperationCanceledException) when (state.StopTaking.IsCancellationRequested || state.Abort.IsCancellationRequested)
         {
             // Stopped (revoke, loss or shutdown): what did not complete is redelivered to whoever owns the partition next.
         }
+    }
+
+    /// <summary>How many queued messages of a partition one look-up checks while duplicates are frequent.</summary>
+    private const int LookAheadMessages = 100;
+
+    /// <summary>Records that a partition's messages up to <paramref name="lastOffset"/> settled, and lifts backpressure.</summary>
+    private void MarkCompleted(PartitionState state, long lastOffset, int count)
+    {
+        Volatile.Write(ref state.CompletedNext, lastOffset + 1);
+        Interlocked.Add(ref _completedSinceCommit, count);
+        if (Interlocked.Add(ref state.Buffered, -count) <= _options.MaxBufferedMessagesPerPartition / 2 && state.BackpressurePaused)
+        {
+            state.BackpressurePaused = false;
+            UpdatePause(state);
+        }
+    }
+
+    /// <summary>
+    /// Per-message mode while duplicates are frequent (a replay, a group re-reading a topic): the keys of the queued
+    /// messages are looked up in one round trip, duplicates settle without a transaction, and the others are processed
+    /// one by one, in order, as usual. False when the partition stopped first.
+    /// </summary>
+    private async ValueTask<bool> HandleLookedUpAsync(PartitionState state, List<Work> queued)
+    {
+        var readable = new List<IncomingMessage>(queued.Count);
+        foreach (var work in queued)
+        {
+            if (work.Error is null)
+            {
+                readable.Add(ToIncoming(work, attempt: 1));
+            }
+        }
+
+        IReadOnlyList<ProcessingResult?> found;
+        await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+        var started = _time.GetTimestamp();
+        try
+        {
+            found = await _processor.LookUpProcessedAsync(readable, state.Abort.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            _slots.Release();
+        }
+
+        DurationObserver?.Invoke(found.Count(r => r is not null), _time.GetElapsedTime(started));
+        var next = 0;
+        foreach (var work in queued)
+        {
+            var known = work.Error is null ? found[next++] : null;
+            // A looked-up duplicate is acknowledged (or dead-lettered by the payload-mismatch policy): it never waits.
+            var done = known is not null
+                ? (await SettleAsync(state, work, known, attempt: 1, outages: 1).ConfigureAwait(false)).Done ?? true
+                : await HandleOneAsync(state, work, firstAttempt: 1, keyLookedUp: true).ConfigureAwait(false);
+            if (!done)
+            {
+                return false;
+            }
+
+            MarkCompleted(state, work.Offset, 1);
+        }
+
+        return true;
     }
 
     private async ValueTask FillBatchAsync(PartitionState state, List<Work> batch)
@@ -758,7 +869,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     }
 
     /// <summary>Processes one message until it is committed or dead-lettered; false when the partition stopped first.</summary>
-    private async ValueTask<bool> HandleOneAsync(PartitionState state, Work work, int firstAttempt)
+    /// <param name="state">The partition.</param>
+    /// <param name="work">The message.</param>
+    /// <param name="firstAttempt">The attempt to start counting from.</param>
+    /// <param name="keyLookedUp">Whether <see cref="HandleLookedUpAsync"/> just looked the key up and did not find it.</param>
+    private async ValueTask<bool> HandleOneAsync(PartitionState state, Work work, int firstAttempt, bool keyLookedUp = false)
     {
         if (work.Error is not null)
         {
@@ -769,7 +884,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         var outages = 0;
         while (true)
         {
-            var message = ToIncoming(work, attempt);
+            var message = ToIncoming(work, attempt, keyLookedUp: keyLookedUp && attempt == firstAttempt && outages == 0);
             ProcessingResult result;
             await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
             var started = _time.GetTimestamp();
@@ -783,32 +898,51 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
 
             DurationObserver?.Invoke(1, _time.GetElapsedTime(started));
-
-            var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, outages + 1);
-            switch (decision.Action)
+            var (done, action) = await SettleAsync(state, work, result, attempt, outages + 1).ConfigureAwait(false);
+            if (done is { } settled)
             {
-                case DeliveryAction.Acknowledge:
-                    ResumeAfterStore(state);
-                    ResultObserver?.Invoke(result);
-                    return true;
-                case DeliveryAction.DeadLetter:
-                    ResumeAfterStore(state);
-                    ResultObserver?.Invoke(result);
-                    return await DeadLetterAsync(state, work, result, decision, attempt).ConfigureAwait(false);
-                case DeliveryAction.PauseAndRetry:
-                    outages++;
-                    await WaitForStoreAsync(state, decision.Delay, outages).ConfigureAwait(false);
-                    break;
-                case DeliveryAction.Retry:
-                    Log.Retrying(_logger, state.Name, work.Offset, decision.Delay, attempt + 1);
-                    attempt++;
-                    await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
-                    break;
-                default:
-                    // RetryLater: another worker holds the key; not an attempt.
-                    await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
-                    break;
+                return settled;
             }
+
+            if (action == DeliveryAction.PauseAndRetry)
+            {
+                outages++;
+            }
+            else if (action == DeliveryAction.Retry)
+            {
+                attempt++;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Acts on one message's result: acknowledges or dead-letters it (Done true, or false when the partition stopped
+    /// first), or waits before the next try (Done null; Action says which kind of try).
+    /// </summary>
+    private async ValueTask<(bool? Done, DeliveryAction Action)> SettleAsync(PartitionState state, Work work, ProcessingResult result, int attempt, int outages)
+    {
+        var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, outages);
+        switch (decision.Action)
+        {
+            case DeliveryAction.Acknowledge:
+                ResumeAfterStore(state);
+                ResultObserver?.Invoke(result);
+                return (true, decision.Action);
+            case DeliveryAction.DeadLetter:
+                ResumeAfterStore(state);
+                ResultObserver?.Invoke(result);
+                return (await DeadLetterAsync(state, work, result, decision, attempt).ConfigureAwait(false), decision.Action);
+            case DeliveryAction.PauseAndRetry:
+                await WaitForStoreAsync(state, decision.Delay, outages).ConfigureAwait(false);
+                return (null, decision.Action);
+            case DeliveryAction.Retry:
+                Log.Retrying(_logger, state.Name, work.Offset, decision.Delay, attempt + 1);
+                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+                return (null, decision.Action);
+            default:
+                // RetryLater: another worker holds the key; not an attempt.
+                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+                return (null, decision.Action);
         }
     }
 
@@ -1028,7 +1162,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
     }
 
-    private IncomingMessage ToIncoming(Work work, int attempt, bool withPosition = true)
+    private IncomingMessage ToIncoming(Work work, int attempt, bool withPosition = true, bool keyLookedUp = false)
     {
         var record = work.Result!;
         return new IncomingMessage(SelectKey(record), SelectBody(record))
@@ -1040,6 +1174,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             Redelivered = work.Reread || attempt > 1,
             RedeliveryCause = work.Reread ? "rebalance" : attempt > 1 ? "redelivery" : null,
             DeliveryAttempt = attempt,
+            KeyLookedUp = keyLookedUp,
             Native = record,
             Position = _positionGroup is null || !withPosition ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
         };

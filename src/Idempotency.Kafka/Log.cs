@@ -53,4 +53,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 2015, Level = LogLevel.Warning, Message = "Could not read the stored positions of {Partitions}; starting from the group's committed offsets (re-read messages are skipped as duplicates)")]
     public static partial void StoredPositionsUnavailable(ILogger logger, Exception exception, string partitions);
+
+    [LoggerMessage(EventId = 2016, Level = LogLevel.Critical, Message = "The worker of {Partition} failed unexpectedly; the consume loop stops so the failure is not a silent stall (its messages are not committed and will be redelivered)")]
+    public static partial void WorkerFailed(ILogger logger, Exception exception, string partition);
 }

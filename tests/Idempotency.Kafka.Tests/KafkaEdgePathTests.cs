@@ -305,4 +305,33 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
             return text.StartsWith('{') ? text : throw new FormatException("not a JSON object");
         }
     }
+
+    [Fact]
+    public async Task A_partition_worker_that_dies_of_an_unexpected_exception_stops_the_loop_loudly_instead_of_stalling()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("dies");
+        cluster.CreateTopic(topic, 1);
+        Produce(cluster, topic, Enumerable.Range(0, 5).Select(i => $"d-{i}"));
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var processor = new IdempotentProcessor(store, Credit(table), HandlerOptions("dies"));
+
+        // The result observer runs on the partition's worker: throwing there stands in for a bug in the worker itself.
+        var group = Unique("g");
+        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), processor, Options(topic));
+        consumer.ResultObserver = _ => throw new InvalidProgramException("worker bug");
+        using (consumer)
+        {
+            var loop = consumer.RunAsync(TestContext.Current.CancellationToken);
+
+            var error = await Assert.ThrowsAsync<InvalidOperationException>(() => loop.WaitAsync(Timeout, TestContext.Current.CancellationToken));
+            Assert.IsType<InvalidProgramException>(error.InnerException);
+        }
+
+        // The first message committed in the store before the worker died; the group's offset did not move past it.
+        Assert.Equal(1L, await AppliedAsync(db, table));
+        var committed = await cluster.CommittedOffsetsAsync(group, topic, 1);
+        Assert.Equal(-1001L, Assert.Single(committed));
+    }
 }
