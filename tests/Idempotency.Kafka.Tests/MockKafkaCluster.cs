@@ -127,6 +127,15 @@ public sealed class MockKafkaCluster : IDisposable
     /// <param name="brokerId">1-based broker id.</param>
     public void SetBrokerUp(int brokerId) => Check(rd_kafka_mock_broker_set_up(RequireMock(), brokerId), "broker_set_up");
 
+    /// <summary>
+    /// Delays every response of a broker (0 restores it). Unlike <see cref="SetBrokerDown"/> the broker keeps its
+    /// listening socket: bringing a broker up re-binds its port, which aborts the process (a librdkafka assertion) if a
+    /// client connection took that port as its local port meanwhile, a race that busy test runs do hit.
+    /// </summary>
+    /// <param name="brokerId">1-based broker id.</param>
+    /// <param name="rttMilliseconds">The delay.</param>
+    public void SetBrokerRtt(int brokerId, int rttMilliseconds) => Check(rd_kafka_mock_broker_set_rtt(RequireMock(), brokerId, rttMilliseconds), "broker_set_rtt");
+
     /// <summary>Makes the next requests of one API fail with the given errors, one error per request, in order.</summary>
     /// <param name="apiKey">The API key (<see cref="ApiFetch"/>, <see cref="ApiOffsetCommit"/>...).</param>
     /// <param name="errors">The errors.</param>
@@ -233,6 +242,9 @@ public sealed class MockKafkaCluster : IDisposable
 
     [DllImport(Lib)]
     private static extern int rd_kafka_mock_broker_set_up(IntPtr mcluster, int brokerId);
+
+    [DllImport(Lib)]
+    private static extern int rd_kafka_mock_broker_set_rtt(IntPtr mcluster, int brokerId, int rttMs);
 
     [DllImport(Lib)]
     private static extern void rd_kafka_mock_cluster_destroy(IntPtr mcluster);
