@@ -133,24 +133,6 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
 
         try
         {
-            // No transaction: a pooled connection, one round trip, nothing to roll back for a duplicate.
-            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
-            await using var connectionScope = connection.ConfigureAwait(false);
-            if (requests.Count == 1)
-            {
-                using var command = new NpgsqlCommand(_sql.SelectOne, connection);
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = requests[0].HandlerName });
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = requests[0].Key });
-                await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
-                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-                if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-                {
-                    results[0] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), reader.IsDBNull(1) ? null : reader.GetFieldValue<byte[]>(1));
-                }
-
-                return results;
-            }
-
             var handler = requests[0].HandlerName;
             var keys = new string[requests.Count];
             for (var i = 0; i < keys.Length; i++)
@@ -160,19 +142,10 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
                     : throw new ArgumentException("A look-up reads keys of one handler only.", nameof(requests));
             }
 
-            var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
-            using (var command = new NpgsqlCommand(_sql.SelectMany, connection))
-            {
-                command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
-                command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
-                await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
-                using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-                while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-                {
-                    byKey[reader.GetString(0)] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), reader.IsDBNull(2) ? null : reader.GetFieldValue<byte[]>(2));
-                }
-            }
-
+            // No transaction: a pooled connection, one round trip, nothing to roll back for a duplicate.
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+            var byKey = await _sql.ReadProcessedAsync(connection, transaction: null, handler, keys, cancellationToken).ConfigureAwait(false);
             for (var i = 0; i < keys.Length; i++)
             {
                 results[i] = byKey.TryGetValue(keys[i], out var found) ? found : null;

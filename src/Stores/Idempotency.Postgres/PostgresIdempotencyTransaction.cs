@@ -40,7 +40,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             {
                 return reader.GetBoolean(0)
                     ? ClaimResult.Claimed
-                    : new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), ReadResult(reader, 2));
+                    : PostgresSql.ReadProcessed(reader, 1);
             }
         }
 
@@ -52,7 +52,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                return new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), ReadResult(reader, 1));
+                return PostgresSql.ReadProcessed(reader, 0);
             }
         }
 
@@ -101,7 +101,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
                 }
                 else if (!reader.IsDBNull(2))
                 {
-                    results[index] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(2), ReadResult(reader, 3));
+                    results[index] = PostgresSql.ReadProcessed(reader, 2);
                 }
                 else
                 {
@@ -195,7 +195,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = claim.Key });
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
-                ? new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(0), ReadResult(reader, 1))
+                ? PostgresSql.ReadProcessed(reader, 0)
                 : throw new InvalidOperationException($"Key '{claim.Key}' conflicted at commit but no committed row was found; was it pruned concurrently?");
         }
     }
@@ -280,18 +280,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
     private async ValueTask ReadRacedAsync(string handler, string[] keys, List<int> raced, ClaimResult[] results, CancellationToken cancellationToken)
     {
         var racedKeys = raced.Select(i => keys[i]).ToArray();
-        var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
-        using (var select = new NpgsqlCommand(_sql.SelectMany, Connection, Transaction))
-        {
-            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
-            select.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = racedKeys });
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                byKey[reader.GetString(0)] = new ClaimResult(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(1), ReadResult(reader, 2));
-            }
-        }
-
+        var byKey = await _sql.ReadProcessedAsync(Connection, Transaction, handler, racedKeys, cancellationToken).ConfigureAwait(false);
         foreach (var index in raced)
         {
             results[index] = byKey.TryGetValue(keys[index], out var found)
@@ -327,6 +316,4 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = request.ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
     }
 
-    private static ReadOnlyMemory<byte>? ReadResult(NpgsqlDataReader reader, int ordinal) =>
-        reader.IsDBNull(ordinal) ? null : reader.GetFieldValue<byte[]>(ordinal);
 }

@@ -1,3 +1,4 @@
+using Idempotency.Storage;
 using Npgsql;
 
 namespace Idempotency.Postgres;
@@ -97,6 +98,32 @@ internal sealed class PostgresSql
     /// <inheritdoc cref="PrepareAsync(NpgsqlCommand, CancellationToken)"/>
     public Task PrepareAsync(NpgsqlBatch batch, CancellationToken cancellationToken) =>
         PrepareStatements ? batch.PrepareAsync(cancellationToken) : Task.CompletedTask;
+
+    /// <summary>A committed row as a claim's answer: its fingerprint at <paramref name="ordinal"/>, its stored result next.</summary>
+    public static ClaimResult ReadProcessed(NpgsqlDataReader reader, int ordinal) =>
+        new(ClaimStatus.AlreadyProcessed, reader.GetFieldValue<byte[]>(ordinal), reader.IsDBNull(ordinal + 1) ? null : reader.GetFieldValue<byte[]>(ordinal + 1));
+
+    /// <summary>Reads the committed rows of some keys of one handler (<see cref="SelectMany"/>), by key.</summary>
+    /// <param name="connection">An open connection.</param>
+    /// <param name="transaction">The transaction to read in, or <see langword="null"/> for none.</param>
+    /// <param name="handler">The handler name.</param>
+    /// <param name="keys">The keys.</param>
+    /// <param name="cancellationToken">Cancels the read.</param>
+    public async Task<Dictionary<string, ClaimResult>> ReadProcessedAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string handler, string[] keys, CancellationToken cancellationToken)
+    {
+        var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
+        using var select = new NpgsqlCommand(SelectMany, connection, transaction);
+        select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
+        select.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
+        await PrepareAsync(select, cancellationToken).ConfigureAwait(false);
+        using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            byKey[reader.GetString(0)] = ReadProcessed(reader, 1);
+        }
+
+        return byKey;
+    }
 
     public string QualifiedTable { get; }
 
