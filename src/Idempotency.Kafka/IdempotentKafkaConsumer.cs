@@ -796,12 +796,13 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     /// </summary>
     private async ValueTask<bool> HandleLookedUpAsync(PartitionState state, List<Work> queued)
     {
+        // Built once, marked looked up: a message the look-up does not settle goes on to processing as it is.
         var readable = new List<IncomingMessage>(queued.Count);
         foreach (var work in queued)
         {
             if (work.Error is null)
             {
-                readable.Add(ToIncoming(work, attempt: 1));
+                readable.Add(ToIncoming(work, attempt: 1, keyLookedUp: true));
             }
         }
 
@@ -821,11 +822,13 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         var next = 0;
         foreach (var work in queued)
         {
+            var message = work.Error is null ? readable[next] : null;
             var known = work.Error is null ? found[next++] : null;
+
             // A looked-up duplicate is acknowledged (or dead-lettered by the payload-mismatch policy): it never waits.
             var done = known is not null
                 ? (await SettleAsync(state, work, known, attempt: 1, outages: 1).ConfigureAwait(false)).Done ?? true
-                : await HandleOneAsync(state, work, firstAttempt: 1, keyLookedUp: true).ConfigureAwait(false);
+                : await HandleOneAsync(state, work, firstAttempt: 1, message).ConfigureAwait(false);
             if (!done)
             {
                 return false;
@@ -872,8 +875,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     /// <param name="state">The partition.</param>
     /// <param name="work">The message.</param>
     /// <param name="firstAttempt">The attempt to start counting from.</param>
-    /// <param name="keyLookedUp">Whether <see cref="HandleLookedUpAsync"/> just looked the key up and did not find it.</param>
-    private async ValueTask<bool> HandleOneAsync(PartitionState state, Work work, int firstAttempt, bool keyLookedUp = false)
+    /// <param name="lookedUp">The message as <see cref="HandleLookedUpAsync"/> built and looked it up without finding its key, for the first try.</param>
+    private async ValueTask<bool> HandleOneAsync(PartitionState state, Work work, int firstAttempt, IncomingMessage? lookedUp = null)
     {
         if (work.Error is not null)
         {
@@ -884,7 +887,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         var outages = 0;
         while (true)
         {
-            var message = ToIncoming(work, attempt, keyLookedUp: keyLookedUp && attempt == firstAttempt && outages == 0);
+            var message = lookedUp is not null && attempt == firstAttempt && outages == 0 ? lookedUp : ToIncoming(work, attempt);
             ProcessingResult result;
             await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
             var started = _time.GetTimestamp();
