@@ -70,14 +70,15 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
             await slowHandler.HandleAsync(context, ct);
         }), Options());
         var fast = new IdempotentProcessor(fastStore, Credit(table), Options());
-        var lease = slowStore.Redis.GetKey("orders", "contested");
+        string? slowToken = null;
 
         // Steps are driven by what Redis shows, not by sleeps, so a slow machine cannot reorder them.
         var slowRun = slow.ProcessAsync(Message("contested"), Ct).AsTask();
         await slowStarted.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
-        await WaitUntilAsync(async () => !await redis.Connection.GetDatabase().KeyExistsAsync(lease)); // the slow worker's lease expired
-        var fastRun = fast.ProcessAsync(Message("contested"), Ct).AsTask(); // takes the lease, then waits on the uncommitted row
-        await WaitUntilAsync(async () => await redis.Connection.GetDatabase().KeyExistsAsync(lease));
+        await WaitUntilAsync(async () => (slowToken = await slowStore.Redis.FindLeaseTokenAsync("orders", "contested")) is not null);
+        await WaitUntilAsync(async () => await slowStore.Redis.FindLeaseTokenAsync("orders", "contested") is null); // the slow worker's lease expired
+        var fastRun = fast.ProcessAsync(Message("contested"), Ct).AsTask(); // takes the key over, then waits on the uncommitted row
+        await WaitUntilAsync(async () => await slowStore.Redis.FindLeaseTokenAsync("orders", "contested") is { } token && token != slowToken);
         releaseSlow.SetResult();
         var slowResult = await slowRun;
         var fastResult = await fastRun;

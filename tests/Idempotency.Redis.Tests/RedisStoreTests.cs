@@ -127,6 +127,76 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         await fresh.DisposeAsync();
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Keys_a_batch_claimed_but_did_not_complete_are_released_by_its_commit_and_never_pass_for_processed(bool withRedisWrites)
+    {
+        // A batch commit marks the transaction committed, not each key: a claimed key left out of it (its handler
+        // failed) must be released in the same atomic step, or it would answer Duplicate without ever being processed.
+        var store = redis.CreateStore();
+        ClaimRequest[] claims = [Claim("p-1"), Claim("p-2"), Claim("p-3")];
+        var first = await store.BeginAsync(Ct);
+        Assert.All(await first.ClaimBatchAsync(claims, Ct), r => Assert.Equal(ClaimStatus.Claimed, r.Status));
+        if (withRedisWrites)
+        {
+            _ = ((RedisIdempotencyTransaction)first).RedisTransaction.StringIncrementAsync($"{store.Options.KeyPrefix}:state:count");
+        }
+
+        await first.CommitAsync([new CompletionRecord(claims[0], TimeSpan.Zero), new CompletionRecord(claims[2], TimeSpan.Zero)], [], Ct);
+        await first.DisposeAsync();
+
+        Assert.NotNull(await store.FindAsync("orders", "p-1"));
+        Assert.Null(await store.FindAsync("orders", "p-2"));
+        Assert.NotNull(await store.FindAsync("orders", "p-3"));
+        Assert.False(await store.Database.KeyExistsAsync(store.GetKey("orders", "p-2")));
+        var again = await store.BeginAsync(Ct);
+        var results = await again.ClaimBatchAsync(claims, Ct);
+        Assert.Equal([ClaimStatus.AlreadyProcessed, ClaimStatus.Claimed, ClaimStatus.AlreadyProcessed], results.Select(r => r.Status));
+        Assert.Equal(claims[0].Fingerprint.ToArray(), results[0].StoredFingerprint.ToArray());
+        await again.DisposeAsync();
+        Assert.Equal(withRedisWrites ? 1 : 0, (int)await store.Database.StringGetAsync($"{store.Options.KeyPrefix}:state:count"));
+    }
+
+    [Fact]
+    public async Task A_batch_commit_writes_one_status_key_and_leaves_each_claimed_key_as_written_by_the_claim()
+    {
+        // The point of the layout: per key one write (the claim); the commit writes the transaction's status once.
+        await using var privateServer = await PrivateRedisServer.StartAsync();
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(privateServer.Configuration + ",allowAdmin=true");
+        var options = RedisFixture.NewOptions();
+        options.StoreResults = false;
+        var store = new RedisIdempotencyStore(connection, options);
+        var claims = Enumerable.Range(0, 50).Select(i => Claim($"w-{i}")).ToArray();
+        var transaction = (RedisIdempotencyTransaction)await store.BeginAsync(Ct);
+        await transaction.ClaimBatchAsync(claims, Ct);
+        var server = connection.GetServer(connection.GetEndPoints()[0]);
+        var claimed = await store.Database.StringGetAsync(claims.Select(c => store.GetKey(c.HandlerName, c.Key)).ToArray());
+        var before = await WriteCountAsync(server);
+
+        await transaction.CommitAsync(claims.Select(c => new CompletionRecord(c, TimeSpan.Zero, new byte[] { 1 })).ToArray(), [], Ct);
+
+        Assert.Equal(1, await WriteCountAsync(server) - before); // the status SET, on a server of this test's own
+        Assert.Equal(claimed, await store.Database.StringGetAsync(claims.Select(c => store.GetKey(c.HandlerName, c.Key)).ToArray()));
+        foreach (var claim in claims)
+        {
+            Assert.NotNull(await store.FindAsync(claim.HandlerName, claim.Key));
+        }
+
+        Assert.Equal("D", (string?)await store.Database.StringGetAsync($"{store.Options.KeyPrefix}:lease:{transaction.LeaseToken}"));
+        var statusTtl = await store.Database.KeyTimeToLiveAsync($"{store.Options.KeyPrefix}:lease:{transaction.LeaseToken}");
+        Assert.True(statusTtl > store.Options.Retention - TimeSpan.FromMinutes(1), "a committed status must outlive the keys that refer to it");
+        await transaction.DisposeAsync();
+    }
+
+    /// <summary>Calls of SET and DEL the server has run (INFO commandstats), inside scripts or not.</summary>
+    private static async Task<long> WriteCountAsync(IServer server)
+    {
+        var stats = await server.InfoAsync("commandstats");
+        return stats.SelectMany(g => g).Where(p => p.Key is "cmdstat_set" or "cmdstat_del")
+            .Sum(p => long.Parse(p.Value.Split(',')[0].Split('=')[1], System.Globalization.CultureInfo.InvariantCulture));
+    }
+
     [Fact]
     public async Task Stale_worker_without_redis_writes_is_refused_when_another_worker_completed_the_key()
     {

@@ -13,6 +13,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
 {
     private readonly LayeredIdempotencyStore _store;
     private readonly List<ClaimRequest> _leased = [];
+    private RedisLease? _lease;
     private PostgresIdempotencyTransaction? _postgres;
     private bool _finished;
 
@@ -56,10 +57,15 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         ClaimResult[]? filtered = null;
         try
         {
-            // A disconnected Redis is skipped at once rather than queueing the claim until it times out.
-            filtered = Redis.Connection.IsConnected
-                ? await Redis.ClaimAsync(requests, LeaseToken).ConfigureAwait(false)
-                : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
+            // A disconnected Redis is skipped at once rather than queueing the claim until it times out. On a cluster a
+            // batch's keys span hash slots that one script cannot reach: PostgreSQL alone answers those.
+            if (!Redis.IsCluster || (requests.Count == 1 && _lease is null))
+            {
+                _lease = Redis.LeaseFor(_lease, LeaseToken, requests);
+                filtered = Redis.Connection.IsConnected
+                    ? await Redis.ClaimAsync(requests, _lease).ConfigureAwait(false)
+                    : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
+            }
         }
         catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
         {
@@ -126,7 +132,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             var lost = 0;
             try
             {
-                lost = await Redis.CheckAsync(LeaseKeys(leased.Select(c => c.Claim)), LeaseToken).ConfigureAwait(false);
+                lost = await Redis.CheckAsync(_lease!, LeaseKeys(leased.Select(c => c.Claim))).ConfigureAwait(false);
             }
             catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
             {
@@ -146,22 +152,25 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         }
 
         _finished = true;
-        if (leased.Length > 0)
+        if (_leased.Count > 0)
         {
+            // Our status becomes committed and the leased keys left out of the commit are released, in one script: a
+            // leftover must never pass for committed. If this fails, the claims are released (or expire) instead and
+            // PostgreSQL answers the next duplicates, restoring the markers.
+            var done = new HashSet<string>(leased.Select(c => c.Claim.Key), StringComparer.Ordinal);
             try
             {
-                await Redis.CompleteAsync(leased, LeaseToken).ConfigureAwait(false);
+                await Redis.CommitAsync(_lease!, leased, LeaseKeys(_leased.Where(c => !done.Contains(c.Key)))).ConfigureAwait(false);
+                _leased.Clear();
             }
 #pragma warning disable CA1031 // Best effort by design: PostgreSQL already holds the truth and filters the duplicates itself.
             catch (Exception exception)
 #pragma warning restore CA1031
             {
-                Log.MarkCompletedFailed(Redis.Logger, exception, leased.Length, leased[0].Claim.HandlerName);
+                Log.MarkCompletedFailed(Redis.Logger, exception, leased.Length, _leased[0].HandlerName);
             }
         }
 
-        var done = new HashSet<string>(leased.Select(c => c.Claim.Key), StringComparer.Ordinal);
-        _leased.RemoveAll(c => done.Contains(c.Key));
         await ReleaseLeasesAsync().ConfigureAwait(false);
     }
 
@@ -221,7 +230,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
 
         try
         {
-            await Redis.CompleteAsync(restore, LeaseToken).ConfigureAwait(false);
+            await Redis.MarkCompletedAsync(_lease!, restore).ConfigureAwait(false);
             foreach (var record in restore)
             {
                 Log.MarkerRestored(Redis.Logger, record.Claim.Key, record.Claim.HandlerName);
@@ -247,7 +256,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         _leased.Clear();
         try
         {
-            await Redis.ReleaseAsync(leases, LeaseToken).ConfigureAwait(false);
+            await Redis.ReleaseAsync(_lease!, leases).ConfigureAwait(false);
         }
         catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
         {

@@ -7,12 +7,13 @@ using StackExchange.Redis;
 namespace Idempotency.Redis;
 
 /// <summary>
-/// The Redis store. A claim takes an in-progress lease (<c>SET key token NX PX lease GET</c>, in a Lua script over the
-/// batch: a completed record or another worker's token found there answers instead); the commit replaces the lease by
-/// the completion record with its TTL, guarded by the key still holding this worker's token. Two ways to use it:
+/// The Redis store. A claim writes each key once (<c>SET key claim NX PX retention GET</c>, in a Lua script over the
+/// batch: a completed key or another worker's claim in progress found there answers instead) and takes the
+/// transaction's lease, one status key; the commit sets that status to committed, guarded by the lease still being
+/// this worker's. Two ways to use it:
 /// <list type="bullet">
 /// <item><description>Redis-held state: the handler queues its writes on <c>context.GetRedisTransaction()</c>; they
-/// commit in one MULTI/EXEC with the completion record, only if this worker still owns the lease. Exactly-once
+/// commit in one MULTI/EXEC with the completion, only if this worker still owns the lease. Exactly-once
 /// effects for state kept in Redis.</description></item>
 /// <item><description>External effects: the handler calls an HTTP service or sends an e-mail and ignores the
 /// transaction. A crash after the effect and before the completion lets the effect repeat once the lease
@@ -20,9 +21,9 @@ namespace Idempotency.Redis;
 /// </list>
 /// </summary>
 /// <remarks>
-/// One Redis key per (handler, key), <c>{KeyPrefix}:{{handler}|{key}}</c>: while the key is processed it holds the
-/// lease token (TTL: the lease); once completed, the record (fingerprint and optional result; TTL: the retention).
-/// Outgoing messages go to the stream <c>{KeyPrefix}:outbox</c>. StackExchange.Redis takes no
+/// One Redis key per (handler, key), <c>{KeyPrefix}:{{handler}|{key}}</c>, holding the claim (the transaction's token
+/// and the fingerprint) or a record with a stored result, TTL the retention; one status key per transaction,
+/// <c>{KeyPrefix}:lease:{token}</c> (layout in docs/redis.md). Outgoing messages go to the stream <c>{KeyPrefix}:outbox</c>. StackExchange.Redis takes no
 /// <see cref="CancellationToken"/>: cancellation is honoured between calls.
 /// </remarks>
 public sealed class RedisIdempotencyStore : IIdempotencyStore
@@ -30,6 +31,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     private readonly ILogger _logger;
     private readonly string _leaseMilliseconds;
     private readonly string _ttlMilliseconds;
+    private readonly string _statusMilliseconds;
+    private readonly string _statusPrefix;
     private bool? _isCluster;
 
     /// <summary>Creates the store over a connection the caller owns and shares.</summary>
@@ -51,6 +54,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         _logger = logger ?? NullLogger.Instance;
         _leaseMilliseconds = ToMilliseconds(options.LeaseDuration);
         _ttlMilliseconds = ToMilliseconds(options.Retention);
+        _statusMilliseconds = ToMilliseconds(CommittedStatusTtl);
+        _statusPrefix = options.KeyPrefix + ":lease:";
     }
 
     /// <inheritdoc/>
@@ -92,11 +97,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <summary>Gets a value indicating whether the server is a Redis Cluster, where one script cannot span a batch's keys.</summary>
     internal bool IsCluster => _isCluster ??= Connection.GetEndPoints() is { Length: > 0 } endpoints && Connection.GetServer(endpoints[0]).ServerType == ServerType.Cluster;
 
-    internal string LeaseMilliseconds => _leaseMilliseconds;
-
-    internal string TtlMilliseconds => _ttlMilliseconds;
-
-    /// <summary>Gets the Redis key that holds a key's lease token while it is processed, then its completion record.</summary>
+    /// <summary>Gets the Redis key that holds a key's claim (or its record once a result is stored).</summary>
     /// <param name="handlerName">The handler name.</param>
     /// <param name="key">The idempotency key.</param>
     /// <returns>The Redis key, <c>{KeyPrefix}:{{handler}|{key}}</c>.</returns>
@@ -138,87 +139,155 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <returns>The stored fingerprint and result, or <see langword="null"/> when the key is not completed.</returns>
     public async Task<(byte[] Fingerprint, byte[]? Result)?> FindAsync(string handlerName, string key)
     {
-        var value = (byte[]?)await Database.StringGetAsync(GetKey(handlerName, key)).ConfigureAwait(false);
-        return RedisRecord.TryDecode(value, out var fingerprint, out var result) ? (fingerprint.ToArray(), result?.ToArray()) : null;
+        var redisKey = GetKey(handlerName, key);
+        var value = (byte[]?)await Database.StringGetAsync(redisKey).ConfigureAwait(false);
+        if (RedisRecord.TryDecode(value, out var fingerprint, out var result))
+        {
+            return (fingerprint.ToArray(), result?.ToArray());
+        }
+
+        return RedisRecord.ClaimToken(value) is { } token
+            && await Database.StringGetAsync(StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == CommittedStatus
+            && RedisRecord.TryDecodeCommittedClaim(value!, out fingerprint)
+            ? (fingerprint.ToArray(), null)
+            : null;
     }
 
-    /// <summary>Reads the token of the lease on a key, or <see langword="null"/> when it is not leased (free or completed).</summary>
+    /// <summary>Reads the token of the transaction processing a key, or <see langword="null"/> when none is (free, committed or abandoned).</summary>
     internal async Task<string?> FindLeaseTokenAsync(string handlerName, string key)
     {
-        var value = (byte[]?)await Database.StringGetAsync(GetKey(handlerName, key)).ConfigureAwait(false);
-        return value is null || RedisRecord.TryDecode(value, out _, out _) ? null : System.Text.Encoding.UTF8.GetString(value);
+        var redisKey = GetKey(handlerName, key);
+        var value = (byte[]?)await Database.StringGetAsync(redisKey).ConfigureAwait(false);
+        return RedisRecord.ClaimToken(value) is { } token
+            && await Database.StringGetAsync(StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == InProgressStatus
+            ? token
+            : null;
     }
 
-    /// <summary>Claims keys under a lease token: one script for the batch, one round trip.</summary>
-    internal async Task<ClaimResult[]> ClaimAsync(IReadOnlyList<ClaimRequest> requests, string token)
+    /// <summary>
+    /// A transaction's lease, created at its first claim. Its status key lives beside the store's keys on standalone
+    /// Redis; on a cluster it is named after the transaction's key so that one script reaches both (same hash slot),
+    /// which limits a transaction to one key there.
+    /// </summary>
+    /// <exception cref="NotSupportedException">A batch, or a second key, on a Redis Cluster.</exception>
+    internal RedisLease LeaseFor(RedisLease? lease, string token, IReadOnlyList<ClaimRequest> requests)
     {
-        var results = new ClaimResult[requests.Count];
-        RedisValue[] args = [token, _leaseMilliseconds];
-        if (requests.Count == 1 || !IsCluster)
+        var first = GetKey(requests[0].HandlerName, requests[0].Key);
+        var prefix = StatusPrefixFor(first);
+        if (IsCluster && (requests.Count > 1 || (lease is not null && lease.StatusPrefix != prefix)))
         {
-            // One script for the whole batch: Redis runs one EVALSHA, with one SET NX GET per key inside it.
-            var keys = new RedisKey[requests.Count];
-            for (var i = 0; i < keys.Length; i++)
-            {
-                keys[i] = GetKey(requests[i].HandlerName, requests[i].Key);
-            }
-
-            var replies = (RedisResult[])(await Database.ScriptEvaluateAsync(RedisScripts.Claim, keys, args).ConfigureAwait(false))!;
-            for (var i = 0; i < results.Length; i++)
-            {
-                results[i] = ToClaimResult((byte[]?)replies[i], token);
-            }
-
-            return results;
+            throw new NotSupportedException("On a Redis Cluster the Redis idempotency store claims one key per transaction (a batch's keys live in several hash slots): process single messages, or use a standalone or Sentinel primary.");
         }
 
-        // On a cluster the keys of a batch live in different slots: one script per key, pipelined in one round trip.
-        var tasks = new Task<RedisResult>[requests.Count];
+        return lease ?? new RedisLease(token, prefix + token, prefix);
+    }
+
+    private string StatusPrefixFor(RedisKey key) => IsCluster ? $"{key}:lease:" : _statusPrefix;
+
+    /// <summary>Claims keys for a transaction: one script for the batch, one round trip.</summary>
+    internal async Task<ClaimResult[]> ClaimAsync(IReadOnlyList<ClaimRequest> requests, RedisLease lease)
+    {
+        var keys = new RedisKey[requests.Count + 1];
+        var args = new RedisValue[requests.Count + 4];
+        keys[0] = lease.Status;
+        args[0] = lease.Token;
+        args[1] = lease.StatusPrefix;
+        args[2] = _leaseMilliseconds;
+        args[3] = _ttlMilliseconds;
         for (var i = 0; i < requests.Count; i++)
         {
-            tasks[i] = Database.ScriptEvaluateAsync(RedisScripts.Claim, [GetKey(requests[i].HandlerName, requests[i].Key)], args);
+            keys[i + 1] = GetKey(requests[i].HandlerName, requests[i].Key);
+            args[i + 4] = RedisRecord.EncodeClaim(lease.TokenBytes, requests[i].Fingerprint);
         }
 
-        await Task.WhenAll(tasks).ConfigureAwait(false);
-        for (var i = 0; i < tasks.Length; i++)
+        // The reply lists only the keys that were not free: (index, value) pairs.
+        var replies = (RedisResult[])(await Database.ScriptEvaluateAsync(RedisScripts.Claim, keys, args).ConfigureAwait(false))!;
+        var results = new ClaimResult[requests.Count];
+        Array.Fill(results, ClaimResult.Claimed);
+        for (var i = 0; i + 1 < replies.Length; i += 2)
         {
-            results[i] = ToClaimResult((byte[]?)((RedisResult[])tasks[i].Result!)[0], token);
+            results[(int)replies[i] - 1] = ToClaimResult((byte[])replies[i + 1]!, lease);
         }
 
         return results;
     }
 
-    /// <summary>Writes completion records with one atomic script; returns the 1-based index of a refused key, or 0.</summary>
-    internal async Task<int> CompleteAsync(IReadOnlyList<CompletionRecord> completions, string token)
+    /// <summary>
+    /// Commits a transaction without handler writes in Redis: its status becomes committed, records with results are
+    /// written, and <paramref name="leftovers"/> (claimed, not completed) are released, in one script. Returns 0, or the
+    /// 1-based index of a completion refused because the lease expired and the key is no longer ours (nothing written).
+    /// </summary>
+    internal async Task<int> CommitAsync(RedisLease lease, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<RedisKey> leftovers)
     {
-        var keys = new RedisKey[completions.Count];
-        var values = new RedisValue[2 + completions.Count];
-        values[0] = token;
-        values[1] = _ttlMilliseconds;
+        var keys = new RedisKey[1 + completions.Count + leftovers.Count];
+        var args = new RedisValue[5 + completions.Count];
+        keys[0] = lease.Status;
+        args[0] = lease.Token;
+        args[1] = lease.StatusPrefix;
+        args[2] = _statusMilliseconds;
+        args[3] = _ttlMilliseconds;
+        args[4] = completions.Count;
         for (var i = 0; i < completions.Count; i++)
         {
-            keys[i] = GetKey(completions[i].Claim.HandlerName, completions[i].Claim.Key);
-            values[2 + i] = EncodeRecord(completions[i]);
+            keys[1 + i] = GetKey(completions[i].Claim.HandlerName, completions[i].Claim.Key);
+            args[5 + i] = RecordToWrite(completions[i]) is { } record ? record : RedisValue.EmptyString;
         }
 
-        var reply = await Database.ScriptEvaluateAsync(RedisScripts.Complete, keys, values).ConfigureAwait(false);
-        return (int)reply;
+        for (var i = 0; i < leftovers.Count; i++)
+        {
+            keys[1 + completions.Count + i] = leftovers[i];
+        }
+
+        var reply = (int)await Database.ScriptEvaluateAsync(RedisScripts.Commit, keys, args).ConfigureAwait(false);
+        return reply < 0 ? throw new InvalidOperationException("The Redis idempotency transaction was already committed.") : reply;
     }
+
+    /// <summary>
+    /// The record a completion must write over its claim value, or <see langword="null"/> when the claim value plus the
+    /// committed status say it all (no result to store).
+    /// </summary>
+    internal byte[]? RecordToWrite(CompletionRecord completion) =>
+        Options.StoreResults && completion.Result is not null ? EncodeRecord(completion) : null;
 
     /// <summary>Encodes a completion's record value (the result only when <see cref="RedisIdempotencyStoreOptions.StoreResults"/>).</summary>
     internal byte[] EncodeRecord(CompletionRecord completion) =>
         RedisRecord.Encode(completion.Claim.Fingerprint, Options.StoreResults ? completion.Result : null);
 
-    /// <summary>Deletes the keys still holding the token (our leases).</summary>
-    internal Task ReleaseAsync(RedisKey[] keys, string token) =>
-        Database.ScriptEvaluateAsync(RedisScripts.Release, keys, [token]);
-
-    /// <summary>Checks no other token or record holds the keys and renews our leases; returns the 1-based index of a lost one, or 0.</summary>
-    internal async Task<int> CheckAsync(RedisKey[] keys, string token)
+    /// <summary>Writes records over keys that hold our claim or nothing, leaving the transaction's status alone.</summary>
+    internal Task MarkCompletedAsync(RedisLease lease, IReadOnlyList<CompletionRecord> completions)
     {
-        var reply = await Database.ScriptEvaluateAsync(RedisScripts.Check, keys, [token, _leaseMilliseconds]).ConfigureAwait(false);
-        return (int)reply;
+        var keys = new RedisKey[completions.Count];
+        var args = new RedisValue[2 + completions.Count];
+        args[0] = lease.Token;
+        args[1] = _ttlMilliseconds;
+        for (var i = 0; i < completions.Count; i++)
+        {
+            keys[i] = GetKey(completions[i].Claim.HandlerName, completions[i].Claim.Key);
+            args[2 + i] = EncodeRecord(completions[i]);
+        }
+
+        return Database.ScriptEvaluateAsync(RedisScripts.MarkCompleted, keys, args);
     }
+
+    /// <summary>Deletes the keys still holding our claim, and our status while in progress.</summary>
+    internal Task ReleaseAsync(RedisLease lease, IReadOnlyList<RedisKey> keys) =>
+        Database.ScriptEvaluateAsync(RedisScripts.Release, [lease.Status, .. keys], [lease.Token]);
+
+    /// <summary>Checks our lease holds (renewing it), or, if it expired, that no one took the keys; returns the 1-based index of a lost key, or 0.</summary>
+    internal async Task<int> CheckAsync(RedisLease lease, IReadOnlyList<RedisKey> keys)
+    {
+        var reply = (int)await Database.ScriptEvaluateAsync(RedisScripts.Check, [lease.Status, .. keys], [lease.Token, lease.StatusPrefix, _leaseMilliseconds]).ConfigureAwait(false);
+        return reply < 0 ? throw new InvalidOperationException("The Redis idempotency transaction was already committed.") : reply;
+    }
+
+    /// <summary>The status a committed transaction's key holds.</summary>
+    internal static readonly RedisValue CommittedStatus = "D";
+
+    /// <summary>The status a transaction's key holds while it is in progress.</summary>
+    internal static readonly RedisValue InProgressStatus = "P";
+
+    /// <summary>How long a committed status is kept: the retention plus a lease, so it outlives every key that refers to it.</summary>
+    internal TimeSpan CommittedStatusTtl => Options.Retention + Options.LeaseDuration;
 
     internal static bool IsRedisUnavailable(Exception exception)
     {
@@ -248,20 +317,16 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         || message.StartsWith("CLUSTERDOWN", StringComparison.Ordinal)
         || message.StartsWith("BUSY", StringComparison.Ordinal);
 
-    private static ClaimResult ToClaimResult(byte[]? found, string token)
+    private static ClaimResult ToClaimResult(byte[] found, RedisLease lease)
     {
-        if (found is null)
-        {
-            return ClaimResult.Claimed;
-        }
-
         if (RedisRecord.TryDecode(found, out var fingerprint, out var result))
         {
             return new ClaimResult(ClaimStatus.AlreadyProcessed, fingerprint, result);
         }
 
-        // Our own token: this transaction claimed the key before, and the script renewed the lease.
-        return found.AsSpan().SequenceEqual(System.Text.Encoding.ASCII.GetBytes(token)) ? ClaimResult.Claimed : ClaimResult.HeldByAnother;
+        // Our own claim: this transaction claimed the key before, and the script renewed the lease. Anything else is a
+        // claim in progress (or a lease token of an older version), which expires by itself.
+        return RedisRecord.IsClaimOf(found, lease.TokenBytes) ? ClaimResult.Claimed : ClaimResult.HeldByAnother;
     }
 
     private static string ToMilliseconds(TimeSpan value) =>

@@ -18,6 +18,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
 {
     private readonly RedisIdempotencyStore _store;
     private readonly List<ClaimRequest> _claimed = [];
+    private RedisLease? _lease;
     private ITransaction? _transaction;
     private bool _finished;
 
@@ -27,13 +28,13 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         LeaseToken = Guid.NewGuid().ToString("N");
     }
 
-    /// <summary>Gets the token this transaction's leases hold; a commit succeeds only while the leases still hold it.</summary>
+    /// <summary>Gets the token this transaction's claims hold; a commit succeeds only while its lease is still this token's.</summary>
     public string LeaseToken { get; }
 
     /// <summary>Gets the database, for reads outside the atomic step.</summary>
     public IDatabase Database => _store.Database;
 
-    /// <summary>Gets the MULTI/EXEC transaction the handler's writes join; it executes at commit, with the completion records, only if every lease is still this worker's.</summary>
+    /// <summary>Gets the MULTI/EXEC transaction the handler's writes join; it executes at commit, with the completion, only while this worker's lease holds.</summary>
     public ITransaction RedisTransaction => _transaction ??= _store.Database.CreateTransaction();
 
     /// <inheritdoc/>
@@ -54,7 +55,8 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
             return [];
         }
 
-        var results = await _store.ClaimAsync(requests, LeaseToken).ConfigureAwait(false);
+        _lease = _store.LeaseFor(_lease, LeaseToken, requests);
+        var results = await _store.ClaimAsync(requests, _lease).ConfigureAwait(false);
         for (var i = 0; i < results.Length; i++)
         {
             if (results[i].Status == ClaimStatus.Claimed)
@@ -67,20 +69,29 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     }
 
     /// <inheritdoc/>
-    /// <exception cref="ClaimLostException">A lease was taken over (or, with handler writes, expired); nothing was applied.</exception>
+    /// <exception cref="ClaimLostException">The lease expired and a key was taken over (or, with handler writes, the lease expired); nothing was applied.</exception>
     public async ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(completions);
         ArgumentNullException.ThrowIfNull(outbox);
         ObjectDisposedException.ThrowIf(_finished, this);
 
-        if (_transaction is not null || outbox.Count > 0)
+        if (_lease is null || (_claimed.Count == 0 && completions.Count == 0))
         {
-            await CommitWithTransactionAsync(completions, outbox).ConfigureAwait(false);
+            // Nothing claimed: nothing of ours to commit in Redis, but handler writes and outbox entries still apply.
+            if (_transaction is not null || outbox.Count > 0)
+            {
+                AddOutbox(RedisTransaction, outbox);
+                await RedisTransaction.ExecuteAsync().ConfigureAwait(false);
+            }
         }
-        else if (completions.Count > 0)
+        else if (_transaction is not null || outbox.Count > 0)
         {
-            var refused = await _store.CompleteAsync(completions, LeaseToken).ConfigureAwait(false);
+            await CommitWithTransactionAsync(_lease, completions, outbox).ConfigureAwait(false);
+        }
+        else if (completions.Count > 0 || _claimed.Count > 0)
+        {
+            var refused = await _store.CommitAsync(_lease, completions, Leftovers(completions)).ConfigureAwait(false);
             if (refused > 0)
             {
                 throw new ClaimLostException(completions[refused - 1].Claim.Key);
@@ -88,7 +99,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         }
 
         _finished = true;
-        await ReleaseLeftoversAsync(completions).ConfigureAwait(false);
+        _claimed.Clear();
     }
 
     /// <inheritdoc/>
@@ -101,11 +112,11 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
 
         _finished = true;
         _transaction = null;
-        if (_claimed.Count > 0)
+        if (_lease is not null && _claimed.Count > 0)
         {
-            var leases = _claimed.Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
+            var keys = _claimed.Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
             _claimed.Clear();
-            await _store.ReleaseAsync(leases, LeaseToken).ConfigureAwait(false);
+            await _store.ReleaseAsync(_lease, keys).ConfigureAwait(false);
         }
     }
 
@@ -118,23 +129,45 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         }
         catch (Exception exception) when (_store.IsUnavailable(exception))
         {
-            // The leases expire by themselves.
+            // The lease expires by itself, and with it our claims.
             Log.ReleaseFailed(_store.Logger, exception, _claimed.Count > 0 ? _claimed[0].HandlerName : "?");
         }
     }
 
-    private async Task CommitWithTransactionAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox)
+    /// <summary>
+    /// One EXEC: the handler's writes, records with results, our status set to committed and the leftover claims
+    /// deleted, on the one condition that our status still says in progress (no other worker can have taken a key).
+    /// </summary>
+    private async Task CommitWithTransactionAsync(RedisLease lease, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox)
     {
         var transaction = RedisTransaction;
-        var conditions = new ConditionResult[completions.Count];
-        for (var i = 0; i < completions.Count; i++)
+        transaction.AddCondition(Condition.StringEqual(lease.Status, RedisIdempotencyStore.InProgressStatus));
+        foreach (var completion in completions)
         {
-            var claim = completions[i].Claim;
-            var key = _store.GetKey(claim.HandlerName, claim.Key);
-            conditions[i] = transaction.AddCondition(Condition.StringEqual(key, LeaseToken));
-            _ = transaction.StringSetAsync(key, _store.EncodeRecord(completions[i]), _store.Options.Retention);
+            if (_store.RecordToWrite(completion) is { } record)
+            {
+                _ = transaction.StringSetAsync(_store.GetKey(completion.Claim.HandlerName, completion.Claim.Key), record, _store.Options.Retention);
+            }
         }
 
+        _ = transaction.StringSetAsync(lease.Status, RedisIdempotencyStore.CommittedStatus, _store.CommittedStatusTtl);
+        var leftovers = Leftovers(completions);
+        if (leftovers.Count > 0)
+        {
+            _ = transaction.KeyDeleteAsync([.. leftovers]);
+        }
+
+        AddOutbox(transaction, outbox);
+        if (!await transaction.ExecuteAsync().ConfigureAwait(false))
+        {
+            // Nothing was applied: neither the handler's writes nor the completion. Rollback releases what is still ours.
+            _transaction = null;
+            throw new ClaimLostException(completions.Count > 0 ? completions[0].Claim.Key : _claimed[0].Key);
+        }
+    }
+
+    private void AddOutbox(ITransaction transaction, IReadOnlyList<OutboxMessage> outbox)
+    {
         foreach (var message in outbox)
         {
             NameValueEntry[] entries = message.Headers is { Count: > 0 } headers
@@ -142,37 +175,17 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
                 : [new("destination", message.Destination), new("key", message.Key), new("payload", message.Payload)];
             _ = transaction.StreamAddAsync(_store.OutboxStreamKey, entries);
         }
-
-        if (!await transaction.ExecuteAsync().ConfigureAwait(false))
-        {
-            // Nothing was applied: neither the handler's writes nor any record. Rollback releases the leases still ours.
-            _transaction = null;
-            var lost = Array.FindIndex(conditions, c => !c.WasSatisfied);
-            throw new ClaimLostException(completions[lost < 0 ? 0 : lost].Claim.Key);
-        }
     }
 
-    private async Task ReleaseLeftoversAsync(IReadOnlyList<CompletionRecord> completions)
+    /// <summary>The keys this transaction claimed that the commit does not complete: they must not pass for committed.</summary>
+    private List<RedisKey> Leftovers(IReadOnlyList<CompletionRecord> completions)
     {
         if (_claimed.Count == completions.Count)
         {
-            _claimed.Clear();
-            return;
+            return [];
         }
 
         var done = new HashSet<string>(completions.Select(c => c.Claim.Key), StringComparer.Ordinal);
-        var leftovers = _claimed.Where(c => !done.Contains(c.Key)).Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
-        _claimed.Clear();
-        if (leftovers.Length > 0)
-        {
-            try
-            {
-                await _store.ReleaseAsync(leftovers, LeaseToken).ConfigureAwait(false);
-            }
-            catch (Exception exception) when (_store.IsUnavailable(exception))
-            {
-                Log.ReleaseFailed(_store.Logger, exception, completions.Count > 0 ? completions[0].Claim.HandlerName : "?");
-            }
-        }
+        return _claimed.Where(c => !done.Contains(c.Key)).Select(c => _store.GetKey(c.HandlerName, c.Key)).ToList();
     }
 }

@@ -5,69 +5,142 @@ namespace Idempotency.Redis;
 /// reloading it if the server lost its script cache (a restart).
 /// </summary>
 /// <remarks>
-/// One Redis key per (handler, key) holds either the lease token of the worker processing it (with the lease as its
-/// TTL) or the completion record (see <see cref="RedisRecord"/>, with the retention as its TTL). Per key the server
-/// does one write on the claim (<c>SET NX PX GET</c>, creating the lease) and one on the commit (<c>SET PX</c>, the record),
-/// plus one MGET per 1,000 keys for the token check: two key writes per key, against one for a plain <c>SET NX</c>.
+/// <para>
+/// One Redis key per (handler, key). A claim writes it once, with the retention as its TTL, holding the claim value
+/// (see <see cref="RedisRecord"/>: <c>'P'</c>, the transaction's token, the fingerprint). Whether that claim is in
+/// progress, committed or abandoned is said by one status key per transaction, <c>{KeyPrefix}:lease:{token}</c>:
+/// <c>P</c> with the lease as its TTL while the transaction runs, <c>D</c> with the retention once it committed,
+/// gone when its lease expired. So a commit writes one key however many keys it completes, and a key is written
+/// once in its life unless a stored result rewrites it as a record: one key write per key, as for a plain
+/// <c>SET NX</c>, instead of a lease and then a record (two).
+/// </para>
+/// <para>
+/// Another transaction's claim is taken over only when its status key is gone, so while our status is <c>P</c> no
+/// other worker can have taken any of our keys: a commit checks the status, not every key. Only a commit whose lease
+/// expired checks its keys one by one (one MGET per 1,000 keys).
+/// </para>
+/// <para>
+/// Common arguments: the first key is the transaction's status key; <c>ARGV[1]</c> its token; <c>ARGV[2]</c> the
+/// prefix status keys are named with (the status of token <c>t</c> is that prefix followed by <c>t</c>).
+/// </para>
 /// </remarks>
 internal static class RedisScripts
 {
     /// <summary>
-    /// KEYS: the keys of a batch. ARGV: token, lease ms. Per key, <c>SET key token NX PX lease GET</c>: one reply per
-    /// key, nil when the lease was taken, else the value found (a record, another token, or our own token, whose lease
-    /// is then renewed). One script per batch: the server runs one EVALSHA, not one per key.
+    /// KEYS: status, then the keys of a batch. ARGV: token, status prefix, lease ms, retention ms, then one claim
+    /// value per key. Per key <c>SET key value NX PX retention GET</c>; when a value was there: a record, or a claim
+    /// whose status is <c>D</c>, answers as a record (<c>'D'</c>, fingerprint); a claim whose status is gone (lease
+    /// expired) is taken over; our own claim or one still in progress is returned as found. Returns pairs
+    /// (1-based index, value) for the keys not claimed afresh; an empty array when every key was new. Writes our status
+    /// <c>P</c> with the lease when any key is ours, which also renews the lease.
     /// </summary>
     public const string Claim = """
+        local mine = 'P' .. ARGV[1]
+        local ours = false
         local out = {}
-        for i, k in ipairs(KEYS) do
-          local v = redis.call('SET', k, ARGV[1], 'NX', 'PX', ARGV[2], 'GET')
-          if v == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
-          out[i] = v
+        for i = 2, #KEYS do
+          local v = redis.call('SET', KEYS[i], ARGV[i + 3], 'NX', 'PX', ARGV[4], 'GET')
+          if not v then
+            ours = true
+          elseif string.sub(v, 1, 1) == 'P' then
+            if string.sub(v, 1, 33) == mine then
+              ours = true
+              out[#out + 1] = i - 1; out[#out + 1] = v
+            else
+              local status = redis.call('GET', ARGV[2] .. string.sub(v, 2, 33))
+              if status == 'D' then
+                out[#out + 1] = i - 1; out[#out + 1] = 'D' .. string.sub(v, 34)
+              elseif status then
+                out[#out + 1] = i - 1; out[#out + 1] = v
+              else
+                redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[4])
+                ours = true
+              end
+            end
+          else
+            out[#out + 1] = i - 1; out[#out + 1] = v
+          end
         end
+        if ours then redis.call('SET', KEYS[1], 'P', 'PX', ARGV[3]) end
         return out
         """;
 
     /// <summary>
-    /// KEYS: the keys of a batch. ARGV: token, ttl ms, then one encoded record per key. Refuses everything (returns the
-    /// 1-based index of the first refused key, nothing written) when any key holds another token or a record; otherwise
-    /// replaces every key (our lease, or nothing if it expired untaken) by its record with the TTL and returns 0.
+    /// KEYS: status, the n completed keys, then the keys claimed but not completed (released here, in the same atomic
+    /// step, so they can never pass for committed). ARGV: token, status prefix, status ms, retention ms, n, then per
+    /// completed key its record or an empty string (no result to store: the claim value stays). Returns 0 when
+    /// committed; the 1-based index of a refused key (nothing written) when our lease expired and a key no longer holds
+    /// our claim; -1 when already committed.
     /// </summary>
-    /// <remarks>The check reads the keys with one MGET per 1,000 keys (a Lua call costs a command dispatch; one GET per key cost
-    /// about 1.5 µs of server CPU per key, the MGET about 0.5).</remarks>
-    public const string Complete = """
-        for s = 1, #KEYS, 1000 do
-          local found = redis.call('MGET', unpack(KEYS, s, math.min(s + 999, #KEYS)))
-          for j, v in ipairs(found) do
-            if v and v ~= ARGV[1] then return s + j - 1 end
+    public const string Commit = """
+        local mine = 'P' .. ARGV[1]
+        local n = tonumber(ARGV[5])
+        local status = redis.call('GET', KEYS[1])
+        if status == 'D' then return -1 end
+        if not status then
+          for s = 2, n + 1, 1000 do
+            local found = redis.call('MGET', unpack(KEYS, s, math.min(s + 999, n + 1)))
+            for j = 1, #found do
+              if not found[j] or string.sub(found[j], 1, 33) ~= mine then return s + j - 2 end
+            end
           end
         end
-        for i, k in ipairs(KEYS) do
-          redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2])
+        redis.call('SET', KEYS[1], 'D', 'PX', ARGV[3])
+        for i = 1, n do
+          if ARGV[i + 5] ~= '' then redis.call('SET', KEYS[i + 1], ARGV[i + 5], 'PX', ARGV[4]) end
+        end
+        for i = n + 2, #KEYS do
+          local v = redis.call('GET', KEYS[i])
+          if v and string.sub(v, 1, 33) == mine then redis.call('DEL', KEYS[i]) end
         end
         return 0
         """;
 
-    /// <summary>KEYS: keys. ARGV: token. Deletes each key still holding the token (compare-and-delete); returns how many.</summary>
+    /// <summary>
+    /// KEYS: status, then keys. ARGV: token. Deletes each key still holding our claim (compare-and-delete) and our
+    /// status while it is in progress; returns how many keys.
+    /// </summary>
     public const string Release = """
+        local mine = 'P' .. ARGV[1]
         local n = 0
-        for _, k in ipairs(KEYS) do
-          if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k); n = n + 1 end
+        for i = 2, #KEYS do
+          local v = redis.call('GET', KEYS[i])
+          if v and string.sub(v, 1, 33) == mine then redis.call('DEL', KEYS[i]); n = n + 1 end
         end
+        if redis.call('GET', KEYS[1]) == 'P' then redis.call('DEL', KEYS[1]) end
         return n
         """;
 
     /// <summary>
-    /// KEYS: keys. ARGV: token, lease ms. Returns the 1-based index of the first key holding another token or a
-    /// record; else renews our leases (so they outlast the commit that follows) and returns 0.
+    /// KEYS: status, then keys. ARGV: token, status prefix, lease ms. Renews our lease and returns 0 while it is in
+    /// progress. When it expired: the 1-based index of the first key that holds something other than our claim (a
+    /// missing key is accepted), else the lease is taken again and 0 returned. -1 when already committed.
     /// </summary>
     public const string Check = """
+        local status = redis.call('GET', KEYS[1])
+        if status == 'P' then redis.call('PEXPIRE', KEYS[1], ARGV[3]); return 0 end
+        if status then return -1 end
+        local mine = 'P' .. ARGV[1]
+        for i = 2, #KEYS do
+          local v = redis.call('GET', KEYS[i])
+          if v and string.sub(v, 1, 33) ~= mine then return i - 1 end
+        end
+        redis.call('SET', KEYS[1], 'P', 'PX', ARGV[3])
+        return 0
+        """;
+
+    /// <summary>
+    /// KEYS: keys. ARGV: token, retention ms, then one record per key. Writes each record where the key holds our
+    /// claim or nothing (a completion known from elsewhere, e.g. PostgreSQL in the layered store), leaving our
+    /// status alone; returns how many were written.
+    /// </summary>
+    public const string MarkCompleted = """
+        local mine = 'P' .. ARGV[1]
+        local n = 0
         for i, k in ipairs(KEYS) do
           local v = redis.call('GET', k)
-          if v and v ~= ARGV[1] then return i end
+          if not v or string.sub(v, 1, 33) == mine then redis.call('SET', k, ARGV[i + 2], 'PX', ARGV[2]); n = n + 1 end
         end
-        for _, k in ipairs(KEYS) do
-          if redis.call('GET', k) == ARGV[1] then redis.call('PEXPIRE', k, ARGV[2]) end
-        end
-        return 0
+        return n
         """;
 }
