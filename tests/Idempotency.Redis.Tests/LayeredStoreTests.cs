@@ -70,12 +70,13 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
             await slowHandler.HandleAsync(context, ct);
         }), Options());
         var fast = new IdempotentProcessor(fastStore, Credit(table), Options());
-        string? slowToken = null;
 
         // Steps are driven by what Redis shows, not by sleeps, so a slow machine cannot reorder them.
         var slowRun = slow.ProcessAsync(Message("contested"), Ct).AsTask();
         await slowStarted.Task.WaitAsync(TimeSpan.FromSeconds(30), Ct);
-        await WaitUntilAsync(async () => (slowToken = await slowStore.Redis.FindLeaseTokenAsync("orders", "contested")) is not null);
+        // The claim keeps the slow worker's token in the key until another worker takes it over (its lease may be gone already).
+        var slowToken = RedisRecord.ClaimToken(await slowStore.Redis.Database.StringGetAsync(slowStore.Redis.GetKey("orders", "contested")));
+        Assert.NotNull(slowToken);
         await WaitUntilAsync(async () => await slowStore.Redis.FindLeaseTokenAsync("orders", "contested") is null); // the slow worker's lease expired
         var fastRun = fast.ProcessAsync(Message("contested"), Ct).AsTask(); // takes the key over, then waits on the uncommitted row
         await WaitUntilAsync(async () => await slowStore.Redis.FindLeaseTokenAsync("orders", "contested") is { } token && token != slowToken);
