@@ -54,6 +54,15 @@ try
         }));
     }
 
+    // The plain consumer's transaction alone (one UPDATE) at the same concurrency: its ratio to the claim + update
+    // ceiling is the most that recording one key row per message can keep of the plain consumer on this machine.
+    rows.Add(await Ceiling("ceiling: update-only tx (the plain consumer's statement), 16 conn", 16, 1, async (conn, keys, ids) =>
+    {
+        await using var tx = await conn.BeginTransactionAsync();
+        await conn.ExecuteAsync($"UPDATE {accounts} SET balance = balance + 1 WHERE id = @id", new { id = ids[0] }, tx);
+        await tx.CommitAsync();
+    }));
+
     rows.Add(await Ceiling("ceiling: 100-key batch tx, 4 conn", 4, 100, async (conn, keys, ids) =>
     {
         await using var tx = await conn.BeginTransactionAsync();
@@ -426,6 +435,7 @@ static void Report(List<Row> rows)
     var replayAtCommit = Rate("ours replay (all duplicates), per-message, claim at commit");
     var ratios = new List<Ratio>
     {
+        new("claim + update ceiling / update-only ceiling, 16 conn (the most a key row per message leaves of plain)", ceiling16 / Rate("ceiling: update-only tx"), null),
         new("ours per-message / plain (16 partitions concurrent)", perMessage / plain, 0.85),
         new("ours per-message / plain (1 loop)", perMessage / Rate("plain at-least-once, 1 loop"), null),
         new("ours per-message / 16-connection ceiling", perMessage / ceiling16, 0.6),
