@@ -159,6 +159,51 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task A_rollback_after_a_commit_whose_reply_was_lost_leaves_the_keys_processed()
+    {
+        // The commit ran on the server but its reply was lost (a timeout): the caller rolls back and the broker
+        // redelivers. Releasing the claims now would free committed keys and let the redelivery apply them again.
+        var store = redis.CreateStore();
+        ClaimRequest[] claims = [Claim("lost-1"), Claim("lost-2")];
+        var transaction = (RedisIdempotencyTransaction)await store.BeginAsync(Ct);
+        await transaction.ClaimBatchAsync(claims, Ct);
+        await transaction.CommitAsync(claims.Select(c => new CompletionRecord(c, TimeSpan.Zero)).ToArray(), [], Ct);
+
+        var keys = claims.Select(c => store.GetKey(c.HandlerName, c.Key)).ToArray();
+        Assert.Equal(0, await store.ReleaseAsync(transaction.Lease!, keys));
+        Assert.Equal(0, await store.CommitAsync(transaction.Lease!, [new CompletionRecord(claims[0], TimeSpan.Zero)], [])); // a retried commit is done already
+
+        var again = await store.BeginAsync(Ct);
+        Assert.All(await again.ClaimBatchAsync(claims, Ct), r => Assert.Equal(ClaimStatus.AlreadyProcessed, r.Status));
+        await again.DisposeAsync();
+        await transaction.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task A_later_claim_does_not_revive_a_lease_that_expired_while_an_earlier_key_was_taken_over()
+    {
+        var store = redis.CreateStore(o => o.LeaseDuration = TimeSpan.FromMilliseconds(200));
+        var patient = new RedisIdempotencyStore(redis.Connection, new RedisIdempotencyStoreOptions { KeyPrefix = store.Options.KeyPrefix });
+        var stale = await store.BeginAsync(Ct);
+        Assert.Equal(ClaimStatus.Claimed, (await stale.ClaimAsync(Claim("r-1"), Ct)).Status);
+        await Task.Delay(400, Ct);
+        var fresh = await patient.BeginAsync(Ct);
+        Assert.Equal(ClaimStatus.Claimed, (await fresh.ClaimAsync(Claim("r-1"), Ct)).Status);
+
+        // The stale transaction claims another key; its status must not say "in progress, nothing taken" again.
+        Assert.Equal(ClaimStatus.Claimed, (await stale.ClaimAsync(Claim("r-2"), Ct)).Status);
+        var lost = await Assert.ThrowsAsync<ClaimLostException>(async () => await stale.CommitAsync([new CompletionRecord(Claim("r-1"), TimeSpan.Zero), new CompletionRecord(Claim("r-2"), TimeSpan.Zero)], [], Ct));
+        Assert.Equal("r-1", lost.Key);
+        await stale.DisposeAsync();
+
+        await fresh.CommitAsync([new CompletionRecord(Claim("r-1"), TimeSpan.Zero)], [], Ct);
+        await fresh.DisposeAsync();
+        Assert.NotNull(await store.FindAsync("orders", "r-1"));
+        Assert.Null(await store.FindAsync("orders", "r-2"));
+        Assert.False(await store.Database.KeyExistsAsync(store.GetKey("orders", "r-2"))); // released by the stale rollback
+    }
+
+    [Fact]
     public async Task A_batch_commit_writes_one_status_key_and_leaves_each_claimed_key_as_written_by_the_claim()
     {
         // The point of the layout: per key one write (the claim); the commit writes the transaction's status once.

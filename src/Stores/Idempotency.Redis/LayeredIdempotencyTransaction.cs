@@ -61,9 +61,10 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             // batch's keys span hash slots that one script cannot reach: PostgreSQL alone answers those.
             if (!Redis.IsCluster || (requests.Count == 1 && _lease is null))
             {
+                var claimedBefore = _lease is not null;
                 _lease = Redis.LeaseFor(_lease, LeaseToken, requests);
                 filtered = Redis.Connection.IsConnected
-                    ? await Redis.ClaimAsync(requests, _lease).ConfigureAwait(false)
+                    ? await Redis.ClaimAsync(requests, _lease, claimedBefore).ConfigureAwait(false)
                     : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
             }
         }
@@ -157,10 +158,9 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             // Our status becomes committed and the leased keys left out of the commit are released, in one script: a
             // leftover must never pass for committed. If this fails, the claims are released (or expire) instead and
             // PostgreSQL answers the next duplicates, restoring the markers.
-            var done = new HashSet<string>(leased.Select(c => c.Claim.Key), StringComparer.Ordinal);
             try
             {
-                await Redis.CommitAsync(_lease!, leased, LeaseKeys(_leased.Where(c => !done.Contains(c.Key)))).ConfigureAwait(false);
+                await Redis.CommitAsync(_lease!, leased, Redis.Leftovers(_leased, leased)).ConfigureAwait(false);
                 _leased.Clear();
             }
 #pragma warning disable CA1031 // Best effort by design: PostgreSQL already holds the truth and filters the duplicates itself.
@@ -223,16 +223,15 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
 
     private async Task RestoreMarkersAsync(List<CompletionRecord> restore)
     {
-        foreach (var record in restore)
-        {
-            _leased.RemoveAll(c => string.Equals(c.Key, record.Claim.Key, StringComparison.Ordinal));
-        }
-
         try
         {
             await Redis.MarkCompletedAsync(_lease!, restore).ConfigureAwait(false);
+
+            // Only now are they no longer our claims: had the write failed, they would stay leased and be released
+            // (not committed with our status, which would answer their duplicates with this message's fingerprint).
             foreach (var record in restore)
             {
+                _leased.RemoveAll(c => string.Equals(c.Key, record.Claim.Key, StringComparison.Ordinal) && string.Equals(c.HandlerName, record.Claim.HandlerName, StringComparison.Ordinal));
                 Log.MarkerRestored(Redis.Logger, record.Claim.Key, record.Claim.HandlerName);
             }
         }

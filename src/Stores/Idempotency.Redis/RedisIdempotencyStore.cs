@@ -33,7 +33,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     private readonly string _ttlMilliseconds;
     private readonly string _statusMilliseconds;
     private readonly string _statusPrefix;
-    private bool? _isCluster;
+    private int _serverType; // 0 not known yet, 1 standalone (or Sentinel primary), 2 cluster
 
     /// <summary>Creates the store over a connection the caller owns and shares.</summary>
     /// <param name="connection">The StackExchange.Redis connection.</param>
@@ -95,7 +95,27 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     internal ILogger Logger => _logger;
 
     /// <summary>Gets a value indicating whether the server is a Redis Cluster, where one script cannot span a batch's keys.</summary>
-    internal bool IsCluster => _isCluster ??= Connection.GetEndPoints() is { Length: > 0 } endpoints && Connection.GetServer(endpoints[0]).ServerType == ServerType.Cluster;
+    /// <remarks>Known only once a server is connected (before the handshake a server reads as standalone); until then the answer is not kept.</remarks>
+    internal bool IsCluster
+    {
+        get
+        {
+            if (Volatile.Read(ref _serverType) is var known and not 0)
+            {
+                return known == 2;
+            }
+
+            var endpoints = Connection.GetEndPoints();
+            if (endpoints.Length == 0 || Connection.GetServer(endpoints[0]) is not { IsConnected: true } server)
+            {
+                return false;
+            }
+
+            var isCluster = server.ServerType == ServerType.Cluster;
+            Volatile.Write(ref _serverType, isCluster ? 2 : 1);
+            return isCluster;
+        }
+    }
 
     /// <summary>Gets the Redis key that holds a key's claim (or its record once a result is stored).</summary>
     /// <param name="handlerName">The handler name.</param>
@@ -185,19 +205,23 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     private string StatusPrefixFor(RedisKey key) => IsCluster ? $"{key}:lease:" : _statusPrefix;
 
     /// <summary>Claims keys for a transaction: one script for the batch, one round trip.</summary>
-    internal async Task<ClaimResult[]> ClaimAsync(IReadOnlyList<ClaimRequest> requests, RedisLease lease)
+    /// <param name="requests">The keys to claim.</param>
+    /// <param name="lease">The transaction's lease.</param>
+    /// <param name="claimedBefore">Whether the transaction sent a claim before: then its status is only renewed, never recreated.</param>
+    internal async Task<ClaimResult[]> ClaimAsync(IReadOnlyList<ClaimRequest> requests, RedisLease lease, bool claimedBefore)
     {
         var keys = new RedisKey[requests.Count + 1];
-        var args = new RedisValue[requests.Count + 4];
+        var args = new RedisValue[requests.Count + 5];
         keys[0] = lease.Status;
         args[0] = lease.Token;
         args[1] = lease.StatusPrefix;
         args[2] = _leaseMilliseconds;
         args[3] = _ttlMilliseconds;
+        args[4] = claimedBefore ? 1 : 0;
         for (var i = 0; i < requests.Count; i++)
         {
             keys[i + 1] = GetKey(requests[i].HandlerName, requests[i].Key);
-            args[i + 4] = RedisRecord.EncodeClaim(lease.TokenBytes, requests[i].Fingerprint);
+            args[i + 5] = RedisRecord.EncodeClaim(lease.TokenBytes, requests[i].Fingerprint);
         }
 
         // The reply lists only the keys that were not free: (index, value) pairs.
@@ -238,8 +262,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
             keys[1 + completions.Count + i] = leftovers[i];
         }
 
+        // -1: committed already, by a commit whose reply was lost; the retry is as good as done.
         var reply = (int)await Database.ScriptEvaluateAsync(RedisScripts.Commit, keys, args).ConfigureAwait(false);
-        return reply < 0 ? throw new InvalidOperationException("The Redis idempotency transaction was already committed.") : reply;
+        return Math.Max(reply, 0);
     }
 
     /// <summary>
@@ -269,9 +294,21 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         return Database.ScriptEvaluateAsync(RedisScripts.MarkCompleted, keys, args);
     }
 
+    /// <summary>The Redis keys of <paramref name="claimed"/> that <paramref name="completions"/> leave out (compared as (handler, key)).</summary>
+    internal List<RedisKey> Leftovers(IEnumerable<ClaimRequest> claimed, IReadOnlyList<CompletionRecord> completions)
+    {
+        var done = new HashSet<RedisKey>(completions.Select(c => GetKey(c.Claim.HandlerName, c.Claim.Key)));
+        return claimed.Select(c => GetKey(c.HandlerName, c.Key)).Where(k => !done.Contains(k)).ToList();
+    }
+
+    /// <summary>Queues, in a MULTI/EXEC, the deletion of the keys still holding our claim.</summary>
+    internal static void QueueReleaseClaims(ITransaction transaction, RedisLease lease, IReadOnlyList<RedisKey> keys) =>
+        _ = transaction.ScriptEvaluateAsync(RedisScripts.ReleaseClaims, [.. keys], [lease.Token]);
+
     /// <summary>Deletes the keys still holding our claim, and our status while in progress.</summary>
-    internal Task ReleaseAsync(RedisLease lease, IReadOnlyList<RedisKey> keys) =>
-        Database.ScriptEvaluateAsync(RedisScripts.Release, [lease.Status, .. keys], [lease.Token]);
+    /// <returns>How many keys were released.</returns>
+    internal async Task<int> ReleaseAsync(RedisLease lease, IReadOnlyList<RedisKey> keys) =>
+        (int)await Database.ScriptEvaluateAsync(RedisScripts.Release, [lease.Status, .. keys], [lease.Token]).ConfigureAwait(false);
 
     /// <summary>Checks our lease holds (renewing it), or, if it expired, that no one took the keys; returns the 1-based index of a lost key, or 0.</summary>
     internal async Task<int> CheckAsync(RedisLease lease, IReadOnlyList<RedisKey> keys)

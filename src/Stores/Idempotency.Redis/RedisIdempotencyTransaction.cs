@@ -18,6 +18,9 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
 {
     private readonly RedisIdempotencyStore _store;
     private readonly List<ClaimRequest> _claimed = [];
+
+    // Keys of a claim whose reply never came: the script may have run, so a rollback releases them too.
+    private readonly List<ClaimRequest> _maybeClaimed = [];
     private RedisLease? _lease;
     private ITransaction? _transaction;
     private bool _finished;
@@ -30,6 +33,9 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
 
     /// <summary>Gets the token this transaction's claims hold; a commit succeeds only while its lease is still this token's.</summary>
     public string LeaseToken { get; }
+
+    /// <summary>Gets the lease, once the transaction has claimed.</summary>
+    internal RedisLease? Lease => _lease;
 
     /// <summary>Gets the database, for reads outside the atomic step.</summary>
     public IDatabase Database => _store.Database;
@@ -55,8 +61,19 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
             return [];
         }
 
+        var claimedBefore = _lease is not null;
         _lease = _store.LeaseFor(_lease, LeaseToken, requests);
-        var results = await _store.ClaimAsync(requests, _lease).ConfigureAwait(false);
+        ClaimResult[] results;
+        try
+        {
+            results = await _store.ClaimAsync(requests, _lease, claimedBefore).ConfigureAwait(false);
+        }
+        catch
+        {
+            _maybeClaimed.AddRange(requests);
+            throw;
+        }
+
         for (var i = 0; i < results.Length; i++)
         {
             if (results[i].Status == ClaimStatus.Claimed)
@@ -112,10 +129,12 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
 
         _finished = true;
         _transaction = null;
-        if (_lease is not null && _claimed.Count > 0)
+        if (_lease is not null && (_claimed.Count > 0 || _maybeClaimed.Count > 0))
         {
-            var keys = _claimed.Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
+            // After a commit whose reply was lost, the script leaves the committed keys alone.
+            var keys = _claimed.Concat(_maybeClaimed).Select(c => _store.GetKey(c.HandlerName, c.Key)).ToArray();
             _claimed.Clear();
+            _maybeClaimed.Clear();
             await _store.ReleaseAsync(_lease, keys).ConfigureAwait(false);
         }
     }
@@ -154,7 +173,8 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         var leftovers = Leftovers(completions);
         if (leftovers.Count > 0)
         {
-            _ = transaction.KeyDeleteAsync([.. leftovers]);
+            // Compare-and-delete: a key evicted and claimed afresh by another worker is not ours to delete.
+            RedisIdempotencyStore.QueueReleaseClaims(transaction, lease, leftovers);
         }
 
         AddOutbox(transaction, outbox);
@@ -178,14 +198,6 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     }
 
     /// <summary>The keys this transaction claimed that the commit does not complete: they must not pass for committed.</summary>
-    private List<RedisKey> Leftovers(IReadOnlyList<CompletionRecord> completions)
-    {
-        if (_claimed.Count == completions.Count)
-        {
-            return [];
-        }
-
-        var done = new HashSet<string>(completions.Select(c => c.Claim.Key), StringComparer.Ordinal);
-        return _claimed.Where(c => !done.Contains(c.Key)).Select(c => _store.GetKey(c.HandlerName, c.Key)).ToList();
-    }
+    private List<RedisKey> Leftovers(IReadOnlyList<CompletionRecord> completions) =>
+        _store.Leftovers(_claimed, completions);
 }

@@ -27,19 +27,21 @@ namespace Idempotency.Redis;
 internal static class RedisScripts
 {
     /// <summary>
-    /// KEYS: status, then the keys of a batch. ARGV: token, status prefix, lease ms, retention ms, then one claim
-    /// value per key. Per key <c>SET key value NX PX retention GET</c>; when a value was there: a record, or a claim
-    /// whose status is <c>D</c>, answers as a record (<c>'D'</c>, fingerprint); a claim whose status is gone (lease
-    /// expired) is taken over; our own claim or one still in progress is returned as found. Returns pairs
-    /// (1-based index, value) for the keys not claimed afresh; an empty array when every key was new. Writes our status
-    /// <c>P</c> with the lease when any key is ours, which also renews the lease.
+    /// KEYS: status, then the keys of a batch. ARGV: token, status prefix, lease ms, retention ms, <c>1</c> when the
+    /// transaction claimed keys before (else <c>0</c>), then one claim value per key. Per key
+    /// <c>SET key value NX PX retention GET</c>; when a value was there: a record, or a claim whose status is <c>D</c>,
+    /// answers as a record (<c>'D'</c>, fingerprint); a claim whose status is gone (lease expired) is taken over; our
+    /// own claim or one still in progress is returned as found. Returns pairs (1-based index, value) for the keys not
+    /// claimed afresh; an empty array when every key was new. When any key is ours it writes our status <c>P</c> with
+    /// the lease, or for a later claim only renews it (<c>XX</c>): a status that expired meanwhile must stay gone, since
+    /// an earlier key may have been taken over, and "P" promises that none was.
     /// </summary>
     public const string Claim = """
         local mine = 'P' .. ARGV[1]
         local ours = false
         local out = {}
         for i = 2, #KEYS do
-          local v = redis.call('SET', KEYS[i], ARGV[i + 3], 'NX', 'PX', ARGV[4], 'GET')
+          local v = redis.call('SET', KEYS[i], ARGV[i + 4], 'NX', 'PX', ARGV[4], 'GET')
           if not v then
             ours = true
           elseif string.sub(v, 1, 1) == 'P' then
@@ -53,7 +55,7 @@ internal static class RedisScripts
               elseif status then
                 out[#out + 1] = i - 1; out[#out + 1] = v
               else
-                redis.call('SET', KEYS[i], ARGV[i + 3], 'PX', ARGV[4])
+                redis.call('SET', KEYS[i], ARGV[i + 4], 'PX', ARGV[4])
                 ours = true
               end
             end
@@ -61,7 +63,10 @@ internal static class RedisScripts
             out[#out + 1] = i - 1; out[#out + 1] = v
           end
         end
-        if ours then redis.call('SET', KEYS[1], 'P', 'PX', ARGV[3]) end
+        if ours then
+          if ARGV[5] == '1' then redis.call('SET', KEYS[1], 'P', 'PX', ARGV[3], 'XX')
+          else redis.call('SET', KEYS[1], 'P', 'PX', ARGV[3]) end
+        end
         return out
         """;
 
@@ -98,9 +103,11 @@ internal static class RedisScripts
 
     /// <summary>
     /// KEYS: status, then keys. ARGV: token. Deletes each key still holding our claim (compare-and-delete) and our
-    /// status while it is in progress; returns how many keys.
+    /// status while it is in progress; returns how many keys. Does nothing once committed: a rollback after a commit
+    /// whose reply was lost must not free keys that the commit made processed.
     /// </summary>
     public const string Release = """
+        if redis.call('GET', KEYS[1]) == 'D' then return 0 end
         local mine = 'P' .. ARGV[1]
         local n = 0
         for i = 2, #KEYS do
@@ -109,6 +116,19 @@ internal static class RedisScripts
         end
         if redis.call('GET', KEYS[1]) == 'P' then redis.call('DEL', KEYS[1]) end
         return n
+        """;
+
+    /// <summary>
+    /// KEYS: keys. ARGV: token. Deletes each key still holding our claim (compare-and-delete), whatever our status: the
+    /// claimed keys a commit leaves out, queued in its MULTI/EXEC.
+    /// </summary>
+    public const string ReleaseClaims = """
+        local mine = 'P' .. ARGV[1]
+        for _, k in ipairs(KEYS) do
+          local v = redis.call('GET', k)
+          if v and string.sub(v, 1, 33) == mine then redis.call('DEL', k) end
+        end
+        return 0
         """;
 
     /// <summary>
