@@ -466,6 +466,26 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task A_full_redis_under_noeviction_is_store_unavailable_and_nothing_is_lost()
+    {
+        await using var server = await PrivateRedisServer.StartAsync();
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(server.Configuration + ",allowAdmin=true");
+        var store = new RedisIdempotencyStore(connection, RedisFixture.NewOptions());
+        var processor = new IdempotentProcessor(store, CountInRedis(store.Options.KeyPrefix), Options());
+        var admin = connection.GetServer(connection.GetEndPoints()[0]);
+        await admin.ConfigSetAsync("maxmemory-policy", "noeviction");
+        await admin.ConfigSetAsync("maxmemory", "1"); // below what the server already uses: every write is refused with OOM
+
+        var full = await processor.ProcessAsync(Message("oom-1"), Ct);
+        Assert.Equal(ProcessingOutcome.StoreUnavailable, full.Outcome); // pause and retry, never a poison message
+        Assert.False(full.IsCommitted);
+
+        await admin.ConfigSetAsync("maxmemory", "0");
+        Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("oom-1"), Ct)).Outcome);
+        Assert.Equal(1, (int)await store.Database.StringGetAsync($"{store.Options.KeyPrefix}:state:count"));
+    }
+
+    [Fact]
     public async Task Cancelled_claim_throws_and_takes_no_lease()
     {
         var store = redis.CreateStore();

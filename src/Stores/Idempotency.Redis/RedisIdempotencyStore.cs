@@ -352,7 +352,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
         || message.StartsWith("MASTERDOWN", StringComparison.Ordinal)
         || message.StartsWith("TRYAGAIN", StringComparison.Ordinal)
         || message.StartsWith("CLUSTERDOWN", StringComparison.Ordinal)
-        || message.StartsWith("BUSY", StringComparison.Ordinal);
+        || message.StartsWith("BUSY", StringComparison.Ordinal)
+        || message.StartsWith("OOM", StringComparison.Ordinal); // maxmemory reached under noeviction: full, not a poison message
 
     private static ClaimResult ToClaimResult(byte[] found, RedisLease lease)
     {
