@@ -806,19 +806,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
         }
 
-        IReadOnlyList<ProcessingResult?> found;
-        await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
-        var started = _time.GetTimestamp();
-        try
-        {
-            found = await _processor.LookUpProcessedAsync(readable, state.Abort.Token).ConfigureAwait(false);
-        }
-        finally
-        {
-            _slots.Release();
-        }
-
-        DurationObserver?.Invoke(found.Count(r => r is not null), _time.GetElapsedTime(started));
+        var found = await InSlotAsync(state, static (processor, messages, ct) => processor.LookUpProcessedAsync(messages, ct), readable, static found => found.Count(r => r is not null)).ConfigureAwait(false);
         var next = 0;
         foreach (var work in queued)
         {
@@ -838,6 +826,28 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
 
         return true;
+    }
+
+    /// <summary>
+    /// Runs one pipeline call in a concurrency slot (the wait for one ends when the partition stops taking work), cancelled
+    /// by the partition's abort; reports its duration and how many messages it covered.
+    /// </summary>
+    private async ValueTask<TResult> InSlotAsync<TArgument, TResult>(PartitionState state, Func<IdempotentProcessor, TArgument, CancellationToken, ValueTask<TResult>> call, TArgument argument, Func<TResult, int> messages)
+    {
+        await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
+        var started = _time.GetTimestamp();
+        TResult result;
+        try
+        {
+            result = await call(_processor, argument, state.Abort.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            _slots.Release();
+        }
+
+        DurationObserver?.Invoke(messages(result), _time.GetElapsedTime(started));
+        return result;
     }
 
     private async ValueTask FillBatchAsync(PartitionState state, List<Work> batch)
@@ -888,19 +898,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         while (true)
         {
             var message = lookedUp is not null && attempt == firstAttempt && outages == 0 ? lookedUp : ToIncoming(work, attempt);
-            ProcessingResult result;
-            await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
-            var started = _time.GetTimestamp();
-            try
-            {
-                result = await _processor.ProcessAsync(message, state.Abort.Token).ConfigureAwait(false);
-            }
-            finally
-            {
-                _slots.Release();
-            }
-
-            DurationObserver?.Invoke(1, _time.GetElapsedTime(started));
+            var result = await InSlotAsync(state, static (processor, message, ct) => processor.ProcessAsync(message, ct), message, static _ => 1).ConfigureAwait(false);
             var (done, action) = await SettleAsync(state, work, result, attempt, outages + 1).ConfigureAwait(false);
             if (done is { } settled)
             {
@@ -977,19 +975,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 messages[i] = ToIncoming(pending[i], 1, withPosition: firstUnreadable is not { } unreadableOffset || pending[i].Offset < unreadableOffset);
             }
 
-            IReadOnlyList<ProcessingResult> results;
-            await _slots.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
-            var started = _time.GetTimestamp();
-            try
-            {
-                results = await _processor.ProcessBatchAsync(messages, state.Abort.Token).ConfigureAwait(false);
-            }
-            finally
-            {
-                _slots.Release();
-            }
-
-            DurationObserver?.Invoke(messages.Length, _time.GetElapsedTime(started));
+            var results = await InSlotAsync(state, static (processor, messages, ct) => processor.ProcessBatchAsync(messages, ct), messages, static results => results.Count).ConfigureAwait(false);
 
             var storeDown = false;
             var next = new List<Work>();
