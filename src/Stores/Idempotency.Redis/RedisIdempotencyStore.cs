@@ -297,8 +297,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <summary>The Redis keys of <paramref name="claimed"/> that <paramref name="completions"/> leave out (compared as (handler, key)).</summary>
     internal List<RedisKey> Leftovers(IEnumerable<ClaimRequest> claimed, IReadOnlyList<CompletionRecord> completions)
     {
-        var done = new HashSet<RedisKey>(completions.Select(c => GetKey(c.Claim.HandlerName, c.Claim.Key)));
-        return claimed.Select(c => GetKey(c.HandlerName, c.Key)).Where(k => !done.Contains(k)).ToList();
+        // Compared as (handler, key) pairs: only the leftovers, usually none, are formatted as Redis keys.
+        var done = new HashSet<(string Handler, string Key)>(completions.Select(c => (c.Claim.HandlerName, c.Claim.Key)));
+        return claimed.Where(c => !done.Contains((c.HandlerName, c.Key))).Select(c => GetKey(c.HandlerName, c.Key)).ToList();
     }
 
     /// <summary>Queues, in a MULTI/EXEC, the deletion of the keys still holding our claim.</summary>

@@ -198,6 +198,5 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     }
 
     /// <summary>The keys this transaction claimed that the commit does not complete: they must not pass for committed.</summary>
-    private List<RedisKey> Leftovers(IReadOnlyList<CompletionRecord> completions) =>
-        _store.Leftovers(_claimed, completions);
+    private List<RedisKey> Leftovers(IReadOnlyList<CompletionRecord> completions) => _store.Leftovers(_claimed, completions);
 }
