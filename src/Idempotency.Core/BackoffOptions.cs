@@ -31,6 +31,10 @@ public class BackoffOptions
         return TimeSpan.FromTicks((long)ticks);
     }
 
+    /// <summary>Returns a copy that later changes to this instance do not affect.</summary>
+    /// <returns>The copy, of the same type.</returns>
+    internal BackoffOptions Copy() => (BackoffOptions)MemberwiseClone();
+
     /// <summary>Returns one message per invalid option, prefixed with <paramref name="prefix"/>.</summary>
     /// <param name="prefix">The name of the property holding these options.</param>
     /// <returns>An empty list when valid.</returns>

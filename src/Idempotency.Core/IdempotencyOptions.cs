@@ -37,6 +37,16 @@ public sealed class IdempotencyOptions
     /// <summary>Gets or sets how long consumption pauses while the store is unreachable.</summary>
     public BackoffOptions StoreUnavailableBackoff { get; set; } = new() { InitialDelay = TimeSpan.FromMilliseconds(500), MaxDelay = TimeSpan.FromSeconds(15) };
 
+    /// <summary>Returns a deep copy, so that a component built from these options is not changed by later edits.</summary>
+    /// <returns>The copy.</returns>
+    internal IdempotencyOptions Copy()
+    {
+        var copy = (IdempotencyOptions)MemberwiseClone();
+        copy.Retry = (RetryOptions)Retry.Copy();
+        copy.StoreUnavailableBackoff = StoreUnavailableBackoff.Copy();
+        return copy;
+    }
+
     /// <summary>Checks every option and throws with the name of the first bad one.</summary>
     /// <exception cref="ArgumentException">An option is out of range; the message names it.</exception>
     public void Validate()

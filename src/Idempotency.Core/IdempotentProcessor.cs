@@ -46,10 +46,19 @@ public sealed class IdempotentProcessor
         ArgumentNullException.ThrowIfNull(handler);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
+        if (options.MaxKeyBytes > store.MaxKeyBytes)
+        {
+            throw new ArgumentException(
+                $"{nameof(IdempotencyOptions.MaxKeyBytes)} is {options.MaxKeyBytes}, but the '{store.Name}' store holds keys of at most {store.MaxKeyBytes} UTF-8 bytes. Lower {nameof(IdempotencyOptions.MaxKeyBytes)}.",
+                nameof(options));
+        }
+
         _store = store;
         _handler = handler;
         _batchHandler = handler as IIdempotentBatchHandler;
-        _options = options;
+
+        // A private copy: changing the caller's options object later changes nothing here.
+        _options = options.Copy();
         _logger = logger ?? NullLogger.Instance;
         _time = timeProvider ?? TimeProvider.System;
         _lookup = store as IProcessedKeyLookup;
@@ -64,8 +73,19 @@ public sealed class IdempotentProcessor
     /// <summary>Gets the handler name that scopes keys.</summary>
     public string HandlerName => _options.HandlerName;
 
-    /// <summary>Gets the options.</summary>
-    public IdempotencyOptions Options => _options;
+    /// <summary>Gets a copy of the options this pipeline was built with; changing it changes nothing.</summary>
+    public IdempotencyOptions Options => _options.Copy();
+
+    /// <summary>Gets how long to wait between probes while the store is down or misconfigured.</summary>
+    public BackoffOptions StoreUnavailableBackoff => _options.StoreUnavailableBackoff;
+
+    /// <summary>Decides what an adapter does with a result, by this pipeline's options.</summary>
+    /// <param name="result">The result.</param>
+    /// <param name="attempt">The 1-based handler attempt that produced it (attempts are spent only by the handler).</param>
+    /// <param name="storeOutageCount">How many store failures in a row the caller has seen, for the backoff.</param>
+    /// <returns>The decision.</returns>
+    public Delivery.DeliveryDecision Decide(ProcessingResult result, int attempt, int storeOutageCount = 1) =>
+        Delivery.DeliveryPolicy.Decide(result, attempt, _options, storeOutageCount);
 
     /// <summary>Gets the store.</summary>
     public IIdempotencyStore Store => _store;
@@ -101,7 +121,7 @@ public sealed class IdempotentProcessor
         for (var i = 0; i < messages.Count; i++)
         {
             // Invalid keys are left to ProcessAsync, which rejects them with the reason.
-            if (IdempotencyKey.GetValidationError(messages[i].Key, _options.MaxKeyBytes) is null)
+            if (messages[i].KeyError is null && IdempotencyKey.GetValidationError(messages[i].Key, _options.MaxKeyBytes) is null)
             {
                 claims.Add(CreateClaim(messages[i]));
                 indexes.Add(i);
@@ -120,7 +140,9 @@ public sealed class IdempotentProcessor
             found = await _lookup.FindProcessedBatchAsync(claims, cancellationToken).ConfigureAwait(false);
             IdempotencyMetrics.RecordStoreOperation(_store.Name, "lookup", _time.GetElapsedTime(started));
         }
-        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+#pragma warning disable CA1031 // A look-up is a shortcut: whatever failed, processing finds out and classifies it.
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
+#pragma warning restore CA1031
         {
             return results;
         }
@@ -228,6 +250,7 @@ public sealed class IdempotentProcessor
         }
 
         IIdempotencyTransaction? transaction = null;
+        var handlerRan = false;
         try
         {
             // Claiming a duplicate costs a transaction and a rollback, a look-up one read: once most messages are
@@ -262,30 +285,29 @@ public sealed class IdempotentProcessor
             }
             catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
             {
-                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
-                return HandlerFailed(message, claim, exception);
+                return await HandlerThrewAsync(message, claim, transaction, exception).ConfigureAwait(false);
             }
 
             var duration = _time.GetElapsedTime(handlerStarted);
             IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
+            handlerRan = true;
             await CommitAsync(transaction, [new CompletionRecord(claim, duration, context.Result) { Position = storePosition ? message.Position : null }], context.Outbox, cancellationToken).ConfigureAwait(false);
             return new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint };
         }
         catch (ClaimLostException)
         {
-            Log.ClaimLost(_logger, claim.Key, HandlerName);
-            return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
+            return LeaseLost(message, claim);
         }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
         {
-            // Outside the handler: the store went away (StoreUnavailable), or a deferred constraint the handler's
-            // writes broke at commit (Failed). HandlerFailed tells them apart.
+            // The store's own work failed (begin, look-up, claim, commit): never the message's fault, unless the store
+            // says it refused the handler's writes at commit.
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
             }
 
-            return HandlerFailed(message, claim, exception);
+            return StoreWorkFailed(message, claim, exception, handlerRan);
         }
         finally
         {
@@ -304,6 +326,7 @@ public sealed class IdempotentProcessor
     private async ValueTask<ProcessingResult> ProcessClaimingAtCommitAsync(IncomingMessage message, ClaimRequest claim, IDeferredClaimStore store, bool storePosition, CancellationToken cancellationToken)
     {
         IIdempotencyTransaction? transaction = null;
+        var handlerRan = false;
         try
         {
             var lookedUp = !message.KeyLookedUp && (message.Redelivered || message.DeliveryAttempt > 1 || _duplicateRate.IsHigh);
@@ -321,21 +344,37 @@ public sealed class IdempotentProcessor
             {
                 await _handler.HandleAsync(context, cancellationToken).ConfigureAwait(false);
             }
-            catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+            catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
             {
-                await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                var failed = await HandlerThrewAsync(message, claim, transaction, exception).ConfigureAwait(false);
+                if (failed.Outcome != ProcessingOutcome.Failed)
+                {
+                    return failed;
+                }
 
                 // The handler ran without a claim: it may have failed only because the message is a duplicate (a
                 // business insert meeting its own earlier row, say). A committed key makes it a duplicate, not a failure.
-                if (await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false) is { } processed)
+                ClaimResult? processed;
+                try
                 {
-                    _duplicateRate.Record(true);
-                    return NotClaimed(message, claim, processed);
+                    processed = await store.FindProcessedAsync(claim, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception lookUpFailure) when (!IsCancellation(lookUpFailure, cancellationToken))
+                {
+                    // Whether it was a duplicate cannot be learned now: the store's failure, not the handler's.
+                    return StoreWorkFailed(message, claim, lookUpFailure, handlerRan: false);
                 }
 
-                return HandlerFailed(message, claim, exception);
+                if (processed is { } known)
+                {
+                    _duplicateRate.Record(true);
+                    return NotClaimed(message, claim, known);
+                }
+
+                return failed;
             }
 
+            handlerRan = true;
             var duration = _time.GetElapsedTime(handlerStarted);
             IdempotencyMetrics.RecordHandlerDuration(message, HandlerName, duration);
             var commitStarted = _time.GetTimestamp();
@@ -352,16 +391,20 @@ public sealed class IdempotentProcessor
                 ? new ProcessingResult(message, ProcessingOutcome.Processed) { PayloadFingerprint = claim.Fingerprint }
                 : NotClaimed(message, claim, committed);
         }
+        catch (ClaimLostException)
+        {
+            return LeaseLost(message, claim);
+        }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
         {
-            // Outside the handler: the store went away (StoreUnavailable), or a deferred constraint the handler's
-            // writes broke at commit (Failed). HandlerFailed tells them apart.
+            // The store's own work failed (look-up, begin, the claiming commit): never the message's fault, unless the
+            // store says it refused the handler's writes at commit.
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
             }
 
-            return HandlerFailed(message, claim, exception);
+            return StoreWorkFailed(message, claim, exception, handlerRan);
         }
         finally
         {
@@ -445,6 +488,7 @@ public sealed class IdempotentProcessor
     private async ValueTask<int> TryBatchAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, List<int> pending, bool useBatchHandler, CancellationToken cancellationToken)
     {
         IIdempotencyTransaction? transaction = null;
+        var committing = false;
         try
         {
             transaction = await BeginAsync(cancellationToken).ConfigureAwait(false);
@@ -499,8 +543,13 @@ public sealed class IdempotentProcessor
                 {
                     await _batchHandler.HandleBatchAsync(new BatchContext(contexts, transaction, HandlerName), cancellationToken).ConfigureAwait(false);
                 }
-                catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+                catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
                 {
+                    if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
+                    {
+                        throw new IdempotencyStoreUnavailableException("The store's connection broke while the batch handler ran.", exception);
+                    }
+
                     // A set-based handler cannot say which message broke it: find out one message at a time.
                     await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
                     foreach (var index in contextIndex)
@@ -523,8 +572,13 @@ public sealed class IdempotentProcessor
                     {
                         await _handler.HandleAsync(contexts[i], cancellationToken).ConfigureAwait(false);
                     }
-                    catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !IsStoreFailure(exception))
+                    catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
                     {
+                        if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
+                        {
+                            throw new IdempotencyStoreUnavailableException("The store's connection broke while a handler of the batch ran.", exception);
+                        }
+
                         await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
                         var failed = contextIndex[i];
                         batch.Results[failed] = HandlerFailed(messages[failed], batch.Claims[failed], exception);
@@ -548,6 +602,7 @@ public sealed class IdempotentProcessor
                 }
             }
 
+            committing = true;
             await CommitAsync(transaction, completions, (IReadOnlyList<OutboxMessage>?)outbox ?? [], cancellationToken).ConfigureAwait(false);
             foreach (var index in contextIndex)
             {
@@ -558,24 +613,25 @@ public sealed class IdempotentProcessor
         }
         catch (ClaimLostException lost)
         {
-            Log.ClaimLost(_logger, lost.Key, HandlerName);
-            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], ProcessingOutcome.InProgress) { PayloadFingerprint = batch.Claims[index].Fingerprint });
+            Log.LeaseLost(_logger, lost.Key, HandlerName);
+            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], ProcessingOutcome.LeaseLost) { PayloadFingerprint = batch.Claims[index].Fingerprint });
             return -1;
         }
-        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && IsStoreFailure(exception))
+        catch (Exception exception) when (!IsCancellation(exception, cancellationToken) && !(committing && ClassifyStoreFailure(exception).Kind == StoreFailureKind.WriteRejected))
         {
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
             }
 
-            Log.StoreUnavailable(_logger, exception, _store.Name, messages[pending[0]].Key!);
-            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = batch.Claims[index].Fingerprint });
+            var first = pending[0];
+            var failure = StoreWorkFailed(messages[first], batch.Claims[first], exception, handlerRan: false);
+            MarkUnresolved(batch, pending, index => new ProcessingResult(messages[index], failure.Outcome) { Exception = exception, StoreFailure = failure.StoreFailure, PayloadFingerprint = batch.Claims[index].Fingerprint });
             return -1;
         }
         catch (Exception exception) when (!IsCancellation(exception, cancellationToken))
         {
-            // Something failed outside any one handler (a deferred constraint at commit, say): isolate it message by message.
+            // The store refused the handlers' writes at commit (a deferred constraint, say): isolate it message by message.
             if (transaction is not null)
             {
                 await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
@@ -636,12 +692,13 @@ public sealed class IdempotentProcessor
 
     private ProcessingResult FollowerResult(IncomingMessage message, ClaimRequest claim, ProcessingResult first)
     {
-        if (!first.IsCommitted)
+        if (!first.IsCommitted && first.Outcome != ProcessingOutcome.PayloadMismatch)
         {
             // The first copy did not commit, so neither does this one: same outcome, same fate at the broker.
-            return new ProcessingResult(message, first.Outcome) { Exception = first.Exception, PayloadFingerprint = claim.Fingerprint };
+            return new ProcessingResult(message, first.Outcome) { Exception = first.Exception, StoreFailure = first.StoreFailure, PayloadFingerprint = claim.Fingerprint };
         }
 
+        // The key is committed: this copy is compared with the stored payload by its own fingerprint, as it would be alone.
         var stored = first.Outcome == ProcessingOutcome.Processed ? first.PayloadFingerprint : first.StoredFingerprint;
         return Duplicate(message, claim, stored, first.StoredResult);
     }
@@ -690,19 +747,94 @@ public sealed class IdempotentProcessor
 
     private ProcessingResult HandlerFailed(IncomingMessage message, ClaimRequest claim, Exception exception)
     {
-        if (IsStoreFailure(exception))
-        {
-            Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
-            return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
-        }
-
         Log.HandlerFailed(_logger, exception, HandlerName, claim.Key);
         return new ProcessingResult(message, ProcessingOutcome.Failed) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
     }
 
+    /// <summary>
+    /// A handler threw: its failure, and an attempt spent, unless the store's transaction is demonstrably broken (its
+    /// connection failed under it, or the store does not answer a ping): then it is an outage. The exception's type
+    /// alone decides nothing: a handler's own timeout or refused HTTP call is the handler's failure.
+    /// </summary>
+    private async ValueTask<ProcessingResult> HandlerThrewAsync(IncomingMessage message, ClaimRequest claim, IIdempotencyTransaction transaction, Exception exception)
+    {
+        if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
+        {
+            return StoreWorkFailed(message, claim, new IdempotencyStoreUnavailableException("The store's connection broke while the handler ran.", exception), handlerRan: false);
+        }
+
+        await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+        return HandlerFailed(message, claim, exception);
+    }
+
+    /// <summary>Whether the transaction's connection broke or the store stopped answering; rolls it back when it did.</summary>
+    private async ValueTask<bool> IsTransactionBrokenAsync(IIdempotencyTransaction transaction)
+    {
+        var broken = transaction.IsBroken;
+        if (!broken)
+        {
+            try
+            {
+                broken = !await _store.PingAsync(CancellationToken.None).ConfigureAwait(false);
+            }
+#pragma warning disable CA1031 // A ping that fails is the answer.
+            catch (Exception)
+#pragma warning restore CA1031
+            {
+                broken = true;
+            }
+        }
+
+        if (broken)
+        {
+            await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+        }
+
+        return broken;
+    }
+
+    /// <summary>An error of the store's own work: an outage or a misconfiguration, never the message's fault; only a commit the store refused for the handler's writes is a handler failure.</summary>
+    private ProcessingResult StoreWorkFailed(IncomingMessage message, ClaimRequest claim, Exception exception, bool handlerRan)
+    {
+        var failure = ClassifyStoreFailure(exception);
+        switch (failure.Kind)
+        {
+            case StoreFailureKind.WriteRejected when handlerRan:
+                Log.WriteRejected(_logger, exception, HandlerName, claim.Key, failure.Description);
+                return new ProcessingResult(message, ProcessingOutcome.Failed) { Exception = exception, PayloadFingerprint = claim.Fingerprint };
+            case StoreFailureKind.Misconfiguration:
+                Log.StoreMisconfigured(_logger, exception, _store.Name, claim.Key, HandlerName, failure.Description);
+                return new ProcessingResult(message, ProcessingOutcome.StoreMisconfigured) { Exception = exception, StoreFailure = failure, PayloadFingerprint = claim.Fingerprint };
+            default:
+                Log.StoreUnavailable(_logger, exception, _store.Name, claim.Key);
+                return new ProcessingResult(message, ProcessingOutcome.StoreUnavailable) { Exception = exception, StoreFailure = failure with { Kind = StoreFailureKind.Outage }, PayloadFingerprint = claim.Fingerprint };
+        }
+    }
+
+    private ProcessingResult LeaseLost(IncomingMessage message, ClaimRequest claim)
+    {
+        Log.LeaseLost(_logger, claim.Key, HandlerName);
+        return new ProcessingResult(message, ProcessingOutcome.LeaseLost) { PayloadFingerprint = claim.Fingerprint };
+    }
+
+    /// <summary>The store's classification of its own error; a classifier that throws makes it an outage.</summary>
+    private StoreFailure ClassifyStoreFailure(Exception exception)
+    {
+        try
+        {
+            return _store.ClassifyFailure(exception);
+        }
+#pragma warning disable CA1031 // Classification must not turn one failure into another.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+            return StoreFailure.Outage(exception);
+        }
+    }
+
     private ProcessingResult? Prepare(IncomingMessage message)
     {
-        var error = IdempotencyKey.GetValidationError(message.Key, _options.MaxKeyBytes);
+        var error = message.KeyError ?? IdempotencyKey.GetValidationError(message.Key, _options.MaxKeyBytes);
         if (error is null)
         {
             return null;
@@ -746,9 +878,6 @@ public sealed class IdempotentProcessor
         }
     }
 
-    private bool IsStoreFailure(Exception exception) =>
-        exception is IdempotencyStoreUnavailableException || _store.IsUnavailable(exception);
-
     private static bool IsCancellation(Exception exception, CancellationToken cancellationToken) =>
         exception is OperationCanceledException && cancellationToken.IsCancellationRequested;
 
@@ -787,7 +916,7 @@ public sealed class IdempotentProcessor
         if (activity is not null)
         {
             activity.SetTag(IdempotencyTags.Outcome, IdempotencyMetrics.OutcomeName(result.Outcome));
-            if (result.Outcome is ProcessingOutcome.Failed or ProcessingOutcome.StoreUnavailable or ProcessingOutcome.InvalidKey or ProcessingOutcome.PayloadMismatch)
+            if (result.Outcome is ProcessingOutcome.Failed or ProcessingOutcome.StoreUnavailable or ProcessingOutcome.StoreMisconfigured or ProcessingOutcome.LeaseLost or ProcessingOutcome.InvalidKey or ProcessingOutcome.PayloadMismatch)
             {
                 activity.SetStatus(ActivityStatusCode.Error, result.Exception?.Message);
             }

@@ -62,6 +62,12 @@ public sealed class IncomingMessage
     /// </summary>
     public bool KeyLookedUp { get; init; }
 
+    /// <summary>
+    /// Gets why the adapter could not read the key exactly (such as key bytes that are not valid UTF-8); the message is
+    /// then rejected as <see cref="ProcessingOutcome.InvalidKey"/> with this reason, before anything runs.
+    /// </summary>
+    public string? KeyError { get; init; }
+
     /// <summary>Gets the broker client's own message object, for handlers that need broker details.</summary>
     public object? Native { get; init; }
 }

@@ -23,4 +23,16 @@ public enum ProcessingOutcome
 
     /// <summary>The key is missing, empty or too long; nothing ran.</summary>
     InvalidKey = 6,
+
+    /// <summary>
+    /// The store answers but is set up wrong (authentication, missing schema, permissions); nothing ran or was recorded.
+    /// Not the message's fault: stop taking messages until the configuration is fixed.
+    /// </summary>
+    StoreMisconfigured = 7,
+
+    /// <summary>
+    /// The handler ran, but its claim's lease expired and another worker took the key over before the commit, so
+    /// nothing was recorded. Effects outside the transaction may have happened and may happen again. Not an attempt.
+    /// </summary>
+    LeaseLost = 8,
 }

@@ -1,3 +1,5 @@
+using Idempotency.Storage;
+
 namespace Idempotency;
 
 /// <summary>The result of processing one message.</summary>
@@ -18,6 +20,9 @@ public sealed class ProcessingResult
     /// <summary>Gets the failure for <see cref="ProcessingOutcome.Failed"/>, <see cref="ProcessingOutcome.StoreUnavailable"/>,
     /// <see cref="ProcessingOutcome.InvalidKey"/> and <see cref="ProcessingOutcome.PayloadMismatch"/>.</summary>
     public Exception? Exception { get; init; }
+
+    /// <summary>Gets the store's classification of its failure, for <see cref="ProcessingOutcome.StoreUnavailable"/> and <see cref="ProcessingOutcome.StoreMisconfigured"/>.</summary>
+    public StoreFailure? StoreFailure { get; init; }
 
     /// <summary>Gets the fingerprint of this message's payload, when computed.</summary>
     public ReadOnlyMemory<byte> PayloadFingerprint { get; init; }

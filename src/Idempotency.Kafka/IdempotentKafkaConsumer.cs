@@ -46,6 +46,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     private readonly Dictionary<TopicPartition, PartitionState> _partitions = [];
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionState> _pauseChanges = new();
+    private StoreGate? _gate;
     private IConsumer<TKey, TValue> _consumer = null!;
     private long _completedSinceCommit;
     private long _lastCommitTimestamp;
@@ -243,6 +244,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
     private async Task RunCheckedAsync(CancellationToken cancellationToken)
     {
+        _gate = new StoreGate(_processor.Store, $"kafka:{_processor.HandlerName}", _processor.StoreUnavailableBackoff, _logger, _time, Heartbeat, cancellationToken);
         await CheckPositionStoreAsync(cancellationToken).ConfigureAwait(false);
 
         // Consume blocks, and every consumer call stays on this one thread.
@@ -326,8 +328,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             {
                 if (Heartbeat is { } heartbeat)
                 {
+                    // The state is the store gate's to set (running, paused, misconfigured); the loop only shows it is alive.
                     heartbeat.Beat();
-                    heartbeat.State = _partitions.Values.Any(p => p.StorePaused) ? Idempotency.Health.ConsumerState.Paused : Idempotency.Health.ConsumerState.Running;
                 }
 
                 ApplyPauseChanges();
@@ -463,8 +465,12 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
     private PartitionState StartPartition(TopicPartition partition)
     {
-        var state = new PartitionState(partition);
+        // librdkafka keeps an application's pause across an eager revoke and re-assign: a partition this consumer paused
+        // before (backpressure, store outage) would come back paused and never be read again. Assume it is paused at the
+        // broker, so the loop resumes it once the assignment is in place.
+        var state = new PartitionState(partition) { PausedAtBroker = true };
         _partitions[partition] = state;
+        UpdatePause(state);
         state.Worker = Task.Run(() => RunWorkerAsync(state));
         return state;
     }
@@ -813,10 +819,18 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             var message = work.Error is null ? readable[next] : null;
             var known = work.Error is null ? found[next++] : null;
 
-            // A looked-up duplicate is acknowledged (or dead-lettered by the payload-mismatch policy): it never waits.
-            var done = known is not null
-                ? (await SettleAsync(state, work, known, attempt: 1, outages: 1).ConfigureAwait(false)).Done ?? true
-                : await HandleOneAsync(state, work, firstAttempt: 1, message).ConfigureAwait(false);
+            // A looked-up duplicate is acknowledged, or dead-lettered or retried by the payload-mismatch policy. A retry has
+            // not settled the message: it goes on to processing like any other, its look-up counted as the first attempt.
+            bool done;
+            if (known is null)
+            {
+                done = await HandleOneAsync(state, work, firstAttempt: 1, message).ConfigureAwait(false);
+            }
+            else
+            {
+                var (settled, action) = await SettleAsync(state, work, known, attempt: 1, outages: 1).ConfigureAwait(false);
+                done = settled ?? await HandleOneAsync(state, work, firstAttempt: action == DeliveryAction.Retry ? 2 : 1).ConfigureAwait(false);
+            }
             if (!done)
             {
                 return false;
@@ -922,7 +936,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     /// </summary>
     private async ValueTask<(bool? Done, DeliveryAction Action)> SettleAsync(PartitionState state, Work work, ProcessingResult result, int attempt, int outages)
     {
-        var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, outages);
+        var decision = _processor.Decide(result, attempt, outages);
         switch (decision.Action)
         {
             case DeliveryAction.Acknowledge:
@@ -934,7 +948,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 ResultObserver?.Invoke(result);
                 return (await DeadLetterAsync(state, work, result, decision, attempt).ConfigureAwait(false), decision.Action);
             case DeliveryAction.PauseAndRetry:
-                await WaitForStoreAsync(state, decision.Delay, outages).ConfigureAwait(false);
+                await WaitForStoreAsync(state, result).ConfigureAwait(false);
                 return (null, decision.Action);
             case DeliveryAction.Retry:
                 Log.Retrying(_logger, state.Name, work.Offset, decision.Delay, attempt + 1);
@@ -964,20 +978,26 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
         }
 
-        var outages = 0;
         var failed = new List<(Work Work, ProcessingResult Result)>();
         while (pending.Count > 0)
         {
+            // The settled prefix: an unreadable message (dead-lettered after this batch) or one that failed in an earlier
+            // round (retried after it) has not settled, so no stored position may pass it, in this round or any later one.
+            var firstUnsettled = firstUnreadable ?? long.MaxValue;
+            foreach (var (work, _) in failed)
+            {
+                firstUnsettled = Math.Min(firstUnsettled, work.Offset);
+            }
+
             var messages = new IncomingMessage[pending.Count];
             for (var i = 0; i < messages.Length; i++)
             {
-                // An unreadable message is dead-lettered after this batch: a stored position must not pass it first.
-                messages[i] = ToIncoming(pending[i], 1, withPosition: firstUnreadable is not { } unreadableOffset || pending[i].Offset < unreadableOffset);
+                messages[i] = ToIncoming(pending[i], 1, withPosition: pending[i].Offset < firstUnsettled);
             }
 
             var results = await InSlotAsync(state, static (processor, messages, ct) => processor.ProcessBatchAsync(messages, ct), messages, static results => results.Count).ConfigureAwait(false);
 
-            var storeDown = false;
+            ProcessingResult? storeDown = null;
             var next = new List<Work>();
             for (var i = 0; i < results.Count; i++)
             {
@@ -986,9 +1006,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                 {
                     ResultObserver?.Invoke(result);
                 }
-                else if (result.Outcome == ProcessingOutcome.StoreUnavailable)
+                else if (result.Outcome is ProcessingOutcome.StoreUnavailable or ProcessingOutcome.StoreMisconfigured)
                 {
-                    storeDown = true;
+                    storeDown ??= result;
                     next.Add(pending[i]);
                 }
                 else
@@ -998,10 +1018,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
 
             pending = next;
-            if (storeDown)
+            if (storeDown is not null)
             {
-                outages++;
-                await WaitForStoreAsync(state, _processor.Options.StoreUnavailableBackoff.GetDelay(outages), outages).ConfigureAwait(false);
+                await WaitForStoreAsync(state, storeDown).ConfigureAwait(false);
             }
         }
 
@@ -1016,7 +1035,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             if (first >= 0)
             {
                 var (_, result) = failed[first];
-                var decision = DeliveryPolicy.Decide(result, 1, _processor.Options);
+                var decision = _processor.Decide(result, 1);
                 if (decision.Action == DeliveryAction.DeadLetter)
                 {
                     ResultObserver?.Invoke(result);
@@ -1040,8 +1059,14 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         return true;
     }
 
-    private async ValueTask WaitForStoreAsync(PartitionState state, TimeSpan delay, int outages)
+    /// <summary>
+    /// The store's work failed (an outage or a misconfiguration): pause the partition at the broker and wait for the
+    /// consumer's store gate, which probes the store once for every partition. Nothing is committed, dead-lettered or
+    /// counted as an attempt meanwhile; the same message is tried again once the gate opens.
+    /// </summary>
+    private async ValueTask WaitForStoreAsync(PartitionState state, ProcessingResult result)
     {
+        _gate!.Close(result);
         if (!state.StorePaused)
         {
             state.StorePaused = true;
@@ -1049,28 +1074,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             Log.PausedForStore(_logger, state.Name);
         }
 
-        // Nothing is committed or dead-lettered while the store is away; the same message is tried again once it answers.
-        while (true)
-        {
-            await Task.Delay(delay, _time, state.StopTaking.Token).ConfigureAwait(false);
-            bool answers;
-            try
-            {
-                answers = await _processor.Store.PingAsync(state.StopTaking.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is not OperationCanceledException)
-            {
-                answers = false;
-            }
-
-            if (answers)
-            {
-                return;
-            }
-
-            outages++;
-            delay = _processor.Options.StoreUnavailableBackoff.GetDelay(outages);
-        }
+        await _gate.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
     }
 
     private void ResumeAfterStore(PartitionState state)
@@ -1154,8 +1158,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     private IncomingMessage ToIncoming(Work work, int attempt, bool withPosition = true, bool keyLookedUp = false)
     {
         var record = work.Result!;
-        return new IncomingMessage(SelectKey(record), SelectBody(record))
+        return new IncomingMessage(SelectKey(record, out var keyError), SelectBody(record))
         {
+            KeyError = keyError,
             Broker = "kafka",
             Destination = record.Topic,
             Headers = TraceHeaders(record.Message.Headers),
@@ -1169,13 +1174,17 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         };
     }
 
-    private string? SelectKey(ConsumeResult<TKey, TValue> record)
+    private string? SelectKey(ConsumeResult<TKey, TValue> record, out string? keyError)
     {
+        keyError = null;
         if (_keySelector is null)
         {
-            return record.Message.Headers is { } headers && headers.TryGetLastBytes(_options.KeyHeader, out var bytes) && bytes is not null
-                ? Encoding.UTF8.GetString(bytes)
-                : null;
+            if (record.Message.Headers is not { } headers || !headers.TryGetLastBytes(_options.KeyHeader, out var bytes) || bytes is null)
+            {
+                return null;
+            }
+
+            return IdempotencyKey.TryDecode(bytes, _options.KeyBytesEncoding, out var key, out keyError) ? key : null;
         }
 
         try

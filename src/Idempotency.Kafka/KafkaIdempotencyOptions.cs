@@ -24,6 +24,10 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to <c>idempotency-key</c>.</value>
     public string KeyHeader { get; set; } = DefaultKeyHeader;
 
+    /// <summary>Gets or sets how a key header's bytes become the key: exact UTF-8 (other bytes make the key invalid), hex or Base64.</summary>
+    /// <value>Defaults to <see cref="KeyBytesEncoding.Utf8"/>.</value>
+    public KeyBytesEncoding KeyBytesEncoding { get; set; } = KeyBytesEncoding.Utf8;
+
     /// <summary>Gets or sets the suffix appended to a message's topic to name its dead-letter topic.</summary>
     /// <value>Defaults to <c>.dlq</c>; ignored when <see cref="DeadLetterTopic"/> is set.</value>
     public string DeadLetterTopicSuffix { get; set; } = ".dlq";

@@ -41,7 +41,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     private readonly IdempotentProcessor _processor;
     private readonly RabbitMqIdempotencyOptions _options;
     private readonly ILogger _logger;
-    private readonly AttemptTracker _tracker;
+    private readonly AttemptLedger _tracker;
     private readonly Channel<Work> _buffer;
     private readonly SemaphoreSlim _consumeLock = new(1, 1);
     private readonly CancellationTokenSource _stopping = new();
@@ -53,7 +53,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     private string? _consumerTag;
     private bool _started;
     private int _paused;
-    private int _outages;
+    private StoreGate? _gate;
     private int _inFlight;
     private int _warnedNackDeadLetter;
     private long _acknowledged;
@@ -89,11 +89,15 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         _processor = processor;
         _options = options;
         _logger = logger ?? NullLogger.Instance;
-        _tracker = new AttemptTracker(options.MaxTrackedMessages);
+        _tracker = new AttemptLedger(options.MaxTrackedMessages);
 
         // Unbounded in code, bounded in practice: the broker never has more than the prefetch count outstanding per consumer.
         _buffer = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
     }
+
+    /// <summary>Gets or sets the heartbeat this consumer reports its state to (running, paused for the store, misconfigured store, stopped).</summary>
+    /// <value>Defaults to <see langword="null"/>; the DI registration sets it from <see cref="Health.ConsumerHealthRegistry"/>. Set it before <see cref="StartAsync"/>.</value>
+    public Health.ConsumerHeartbeat? Health { get; set; }
 
     /// <summary>Gets the queue being consumed.</summary>
     public string Queue => _options.Queue;
@@ -175,6 +179,14 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             _started = true;
         }
 
+        _gate = new StoreGate(_processor.Store, $"rabbitmq:{_options.Queue}", _processor.StoreUnavailableBackoff, _logger, heartbeat: Health, stopping: _stopping.Token);
+        if (Health is { } health)
+        {
+            health.State = Idempotency.Health.ConsumerState.Running;
+            health.Detail = null;
+            _ = BeatAsync(health);
+        }
+
         _channel.ChannelShutdownAsync += OnChannelShutdownAsync;
         await _channel.BasicQosAsync(0, (ushort)_options.PrefetchCount, global: false, cancellationToken).ConfigureAwait(false);
         var workers = new Task[_options.HandlerConcurrency];
@@ -212,6 +224,27 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         _processing.Dispose();
     }
 
+    /// <summary>A push consumer has no poll loop to beat in: beat while the channel is open and the consumer runs.</summary>
+    private async Task BeatAsync(Health.ConsumerHeartbeat health)
+    {
+        try
+        {
+            while (!_stopping.IsCancellationRequested)
+            {
+                if (_channel.IsOpen)
+                {
+                    health.Beat();
+                }
+
+                await Task.Delay(TimeSpan.FromSeconds(1), _stopping.Token).ConfigureAwait(false);
+            }
+        }
+        catch (OperationCanceledException)
+        {
+            // Stopping.
+        }
+    }
+
     private async Task StopCoreAsync(CancellationToken cancellationToken)
     {
         Log.Stopping(_logger, _options.Queue, Volatile.Read(ref _inFlight));
@@ -245,6 +278,12 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         }
 
         _channel.ChannelShutdownAsync -= OnChannelShutdownAsync;
+        if (Health is { } health)
+        {
+            health.State = Idempotency.Health.ConsumerState.Stopped;
+            health.Detail = "stopped";
+        }
+
         if (_ownsChannels)
         {
             await CloseQuietlyAsync(_channel).ConfigureAwait(false);
@@ -347,7 +386,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     {
         var body = args.Body.ToArray();
         var properties = args.BasicProperties;
-        var key = SelectKey(args);
+        var key = SelectKey(args, out var keyError);
         var headers = properties.Headers;
         int? deliveryCount = headers is not null && headers.TryGetValue(DeliveryCountHeader, out var count) && count is not null
             ? Convert.ToInt32(count, CultureInfo.InvariantCulture)
@@ -368,6 +407,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         var native = new RabbitMqDelivery(args.DeliveryTag, args.Redelivered, args.Exchange, args.RoutingKey, args.ConsumerTag, properties, body);
         var message = new IncomingMessage(key, body)
         {
+            KeyError = keyError,
             Broker = Broker,
             Destination = _options.Queue,
             Headers = headers is { Count: > 0 } ? ToTextHeaders(headers) : null,
@@ -380,8 +420,9 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         return new Work(args.DeliveryTag, message, native, trackId, tracked);
     }
 
-    private string? SelectKey(BasicDeliverEventArgs args)
+    private string? SelectKey(BasicDeliverEventArgs args, out string? keyError)
     {
+        keyError = null;
         if (_options.KeySelector is { } selector)
         {
             return selector(args);
@@ -389,7 +430,15 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
 
         if (_options.KeyHeader is { } header)
         {
-            return args.BasicProperties.Headers is { } headers && headers.TryGetValue(header, out var value) ? HeaderText(value) : null;
+            if (args.BasicProperties.Headers is not { } headers || !headers.TryGetValue(header, out var value))
+            {
+                return null;
+            }
+
+            // Bytes are decoded exactly (or refused): a lossy decode would make two different keys one.
+            return value is byte[] bytes
+                ? IdempotencyKey.TryDecode(bytes, _options.KeyBytesEncoding, out var key, out keyError) ? key : null
+                : HeaderText(value);
         }
 
         return args.BasicProperties.MessageId;
@@ -587,7 +636,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             // Hand it back after a short wait, so that deliveries made before the subscription was cancelled do not
             // bounce between broker and consumer; a stop cuts the wait short.
             _tracker.RecordRequeue(work.TrackId);
-            await DelayAsync(_processor.Options.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
+            await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
             await NackAsync(work).ConfigureAwait(false);
             return true;
         }
@@ -597,16 +646,10 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
 
     private async Task SettleAsync(Work work, ProcessingResult result)
     {
-        var outages = result.Outcome == ProcessingOutcome.StoreUnavailable ? Interlocked.Increment(ref _outages) : 1;
-        var decision = DeliveryPolicy.Decide(result, work.Message.DeliveryAttempt, _processor.Options, outages);
+        var decision = _processor.Decide(result, work.Message.DeliveryAttempt, (_gate?.Closures ?? 0) + 1);
         switch (decision.Action)
         {
             case DeliveryAction.Acknowledge:
-                if (result.Outcome == ProcessingOutcome.Processed && Volatile.Read(ref _outages) != 0)
-                {
-                    Volatile.Write(ref _outages, 0);
-                }
-
                 await AckAsync(work).ConfigureAwait(false);
                 if (work.Tracked)
                 {
@@ -623,9 +666,11 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
                 break;
 
             case DeliveryAction.PauseAndRetry:
+                // The store's failure, not the message's: no attempt spent; the gate holds every worker until the store is back.
                 _tracker.RecordRequeue(work.TrackId);
+                _gate?.Close(result);
                 Pause();
-                await DelayAsync(decision.Delay).ConfigureAwait(false);
+                await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
                 await NackAsync(work).ConfigureAwait(false);
                 break;
 
@@ -769,33 +814,20 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             Log.SettleFailed(_logger, exception, 0, _options.Queue);
         }
 
-        var backoff = _processor.Options.StoreUnavailableBackoff;
         var probes = 0;
         while (!_stopping.IsCancellationRequested)
         {
             probes++;
-            await DelayAsync(backoff.GetDelay(probes)).ConfigureAwait(false);
-            if (_stopping.IsCancellationRequested)
+            try
+            {
+                // One probe loop per consumer, in the gate: it opens when the store answers and is set up.
+                await _gate!.WaitAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
             {
                 return;
             }
 
-            bool answers;
-            try
-            {
-                answers = await _processor.Store.PingAsync(_stopping.Token).ConfigureAwait(false);
-            }
-            catch (Exception exception) when (exception is not OutOfMemoryException)
-            {
-                answers = false;
-            }
-
-            if (!answers)
-            {
-                continue;
-            }
-
-            Volatile.Write(ref _outages, 0);
             Volatile.Write(ref _paused, 0);
             try
             {
@@ -808,6 +840,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
                 // The channel may be recovering; keep the pause and try again.
                 Volatile.Write(ref _paused, 1);
                 Log.ResumeFailed(_logger, exception, _options.Queue);
+                await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
             }
         }
     }

@@ -46,6 +46,9 @@ public sealed class IdempotentRabbitMqConsumerService : BackgroundService
         _logger = logger;
     }
 
+    /// <summary>Gets the heartbeat the consumer reports its state to, for the consumer health check.</summary>
+    public Idempotency.Health.ConsumerHeartbeat? Health { get; init; }
+
     /// <summary>Gets the running consumer once the service has started it.</summary>
     public Task<IdempotentRabbitMqConsumer> Consumer => _consumer.Task;
 
@@ -55,6 +58,7 @@ public sealed class IdempotentRabbitMqConsumerService : BackgroundService
         var connection = await _connection(stoppingToken).ConfigureAwait(false);
         var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, _processor, _options, _logger, stoppingToken).ConfigureAwait(false);
         await using var consumerScope = consumer.ConfigureAwait(false);
+        consumer.Health = Health;
         await consumer.StartAsync(stoppingToken).ConfigureAwait(false);
         _consumer.TrySetResult(consumer);
         try

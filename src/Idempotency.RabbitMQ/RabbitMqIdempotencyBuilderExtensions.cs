@@ -55,7 +55,10 @@ public static class RabbitMqIdempotencyBuilderExtensions
                 ? _ => ValueTask.FromResult(sp.GetService<IConnection>() ?? throw new InvalidOperationException(
                     $"AddRabbitMqConsumer(\"{handlerName}\"): no RabbitMQ IConnection is registered; register one or pass the connection factory argument."))
                 : ct => connection(sp, ct);
-            return new IdempotentRabbitMqConsumerService(open, sp.CreateIdempotentProcessor<THandler>(handlerName), options, logger);
+            return new IdempotentRabbitMqConsumerService(open, sp.CreateIdempotentProcessor<THandler>(handlerName), options, logger)
+            {
+                Health = sp.GetService<Idempotency.Health.ConsumerHealthRegistry>()?.Register($"rabbitmq:{handlerName}", sp.GetService<TimeProvider>() ?? TimeProvider.System),
+            };
         });
         return builder;
     }

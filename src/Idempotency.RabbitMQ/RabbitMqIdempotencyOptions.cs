@@ -25,6 +25,10 @@ public sealed class RabbitMqIdempotencyOptions
     /// <value>Defaults to <see langword="null"/> (use the message id). Ignored when <see cref="KeySelector"/> is set.</value>
     public string? KeyHeader { get; set; }
 
+    /// <summary>Gets or sets how a key header's bytes become the key: exact UTF-8 (other bytes make the key invalid), hex or Base64.</summary>
+    /// <value>Defaults to <see cref="KeyBytesEncoding.Utf8"/>.</value>
+    public KeyBytesEncoding KeyBytesEncoding { get; set; } = KeyBytesEncoding.Utf8;
+
     /// <summary>Gets or sets a function that picks the idempotency key from a delivery; it runs inside the delivery callback, where the body is valid.</summary>
     /// <value>Defaults to <see langword="null"/> (use <see cref="KeyHeader"/> or the message id). Return <see langword="null"/> for "no key".</value>
     public Func<BasicDeliverEventArgs, string?>? KeySelector { get; set; }

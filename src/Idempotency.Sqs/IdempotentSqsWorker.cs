@@ -40,6 +40,7 @@ public sealed class IdempotentSqsWorker
     private readonly string _queueName;
     private readonly bool _isFifo;
     private readonly bool _deadLetterIsFifo;
+    private readonly AttemptLedger _attempts = new(10_000);
     private int _running;
     private int _inFlightBatches;
 
@@ -103,7 +104,7 @@ public sealed class IdempotentSqsWorker
                 Log.Draining(_logger, Volatile.Read(ref _inFlightBatches), _options.QueueUrl, _options.ShutdownTimeout);
                 processing.CancelAfter(_options.ShutdownTimeout);
             });
-            var gate = new StoreGate(_processor.Store, _processor.Options.StoreUnavailableBackoff, _time, _logger, _options.QueueUrl, Statistics, Health, stoppingToken);
+            var gate = new StoreGate(_processor.Store, $"sqs:{_queueName}", _processor.StoreUnavailableBackoff, _logger, _time, Health, stoppingToken);
             if (Health is not null)
             {
                 Health.State = ConsumerState.Running;
@@ -350,21 +351,12 @@ public sealed class IdempotentSqsWorker
 
     private async Task SettleAsync(List<Message> messages, ProcessingResult?[] results, StoreGate gate)
     {
-        var outage = 0;
-        var anyCommitted = false;
         foreach (var result in results)
         {
-            if (result?.Outcome == ProcessingOutcome.StoreUnavailable)
+            if (result is not null && gate.Close(result))
             {
-                outage = gate.Close();
+                Statistics.AddStoreOutage();
             }
-
-            anyCommitted |= result?.IsCommitted == true;
-        }
-
-        if (outage == 0 && anyCommitted)
-        {
-            gate.MarkHealthy();
         }
 
         var deletes = new List<Message>(messages.Count);
@@ -384,8 +376,20 @@ public sealed class IdempotentSqsWorker
                 continue;
             }
 
-            var attempt = ReceiveCount(message);
-            var decision = DeliveryPolicy.Decide(result, attempt, _processor.Options, Math.Max(outage, 1));
+            // Attempts are the handler's failures this process saw, not receives: a receive that met a store outage, a
+            // key held elsewhere or a shutdown spends none. (Another process's failures are not seen; the queue's
+            // RedrivePolicy stays the backstop.)
+            var attempt = _attempts.NextAttempt(message.MessageId);
+            var decision = _processor.Decide(result, attempt);
+            if (decision.Action == DeliveryAction.Retry)
+            {
+                _attempts.RecordFailure(message.MessageId);
+            }
+            else if (decision.Action is DeliveryAction.Acknowledge or DeliveryAction.DeadLetter)
+            {
+                _attempts.Forget(message.MessageId);
+            }
+
             var hold = -1;
             switch (decision.Action)
             {

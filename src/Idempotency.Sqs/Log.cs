@@ -32,11 +32,6 @@ internal static partial class Log
     [LoggerMessage(EventId = 4008, Level = LogLevel.Error, Message = "Sending message {MessageId} to dead-letter queue {DeadLetterQueue} failed; it stays in {Queue}")]
     public static partial void DeadLetterFailed(ILogger logger, Exception exception, string messageId, string deadLetterQueue, string queue);
 
-    [LoggerMessage(EventId = 4009, Level = LogLevel.Warning, Message = "Idempotency store is unreachable; polling of {Queue} paused until it answers (outage {Outage})")]
-    public static partial void StorePaused(ILogger logger, string queue, int outage);
-
-    [LoggerMessage(EventId = 4010, Level = LogLevel.Information, Message = "Idempotency store answers again; polling of {Queue} resumes")]
-    public static partial void StoreResumed(ILogger logger, string queue);
 
     [LoggerMessage(EventId = 4011, Level = LogLevel.Warning, Message = "Key selector threw for message {MessageId} on {Queue}; treating the key as missing")]
     public static partial void KeySelectorFailed(ILogger logger, Exception exception, string messageId, string queue);

@@ -53,7 +53,7 @@ public sealed class OptionsTests
     [Fact]
     public void Attempt_tracker_forgets_the_least_recently_seen_message_first()
     {
-        var tracker = new AttemptTracker(capacity: 2);
+        var tracker = new Idempotency.Delivery.AttemptLedger(capacity: 2);
         tracker.RecordFailure("a");
         tracker.RecordFailure("b");
         tracker.Get("a");

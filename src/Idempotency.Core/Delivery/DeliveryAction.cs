@@ -12,9 +12,9 @@ public enum DeliveryAction
     /// <summary>Send it to the dead-letter destination with <see cref="DeliveryDecision.Reason"/>, then acknowledge it.</summary>
     DeadLetter = 2,
 
-    /// <summary>The store is unreachable: do not acknowledge, pause consuming for <see cref="DeliveryDecision.Delay"/>, then try again. Not an attempt.</summary>
+    /// <summary>The store is unreachable or misconfigured: do not acknowledge, stop taking messages until the store's <see cref="StoreGate"/> opens, then try again. Not an attempt.</summary>
     PauseAndRetry = 3,
 
-    /// <summary>Another worker holds the key: do not acknowledge; try again after <see cref="DeliveryDecision.Delay"/>. Not an attempt.</summary>
+    /// <summary>Another worker holds the key (or took it over after this one's lease expired): do not acknowledge; try again after <see cref="DeliveryDecision.Delay"/>. Not an attempt.</summary>
     RetryLater = 4,
 }

@@ -3,7 +3,8 @@ namespace Idempotency.Delivery;
 /// <summary>Maps processing outcomes to broker actions the same way for every adapter.</summary>
 /// <remarks>
 /// A message is acknowledged only when its effects committed (or were committed before), or when it is
-/// deliberately dead-lettered. A store outage never dead-letters anything.
+/// deliberately dead-lettered. Only the handler spends attempts: a store outage or misconfiguration, a key held by
+/// another worker and a lost lease never dead-letter anything.
 /// </remarks>
 public static class DeliveryPolicy
 {
@@ -30,7 +31,10 @@ public static class DeliveryPolicy
         {
             ProcessingOutcome.Processed or ProcessingOutcome.Duplicate => new DeliveryDecision(DeliveryAction.Acknowledge),
             ProcessingOutcome.StoreUnavailable => new DeliveryDecision(DeliveryAction.PauseAndRetry, options.StoreUnavailableBackoff.GetDelay(storeOutageCount)),
-            ProcessingOutcome.InProgress => new DeliveryDecision(DeliveryAction.RetryLater, options.Retry.GetDelay(1)),
+
+            // A misconfiguration is probed slowly: it is fixed by a person, not by waiting.
+            ProcessingOutcome.StoreMisconfigured => new DeliveryDecision(DeliveryAction.PauseAndRetry, options.StoreUnavailableBackoff.MaxDelay),
+            ProcessingOutcome.InProgress or ProcessingOutcome.LeaseLost => new DeliveryDecision(DeliveryAction.RetryLater, options.Retry.GetDelay(1)),
             ProcessingOutcome.InvalidKey when options.MissingKeyPolicy == MissingKeyPolicy.DeadLetter =>
                 new DeliveryDecision(DeliveryAction.DeadLetter, ReasonCode: InvalidKey, Reason: result.Exception?.Message),
             ProcessingOutcome.InvalidKey => Failure(attempt, options, InvalidKey, result.Exception?.Message),

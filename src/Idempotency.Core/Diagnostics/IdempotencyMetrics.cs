@@ -124,6 +124,8 @@ public static class IdempotencyMetrics
         ProcessingOutcome.InProgress => "in_progress",
         ProcessingOutcome.StoreUnavailable => "store_unavailable",
         ProcessingOutcome.InvalidKey => "invalid_key",
+        ProcessingOutcome.StoreMisconfigured => "store_misconfigured",
+        ProcessingOutcome.LeaseLost => "lease_lost",
         _ => "unknown",
     };
 

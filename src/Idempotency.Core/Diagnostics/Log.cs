@@ -31,4 +31,13 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 1008, Level = LogLevel.Warning, Message = "Batch of {Count} for handler {Handler} failed outside a handler; processing its messages one at a time")]
     public static partial void BatchFailed(ILogger logger, Exception exception, int count, string handler);
+
+    [LoggerMessage(EventId = 1009, Level = LogLevel.Error, Message = "Idempotency store {Store} is misconfigured while handling key {Key} for handler {Handler}: {Problem}; nothing was committed, the message is not blamed")]
+    public static partial void StoreMisconfigured(ILogger logger, Exception exception, string store, string key, string handler, string problem);
+
+    [LoggerMessage(EventId = 1010, Level = LogLevel.Warning, Message = "Lease on key {Key} for handler {Handler} expired and another worker took the key over before this commit: the handler's effects outside the transaction ran but were not recorded")]
+    public static partial void LeaseLost(ILogger logger, string key, string handler);
+
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Warning, Message = "The store refused the writes of handler {Handler} for key {Key} at commit: {Problem}")]
+    public static partial void WriteRejected(ILogger logger, Exception exception, string handler, string key, string problem);
 }

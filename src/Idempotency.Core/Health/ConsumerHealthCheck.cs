@@ -19,9 +19,9 @@ public sealed class ConsumerHealthCheck(ConsumerHealthRegistry registry, TimePro
         {
             var silence = now - consumer.LastBeat;
             data[consumer.Name] = $"{consumer.State}, last beat {silence.TotalSeconds:F1}s ago{(consumer.Detail is null ? string.Empty : ": " + consumer.Detail)}";
-            if (consumer.State == ConsumerState.Stopped || (consumer.State == ConsumerState.Running && silence > stalledAfter))
+            if (consumer.State is ConsumerState.Stopped or ConsumerState.Misconfigured || (consumer.State == ConsumerState.Running && silence > stalledAfter))
             {
-                unhealthy.Add(consumer.Name);
+                unhealthy.Add($"{consumer.Name} ({data[consumer.Name]})");
             }
             else if (consumer.State == ConsumerState.Paused)
             {
@@ -30,7 +30,7 @@ public sealed class ConsumerHealthCheck(ConsumerHealthRegistry registry, TimePro
         }
 
         var result = unhealthy.Count > 0
-            ? HealthCheckResult.Unhealthy($"Stopped or stalled: {string.Join(", ", unhealthy)}.", data: data)
+            ? HealthCheckResult.Unhealthy($"Stopped, stalled or misconfigured: {string.Join("; ", unhealthy)}.", data: data)
             : paused.Count > 0
                 ? HealthCheckResult.Degraded($"Paused: {string.Join(", ", paused)}.", data: data)
                 : HealthCheckResult.Healthy($"{data.Count} consumer loop(s) alive.", data);

@@ -11,4 +11,7 @@ public enum ConsumerState
 
     /// <summary>Stopped: shut down or crashed.</summary>
     Stopped = 2,
+
+    /// <summary>Not taking messages because the store is misconfigured (authentication, missing schema): unhealthy until fixed.</summary>
+    Misconfigured = 3,
 }

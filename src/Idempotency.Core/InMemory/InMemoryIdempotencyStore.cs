@@ -25,6 +25,13 @@ public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
     /// <summary>Gets or sets a value indicating whether the store pretends to be unreachable, to test outage handling.</summary>
     public bool Unavailable { get; set; }
 
+    /// <summary>
+    /// Gets or sets a description of a pretended misconfiguration (such as a missing table), to test how consumers
+    /// stop and resume: while set, the store answers pings but every other call fails and is classified
+    /// <see cref="StoreFailureKind.Misconfiguration"/>.
+    /// </summary>
+    public string? Misconfiguration { get; set; }
+
     /// <summary>Gets the number of committed records.</summary>
     public int Count => _records.Count;
 
@@ -47,6 +54,19 @@ public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
 
     /// <inheritdoc/>
     public bool IsUnavailable(Exception exception) => exception is IdempotencyStoreUnavailableException;
+
+    /// <inheritdoc/>
+    public StoreFailure ClassifyFailure(Exception exception) =>
+        exception is MisconfiguredException
+            ? new StoreFailure(StoreFailureKind.Misconfiguration, exception.Message)
+            : StoreFailure.Outage(exception);
+
+    /// <inheritdoc/>
+    public ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default) =>
+        ValueTask.FromResult<StoreFailure?>(
+            Unavailable ? new StoreFailure(StoreFailureKind.Outage, "The in-memory store is set to unavailable.")
+            : Misconfiguration is { } problem ? new StoreFailure(StoreFailureKind.Misconfiguration, problem)
+            : null);
 
     /// <inheritdoc/>
     public ValueTask<ClaimResult?> FindProcessedAsync(ClaimRequest request, CancellationToken cancellationToken = default)
@@ -84,7 +104,15 @@ public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
         {
             throw new IdempotencyStoreUnavailableException("The in-memory store is set to unavailable.");
         }
+
+        if (Misconfiguration is { } problem)
+        {
+            throw new MisconfiguredException(problem);
+        }
     }
+
+    /// <summary>The error of a pretended misconfiguration.</summary>
+    private sealed class MisconfiguredException(string message) : InvalidOperationException(message);
 
     /// <summary>A committed record.</summary>
     /// <param name="Fingerprint">The payload fingerprint.</param>

@@ -21,6 +21,39 @@ public interface IIdempotencyStore
     /// <returns><see langword="true"/> when the failure is the store's and is worth waiting out.</returns>
     bool IsUnavailable(Exception exception);
 
+    /// <summary>Gets the longest key, in UTF-8 bytes, this store can hold; options asking for more are refused at start-up.</summary>
+    /// <value>Defaults to <see cref="IdempotencyOptions.MaxKeyBytesLimit"/>.</value>
+    int MaxKeyBytes => IdempotencyOptions.MaxKeyBytesLimit;
+
+    /// <summary>
+    /// Classifies an error thrown by the store's own work (begin, claim, look-up, commit, ping). Never called for an
+    /// exception a handler threw. An error the store does not recognise is an <see cref="StoreFailureKind.Outage"/>:
+    /// the message is never blamed for the store's work.
+    /// </summary>
+    /// <param name="exception">The error.</param>
+    /// <returns>Its kind and a description.</returns>
+    StoreFailure ClassifyFailure(Exception exception) => StoreFailure.Outage(exception);
+
+    /// <summary>
+    /// Checks that the store answers and is set up for use (its tables exist and are accessible), as at host start
+    /// and while a consumer waits for a misconfiguration to be fixed.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the call.</param>
+    /// <returns><see langword="null"/> when ready; otherwise the failure.</returns>
+    async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            return await PingAsync(cancellationToken).ConfigureAwait(false)
+                ? null
+                : new StoreFailure(StoreFailureKind.Outage, $"The {Name} store does not answer.");
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException)
+        {
+            return ClassifyFailure(exception);
+        }
+    }
+
     /// <summary>Checks that the store answers.</summary>
     /// <param name="cancellationToken">Cancels the call.</param>
     /// <returns><see langword="true"/> when it answered.</returns>

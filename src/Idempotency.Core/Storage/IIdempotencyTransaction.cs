@@ -25,6 +25,13 @@ public interface IIdempotencyTransaction : IAsyncDisposable
     /// <exception cref="ClaimLostException">A lease-based store found its claim taken over; nothing was committed.</exception>
     ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// Gets a value indicating whether the transaction's connection is demonstrably broken (closed or failed under it):
+    /// a handler exception then counts as a store outage, not as the handler's failure.
+    /// </summary>
+    /// <value>Defaults to <see langword="false"/> for stores that cannot tell; the pipeline then pings the store.</value>
+    bool IsBroken => false;
+
     /// <summary>Rolls back everything: claims, handler writes, nothing recorded.</summary>
     /// <param name="cancellationToken">Cancels the call.</param>
     /// <returns>A task that completes when rolled back.</returns>

@@ -83,7 +83,7 @@ public sealed partial class KafkaTransactionalProcessor : IDisposable
     /// <param name="options">Topics, transactional id, batching, retry; validated here.</param>
     /// <param name="handler">Transforms one input message and produces its outputs through the context.</param>
     /// <param name="logger">Optional logger.</param>
-    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    /// <exception cref="ArgumentException">The options are invalid, or the consumer asks for the cooperative-sticky assignor.</exception>
     public KafkaTransactionalProcessor(ConsumerConfig consumerConfig, ProducerConfig producerConfig, KafkaTransactionalOptions options, Func<KafkaTransactionContext, CancellationToken, ValueTask> handler, ILogger? logger = null)
     {
         ArgumentNullException.ThrowIfNull(consumerConfig);
@@ -94,6 +94,16 @@ public sealed partial class KafkaTransactionalProcessor : IDisposable
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join(" ", errors), nameof(options));
+        }
+
+        // A batch dropped at a rebalance is read again only from the committed offsets; under incremental (cooperative)
+        // assignment the partitions that stay assigned keep their fetch position, so the dropped messages would be
+        // skipped and the next transaction would commit past them.
+        if (consumerConfig.PartitionAssignmentStrategy is { } strategy && strategy.HasFlag(PartitionAssignmentStrategy.CooperativeSticky))
+        {
+            throw new ArgumentException(
+                "KafkaTransactionalProcessor needs an eager partition assignment strategy (Range or RoundRobin): with CooperativeSticky, partitions kept across a rebalance would skip the batch it dropped.",
+                nameof(consumerConfig));
         }
 
         _options = options;

@@ -159,6 +159,79 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
         }
     }
 
+    /// <summary>
+    /// The longest key this store holds, in UTF-8 bytes: a btree index entry holds at most about 2,700 bytes, and the
+    /// primary key's entry is the key plus the handler name (at most 200 bytes).
+    /// </summary>
+    public const int KeyByteLimit = 2048;
+
+    /// <inheritdoc/>
+    public int MaxKeyBytes => KeyByteLimit;
+
+    /// <inheritdoc/>
+    public StoreFailure ClassifyFailure(Exception exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is PostgresException postgres)
+            {
+                return Classify(postgres);
+            }
+        }
+
+        return StoreFailure.Outage(exception);
+    }
+
+    private StoreFailure Classify(PostgresException error)
+    {
+        var state = error.SqlState;
+        string? problem = state switch
+        {
+            _ when state.StartsWith("28", StringComparison.Ordinal) =>
+                $"authentication failed ({state}: {error.MessageText}): check the user name and password of the store's connection string",
+            "3D000" => $"the database does not exist ({error.MessageText}): check the store's connection string",
+            "3F000" or "42P01" =>
+                $"table {QualifiedTableName} does not exist ({state}: {error.MessageText}): call ApplyPostgresSchemaOnStart() or run the script from GetSchemaScript()",
+            "42703" or "42883" =>
+                $"the schema of {QualifiedTableName} is not the one this version expects ({state}: {error.MessageText}): run the script from GetSchemaScript() again",
+            "42501" => $"permission denied ({error.MessageText}): grant the store's user SELECT, INSERT, UPDATE and DELETE on {QualifiedTableName} and USAGE on schema {Options.Schema}",
+            _ => null,
+        };
+        if (problem is not null)
+        {
+            return new StoreFailure(StoreFailureKind.Misconfiguration, problem);
+        }
+
+        // Integrity (23) and data (22) errors at commit come from the handler's own writes (deferred constraints):
+        // the pipeline blames the handler for them only when the handler ran in this transaction.
+        return state.StartsWith("23", StringComparison.Ordinal) || state.StartsWith("22", StringComparison.Ordinal)
+            ? new StoreFailure(StoreFailureKind.WriteRejected, $"{state}: {error.MessageText}")
+            : new StoreFailure(StoreFailureKind.Outage, $"{state}: {error.MessageText}");
+    }
+
+    /// <inheritdoc/>
+    public async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
+    {
+        try
+        {
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+
+            // Reads nothing: only plans a statement over every column the store uses, so a missing table, column or
+            // privilege fails here exactly as it would in a claim.
+            using var command = new NpgsqlCommand(
+                $"SELECT handler_name, idempotency_key, fingerprint, completed_at, duration_ms, expires_at, result FROM {QualifiedTableName} WHERE false",
+                connection);
+            await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            return null;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            return ClassifyFailure(exception);
+        }
+    }
+
     /// <inheritdoc/>
     public bool IsUnavailable(Exception exception)
     {
@@ -210,7 +283,9 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
             await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false);
             return true;
         }
-        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+#pragma warning disable CA1031 // A ping answers whether the store answers: any failure is a no.
+        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+#pragma warning restore CA1031
         {
             return false;
         }

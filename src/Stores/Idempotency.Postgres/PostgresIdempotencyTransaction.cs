@@ -25,6 +25,9 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
     /// <summary>Gets the open connection the handler must write through.</summary>
     public NpgsqlConnection Connection { get; }
 
+    /// <inheritdoc/>
+    public bool IsBroken => Connection.FullState is System.Data.ConnectionState.Closed || Connection.FullState.HasFlag(System.Data.ConnectionState.Broken);
+
     /// <summary>Gets the open transaction the handler's commands must join.</summary>
     public NpgsqlTransaction Transaction { get; }
 

@@ -65,6 +65,28 @@ public sealed class LayeredIdempotencyStore : IIdempotencyStore
     public bool IsUnavailable(Exception exception) => Postgres.IsUnavailable(exception) || RedisIdempotencyStore.IsRedisUnavailable(exception);
 
     /// <inheritdoc/>
+    public int MaxKeyBytes => Math.Min(Postgres.MaxKeyBytes, ((IIdempotencyStore)Redis).MaxKeyBytes);
+
+    /// <inheritdoc/>
+    /// <remarks>A PostgreSQL error is classified by PostgreSQL, any other by Redis.</remarks>
+    public StoreFailure ClassifyFailure(Exception exception)
+    {
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            if (current is Npgsql.NpgsqlException)
+            {
+                return Postgres.ClassifyFailure(exception);
+            }
+        }
+
+        return RedisIdempotencyStore.ClassifyRedisFailure(exception);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>PostgreSQL must be ready; Redis only filters duplicates early.</remarks>
+    public ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default) => ((IIdempotencyStore)Postgres).CheckAsync(cancellationToken);
+
+    /// <inheritdoc/>
     /// <remarks>Only PostgreSQL must answer: without Redis the store still works, more slowly.</remarks>
     public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => Postgres.PingAsync(cancellationToken);
 }

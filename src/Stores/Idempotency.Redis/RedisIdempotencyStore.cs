@@ -139,6 +139,26 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     public bool IsUnavailable(Exception exception) => IsRedisUnavailable(exception);
 
     /// <inheritdoc/>
+    public StoreFailure ClassifyFailure(Exception exception) => ClassifyRedisFailure(exception);
+
+    /// <inheritdoc/>
+    public async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            await Database.PingAsync().ConfigureAwait(false);
+            return null;
+        }
+#pragma warning disable CA1031 // Every failure is classified, none is thrown.
+        catch (Exception exception)
+#pragma warning restore CA1031
+        {
+            return ClassifyRedisFailure(exception);
+        }
+    }
+
+    /// <inheritdoc/>
     public async ValueTask<bool> PingAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
@@ -346,6 +366,31 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
 
         return false;
     }
+
+    /// <summary>Authentication, ACL and refused commands or scripts are misconfigurations; everything else an outage.</summary>
+    internal static StoreFailure ClassifyRedisFailure(Exception exception)
+    {
+        ArgumentNullException.ThrowIfNull(exception);
+        for (var current = exception; current is not null; current = current.InnerException)
+        {
+            switch (current)
+            {
+                case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
+                    return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the credentials ({current.Message}): check the password (and user) of the store's connection string");
+                case RedisServerException server when IsMisconfigurationError(server.Message):
+                    return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the store's command ({server.Message}): check the credentials, the user's ACL (it needs EVALSHA/EVAL, GET, SET, DEL, MULTI/EXEC on the store's keys) and that scripting is enabled");
+            }
+        }
+
+        return StoreFailure.Outage(exception);
+    }
+
+    private static bool IsMisconfigurationError(string message) =>
+        message.StartsWith("NOAUTH", StringComparison.Ordinal)
+        || message.StartsWith("WRONGPASS", StringComparison.Ordinal)
+        || message.StartsWith("NOPERM", StringComparison.Ordinal)
+        || message.StartsWith("ERR unknown command", StringComparison.Ordinal)
+        || message.Contains("scripts are disabled", StringComparison.OrdinalIgnoreCase);
 
     private static bool IsTransientServerError(string message) =>
         message.StartsWith("LOADING", StringComparison.Ordinal)

@@ -57,7 +57,9 @@ public static class PostgresIdempotencyBuilderExtensions
     public static IIdempotencyBuilder ApplyPostgresSchemaOnStart(this IIdempotencyBuilder builder)
     {
         ArgumentNullException.ThrowIfNull(builder);
-        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresSchemaInitializer>());
+        builder.Services.TryAddSingleton<PostgresSchemaInitializer>();
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IStoreInitializer, PostgresSchemaInitializer>(sp => sp.GetRequiredService<PostgresSchemaInitializer>()));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, PostgresSchemaInitializer>(sp => sp.GetRequiredService<PostgresSchemaInitializer>()));
         return builder;
     }
 
@@ -124,9 +126,14 @@ public static class PostgresIdempotencyBuilderExtensions
         }
     }
 
-    private sealed class PostgresSchemaInitializer(PostgresIdempotencyStore store) : IHostedService
+    /// <summary>Creates the schema once, whether the start-up check or the host asks first.</summary>
+    private sealed class PostgresSchemaInitializer(PostgresIdempotencyStore store) : IHostedService, IStoreInitializer
     {
-        public Task StartAsync(CancellationToken cancellationToken) => store.EnsureSchemaAsync(cancellationToken);
+        private readonly Lazy<Task> _once = new(() => store.EnsureSchemaAsync(CancellationToken.None));
+
+        public Task InitializeAsync(CancellationToken cancellationToken = default) => _once.Value.WaitAsync(cancellationToken);
+
+        public Task StartAsync(CancellationToken cancellationToken) => InitializeAsync(cancellationToken);
 
         public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }

@@ -1,17 +1,22 @@
-namespace Idempotency.RabbitMQ;
+namespace Idempotency.Delivery;
 
 /// <summary>
-/// A bounded, least-recently-used memory of failing messages: how many failed attempts each had, and how many times it was
-/// requeued for reasons that are not attempts (store outage, key leased elsewhere). Classic queues do not count deliveries,
-/// so this is where attempts come from; on quorum queues it corrects <c>x-delivery-count</c> for the non-attempt requeues.
-/// It lives in one process: another consumer, or a restart, starts counting afresh.
+/// A bounded, least-recently-used memory of failing messages, by message id: how many handler attempts each spent, and
+/// how many times it came back for reasons that are not attempts (a store outage or misconfiguration, a key held by
+/// another worker, a shutdown). Brokers count deliveries, not handler attempts; this is where attempts come from.
 /// </summary>
-internal sealed class AttemptTracker(int capacity)
+/// <remarks>
+/// It lives in one process: a delivery that another process received, or one before a restart, is not seen, and the
+/// count starts afresh (the broker's own limit, such as an SQS redrive policy, stays the backstop). Thread-safe.
+/// </remarks>
+/// <param name="capacity">How many messages it remembers; the least recently used is forgotten first.</param>
+public sealed class AttemptLedger(int capacity)
 {
     private readonly Lock _gate = new();
     private readonly Dictionary<string, LinkedListNode<Entry>> _entries = new(StringComparer.Ordinal);
     private readonly LinkedList<Entry> _order = new();
 
+    /// <summary>Gets how many messages are remembered.</summary>
     public int Count
     {
         get
@@ -23,7 +28,9 @@ internal sealed class AttemptTracker(int capacity)
         }
     }
 
-    /// <summary>Returns the failed attempts and the non-attempt requeues remembered for a message.</summary>
+    /// <summary>Returns the failed handler attempts and the non-attempt returns remembered for a message.</summary>
+    /// <param name="id">The message id.</param>
+    /// <returns>Both counts; zeros for a message not remembered.</returns>
     public (int Failures, int Requeues) Get(string id)
     {
         lock (_gate)
@@ -39,10 +46,21 @@ internal sealed class AttemptTracker(int capacity)
         }
     }
 
+    /// <summary>Returns the 1-based handler attempt the next processing of a message is.</summary>
+    /// <param name="id">The message id.</param>
+    /// <returns>The failed attempts remembered, plus one.</returns>
+    public int NextAttempt(string id) => Get(id).Failures + 1;
+
+    /// <summary>Records that the handler failed on a message (an attempt spent).</summary>
+    /// <param name="id">The message id.</param>
     public void RecordFailure(string id) => Update(id, failures: 1, requeues: 0);
 
+    /// <summary>Records that a message went back without its handler failing (not an attempt).</summary>
+    /// <param name="id">The message id.</param>
     public void RecordRequeue(string id) => Update(id, failures: 0, requeues: 1);
 
+    /// <summary>Forgets a message that settled (acknowledged or dead-lettered).</summary>
+    /// <param name="id">The message id.</param>
     public void Forget(string id)
     {
         lock (_gate)
