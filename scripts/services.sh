@@ -177,6 +177,8 @@ pg_start() {
   fi
   psql_admin -c "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN PASSWORD 'app'; END IF; END\$\$" ||
     die "postgres: could not create role app; see $STATE/pg.log"
+  # CREATEROLE: the misconfiguration tests create a role of their own whose password they change (never app's).
+  psql_admin -c "ALTER ROLE app CREATEROLE" >/dev/null || die "postgres: could not grant CREATEROLE to app"
   [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname = 'appdb'")" = 1 ] ||
     psql_admin -c "CREATE DATABASE appdb OWNER app" || die "postgres: could not create database appdb"
 }

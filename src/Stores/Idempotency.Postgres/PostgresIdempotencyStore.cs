@@ -203,9 +203,10 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
             return new StoreFailure(StoreFailureKind.Misconfiguration, problem);
         }
 
-        // Integrity (23) and data (22) errors at commit come from the handler's own writes (deferred constraints):
-        // the pipeline blames the handler for them only when the handler ran in this transaction.
-        return state.StartsWith("23", StringComparison.Ordinal) || state.StartsWith("22", StringComparison.Ordinal)
+        // Integrity (23) and data (22) errors at commit come from the handler's own writes (deferred constraints), and
+        // 25P02 from a handler that caught its own statement's error and went on in the aborted transaction: the
+        // pipeline blames the handler for them only when the handler ran in this transaction.
+        return state.StartsWith("23", StringComparison.Ordinal) || state.StartsWith("22", StringComparison.Ordinal) || state == PostgresErrorCodes.InFailedSqlTransaction
             ? new StoreFailure(StoreFailureKind.WriteRejected, $"{state}: {error.MessageText}")
             : new StoreFailure(StoreFailureKind.Outage, $"{state}: {error.MessageText}");
     }
