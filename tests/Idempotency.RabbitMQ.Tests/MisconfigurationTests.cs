@@ -28,7 +28,7 @@ public sealed class MisconfigurationTests(PostgresFixture db, RabbitMqFixture mq
     {
         var h = await Harness.CreateAsync(db, mq, prefix: "misconf-auth");
         var role = "misconf_" + Guid.NewGuid().ToString("N")[..8];
-        await using (var admin = await db.DataSource.OpenConnectionAsync())
+        await using (var admin = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken))
         {
             await admin.ExecuteAsync($"CREATE ROLE {role} LOGIN PASSWORD 'not-yet'");
             await admin.ExecuteAsync($"GRANT USAGE ON SCHEMA {db.Schema} TO {role}; GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {db.Schema} TO {role}");
@@ -48,7 +48,7 @@ public sealed class MisconfigurationTests(PostgresFixture db, RabbitMqFixture mq
         }
         finally
         {
-            await using var admin = await db.DataSource.OpenConnectionAsync();
+            await using var admin = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken);
             await admin.ExecuteAsync($"REVOKE ALL ON ALL TABLES IN SCHEMA {db.Schema} FROM {role}; REVOKE USAGE ON SCHEMA {db.Schema} FROM {role}; DROP ROLE {role}");
         }
     }
@@ -84,5 +84,71 @@ public sealed class MisconfigurationTests(PostgresFixture db, RabbitMqFixture mq
         Assert.Equal(0u, await h.DeadLetteredAsync());
         Assert.Equal(0u, await h.ReadyAsync());
         Assert.Equal(ConsumerState.Stopped, heartbeat.State);
+    }
+}
+
+/// <summary>Failures are judged by where they come from, not by an exception's type, and keys are exact.</summary>
+public sealed class FailureOriginTests(PostgresFixture db, RabbitMqFixture mq) : IClassFixture<PostgresFixture>, IClassFixture<RabbitMqFixture>
+{
+    [Fact]
+    public async Task A_handlers_own_downstream_timeout_spends_attempts_and_is_dead_lettered_while_the_store_answers()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "downstream");
+        await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, 10).Select(i => (i == 4 ? "slow-downstream" : (string?)$"d-{i}", Harness.Body($"d-{i}"))).ToList());
+        var runs = 0;
+        var handler = h.Credit(before: (context, _) =>
+        {
+            if (context.Key == "slow-downstream")
+            {
+                Interlocked.Increment(ref runs);
+
+                // What HttpClient throws when its own timeout fires: a TaskCanceledException over a TimeoutException.
+                throw new TaskCanceledException("The request was canceled due to the configured HttpClient.Timeout", new TimeoutException("downstream"));
+            }
+
+            return Task.CompletedTask;
+        });
+        await using var connection = await mq.CreateConnectionAsync("downstream");
+        var consumer = await h.StartAsync(connection, h.Processor(handler, Harness.HandlerOptions(maxAttempts: 3)), h.Options());
+
+        await Harness.WaitUntilAsync(async () => await h.DeadLetteredAsync() == 1 && await h.RowsAsync() == 9, 60, "9 processed and the failing one dead-lettered");
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(3, runs);
+        Assert.False(consumer.IsPaused);
+        Assert.Equal(9L, await h.AppliedAsync());
+    }
+
+    [Fact]
+    public async Task Two_binary_key_headers_that_are_not_utf8_are_never_one_key()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "binkey");
+        var properties = (byte[] key) => new global::RabbitMQ.Client.BasicProperties { Headers = new Dictionary<string, object?> { ["key"] = key } };
+        foreach (var key in new byte[][] { [0xFF, 0x01], [0xFE, 0x01] })
+        {
+            await mq.Channel.BasicPublishAsync(string.Empty, h.Queue, mandatory: false, properties(key), Harness.Body("x"), TestContext.Current.CancellationToken);
+        }
+
+        await using var connection = await mq.CreateConnectionAsync("binkey");
+        var options = h.Options();
+        options.KeyHeader = "key";
+        var consumer = await h.StartAsync(connection, h.Processor(h.Credit()), options);
+        await Harness.WaitUntilAsync(async () => await h.DeadLetteredAsync() == 2, 60, "both refused as invalid keys");
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(0L, await h.RowsAsync());
+
+        foreach (var key in new byte[][] { [0xFF, 0x01], [0xFE, 0x01] })
+        {
+            await mq.Channel.BasicPublishAsync(string.Empty, h.Queue, mandatory: false, properties(key), Harness.Body("x"), TestContext.Current.CancellationToken);
+        }
+
+        options = h.Options();
+        options.KeyHeader = "key";
+        options.KeyBytesEncoding = KeyBytesEncoding.Hex;
+        await using var hexConnection = await mq.CreateConnectionAsync("binkey-hex");
+        var hex = await h.StartAsync(hexConnection, h.Processor(h.Credit(), Harness.HandlerOptions("orders-hex")), options);
+        await Harness.WaitUntilAsync(async () => await h.RowsAsync() == 2, 60, "two keys, two effects");
+        await hex.StopAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(2L, await h.AppliedAsync());
     }
 }
