@@ -357,7 +357,7 @@ async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTimi
         PrefetchCount = prefetch,
         HandlerConcurrency = concurrency,
         BatchSize = batch,
-        BatchTimeout = TimeSpan.FromMilliseconds(5),
+        BatchMaxWait = TimeSpan.FromMilliseconds(5),
         KeySelector = ea =>
         {
             latencies.Delivered(ea.DeliveryTag);

@@ -44,13 +44,17 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to 1000; between 1 and 1,000,000. It is resumed when half of them are processed.</value>
     public int MaxBufferedMessagesPerPartition { get; set; } = 1000;
 
-    /// <summary>Gets or sets the largest batch: with more than 1, up to this many messages of one partition share one store transaction.</summary>
-    /// <value>Defaults to 1 (one transaction per message); between 1 and 10,000.</value>
-    public int BatchSize { get; set; } = 1;
+    /// <summary>
+    /// Gets or sets the largest batch (natural batching): when several messages of one partition are ready, up to this
+    /// many share one store transaction, each through the ordinary handler, in offset order; a single ready message
+    /// takes the one-message path. 1 turns batching off (one transaction per message).
+    /// </summary>
+    /// <value>Defaults to 100; between 1 and 10,000.</value>
+    public int BatchSize { get; set; } = 100;
 
-    /// <summary>Gets or sets how long a batch waits to fill up after its first message.</summary>
-    /// <value>Defaults to 10 ms; between 0 and 1 minute. Used only when <see cref="BatchSize"/> is above 1.</value>
-    public TimeSpan BatchMaxWait { get; set; } = TimeSpan.FromMilliseconds(10);
+    /// <summary>Gets or sets how long a batch waits for more messages after its first one (linger), for fuller batches.</summary>
+    /// <value>Defaults to zero: take what is ready, never wait. Between 0 and 1 minute. Used only when <see cref="BatchSize"/> is above 1.</value>
+    public TimeSpan BatchMaxWait { get; set; } = TimeSpan.Zero;
 
     /// <summary>Gets or sets after how many completed messages the offsets are committed (one commit for all partitions).</summary>
     /// <value>

@@ -507,13 +507,13 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             batch.Add(work);
         }
 
-        if (batch.Count == 0 || batch.Count >= size || _options.BatchTimeout <= TimeSpan.Zero || _stopping.IsCancellationRequested)
+        if (batch.Count == 0 || batch.Count >= size || _options.BatchMaxWait <= TimeSpan.Zero || _stopping.IsCancellationRequested)
         {
             return;
         }
 
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token);
-        timeout.CancelAfter(_options.BatchTimeout);
+        timeout.CancelAfter(_options.BatchMaxWait);
         try
         {
             while (batch.Count < size && await reader.WaitToReadAsync(timeout.Token).ConfigureAwait(false))

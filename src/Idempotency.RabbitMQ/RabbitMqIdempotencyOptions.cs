@@ -33,13 +33,25 @@ public sealed class RabbitMqIdempotencyOptions
     /// <value>Defaults to <see langword="null"/> (use <see cref="KeyHeader"/> or the message id). Return <see langword="null"/> for "no key".</value>
     public Func<BasicDeliverEventArgs, string?>? KeySelector { get; set; }
 
-    /// <summary>Gets or sets how many deliveries one store transaction handles in batch mode; 1 turns batch mode off.</summary>
-    /// <value>Defaults to 1 (one transaction per delivery); between 1 and 10000.</value>
-    public int BatchSize { get; set; } = 1;
+    /// <summary>
+    /// Gets or sets the largest batch (natural batching): when several deliveries are waiting in the prefetch buffer, a
+    /// worker takes up to this many into one store transaction, each through the ordinary handler, in delivery order; a
+    /// single waiting delivery takes the one-message path. 1 turns batching off (one transaction per delivery).
+    /// </summary>
+    /// <value>Defaults to 100; between 1 and 10000, and at most <see cref="PrefetchCount"/>.</value>
+    public int BatchSize { get; set; } = 100;
 
-    /// <summary>Gets or sets how long a worker waits for a batch to fill before it processes what it has.</summary>
-    /// <value>Defaults to 20 ms; between 0 and 10 s. Only used when <see cref="BatchSize"/> is above 1.</value>
-    public TimeSpan BatchTimeout { get; set; } = TimeSpan.FromMilliseconds(20);
+    /// <summary>Gets or sets how long a worker waits for more deliveries after the first one of a batch (linger), for fuller batches.</summary>
+    /// <value>Defaults to zero: take what is waiting, never wait. Between 0 and 10 s. Only used when <see cref="BatchSize"/> is above 1.</value>
+    public TimeSpan BatchMaxWait { get; set; } = TimeSpan.Zero;
+
+    /// <summary>Gets or sets the former name of <see cref="BatchMaxWait"/>.</summary>
+    [Obsolete("Use BatchMaxWait, the name all three adapters share.")]
+    public TimeSpan BatchTimeout
+    {
+        get => BatchMaxWait;
+        set => BatchMaxWait = value;
+    }
 
     /// <summary>
     /// Gets or sets the exchange that dead-lettered deliveries are republished to with the reason headers (publisher confirms on,
@@ -111,14 +123,15 @@ public sealed class RabbitMqIdempotencyOptions
         {
             errors.Add($"{nameof(BatchSize)} must be between 1 and 10000 (was {BatchSize}).");
         }
-        else if (BatchSize > 1 && PrefetchCount < BatchSize)
+        else if (BatchSize > 1 && BatchMaxWait > TimeSpan.Zero && PrefetchCount < BatchSize)
         {
-            errors.Add($"{nameof(PrefetchCount)} must be at least {nameof(BatchSize)} ({BatchSize}) in batch mode, or batches never fill (was {PrefetchCount}).");
+            // Natural batching takes what is waiting and never waits; a linger for fuller batches waits in vain for more than the prefetch.
+            errors.Add($"{nameof(PrefetchCount)} must be at least {nameof(BatchSize)} ({BatchSize}) when {nameof(BatchMaxWait)} lingers for fuller batches, or every batch waits the whole linger (was {PrefetchCount}).");
         }
 
-        if (BatchTimeout < TimeSpan.Zero || BatchTimeout > TimeSpan.FromSeconds(10))
+        if (BatchMaxWait < TimeSpan.Zero || BatchMaxWait > TimeSpan.FromSeconds(10))
         {
-            errors.Add($"{nameof(BatchTimeout)} must be between 0 and 10 seconds (was {BatchTimeout}).");
+            errors.Add($"{nameof(BatchMaxWait)} must be between 0 and 10 seconds (was {BatchMaxWait}).");
         }
 
         if (KeyHeader is { Length: 0 })

@@ -19,13 +19,13 @@ public sealed class OptionsTests
             HandlerConcurrency = 0,
             PrefetchCount = 70_000,
             BatchSize = 0,
-            BatchTimeout = TimeSpan.FromSeconds(-1),
+            BatchMaxWait = TimeSpan.FromSeconds(-1),
             KeyHeader = string.Empty,
             ShutdownTimeout = TimeSpan.FromHours(2),
             MaxTrackedMessages = 0,
         }.GetValidationErrors();
 
-        foreach (var setting in new[] { "Queue", "HandlerConcurrency", "PrefetchCount", "BatchSize", "BatchTimeout", "KeyHeader", "ShutdownTimeout", "MaxTrackedMessages" })
+        foreach (var setting in new[] { "Queue", "HandlerConcurrency", "PrefetchCount", "BatchSize", "BatchMaxWait", "KeyHeader", "ShutdownTimeout", "MaxTrackedMessages" })
         {
             Assert.Contains(errors, e => e.StartsWith(setting, StringComparison.Ordinal));
         }
@@ -37,8 +37,11 @@ public sealed class OptionsTests
         var concurrency = new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 8, PrefetchCount = 4 }.GetValidationErrors();
         Assert.Contains(concurrency, e => e.Contains("PrefetchCount must be at least HandlerConcurrency", StringComparison.Ordinal));
 
-        var batch = new RabbitMqIdempotencyOptions { Queue = "q", BatchSize = 100, PrefetchCount = 50 }.GetValidationErrors();
+        var batch = new RabbitMqIdempotencyOptions { Queue = "q", BatchSize = 100, PrefetchCount = 50, BatchMaxWait = TimeSpan.FromMilliseconds(20) }.GetValidationErrors();
         Assert.Contains(batch, e => e.Contains("PrefetchCount must be at least BatchSize", StringComparison.Ordinal));
+
+        // Natural batching never waits for a batch to fill, so a smaller prefetch only makes batches smaller.
+        Assert.Empty(new RabbitMqIdempotencyOptions { Queue = "q", BatchSize = 100, PrefetchCount = 50 }.GetValidationErrors());
     }
 
     [Fact]
