@@ -1,6 +1,7 @@
 using System.Text;
 using Dapper;
 using Idempotency.Postgres;
+using Idempotency.Storage;
 using Idempotency.Testing;
 using Idempotency.TestSupport;
 
@@ -81,5 +82,22 @@ public sealed class AdoptionTests(PostgresFixture db) : IClassFixture<PostgresFi
         Assert.Equal(ProcessingOutcome.Processed, result.Outcome);
         Assert.Equal(script, store.GetSchemaScript());
         Assert.Throws<ArgumentException>(() => PostgresIdempotencyStore.GetSchemaScript(new PostgresIdempotencyStoreOptions { Table = "x; DROP TABLE y" }));
+    }
+
+    [Fact]
+    public async Task Forgetting_a_key_lets_its_redelivery_run_the_handler_again()
+    {
+        var store = await db.CreateStoreAsync();
+        var runs = 0;
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => { runs++; return ValueTask.CompletedTask; }), new IdempotencyOptions { HandlerName = "payments" });
+        await processor.ProcessAsync(Message("p-1"), TestContext.Current.CancellationToken);
+        await processor.ProcessAsync(Message("p-2"), TestContext.Current.CancellationToken);
+
+        Assert.False(await store.ForgetKeyAsync("other-handler", "p-1", cancellationToken: TestContext.Current.CancellationToken));
+        Assert.True(await store.ForgetKeyAsync("payments", "p-1", cancellationToken: TestContext.Current.CancellationToken));
+
+        Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("p-1"), TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(ProcessingOutcome.Duplicate, (await processor.ProcessAsync(Message("p-2"), TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(3, runs);
     }
 }

@@ -31,4 +31,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 1008, Level = LogLevel.Warning, Message = "Batch of {Count} for handler {Handler} failed outside a handler; processing its messages one at a time")]
     public static partial void BatchFailed(ILogger logger, Exception exception, int count, string handler);
+
+    [LoggerMessage(EventId = 1100, Level = LogLevel.Warning, Message = "Operator asked to forget key {Key} for handler {Handler} in store {Store}; a completed record was deleted: {Forgotten}. A redelivery of that key runs the handler again")]
+    public static partial void KeyForgotten(ILogger logger, string key, string handler, string store, bool forgotten);
 }

@@ -11,7 +11,7 @@ namespace Idempotency.Postgres;
 /// completion record commit in one transaction. A concurrent duplicate waits on the primary key until the first
 /// transaction ends, then sees Duplicate (or claims the key if the first rolled back).
 /// </summary>
-public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPositionStore, IAsyncDisposable
+public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPositionStore, IIdempotencyKeyAdmin, IAsyncDisposable
 {
     private readonly NpgsqlDataSource _dataSource;
     private readonly bool _ownsDataSource;
@@ -232,6 +232,32 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
         catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
         {
             return false;
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The SQL equivalent: <c>DELETE FROM idempotency.processed_messages WHERE idempotency_key = 'k' AND handler_name = 'h';</c>
+    /// (with your schema and table). A claim not yet committed is invisible to it and stays. Prefer
+    /// <see cref="IdempotencyStoreOperations.ForgetKeyAsync"/>, which logs and counts the action.
+    /// </remarks>
+    public async ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(handlerName);
+        ArgumentException.ThrowIfNullOrEmpty(key);
+        try
+        {
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+            var deleted = await connection.ExecuteAsync(new CommandDefinition(
+                $"DELETE FROM {_sql.QualifiedTable} WHERE idempotency_key = @key AND handler_name = @handlerName",
+                new { key, handlerName },
+                cancellationToken: cancellationToken)).ConfigureAwait(false);
+            return deleted > 0;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            throw new IdempotencyStoreUnavailableException("The PostgreSQL idempotency store could not be reached to forget a key.", exception);
         }
     }
 
