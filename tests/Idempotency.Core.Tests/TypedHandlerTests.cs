@@ -109,6 +109,27 @@ public sealed class TypedHandlerTests
         Assert.Equal([1, 2], batches);
     }
 
+    [Fact]
+    public async Task Typed_batch_handler_gets_every_order_and_a_poison_body_is_isolated()
+    {
+        var batches = new List<string[]>();
+        var processor = Processor(IdempotentHandler.CreateBatch((messages, batch, _) =>
+        {
+            Assert.All(messages, m => Assert.Same(batch.Transaction, m.Context.Transaction));
+            batches.Add([.. messages.Select(m => m.Message.Id)]);
+            return ValueTask.CompletedTask;
+        }, OrderJsonContext.Default.Order));
+
+        var results = await processor.ProcessBatchAsync(
+            [Json("a", """{"id":"o-a","total":1}"""), Json("bad", "{oops"), Json("b", """{"id":"o-b","total":2}""")],
+            TestContext.Current.CancellationToken);
+
+        Assert.Equal([ProcessingOutcome.Processed, ProcessingOutcome.Failed, ProcessingOutcome.Processed], results.Select(r => r.Outcome));
+        Assert.IsType<MessageDeserializationException>(results[1].Exception);
+        Assert.Null(_store.Find("orders", "bad"));
+        Assert.Equal(["o-a", "o-b"], batches.SelectMany(b => b).Order());
+    }
+
     private sealed class OrderHandler() : JsonMessageHandler<Order>(OrderJsonContext.Default.Order)
     {
         public List<Order> Seen { get; } = [];
