@@ -84,6 +84,7 @@ cleanup() {
   rm -rf "${NUGET_PACKAGES:-$HOME/.nuget/packages}"/idempotency.*/"$VERSION"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT   # so that a timeout still runs the cleanup
 
 rm -rf "$WORK"
 mkdir -p "$FEED" "$APP"
