@@ -27,6 +27,8 @@ usage: ./build.sh COMMAND [ARGS...]
   demo [ARGS...]     dotnet run samples/Idempotency.Demo with the services up
   bench [ARGS...]    dotnet run benchmarks/Idempotency.Benchmarks
   chaos [ARGS...]    dotnet run tests/Idempotency.Chaos
+  newcomer           scripts/newcomer-check.sh: pack src/, build samples/Idempotency.Newcomer from the
+                     packages, run it against RabbitMQ + PostgreSQL and check its effects (also part of test)
   services CMD       scripts/services.sh up|down|status|env|restart-postgres|...
   help               this text
 EOF
@@ -113,10 +115,24 @@ cmd_test() {
     say "chaos --quick took $((SECONDS - t0)) s (exit code $chaos_rc)"
   fi
 
+  # The newcomer check (scripts/newcomer-check.sh) packs src/, builds samples/Idempotency.Newcomer from those
+  # packages and checks its effects in PostgreSQL; it writes newcomer.trx, one result per step.
+  local newcomer_rc=0
+  if [ ${#args[@]} -eq 0 ] && [ "${IDEMPOTENCY_SKIP_NEWCOMER:-}" != 1 ]; then
+    say "newcomer check"
+    t0=$SECONDS
+    timeout --kill-after=30 600 "$ROOT/scripts/newcomer-check.sh" "$RESULTS" </dev/null || newcomer_rc=$?
+    say "newcomer check took $((SECONDS - t0)) s (exit code $newcomer_rc)"
+  fi
+
   local add=0 chaos_add=0
   if [ "$chaos_rc" -ne 0 ] && [ ! -s "$RESULTS/chaos.trx" ]; then
     echo "build.sh: the chaos suite failed without writing its results; counting it as a failure" >&2
     chaos_add=1
+  fi
+  if [ "$newcomer_rc" -ne 0 ] && [ ! -s "$RESULTS/newcomer.trx" ]; then
+    echo "build.sh: the newcomer check failed without writing its results; counting it as a failure" >&2
+    chaos_add=$((chaos_add + 1))
   fi
   if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     echo "build.sh: dotnet test timed out after ${TEST_TIMEOUT}s (IDEMPOTENCY_TEST_TIMEOUT)" >&2
@@ -164,6 +180,7 @@ case "$cmd" in
   demo) cmd_run samples/Idempotency.Demo "$@" ;;
   bench) cmd_run benchmarks/Idempotency.Benchmarks "$@" ;;
   chaos) cmd_run tests/Idempotency.Chaos "$@" ;;
+  newcomer) services_up && "$ROOT/scripts/newcomer-check.sh" "$@" ;;
   services) exec "$ROOT/scripts/services.sh" "$@" ;;
   help|-h|--help) usage ;;
   *) echo "build.sh: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;

@@ -1,6 +1,14 @@
 namespace Idempotency;
 
-/// <summary>Exponential backoff with full jitter: the n-th delay is random in [d/2, d] where d = min(max, initial * 2^(n-1)).</summary>
+/// <summary>
+/// Exponential backoff with "equal jitter": the n-th delay is d = min(<see cref="MaxDelay"/>, <see cref="InitialDelay"/> * 2^(n-1)),
+/// and with <see cref="UseJitter"/> a uniformly random value in [d/2, d].
+/// </summary>
+/// <remarks>
+/// Not "full jitter" (random in [0, d]) on purpose: half of the delay is always kept, so a retry never follows a failure
+/// immediately (a store outage or a failing handler is not hammered), while consumers that failed together still spread out
+/// over the other half. Without jitter the delay is exactly d.
+/// </remarks>
 public class BackoffOptions
 {
     /// <summary>Gets or sets the first delay.</summary>
@@ -11,13 +19,13 @@ public class BackoffOptions
     /// <value>Defaults to 30 s.</value>
     public TimeSpan MaxDelay { get; set; } = TimeSpan.FromSeconds(30);
 
-    /// <summary>Gets or sets a value indicating whether delays are randomised so that many consumers do not retry in step.</summary>
+    /// <summary>Gets or sets a value indicating whether delays are randomised (uniformly in [d/2, d]) so that many consumers do not retry in step.</summary>
     /// <value>Defaults to <see langword="true"/>.</value>
     public bool UseJitter { get; set; } = true;
 
     /// <summary>Computes the delay before the given retry.</summary>
     /// <param name="attempt">The 1-based number of the attempt that just failed.</param>
-    /// <returns>The delay to wait before the next attempt.</returns>
+    /// <returns>The delay to wait before the next attempt: d, or random in [d/2, d] with <see cref="UseJitter"/>.</returns>
     public TimeSpan GetDelay(int attempt)
     {
         var exponent = Math.Clamp(attempt - 1, 0, 30);

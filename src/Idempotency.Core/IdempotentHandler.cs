@@ -1,7 +1,7 @@
 namespace Idempotency;
 
 /// <summary>Creates handlers from delegates.</summary>
-public static class IdempotentHandler
+public static partial class IdempotentHandler
 {
     /// <summary>Wraps a delegate as a message handler.</summary>
     /// <param name="handle">The handler body.</param>

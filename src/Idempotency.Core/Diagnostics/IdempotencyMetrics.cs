@@ -33,6 +33,9 @@ public static class IdempotencyMetrics
     private static readonly Histogram<double> Lag = IdempotencyTelemetry.Meter.CreateHistogram<double>(
         "idempotency.message.lag", "s", "End-to-end lag: processing time minus the message's timestamp.");
 
+    private static readonly Counter<long> KeysForgotten = IdempotencyTelemetry.Meter.CreateCounter<long>(
+        "idempotency.keys.forgotten", "{key}", "Keys an operator asked to forget (IdempotencyStoreOperations.ForgetKeyAsync), by whether a record was deleted.");
+
     private static readonly UpDownCounter<long> InFlight = IdempotencyTelemetry.Meter.CreateUpDownCounter<long>(
         "idempotency.messages.in_flight", "{message}", "Messages being processed right now.");
 
@@ -54,6 +57,14 @@ public static class IdempotencyMetrics
     /// <param name="destination">The source topic or queue.</param>
     public static void RecordRedelivered(string broker, string handler, string destination) =>
         Redeliveries.Add(1, Tags(broker, handler, destination));
+
+    internal static void RecordKeyForgotten(string store, string handler, bool forgotten) =>
+        KeysForgotten.Add(1, new TagList
+        {
+            { IdempotencyTags.Store, store },
+            { IdempotencyTags.Handler, handler },
+            { IdempotencyTags.Outcome, forgotten ? "forgotten" : "not_found" },
+        });
 
     internal static void RecordStoreOperation(string store, string operation, TimeSpan elapsed)
     {

@@ -40,4 +40,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 1011, Level = LogLevel.Warning, Message = "The store refused the writes of handler {Handler} for key {Key} at commit: {Problem}")]
     public static partial void WriteRejected(ILogger logger, Exception exception, string handler, string key, string problem);
+
+    [LoggerMessage(EventId = 1012, Level = LogLevel.Warning, Message = "Operator asked to forget key {Key} for handler {Handler} in store {Store}; a completed record was deleted: {Forgotten}. A redelivery of that key runs the handler again")]
+    public static partial void KeyForgotten(ILogger logger, string key, string handler, string store, bool forgotten);
 }

@@ -13,7 +13,7 @@ namespace Idempotency.InMemory;
 /// first transaction commits (then it is a duplicate) or rolls back (then it claims the key). Effects enlisted with
 /// <see cref="InMemoryTransaction.OnCommit"/> apply only on commit.
 /// </remarks>
-public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
+public sealed class InMemoryIdempotencyStore : IDeferredClaimStore, IIdempotencyKeyAdmin
 {
     private readonly ConcurrentDictionary<(string Handler, string Key), StoredRecord> _records = new();
     private readonly ConcurrentDictionary<(string Handler, string Key), TaskCompletionSource> _inFlight = new();
@@ -93,6 +93,13 @@ public sealed class InMemoryIdempotencyStore : IDeferredClaimStore
         }
 
         return ValueTask.FromResult<IReadOnlyList<ClaimResult?>>(results);
+    }
+
+    /// <inheritdoc/>
+    public ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
+    {
+        ThrowIfUnavailable();
+        return ValueTask.FromResult(_records.TryRemove((handlerName, key), out _));
     }
 
     /// <inheritdoc/>

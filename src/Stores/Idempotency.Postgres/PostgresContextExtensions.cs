@@ -29,6 +29,29 @@ public static class PostgresContextExtensions
     /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
     public static NpgsqlConnection GetNpgsqlConnection(this BatchContext batch) => Get(batch?.Transaction).Connection;
 
+    /// <summary>
+    /// Gets the store's open connection and transaction together, for Dapper or raw Npgsql commands in one line:
+    /// <c>var (connection, transaction) = context.Postgres();</c> then <c>connection.ExecuteAsync(sql, args, transaction)</c>.
+    /// </summary>
+    /// <param name="context">The handler's context.</param>
+    /// <returns>The connection and the transaction the handler's writes must join.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static PostgresHandlerContext Postgres(this MessageContext context)
+    {
+        var transaction = Get(context?.Transaction);
+        return new PostgresHandlerContext(transaction.Connection, transaction.Transaction);
+    }
+
+    /// <summary>Gets the open connection and transaction a batch shares: <c>var (connection, transaction) = batch.Postgres();</c>.</summary>
+    /// <param name="batch">The batch context.</param>
+    /// <returns>The connection and the transaction.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the PostgreSQL store.</exception>
+    public static PostgresHandlerContext Postgres(this BatchContext batch)
+    {
+        var transaction = Get(batch?.Transaction);
+        return new PostgresHandlerContext(transaction.Connection, transaction.Transaction);
+    }
+
     private static PostgresIdempotencyTransaction Get(Storage.IIdempotencyTransaction? transaction)
     {
         ArgumentNullException.ThrowIfNull(transaction);

@@ -11,7 +11,7 @@ namespace Idempotency.Postgres;
 /// completion record commit in one transaction. A concurrent duplicate waits on the primary key until the first
 /// transaction ends, then sees Duplicate (or claims the key if the first rolled back).
 /// </summary>
-public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPositionStore, IAsyncDisposable
+public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPositionStore, IIdempotencyKeyAdmin, IAsyncDisposable
 {
     private readonly NpgsqlDataSource _dataSource;
     private readonly bool _ownsDataSource;
@@ -62,17 +62,36 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
     public string OutboxChannel => PostgresSql.OutboxChannelFor(Options);
 
     /// <summary>Returns the schema script with this store's names filled in, for teams that run their own migrations.</summary>
-    /// <returns>The SQL script.</returns>
-    public string GetSchemaScript()
+    /// <returns>The SQL script, ready to run (idempotent: every statement is <c>IF NOT EXISTS</c>).</returns>
+    /// <seealso cref="GetSchemaScript(PostgresIdempotencyStoreOptions?)"/>
+    public string GetSchemaScript() => GetSchemaScript(Options);
+
+    /// <summary>
+    /// Returns the ready-to-run schema script (schema, processed-keys, outbox and consumer-position tables and their indexes)
+    /// for the given names, without a database or a store: print it once and put it into your migrations.
+    /// </summary>
+    /// <param name="options">The schema and table names; <see langword="null"/> for the defaults. The connection string is not needed.</param>
+    /// <returns>The SQL script; every statement is <c>IF NOT EXISTS</c>, so running it twice is harmless.</returns>
+    /// <exception cref="ArgumentException">A schema or table name is not a plain identifier.</exception>
+    /// <example>
+    /// A .NET 10 file-based app that prints it (<c>dotnet run schema.cs &gt; schema.sql</c>):
+    /// <code>
+    /// #:package Idempotency.Postgres@0.1.0
+    /// System.Console.Write(Idempotency.Postgres.PostgresIdempotencyStore.GetSchemaScript(new() { Schema = "billing" }));
+    /// </code>
+    /// </example>
+    public static string GetSchemaScript(PostgresIdempotencyStoreOptions? options)
     {
+        options ??= new PostgresIdempotencyStoreOptions();
+        options.Validate(requireConnectionString: false);
         using var stream = typeof(PostgresIdempotencyStore).Assembly.GetManifestResourceStream("Idempotency.Postgres.schema.sql")
             ?? throw new InvalidOperationException("The embedded schema script is missing.");
         using var reader = new StreamReader(stream);
         return reader.ReadToEnd()
-            .Replace("{schema}", Options.Schema, StringComparison.Ordinal)
-            .Replace("{table}", Options.Table, StringComparison.Ordinal)
-            .Replace("{outbox_table}", Options.OutboxTable, StringComparison.Ordinal)
-            .Replace("{positions_table}", Options.ConsumerPositionsTable, StringComparison.Ordinal);
+            .Replace("{schema}", options.Schema, StringComparison.Ordinal)
+            .Replace("{table}", options.Table, StringComparison.Ordinal)
+            .Replace("{outbox_table}", options.OutboxTable, StringComparison.Ordinal)
+            .Replace("{positions_table}", options.ConsumerPositionsTable, StringComparison.Ordinal);
     }
 
     /// <summary>Creates the schema, tables and indexes if they do not exist. Call it once at start-up (or run the script yourself).</summary>
@@ -289,6 +308,32 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
 #pragma warning restore CA1031
         {
             return false;
+        }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// The SQL equivalent: <c>DELETE FROM idempotency.processed_messages WHERE idempotency_key = 'k' AND handler_name = 'h';</c>
+    /// (with your schema and table). A claim not yet committed is invisible to it and stays. Prefer
+    /// <see cref="IdempotencyStoreOperations.ForgetKeyAsync"/>, which logs and counts the action.
+    /// </remarks>
+    public async ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(handlerName);
+        ArgumentException.ThrowIfNullOrEmpty(key);
+        try
+        {
+            var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+            await using var connectionScope = connection.ConfigureAwait(false);
+            var deleted = await connection.ExecuteAsync(new CommandDefinition(
+                $"DELETE FROM {_sql.QualifiedTable} WHERE idempotency_key = @key AND handler_name = @handlerName",
+                new { key, handlerName },
+                cancellationToken: cancellationToken)).ConfigureAwait(false);
+            return deleted > 0;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException && IsUnavailable(exception))
+        {
+            throw new IdempotencyStoreUnavailableException("The PostgreSQL idempotency store could not be reached to forget a key.", exception);
         }
     }
 

@@ -19,7 +19,7 @@ namespace Idempotency.Redis;
 /// <para>If Redis is unreachable the store carries on with PostgreSQL alone: only the filter and the early stop of a
 /// second worker are lost, never the guarantee.</para>
 /// </remarks>
-public sealed class LayeredIdempotencyStore : IIdempotencyStore
+public sealed class LayeredIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAdmin
 {
     /// <summary>Creates the layered store.</summary>
     /// <param name="redis">The Redis connection.</param>
@@ -89,4 +89,13 @@ public sealed class LayeredIdempotencyStore : IIdempotencyStore
     /// <inheritdoc/>
     /// <remarks>Only PostgreSQL must answer: without Redis the store still works, more slowly.</remarks>
     public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => Postgres.PingAsync(cancellationToken);
+
+    /// <inheritdoc/>
+    /// <remarks>Forgets the key in PostgreSQL, the source of truth, first, and then in Redis.</remarks>
+    public async ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
+    {
+        var forgotten = await Postgres.ForgetKeyAsync(handlerName, key, cancellationToken).ConfigureAwait(false);
+        var forgottenInRedis = await Redis.ForgetKeyAsync(handlerName, key, cancellationToken).ConfigureAwait(false);
+        return forgotten || forgottenInRedis;
+    }
 }

@@ -26,7 +26,7 @@ namespace Idempotency.Redis;
 /// <c>{KeyPrefix}:lease:{token}</c> (layout in docs/redis.md). Outgoing messages go to the stream <c>{KeyPrefix}:outbox</c>. StackExchange.Redis takes no
 /// <see cref="CancellationToken"/>: cancellation is honoured between calls.
 /// </remarks>
-public sealed class RedisIdempotencyStore : IIdempotencyStore
+public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAdmin
 {
     private readonly ILogger _logger;
     private readonly string _leaseMilliseconds;
@@ -191,6 +191,40 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
             && RedisRecord.TryDecodeCommittedClaim(value!, out fingerprint)
             ? (fingerprint.ToArray(), null)
             : null;
+    }
+
+    private const string ForgetScript = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Deletes the key's Redis key (<see cref="GetKey"/>) only if it holds a completed record, and only if it did not change
+    /// in between (compare-and-delete in one script): a key under a live lease is left alone. The redis-cli equivalent, for a key
+    /// you know is completed: <c>redis-cli DEL "{KeyPrefix}:{handler|key}"</c> (braces included). Prefer
+    /// <see cref="IdempotencyStoreOperations.ForgetKeyAsync"/>, which logs and counts the action.
+    /// </remarks>
+    public async ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(handlerName);
+        ArgumentException.ThrowIfNullOrEmpty(key);
+        cancellationToken.ThrowIfCancellationRequested();
+        try
+        {
+            var redisKey = GetKey(handlerName, key);
+            var value = await Database.StringGetAsync(redisKey).ConfigureAwait(false);
+            if (value.IsNull || await FindAsync(handlerName, key).ConfigureAwait(false) is null)
+            {
+                return false;
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            // Compare-and-delete in one script (Redis 7 has no conditional DEL): a lease taken in between is kept.
+            var deleted = await Database.ScriptEvaluateAsync(ForgetScript, [redisKey], [value]).ConfigureAwait(false);
+            return (long)deleted == 1;
+        }
+        catch (Exception exception) when (IsRedisUnavailable(exception))
+        {
+            throw new IdempotencyStoreUnavailableException("The Redis idempotency store could not be reached to forget a key.", exception);
+        }
     }
 
     /// <summary>Reads the token of the transaction processing a key, or <see langword="null"/> when none is (free, committed or abandoned).</summary>

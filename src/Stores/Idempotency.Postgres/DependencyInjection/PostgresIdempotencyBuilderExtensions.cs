@@ -51,7 +51,7 @@ public static class PostgresIdempotencyBuilderExtensions
         return builder.AddPostgresStore(dataSource);
     }
 
-    /// <summary>Creates the store's schema when the host starts (instead of running <c>schema.sql</c> in your migrations).</summary>
+    /// <summary>Creates the store's schema when the host starts (instead of putting <see cref="PostgresIdempotencyStore.GetSchemaScript(PostgresIdempotencyStoreOptions?)"/> into your migrations).</summary>
     /// <param name="builder">The builder.</param>
     /// <returns>The builder.</returns>
     public static IIdempotencyBuilder ApplyPostgresSchemaOnStart(this IIdempotencyBuilder builder)

@@ -1,7 +1,7 @@
--- Idempotency for .NET: PostgreSQL schema.
--- Apply with PostgresIdempotencyStore.EnsureSchemaAsync(), or run this file in your own migrations after
--- replacing {schema}, {table}, {outbox_table} and {positions_table} with your names (the defaults are idempotency,
--- processed_messages, outbox and consumer_positions). Safe to run more than once.
+-- Idempotency for .NET: PostgreSQL schema (Idempotency.Postgres).
+-- Applied by PostgresIdempotencyStore.EnsureSchemaAsync(); for your own migrations take the output of
+-- PostgresIdempotencyStore.GetSchemaScript(options), which has your schema and table names filled in.
+-- Safe to run more than once (every statement is IF NOT EXISTS).
 
 CREATE SCHEMA IF NOT EXISTS {schema};
 
