@@ -46,7 +46,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     private readonly Dictionary<TopicPartition, PartitionState> _partitions = [];
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionState> _pauseChanges = new();
-    private StoreGate? _gate;
+    private DeliveryEngine? _engine;
     private IConsumer<TKey, TValue> _consumer = null!;
     private long _completedSinceCommit;
     private long _lastCommitTimestamp;
@@ -244,7 +244,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
     private async Task RunCheckedAsync(CancellationToken cancellationToken)
     {
-        _gate = new StoreGate(_processor.Store, $"kafka:{_processor.HandlerName}", _processor.StoreUnavailableBackoff, _logger, _time, Heartbeat, cancellationToken);
+        _engine = new DeliveryEngine(_processor, $"kafka:{_processor.HandlerName}", _logger, _time, Heartbeat, stopping: cancellationToken);
         await CheckPositionStoreAsync(cancellationToken).ConfigureAwait(false);
 
         // Consume blocks, and every consumer call stays on this one thread.
@@ -469,6 +469,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         // before (backpressure, store outage) would come back paused and never be read again. Assume it is paused at the
         // broker, so the loop resumes it once the assignment is in place.
         var state = new PartitionState(partition) { PausedAtBroker = true };
+        state.Port = new PartitionPort(this, state);
         _partitions[partition] = state;
         UpdatePause(state);
         state.Worker = Task.Run(() => RunWorkerAsync(state));
@@ -828,8 +829,8 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
             else
             {
-                var (settled, action) = await SettleAsync(state, work, known, attempt: 1, outages: 1).ConfigureAwait(false);
-                done = settled ?? await HandleOneAsync(state, work, firstAttempt: action == DeliveryAction.Retry ? 2 : 1).ConfigureAwait(false);
+                var settled = await _engine!.SettleAsync(state.Port, work, known, attempt: 1, state.StopTaking.Token).ConfigureAwait(false);
+                done = settled.Outcome == SettleOutcome.Settled || await HandleOneAsync(state, work, firstAttempt: settled.AttemptSpent ? 2 : 1).ConfigureAwait(false);
             }
             if (!done)
             {
@@ -908,56 +909,23 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
 
         var attempt = firstAttempt;
-        var outages = 0;
+        var message = lookedUp ?? ToIncoming(work, attempt);
         while (true)
         {
-            var message = lookedUp is not null && attempt == firstAttempt && outages == 0 ? lookedUp : ToIncoming(work, attempt);
             var result = await InSlotAsync(state, static (processor, message, ct) => processor.ProcessAsync(message, ct), message, static _ => 1).ConfigureAwait(false);
-            var (done, action) = await SettleAsync(state, work, result, attempt, outages + 1).ConfigureAwait(false);
-            if (done is { } settled)
+            var settled = await _engine!.SettleAsync(state.Port, work, result, attempt, state.StopTaking.Token).ConfigureAwait(false);
+            if (settled.Outcome == SettleOutcome.Settled)
             {
-                return settled;
+                return true;
             }
 
-            if (action == DeliveryAction.PauseAndRetry)
-            {
-                outages++;
-            }
-            else if (action == DeliveryAction.Retry)
+            // Processed again in place (a partition is a log): the next try is the next attempt only if the handler failed.
+            if (settled.AttemptSpent)
             {
                 attempt++;
             }
-        }
-    }
 
-    /// <summary>
-    /// Acts on one message's result: acknowledges or dead-letters it (Done true, or false when the partition stopped
-    /// first), or waits before the next try (Done null; Action says which kind of try).
-    /// </summary>
-    private async ValueTask<(bool? Done, DeliveryAction Action)> SettleAsync(PartitionState state, Work work, ProcessingResult result, int attempt, int outages)
-    {
-        var decision = _processor.Decide(result, attempt, outages);
-        switch (decision.Action)
-        {
-            case DeliveryAction.Acknowledge:
-                ResumeAfterStore(state);
-                ResultObserver?.Invoke(result);
-                return (true, decision.Action);
-            case DeliveryAction.DeadLetter:
-                ResumeAfterStore(state);
-                ResultObserver?.Invoke(result);
-                return (await DeadLetterAsync(state, work, result, decision, attempt).ConfigureAwait(false), decision.Action);
-            case DeliveryAction.PauseAndRetry:
-                await WaitForStoreAsync(state, result).ConfigureAwait(false);
-                return (null, decision.Action);
-            case DeliveryAction.Retry:
-                Log.Retrying(_logger, state.Name, work.Offset, decision.Delay, attempt + 1);
-                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
-                return (null, decision.Action);
-            default:
-                // RetryLater: another worker holds the key; not an attempt.
-                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
-                return (null, decision.Action);
+            message = ToIncoming(work, attempt);
         }
     }
 
@@ -1020,7 +988,9 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             pending = next;
             if (storeDown is not null)
             {
-                await WaitForStoreAsync(state, storeDown).ConfigureAwait(false);
+                _engine!.Gate.Close(storeDown);
+                state.Port.PauseIntake();
+                await _engine.WaitForStoreAsync(state.Port, state.StopTaking.Token).ConfigureAwait(false);
             }
         }
 
@@ -1034,47 +1004,28 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             var first = failed.FindIndex(f => f.Work.Offset == work.Offset);
             if (first >= 0)
             {
-                var (_, result) = failed[first];
-                var decision = _processor.Decide(result, 1);
-                if (decision.Action == DeliveryAction.DeadLetter)
+                // The batch's result is this message's first attempt; the engine settles it or waits before the next.
+                var settled = await _engine!.SettleAsync(state.Port, work, failed[first].Result, attempt: 1, state.StopTaking.Token).ConfigureAwait(false);
+                if (settled.Outcome == SettleOutcome.Settled)
                 {
-                    ResultObserver?.Invoke(result);
-                    if (!await DeadLetterAsync(state, work, result, decision, 1).ConfigureAwait(false))
-                    {
-                        return false;
-                    }
-
                     continue;
                 }
 
-                await Task.Delay(decision.Delay, _time, state.StopTaking.Token).ConfigureAwait(false);
+                if (!await HandleOneAsync(state, work, firstAttempt: settled.AttemptSpent ? 2 : 1).ConfigureAwait(false))
+                {
+                    return false;
+                }
+
+                continue;
             }
 
-            if (!await HandleOneAsync(state, work, firstAttempt: first >= 0 && failed[first].Result.Outcome != ProcessingOutcome.InProgress ? 2 : 1).ConfigureAwait(false))
+            if (!await HandleOneAsync(state, work, firstAttempt: 1).ConfigureAwait(false))
             {
                 return false;
             }
         }
 
         return true;
-    }
-
-    /// <summary>
-    /// The store's work failed (an outage or a misconfiguration): pause the partition at the broker and wait for the
-    /// consumer's store gate, which probes the store once for every partition. Nothing is committed, dead-lettered or
-    /// counted as an attempt meanwhile; the same message is tried again once the gate opens.
-    /// </summary>
-    private async ValueTask WaitForStoreAsync(PartitionState state, ProcessingResult result)
-    {
-        _gate!.Close(result);
-        if (!state.StorePaused)
-        {
-            state.StorePaused = true;
-            UpdatePause(state);
-            Log.PausedForStore(_logger, state.Name);
-        }
-
-        await _gate.WaitAsync(state.StopTaking.Token).ConfigureAwait(false);
     }
 
     private void ResumeAfterStore(PartitionState state)
@@ -1106,7 +1057,15 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             [DeadLetterHeaders.Attempts] = "1",
             [DeadLetterHeaders.Handler] = _processor.HandlerName,
         };
-        return await ProduceDeadLetterAsync(state, work, raw.Message.Key, raw.Message.Value, raw.Message.Headers, headers, KafkaDeadLetterHeaders.DeserializationFailed, 1).ConfigureAwait(false);
+
+        // Unreadable messages never reach the engine, which counts every other dead-letter.
+        var sent = await ProduceDeadLetterAsync(state, work, raw.Message.Key, raw.Message.Value, raw.Message.Headers, headers, KafkaDeadLetterHeaders.DeserializationFailed, 1).ConfigureAwait(false);
+        if (sent)
+        {
+            IdempotencyMetrics.RecordDeadLettered("kafka", _processor.HandlerName, state.Partition.Topic, KafkaDeadLetterHeaders.DeserializationFailed);
+        }
+
+        return sent;
     }
 
     private async ValueTask<bool> ProduceDeadLetterAsync(PartitionState state, Work work, byte[]? key, byte[]? value, Headers? original, Dictionary<string, string> extra, string reasonCode, int attempts)
@@ -1142,7 +1101,6 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             {
                 // The source offset may move past this message only once the dead-letter topic acknowledged it.
                 await _deadLetterProducer.ProduceAsync(topic, message, state.StopTaking.Token).ConfigureAwait(false);
-                IdempotencyMetrics.RecordDeadLettered("kafka", _processor.HandlerName, state.Partition.Topic, reasonCode);
                 Log.DeadLettered(_logger, state.Name, work.Offset, topic, reasonCode, attempts);
                 return true;
             }
@@ -1247,8 +1205,57 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         public Timestamp? Timestamp => Result?.Message.Timestamp ?? Raw?.Message.Timestamp;
     }
 
+    /// <summary>
+    /// Kafka's ack model for the engine, for one partition: a partition is a log, so a message is retried in place and
+    /// settling it only lets the partition's position move on (the worker marks it completed); dead-letters go to the
+    /// dead-letter topic; intake pauses the partition at the broker.
+    /// </summary>
+    private sealed class PartitionPort(IdempotentKafkaConsumer<TKey, TValue> consumer, PartitionState state) : IDeliveryPort<Work>
+    {
+        public bool RetriesInPlace => true;
+
+        public string Broker => "kafka";
+
+        public string Destination => state.Partition.Topic;
+
+        public string AttemptId(Work delivery) => string.Create(CultureInfo.InvariantCulture, $"{state.Name}@{delivery.Offset}");
+
+        public ValueTask AcknowledgeAsync(Work delivery, ProcessingResult result, CancellationToken cancellationToken)
+        {
+            consumer.ResumeAfterStore(state);
+            consumer.ResultObserver?.Invoke(result);
+            return ValueTask.CompletedTask;
+        }
+
+        public async ValueTask<bool> DeadLetterAsync(Work delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
+        {
+            consumer.ResumeAfterStore(state);
+            consumer.ResultObserver?.Invoke(result);
+
+            // False only when the partition stopped first: the engine's wait then ends with the stop.
+            return await consumer.DeadLetterAsync(state, delivery, result, decision, attempts).ConfigureAwait(false);
+        }
+
+        public ValueTask ReturnAsync(Work delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken) =>
+            throw new InvalidOperationException("A Kafka partition retries in place; nothing is returned to the broker.");
+
+        public void PauseIntake()
+        {
+            if (!state.StorePaused)
+            {
+                state.StorePaused = true;
+                consumer.UpdatePause(state);
+                Log.PausedForStore(consumer._logger, state.Name);
+            }
+        }
+
+        public void ResumeIntake() => consumer.ResumeAfterStore(state);
+    }
+
     private sealed class PartitionState(TopicPartition partition) : IDisposable
     {
+        public PartitionPort Port { get; set; } = null!;
+
         public int Buffered;
         public long CompletedNext = -1;
 

@@ -41,7 +41,6 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     private readonly IdempotentProcessor _processor;
     private readonly RabbitMqIdempotencyOptions _options;
     private readonly ILogger _logger;
-    private readonly AttemptLedger _tracker;
     private readonly Channel<Work> _buffer;
     private readonly SemaphoreSlim _consumeLock = new(1, 1);
     private readonly CancellationTokenSource _stopping = new();
@@ -53,7 +52,8 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     private string? _consumerTag;
     private bool _started;
     private int _paused;
-    private StoreGate? _gate;
+    private DeliveryEngine? _engine;
+    private Port? _port;
     private int _inFlight;
     private int _warnedNackDeadLetter;
     private long _acknowledged;
@@ -89,7 +89,6 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         _processor = processor;
         _options = options;
         _logger = logger ?? NullLogger.Instance;
-        _tracker = new AttemptLedger(options.MaxTrackedMessages);
 
         // Unbounded in code, bounded in practice: the broker never has more than the prefetch count outstanding per consumer.
         _buffer = Channel.CreateUnbounded<Work>(new UnboundedChannelOptions { SingleReader = false, SingleWriter = false });
@@ -179,7 +178,8 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             _started = true;
         }
 
-        _gate = new StoreGate(_processor.Store, $"rabbitmq:{_options.Queue}", _processor.StoreUnavailableBackoff, _logger, heartbeat: Health, stopping: _stopping.Token);
+        _engine = new DeliveryEngine(_processor, $"rabbitmq:{_options.Queue}", _logger, heartbeat: Health, maxTrackedMessages: _options.MaxTrackedMessages, stopping: _stopping.Token);
+        _port = new Port(this);
         if (Health is { } health)
         {
             health.State = Idempotency.Health.ConsumerState.Running;
@@ -400,7 +400,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             Interlocked.Increment(ref _redelivered);
             IdempotencyMetrics.RecordRedelivered(Broker, _processor.HandlerName, _options.Queue);
             tracked = true;
-            var (failures, requeues) = _tracker.Get(trackId);
+            var (failures, requeues) = _engine!.Attempts.Get(trackId);
             attempt = deliveryCount is { } c ? Math.Max(1, c + 1 - requeues) : failures + 1;
         }
 
@@ -626,7 +626,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
     {
         if (_stopping.IsCancellationRequested)
         {
-            _tracker.RecordRequeue(work.TrackId);
+            _engine!.Attempts.RecordRequeue(work.TrackId);
             await NackAsync(work).ConfigureAwait(false);
             return true;
         }
@@ -635,7 +635,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         {
             // Hand it back after a short wait, so that deliveries made before the subscription was cancelled do not
             // bounce between broker and consumer; a stop cuts the wait short.
-            _tracker.RecordRequeue(work.TrackId);
+            _engine!.Attempts.RecordRequeue(work.TrackId);
             await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
             await NackAsync(work).ConfigureAwait(false);
             return true;
@@ -644,47 +644,10 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         return false;
     }
 
+    /// <summary>The engine decides (attempts, the store gate, dead-letters); the port below carries it out on the channel.</summary>
     private async Task SettleAsync(Work work, ProcessingResult result)
     {
-        var decision = _processor.Decide(result, work.Message.DeliveryAttempt, (_gate?.Closures ?? 0) + 1);
-        switch (decision.Action)
-        {
-            case DeliveryAction.Acknowledge:
-                await AckAsync(work).ConfigureAwait(false);
-                if (work.Tracked)
-                {
-                    _tracker.Forget(work.TrackId);
-                }
-
-                break;
-
-            case DeliveryAction.Retry:
-                _tracker.RecordFailure(work.TrackId);
-                Log.Retrying(_logger, work.TrackId, _options.Queue, work.Message.DeliveryAttempt, decision.Delay);
-                await DelayAsync(decision.Delay).ConfigureAwait(false);
-                await NackAsync(work).ConfigureAwait(false);
-                break;
-
-            case DeliveryAction.PauseAndRetry:
-                // The store's failure, not the message's: no attempt spent; the gate holds every worker until the store is back.
-                _tracker.RecordRequeue(work.TrackId);
-                _gate?.Close(result);
-                Pause();
-                await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
-                await NackAsync(work).ConfigureAwait(false);
-                break;
-
-            case DeliveryAction.RetryLater:
-                _tracker.RecordRequeue(work.TrackId);
-                await DelayAsync(decision.Delay).ConfigureAwait(false);
-                await NackAsync(work).ConfigureAwait(false);
-                break;
-
-            case DeliveryAction.DeadLetter:
-                await DeadLetterAsync(work, result, decision).ConfigureAwait(false);
-                _tracker.Forget(work.TrackId);
-                break;
-        }
+        await _engine!.SettleAsync(_port!, work, result, work.Message.DeliveryAttempt, _stopping.Token).ConfigureAwait(false);
     }
 
     private async Task DelayAsync(TimeSpan delay)
@@ -785,7 +748,6 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         }
 
         Interlocked.Increment(ref _deadLettered);
-        IdempotencyMetrics.RecordDeadLettered(Broker, _processor.HandlerName, _options.Queue, reasonCode);
         Log.DeadLettered(_logger, work.Message.Key ?? "(none)", _options.Queue, reasonCode, attempts);
     }
 
@@ -821,7 +783,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             try
             {
                 // One probe loop per consumer, in the gate: it opens when the store answers and is set up.
-                await _gate!.WaitAsync(_stopping.Token).ConfigureAwait(false);
+                await _engine!.Gate.WaitAsync(_stopping.Token).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
             {
@@ -842,6 +804,41 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
                 Log.ResumeFailed(_logger, exception, _options.Queue);
                 await DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
             }
+        }
+    }
+
+    /// <summary>RabbitMQ's ack model for the engine: ack, republish to the dead-letter exchange then ack, nack to requeue.</summary>
+    private sealed class Port(IdempotentRabbitMqConsumer consumer) : IDeliveryPort<Work>
+    {
+        public bool RetriesInPlace => false;
+
+        public string Broker => IdempotentRabbitMqConsumer.Broker;
+
+        public string Destination => consumer._options.Queue;
+
+        public string AttemptId(Work delivery) => delivery.TrackId;
+
+        public async ValueTask AcknowledgeAsync(Work delivery, ProcessingResult result, CancellationToken cancellationToken) => await consumer.AckAsync(delivery).ConfigureAwait(false);
+
+        public async ValueTask<bool> DeadLetterAsync(Work delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
+        {
+            // Republished with confirms then acked, or nacked to the queue's own dead-letter exchange: settled either way.
+            await consumer.DeadLetterAsync(delivery, result, decision).ConfigureAwait(false);
+            return true;
+        }
+
+        public async ValueTask ReturnAsync(Work delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken)
+        {
+            // A stop cuts the wait short: the delivery is requeued at once.
+            await consumer.DelayAsync(delay).ConfigureAwait(false);
+            await consumer.NackAsync(delivery).ConfigureAwait(false);
+        }
+
+        public void PauseIntake() => consumer.Pause();
+
+        public void ResumeIntake()
+        {
+            // The pause loop resubscribes by itself once the store gate opens.
         }
     }
 

@@ -29,9 +29,6 @@ internal static partial class Log
     [LoggerMessage(EventId = 3007, Level = LogLevel.Warning, Message = "Settling delivery {DeliveryTag} on queue {Queue} failed; the broker requeues it when the channel closes")]
     public static partial void SettleFailed(ILogger logger, Exception exception, ulong deliveryTag, string queue);
 
-    [LoggerMessage(EventId = 3008, Level = LogLevel.Debug, Message = "Delivery with key {Key} on queue {Queue} failed attempt {Attempt}; requeueing after {Delay}")]
-    public static partial void Retrying(ILogger logger, string key, string queue, int attempt, TimeSpan delay);
-
     [LoggerMessage(EventId = 3009, Level = LogLevel.Error, Message = "Consumer of queue {Queue} failed unexpectedly")]
     public static partial void WorkerFailed(ILogger logger, Exception exception, string queue);
 

@@ -40,7 +40,6 @@ public sealed class IdempotentSqsWorker
     private readonly string _queueName;
     private readonly bool _isFifo;
     private readonly bool _deadLetterIsFifo;
-    private readonly AttemptLedger _attempts = new(10_000);
     private int _running;
     private int _inFlightBatches;
 
@@ -104,7 +103,7 @@ public sealed class IdempotentSqsWorker
                 Log.Draining(_logger, Volatile.Read(ref _inFlightBatches), _options.QueueUrl, _options.ShutdownTimeout);
                 processing.CancelAfter(_options.ShutdownTimeout);
             });
-            var gate = new StoreGate(_processor.Store, $"sqs:{_queueName}", _processor.StoreUnavailableBackoff, _logger, _time, Health, stoppingToken);
+            var engine = new DeliveryEngine(_processor, $"sqs:{_queueName}", _logger, _time, Health, stopping: stoppingToken);
             if (Health is not null)
             {
                 Health.State = ConsumerState.Running;
@@ -117,7 +116,7 @@ public sealed class IdempotentSqsWorker
             var pollers = new Task[_options.Pollers];
             for (var i = 0; i < pollers.Length; i++)
             {
-                pollers[i] = Task.Run(() => PollAsync(gate, stoppingToken, processing.Token), CancellationToken.None);
+                pollers[i] = Task.Run(() => PollAsync(engine, stoppingToken, processing.Token), CancellationToken.None);
             }
 
             await Task.WhenAll(pollers).ConfigureAwait(false);
@@ -135,7 +134,7 @@ public sealed class IdempotentSqsWorker
         }
     }
 
-    private async Task PollAsync(StoreGate gate, CancellationToken stopping, CancellationToken processing)
+    private async Task PollAsync(DeliveryEngine engine, CancellationToken stopping, CancellationToken processing)
     {
         var request = new ReceiveMessageRequest
         {
@@ -154,7 +153,7 @@ public sealed class IdempotentSqsWorker
             List<Message>? messages;
             try
             {
-                await gate.WaitAsync(stopping).ConfigureAwait(false);
+                await engine.Gate.WaitAsync(stopping).ConfigureAwait(false);
                 var response = await _sqs.ReceiveMessageAsync(request, stopping).ConfigureAwait(false);
                 messages = response.Messages;
             }
@@ -193,7 +192,7 @@ public sealed class IdempotentSqsWorker
             Interlocked.Increment(ref _inFlightBatches);
             try
             {
-                settling = await HandleReceivedAsync(messages, gate, processing).ConfigureAwait(false);
+                settling = await HandleReceivedAsync(messages, engine, processing).ConfigureAwait(false);
             }
             finally
             {
@@ -205,7 +204,7 @@ public sealed class IdempotentSqsWorker
     }
 
     /// <summary>Processes a batch and returns the task that settles it (its store-outage bookkeeping is done before this returns).</summary>
-    private async Task<Task> HandleReceivedAsync(List<Message> messages, StoreGate gate, CancellationToken processing)
+    private async Task<Task> HandleReceivedAsync(List<Message> messages, DeliveryEngine engine, CancellationToken processing)
     {
         var incoming = new IncomingMessage[messages.Count];
         for (var i = 0; i < incoming.Length; i++)
@@ -238,7 +237,7 @@ public sealed class IdempotentSqsWorker
             }
         }
 
-        return SettleAsync(messages, results, gate);
+        return SettleAsync(messages, results, engine);
     }
 
     private async Task ProcessAsync(IncomingMessage[] incoming, ProcessingResult?[] results, CancellationToken cancellationToken)
@@ -349,97 +348,130 @@ public sealed class IdempotentSqsWorker
         }
     }
 
-    private async Task SettleAsync(List<Message> messages, ProcessingResult?[] results, StoreGate gate)
+    /// <summary>
+    /// The engine decides each message's fate (attempts, the store gate, dead-letters); the batch's port collects the
+    /// deletes and visibility changes, sent in as few calls as SQS allows.
+    /// </summary>
+    private async Task SettleAsync(List<Message> messages, ProcessingResult?[] results, DeliveryEngine engine)
     {
         foreach (var result in results)
         {
-            if (result is not null && gate.Close(result))
+            if (result is not null && engine.Gate.Close(result))
             {
                 Statistics.AddStoreOutage();
             }
         }
 
-        var deletes = new List<Message>(messages.Count);
-        var changes = new List<(Message Message, int Seconds)>();
-        var heldGroups = _isFifo ? new Dictionary<string, int>(StringComparer.Ordinal) : null;
+        var port = new BatchPort(this);
         for (var i = 0; i < messages.Count; i++)
         {
             var message = messages[i];
-            var result = results[i];
-            var group = _isFifo ? GroupId(message) ?? string.Empty : null;
-            if (result is null)
+            if (results[i] is not { } result)
             {
                 // Not processed (shutdown, a crash, or held behind a failed message of its FIFO group).
-                var seconds = group is not null && heldGroups!.TryGetValue(group, out var held) ? held : 0;
-                changes.Add((message, seconds));
-                Statistics.AddReleased(1);
+                port.Release(message);
                 continue;
             }
 
-            // Attempts are the handler's failures this process saw, not receives: a receive that met a store outage, a
-            // key held elsewhere or a shutdown spends none. (Another process's failures are not seen; the queue's
-            // RedrivePolicy stays the backstop.)
-            var attempt = _attempts.NextAttempt(message.MessageId);
-            var decision = _processor.Decide(result, attempt);
-            if (decision.Action == DeliveryAction.Retry)
-            {
-                _attempts.RecordFailure(message.MessageId);
-            }
-            else if (decision.Action is DeliveryAction.Acknowledge or DeliveryAction.DeadLetter)
-            {
-                _attempts.Forget(message.MessageId);
-            }
-
-            var hold = -1;
-            switch (decision.Action)
-            {
-                case DeliveryAction.Acknowledge:
-                    deletes.Add(message);
-                    break;
-                case DeliveryAction.Retry:
-                case DeliveryAction.RetryLater:
-                case DeliveryAction.PauseAndRetry:
-                    hold = ToSeconds(decision.Delay);
-                    changes.Add((message, hold));
-                    if (decision.Action == DeliveryAction.Retry)
-                    {
-                        Statistics.AddRetried();
-                    }
-
-                    Log.Retrying(_logger, message.MessageId, _options.QueueUrl, decision.Delay, attempt, decision.Action.ToString());
-                    break;
-                case DeliveryAction.DeadLetter when _options.DeadLetterQueueUrl is not null:
-                    if (await SendToDeadLetterAsync(message, result, decision, attempt).ConfigureAwait(false))
-                    {
-                        deletes.Add(message);
-                        hold = 0;
-                    }
-                    else
-                    {
-                        hold = ToSeconds(_processor.Options.Retry.GetDelay(attempt));
-                        changes.Add((message, hold));
-                    }
-
-                    break;
-                default:
-                    // Dead-lettering left to the queue's RedrivePolicy: make it visible again so SQS counts the receive.
-                    Log.LeftToRedrive(_logger, message.MessageId, _options.QueueUrl, decision.ReasonCode ?? "unknown");
-                    hold = 0;
-                    changes.Add((message, hold));
-                    Statistics.AddReleased(1);
-                    break;
-            }
-
-            if (group is not null && hold >= 0)
-            {
-                heldGroups![group] = hold;
-            }
+            await engine.SettleAsync(port, message, result, cancellationToken: CancellationToken.None).ConfigureAwait(false);
         }
 
-        await DeleteAsync(deletes).ConfigureAwait(false);
-        if (changes.Count > 0)
+        await DeleteAsync(port.Deletes).ConfigureAwait(false);
+        if (port.Changes.Count > 0)
         {
-            await ChangeVisibilityAsync(changes, CancellationToken.None).ConfigureAwait(false);
+            await ChangeVisibilityAsync(port.Changes, CancellationToken.None).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// SQS's ack model for the engine, over one received batch: settle = delete, return = change visibility, dead-letter =
+    /// send to the dead-letter queue then delete. On FIFO queues a message held back holds back the rest of its group.
+    /// </summary>
+    private sealed class BatchPort(IdempotentSqsWorker worker) : IDeliveryPort<Message>
+    {
+        private readonly Dictionary<string, int>? _heldGroups = worker._isFifo ? new(StringComparer.Ordinal) : null;
+
+        public List<Message> Deletes { get; } = [];
+
+        public List<(Message Message, int Seconds)> Changes { get; } = [];
+
+        public bool RetriesInPlace => false;
+
+        public string Broker => BrokerName;
+
+        public string Destination => worker._queueName;
+
+        public string AttemptId(Message delivery) => delivery.MessageId;
+
+        public ValueTask AcknowledgeAsync(Message delivery, ProcessingResult result, CancellationToken cancellationToken)
+        {
+            Deletes.Add(delivery);
+            return ValueTask.CompletedTask;
+        }
+
+        public async ValueTask<bool> DeadLetterAsync(Message delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
+        {
+            if (worker._options.DeadLetterQueueUrl is null)
+            {
+                // Dead-lettering left to the queue's RedrivePolicy: visible again at once, so SQS counts the receive.
+                Log.LeftToRedrive(worker._logger, delivery.MessageId, worker._options.QueueUrl, decision.ReasonCode ?? "unknown");
+                Hold(delivery, 0);
+                worker.Statistics.AddReleased(1);
+                return false;
+            }
+
+            if (!await worker.SendToDeadLetterAsync(delivery, result, decision, attempts).ConfigureAwait(false))
+            {
+                return false;
+            }
+
+            Deletes.Add(delivery);
+            Hold(delivery, 0, change: false);
+            return true;
+        }
+
+        public ValueTask ReturnAsync(Message delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken)
+        {
+            if (!Changes.Exists(c => ReferenceEquals(c.Message, delivery)))
+            {
+                Hold(delivery, ToSeconds(delay));
+                if (attemptSpent)
+                {
+                    worker.Statistics.AddRetried();
+                }
+            }
+
+            return ValueTask.CompletedTask;
+        }
+
+        public void PauseIntake()
+        {
+            // The pollers wait on the engine's store gate before every receive.
+        }
+
+        public void ResumeIntake()
+        {
+        }
+
+        /// <summary>A message without a result: visible again at once, or as late as the message that holds its FIFO group.</summary>
+        public void Release(Message message)
+        {
+            var seconds = _heldGroups is not null && _heldGroups.TryGetValue(GroupId(message) ?? string.Empty, out var held) ? held : 0;
+            Changes.Add((message, seconds));
+            worker.Statistics.AddReleased(1);
+        }
+
+        private void Hold(Message message, int seconds, bool change = true)
+        {
+            if (change)
+            {
+                Changes.Add((message, seconds));
+            }
+
+            if (_heldGroups is not null)
+            {
+                _heldGroups[GroupId(message) ?? string.Empty] = seconds;
+            }
         }
     }
 
@@ -576,7 +608,6 @@ public sealed class IdempotentSqsWorker
         }
 
         Statistics.AddDeadLettered();
-        IdempotencyMetrics.RecordDeadLettered(BrokerName, _processor.HandlerName, _queueName, decision.ReasonCode ?? "unknown");
         Log.DeadLettered(_logger, message.MessageId, _options.QueueUrl, deadLetterQueue, decision.ReasonCode ?? "unknown");
         return true;
     }

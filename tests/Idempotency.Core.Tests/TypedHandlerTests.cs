@@ -130,7 +130,7 @@ public sealed class TypedHandlerTests
         Assert.Equal(["o-a", "o-b"], batches.SelectMany(b => b).Order());
     }
 
-    [Fact(Skip = "Waits for the DeliveryPolicy refactor to map MessageDeserializationException to an immediate dead-letter")]
+    [Fact]
     public async Task Body_that_does_not_deserialize_is_dead_lettered_at_the_first_attempt_with_reason_deserialization_failed()
     {
         var options = new IdempotencyOptions { HandlerName = "orders" };

@@ -41,6 +41,10 @@ public static class DeliveryPolicy
             ProcessingOutcome.PayloadMismatch when options.PayloadMismatchPolicy == PayloadMismatchPolicy.Quarantine =>
                 new DeliveryDecision(DeliveryAction.DeadLetter, ReasonCode: PayloadMismatch, Reason: result.Exception?.Message),
             ProcessingOutcome.PayloadMismatch => Failure(attempt, options, PayloadMismatch, result.Exception?.Message),
+
+            // A body that does not deserialize fails the same way every time: poison at once, never retried.
+            ProcessingOutcome.Failed when result.Exception is MessageDeserializationException bad =>
+                new DeliveryDecision(DeliveryAction.DeadLetter, ReasonCode: MessageDeserializationException.ReasonCode, Reason: bad.Message),
             _ => Failure(attempt, options, HandlerFailed, Describe(result.Exception)),
         };
     }

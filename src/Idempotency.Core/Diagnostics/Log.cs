@@ -26,9 +26,6 @@ internal static partial class Log
     [LoggerMessage(EventId = 1006, Level = LogLevel.Information, Message = "Batch of {Count} for handler {Handler}: a handler failed, redoing the batch without key {Key}")]
     public static partial void BatchRedo(ILogger logger, int count, string handler, string key);
 
-    [LoggerMessage(EventId = 1007, Level = LogLevel.Warning, Message = "Claim on key {Key} for handler {Handler} was lost before commit; nothing was committed")]
-    public static partial void ClaimLost(ILogger logger, string key, string handler);
-
     [LoggerMessage(EventId = 1008, Level = LogLevel.Warning, Message = "Batch of {Count} for handler {Handler} failed outside a handler; processing its messages one at a time")]
     public static partial void BatchFailed(ILogger logger, Exception exception, int count, string handler);
 

@@ -1,0 +1,160 @@
+using Idempotency.Delivery;
+using Idempotency.Storage;
+using static Idempotency.Core.Tests.TestMessages;
+
+namespace Idempotency.Core.Tests;
+
+/// <summary>
+/// The engine with a fake port and no broker: every failure origin, on a broker that returns messages (RabbitMQ, SQS)
+/// and on one that retries in place (Kafka), gives the expected port action and attempt count.
+/// </summary>
+public sealed class DeliveryEngineTests
+{
+    public enum PortAction
+    {
+        Acknowledge,
+        DeadLetter,
+        ReturnSpendingAttempt,
+        ReturnWithoutAttempt,
+        ProcessAgainSpendingAttempt,
+        ProcessAgainWithoutAttempt,
+    }
+
+    public static TheoryData<FailureOriginTests.Origin, bool, PortAction> Table()
+    {
+        var data = new TheoryData<FailureOriginTests.Origin, bool, PortAction>();
+        foreach (var inPlace in new[] { false, true })
+        {
+            var spend = inPlace ? PortAction.ProcessAgainSpendingAttempt : PortAction.ReturnSpendingAttempt;
+            var free = inPlace ? PortAction.ProcessAgainWithoutAttempt : PortAction.ReturnWithoutAttempt;
+            data.Add(FailureOriginTests.Origin.HandlerThrows, inPlace, spend);
+            data.Add(FailureOriginTests.Origin.HandlerDownstreamTimeout, inPlace, spend);
+            data.Add(FailureOriginTests.Origin.HandlerThrowsOnBrokenTransaction, inPlace, free);
+            data.Add(FailureOriginTests.Origin.BeginOutage, inPlace, free);
+            data.Add(FailureOriginTests.Origin.BeginMisconfigured, inPlace, free);
+            data.Add(FailureOriginTests.Origin.CommitOutage, inPlace, free);
+            data.Add(FailureOriginTests.Origin.CommitRejectsHandlerWrites, inPlace, spend);
+            data.Add(FailureOriginTests.Origin.CommitLeaseLost, inPlace, free);
+        }
+
+        return data;
+    }
+
+    [Theory]
+    [MemberData(nameof(Table))]
+    public async Task Failure_origin_gives_the_port_action_and_attempt_count(FailureOriginTests.Origin origin, bool retriesInPlace, PortAction expected)
+    {
+        var store = new ScriptedStore();
+        (store.FailAt, store.Failure) = origin switch
+        {
+            FailureOriginTests.Origin.BeginOutage => (StorePhase.Begin, new ScriptedStoreException(StoreFailureKind.Outage)),
+            FailureOriginTests.Origin.BeginMisconfigured => (StorePhase.Begin, new ScriptedStoreException(StoreFailureKind.Misconfiguration)),
+            FailureOriginTests.Origin.CommitOutage => (StorePhase.Commit, new ScriptedStoreException(StoreFailureKind.Outage)),
+            FailureOriginTests.Origin.CommitRejectsHandlerWrites => (StorePhase.Commit, new ScriptedStoreException(StoreFailureKind.WriteRejected)),
+            FailureOriginTests.Origin.CommitLeaseLost => (StorePhase.Commit, new ClaimLostException("k")),
+            _ => (StorePhase.None, (Exception?)null),
+        };
+        store.TransactionBroken = origin == FailureOriginTests.Origin.HandlerThrowsOnBrokenTransaction;
+        var handlerError = origin switch
+        {
+            FailureOriginTests.Origin.HandlerThrows or FailureOriginTests.Origin.HandlerThrowsOnBrokenTransaction => new InvalidOperationException("bug"),
+            FailureOriginTests.Origin.HandlerDownstreamTimeout => new TaskCanceledException("timeout", new TimeoutException()),
+            _ => (Exception?)null,
+        };
+        var options = Options();
+        options.Retry = new RetryOptions { MaxAttempts = 3, InitialDelay = TimeSpan.Zero, MaxDelay = TimeSpan.Zero };
+        options.StoreUnavailableBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(10), MaxDelay = TimeSpan.FromMilliseconds(20) };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => handlerError is null ? ValueTask.CompletedTask : ValueTask.FromException(handlerError)), options);
+        var engine = new DeliveryEngine(processor, "test", stopping: TestContext.Current.CancellationToken);
+        var port = new FakePort(retriesInPlace);
+        var message = Create("k");
+
+        var result = await processor.ProcessAsync(message, TestContext.Current.CancellationToken);
+
+        // A store failure closes the gate; the scripted store answers the probe, so a lane in place resumes at once.
+        store.FailAt = StorePhase.None;
+        var settled = await engine.SettleAsync(port, message, result, cancellationToken: TestContext.Current.CancellationToken).AsTask().WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+
+        var actual = settled.Outcome switch
+        {
+            SettleOutcome.Settled => port.DeadLetters > 0 ? PortAction.DeadLetter : PortAction.Acknowledge,
+            SettleOutcome.Returned => port.LastReturnSpentAttempt ? PortAction.ReturnSpendingAttempt : PortAction.ReturnWithoutAttempt,
+            _ => settled.AttemptSpent ? PortAction.ProcessAgainSpendingAttempt : PortAction.ProcessAgainWithoutAttempt,
+        };
+        Assert.Equal(expected, actual);
+        Assert.Equal(expected is PortAction.ReturnSpendingAttempt or PortAction.ProcessAgainSpendingAttempt ? 2 : 1, engine.NextAttempt(port, message));
+        Assert.Equal(result.Outcome is ProcessingOutcome.StoreUnavailable or ProcessingOutcome.StoreMisconfigured, port.Pauses > 0);
+    }
+
+    [Fact]
+    public async Task Only_handler_failures_count_toward_the_dead_letter_across_returns()
+    {
+        var store = new ScriptedStore();
+        var options = Options();
+        options.Retry = new RetryOptions { MaxAttempts = 2, InitialDelay = TimeSpan.Zero, MaxDelay = TimeSpan.Zero };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => throw new InvalidOperationException("poison")), options);
+        var engine = new DeliveryEngine(processor, "test", stopping: TestContext.Current.CancellationToken);
+        var port = new FakePort(retriesInPlace: false);
+        var message = Create("k");
+        var poison = await processor.ProcessAsync(message, TestContext.Current.CancellationToken);
+        store.FailAt = StorePhase.Begin;
+        store.Failure = new ScriptedStoreException(StoreFailureKind.Outage);
+        var outage = await processor.ProcessAsync(message, TestContext.Current.CancellationToken);
+        store.FailAt = StorePhase.None;
+
+        // Delivery 1 fails (attempt 1); deliveries 2 and 3 meet outages (no attempt); delivery 4 fails again: attempt 2, dead-lettered.
+        Assert.Equal(SettleOutcome.Returned, (await engine.SettleAsync(port, message, poison, cancellationToken: TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(SettleOutcome.Returned, (await engine.SettleAsync(port, message, outage, cancellationToken: TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(SettleOutcome.Returned, (await engine.SettleAsync(port, message, outage, cancellationToken: TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(0, port.DeadLetters);
+        Assert.Equal(SettleOutcome.Settled, (await engine.SettleAsync(port, message, poison, cancellationToken: TestContext.Current.CancellationToken)).Outcome);
+        Assert.Equal(1, port.DeadLetters);
+        Assert.Equal(2, port.LastDeadLetterAttempts);
+    }
+
+    private sealed class FakePort(bool retriesInPlace) : IDeliveryPort<IncomingMessage>
+    {
+        public int Acknowledged { get; private set; }
+
+        public int DeadLetters { get; private set; }
+
+        public int LastDeadLetterAttempts { get; private set; }
+
+        public bool LastReturnSpentAttempt { get; private set; }
+
+        public int Pauses { get; private set; }
+
+        public bool RetriesInPlace => retriesInPlace;
+
+        public string Broker => "fake";
+
+        public string Destination => "lane";
+
+        public string AttemptId(IncomingMessage delivery) => delivery.Key!;
+
+        public ValueTask AcknowledgeAsync(IncomingMessage delivery, ProcessingResult result, CancellationToken cancellationToken)
+        {
+            Acknowledged++;
+            return ValueTask.CompletedTask;
+        }
+
+        public ValueTask<bool> DeadLetterAsync(IncomingMessage delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
+        {
+            DeadLetters++;
+            LastDeadLetterAttempts = attempts;
+            return ValueTask.FromResult(true);
+        }
+
+        public ValueTask ReturnAsync(IncomingMessage delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken)
+        {
+            LastReturnSpentAttempt = attemptSpent;
+            return ValueTask.CompletedTask;
+        }
+
+        public void PauseIntake() => Pauses++;
+
+        public void ResumeIntake()
+        {
+        }
+    }
+}
