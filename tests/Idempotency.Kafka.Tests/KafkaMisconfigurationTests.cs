@@ -37,7 +37,7 @@ public sealed class KafkaMisconfigurationTests(PostgresFixture db) : IClassFixtu
         Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
         Assert.Equal(0L, (await cluster.CommittedOffsetsAsync(group, topic, 2)).Where(o => o > 0).Sum());
 
-        await store.EnsureSchemaAsync();
+        await store.EnsureSchemaAsync(TestContext.Current.CancellationToken);
         await WaitForCommittedToEndAsync(cluster, group, topic, 2, Timeout);
         await running.StopAsync();
 
@@ -85,7 +85,7 @@ public sealed class KafkaMisconfigurationTests(PostgresFixture db) : IClassFixtu
             await running.StopAsync();
         }
 
-        await using var connection = await db.DataSource.OpenConnectionAsync();
+        await using var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken);
         Assert.Equal(["fe01", "ff01"], (await Dapper.SqlMapper.QueryAsync<string>(connection, $"SELECT id FROM {table} ORDER BY id")).ToArray());
     }
 }
