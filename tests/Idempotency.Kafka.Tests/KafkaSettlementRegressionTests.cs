@@ -82,7 +82,7 @@ public sealed class KafkaSettlementRegressionTests(PostgresFixture db) : IClassF
                 async () => await CountAsync(db, table) == 2 && runs.GetValueOrDefault("b-1") >= 4,
                 Timeout,
                 async () => $"{await CountAsync(db, table)} rows; runs: {string.Join(", ", runs)}");
-            Assert.Equal(3, runs["b-0"]);
+            Assert.True(runs["b-0"] >= 3, $"b-0 ran {runs["b-0"]} times: the redo was not retried after the outage");
             await first.StopAsync();
         }
 
@@ -222,12 +222,12 @@ public sealed class KafkaSettlementRegressionTests(PostgresFixture db) : IClassF
         var processor = new IdempotentProcessor(store, Credit(table, onRun: _ => Thread.Sleep(2)), HandlerOptions("bp-rebalance"));
         var group = Unique("g");
 
-        // A buffer of 10 per partition behind a slow handler: the partitions spend most of their time paused.
+        // A buffer of 50 per partition behind a slow handler: the partitions spend most of their time paused.
         RunningConsumer StartEager(ConcurrentBag<ProcessingResult> results)
         {
             var config = ConsumerConfig(cluster, group);
             config.PartitionAssignmentStrategy = PartitionAssignmentStrategy.Range;
-            var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(config, processor, Options(topic, o => o.MaxBufferedMessagesPerPartition = 10));
+            var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(config, processor, Options(topic, o => o.MaxBufferedMessagesPerPartition = 50));
             consumer.ResultObserver = results.Add;
             return new RunningConsumer(consumer);
         }
