@@ -764,15 +764,24 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
                     continue;
                 }
 
-                var done = batch.Count == 1
-                    ? await HandleOneAsync(state, batch[0], firstAttempt: 1).ConfigureAwait(false)
-                    : await HandleBatchAsync(state, batch).ConfigureAwait(false);
-                if (!done)
+                // A batch marks its settled prefix completed itself, so the position can move up to a failing message
+                // while that one still retries or waits for its dead-letter.
+                if (batch.Count > 1)
+                {
+                    if (!await HandleBatchAsync(state, batch).ConfigureAwait(false))
+                    {
+                        return;
+                    }
+
+                    continue;
+                }
+
+                if (!await HandleOneAsync(state, batch[0], firstAttempt: 1).ConfigureAwait(false))
                 {
                     return;
                 }
 
-                MarkCompleted(state, batch[^1].Offset, batch.Count);
+                MarkCompleted(state, batch[0].Offset, 1);
             }
         }
         catch (OperationCanceledException) when (state.StopTaking.IsCancellationRequested || state.Abort.IsCancellationRequested)
@@ -999,8 +1008,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         // The rest of the batch committed; each failure (and unreadable message) now gets its retries or its dead-letter, in offset order.
         failed.Sort((a, b) => a.Work.Offset.CompareTo(b.Work.Offset));
         var unreadable = batch.Where(w => w.Error is not null);
+        var marked = 0;
         foreach (var work in failed.Select(f => f.Work).Concat(unreadable).OrderBy(w => w.Offset))
         {
+            // Everything before this unsettled message has settled (committed, or an earlier failure settled above).
+            marked = MarkSettledBefore(state, batch, marked, work.Offset);
             var first = failed.FindIndex(f => f.Work.Offset == work.Offset);
             if (first >= 0)
             {
@@ -1025,7 +1037,25 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             }
         }
 
+        MarkSettledBefore(state, batch, marked, long.MaxValue);
         return true;
+    }
+
+    /// <summary>Marks completed the batch's messages after the first <paramref name="marked"/> and before <paramref name="offset"/>; returns how many are marked now.</summary>
+    private int MarkSettledBefore(PartitionState state, List<Work> batch, int marked, long offset)
+    {
+        var end = marked;
+        while (end < batch.Count && batch[end].Offset < offset)
+        {
+            end++;
+        }
+
+        if (end > marked)
+        {
+            MarkCompleted(state, batch[end - 1].Offset, end - marked);
+        }
+
+        return end;
     }
 
     private void ResumeAfterStore(PartitionState state)

@@ -28,7 +28,7 @@ public sealed class ForgetKeyTests
         Assert.Equal(["forgotten", "not_found"], forgotten.GetMeasurementSnapshot().Select(m => (string)m.Tags[IdempotencyTags.Outcome]!));
         Assert.All(forgotten.GetMeasurementSnapshot(), m => Assert.Equal("orders", m.Tags[IdempotencyTags.Handler]));
         Assert.Equal(2, logger.Collector.Count);
-        Assert.Equal(1100, logger.Collector.LatestRecord.Id.Id);
+        Assert.Equal(1012, logger.Collector.LatestRecord.Id.Id);
         Assert.Contains("k", logger.Collector.LatestRecord.Message);
     }
 

@@ -44,7 +44,7 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
 
         // Lazy commits that never fire on their own: only a revoke or shutdown could commit.
         var settled = 0;
-        await using var running = Start(cluster, group, processor, Options(topic, o => { o.CommitEveryMessages = 1_000_000; o.CommitInterval = TimeSpan.FromHours(1); }), _ => Interlocked.Increment(ref settled), logger);
+        await using var running = Start(cluster, group, processor, Options(topic, o => { o.BatchSize = 1; o.CommitEveryMessages = 1_000_000; o.CommitInterval = TimeSpan.FromHours(1); }), _ => Interlocked.Increment(ref settled), logger);
         await stuck.Task.WaitAsync(Timeout, TestContext.Current.CancellationToken);
         Assert.Equal(5L, await CountAsync(db, table));
 
@@ -172,8 +172,10 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
         Assert.InRange(DateTimeOffset.FromUnixTimeMilliseconds(timestamp), DateTimeOffset.UtcNow.AddMinutes(-5), DateTimeOffset.UtcNow.AddMinutes(1));
     }
 
-    [Fact]
-    public async Task Poison_message_is_not_committed_past_until_its_dead_letter_produce_succeeds()
+    [Theory]
+    [InlineData(1)]
+    [InlineData(100)]
+    public async Task Poison_message_is_not_committed_past_until_its_dead_letter_produce_succeeds(int batchSize)
     {
         using var cluster = MockKafkaCluster.Start();
         Assert.SkipUnless(cluster.IsMock, "refusing the dead-letter produce needs injected Produce errors (librdkafka's mock cluster)");
@@ -194,18 +196,19 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
             cluster,
             group,
             processor,
-            Options(topic, o => o.DeadLetterProduceBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(300), MaxDelay = TimeSpan.FromMilliseconds(300), UseJitter = false }),
+            Options(topic, o => { o.BatchSize = batchSize; o.DeadLetterProduceBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(300), MaxDelay = TimeSpan.FromMilliseconds(300), UseJitter = false }; }),
             logger: logger);
 
-        // While the dead-letter topic refuses it, the group's offset stops right at the poison message, and the messages
-        // behind it wait (their partition keeps its order).
+        // While the dead-letter topic refuses it, the group's offset stops right at the poison message. One message at a
+        // time, the messages behind it wait; batched (the default), those fetched with it committed their effects in the
+        // same transaction, but their offsets wait behind the poison all the same.
         await WaitUntilAsync(
             async () => logger.Collector.GetSnapshot().Count(r => r.Id.Id == 2006) >= 2 && (await cluster.CommittedOffsetsAsync(group, topic, 1))[0] == 3,
             Timeout,
             async () => $"{logger.Collector.GetSnapshot().Count(r => r.Id.Id == 2006)} failed dead-letter produces, committed {(await cluster.CommittedOffsetsAsync(group, topic, 1))[0]}");
         await Task.Delay(300, TestContext.Current.CancellationToken);
         Assert.Equal(3L, (await cluster.CommittedOffsetsAsync(group, topic, 1))[0]);
-        Assert.Equal(3L, await CountAsync(db, table));
+        Assert.Equal(batchSize == 1 ? 3L : 9L, await CountAsync(db, table));
         Assert.Equal([0L], cluster.EndOffsets(topic + ".dlq", 1));
 
         // The errors run out: the dead-letter lands once, and only then does the offset move past it.
@@ -319,7 +322,7 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
 
         // The result observer runs on the partition's worker: throwing there stands in for a bug in the worker itself.
         var group = Unique("g");
-        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), processor, Options(topic));
+        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), processor, Options(topic, o => o.BatchSize = 1));
         consumer.ResultObserver = _ => throw new InvalidProgramException("worker bug");
         using (consumer)
         {

@@ -28,7 +28,7 @@ public sealed class KafkaReplayTests(PostgresFixture db, RedisFixture redis) : I
         var options = new IdempotencyOptions { HandlerName = "replay", ClaimTiming = timing };
 
         var first = Unique("g");
-        await using (var running = Start(cluster, first, new IdempotentProcessor(store, effects.Handler(), options), Options(topic)))
+        await using (var running = Start(cluster, first, new IdempotentProcessor(store, effects.Handler(), options), Options(topic, o => o.BatchSize = 1)))
         {
             await WaitForCommittedToEndAsync(cluster, first, topic, partitions, Timeout);
         }
@@ -38,7 +38,7 @@ public sealed class KafkaReplayTests(PostgresFixture db, RedisFixture redis) : I
         var beginsBefore = store.Begins;
         var outcomes = new ConcurrentDictionary<ProcessingOutcome, int>();
         var replay = Unique("g");
-        await using (var running = Start(cluster, replay, new IdempotentProcessor(store, effects.Handler(), options), Options(topic), r => outcomes.AddOrUpdate(r.Outcome, 1, (_, n) => n + 1)))
+        await using (var running = Start(cluster, replay, new IdempotentProcessor(store, effects.Handler(), options), Options(topic, o => o.BatchSize = 1), r => outcomes.AddOrUpdate(r.Outcome, 1, (_, n) => n + 1)))
         {
             await WaitForCommittedToEndAsync(cluster, replay, topic, partitions, Timeout);
         }

@@ -26,7 +26,7 @@ public sealed class KafkaShutdownTests(PostgresFixture db) : IClassFixture<Postg
         var group = Unique("g");
 
         // Lazy commits would leave up to 1000 uncommitted: only the shutdown itself can commit them.
-        await using (var first = Start(cluster, group, slow, Options(topic, o => { o.CommitEveryMessages = 1_000; o.CommitInterval = TimeSpan.FromHours(1); })))
+        await using (var first = Start(cluster, group, slow, Options(topic, o => { o.BatchSize = 1; o.CommitEveryMessages = 1_000; o.CommitInterval = TimeSpan.FromHours(1); })))
         {
             await WaitUntilAsync(async () => await CountAsync(db, table) >= 40, Timeout, async () => $"{await CountAsync(db, table)} rows");
             await first.StopAsync();
@@ -71,7 +71,7 @@ public sealed class KafkaShutdownTests(PostgresFixture db) : IClassFixture<Postg
         }), HandlerOptions("stuck"));
         var group = Unique("g");
 
-        await using (var running = Start(cluster, group, processor, Options(topic, o => { o.ShutdownTimeout = TimeSpan.FromMilliseconds(500); o.CommitEveryMessages = 1_000; o.CommitInterval = TimeSpan.FromHours(1); })))
+        await using (var running = Start(cluster, group, processor, Options(topic, o => { o.BatchSize = 1; o.ShutdownTimeout = TimeSpan.FromMilliseconds(500); o.CommitEveryMessages = 1_000; o.CommitInterval = TimeSpan.FromHours(1); })))
         {
             await stuck.Task.WaitAsync(Timeout, TestContext.Current.CancellationToken);
             await running.StopAsync();

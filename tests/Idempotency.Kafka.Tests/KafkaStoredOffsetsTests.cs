@@ -96,7 +96,8 @@ public sealed class KafkaStoredOffsetsTests(PostgresFixture db) : IClassFixture<
         Produce(cluster, topic, Enumerable.Range(0, 1_500).Select(i => $"r-{i}"));
         var store = await db.CreateStoreAsync();
         var table = await db.CreateBusinessTableAsync();
-        var processor = new IdempotentProcessor(store, Credit(table, onRun: _ => Thread.Sleep(1)), HandlerOptions("stored-rebalance"));
+        // Slow enough that the stream is still mid-way when the second consumer joins, batched as it is by default.
+        var processor = new IdempotentProcessor(store, Credit(table, onRun: _ => Thread.Sleep(10)), HandlerOptions("stored-rebalance"));
         var group = Unique("g");
         var results = new ConcurrentBag<ProcessingResult>();
 
