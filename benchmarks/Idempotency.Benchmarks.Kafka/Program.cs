@@ -106,6 +106,12 @@ try
     rows.Add(await Ours("ours per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Processed, ClaimTiming.AtCommit));
     rows.Add(await Ours("ours replay (all duplicates), per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Duplicate, ClaimTiming.AtCommit));
 
+    // The library's defaults: natural batching (a partition's fetched messages share a transaction), per-message handler.
+    var defaultStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_default", OutboxTable = "outbox_default" });
+    await defaultStore.EnsureSchemaAsync();
+    var defaultAccounts = await NewAccounts("default_accounts");
+    rows.Add(await Ours("ours default options (natural batching, per-message handler)", cluster, topic, messages, defaultStore, Handler(defaultAccounts), batchSize: 0, ProcessingOutcome.Processed));
+
     var batchStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_batch", OutboxTable = "outbox_batch" });
     await batchStore.EnsureSchemaAsync();
     var batchAccounts = await NewAccounts("batch_accounts");
@@ -118,6 +124,12 @@ try
         var ours = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {ourAccounts}");
         var atCommit = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {atCommitAccounts}");
         var batch = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {batchAccounts}");
+        var byDefault = await c.ExecuteScalarAsync<long>($"SELECT sum(balance) FROM {defaultAccounts}");
+        if (byDefault != messages)
+        {
+            throw new InvalidOperationException($"default options applied {byDefault} of {messages} effects");
+        }
+
         Console.WriteLine($"check: ours applied {ours} of {messages}, claim at commit {atCommit} of {messages}, batch applied {batch} of {batchMessages}");
         if (ours != messages || atCommit != messages || batch != batchMessages)
         {
@@ -332,7 +344,10 @@ async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int co
     // Batch transactions are big: as many in flight as the batched ceiling's connections (4), not one per partition,
     // or concurrent batches queue on each other's row locks.
     var concurrency = batchSize > 1 ? BatchConcurrency : Partitions;
-    var options = new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = concurrency, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
+    // batchSize 0: every option at the library's default.
+    var options = batchSize == 0
+        ? new KafkaIdempotencyOptions<byte[], byte[]>()
+        : new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = concurrency, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
     options.Topics.Add(topic);
     using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, "ours-" + Guid.NewGuid().ToString("N")[..8]), processor, options);
     var latencies = new ConcurrentBag<double>();
@@ -436,6 +451,7 @@ static void Report(List<Row> rows)
     var ratios = new List<Ratio>
     {
         new("claim + update ceiling / update-only ceiling, 16 conn (the most a key row per message leaves of plain)", ceiling16 / Rate("ceiling: update-only tx"), null),
+        new("ours default options (natural batching) / plain (16 partitions concurrent)", Rate("ours default options") / plain, 1.0),
         new("ours per-message / plain (16 partitions concurrent)", perMessage / plain, 0.85),
         new("ours per-message / plain (1 loop)", perMessage / Rate("plain at-least-once, 1 loop"), null),
         new("ours per-message / 16-connection ceiling", perMessage / ceiling16, 0.6),

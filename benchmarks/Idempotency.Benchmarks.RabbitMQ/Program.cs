@@ -52,6 +52,7 @@ try
         ("PostgreSQL claim + upsert transaction (plain INSERT key ON CONFLICT DO NOTHING + upsert)", n => Ceiling("claim+upsert", n, claim: true)),
         ("Plain manual-ack consumer, own transaction per message", n => Plain("plain", n)),
         ("IdempotentRabbitMqConsumer, per message", n => Ours("ours", n, batch: 1)),
+        ("IdempotentRabbitMqConsumer, default options (natural batching, per-message handler)", n => Ours("default", n, batch: new RabbitMqIdempotencyOptions().BatchSize, natural: true)),
         ("IdempotentRabbitMqConsumer, per message, claim at commit", n => Ours("ours-at-commit", n, batch: 1, ClaimTiming.AtCommit)),
         ($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", n => Ours("batch", n, batch: batchSize)),
         ("IdempotentProcessor alone, no broker", n => ProcessorOnly("processor", n)),
@@ -87,10 +88,12 @@ finally
 var ceiling = results[0].MessagesPerSecond;
 var plain = results[2].MessagesPerSecond;
 var ours = results[3].MessagesPerSecond;
-var atCommit = results[4].MessagesPerSecond;
-var batched = results[5].MessagesPerSecond;
+var byDefault = results[4].MessagesPerSecond;
+var atCommit = results[5].MessagesPerSecond;
+var batched = results[6].MessagesPerSecond;
 var ratios = new Dictionary<string, double>
 {
+    ["ours default (natural batching) / plain (target >= 1.0)"] = byDefault / plain,
     ["ours / plain (target >= 0.85)"] = ours / plain,
     ["ours / single-row ceiling (target >= 0.6)"] = ours / ceiling,
     ["batch / ours per message (target >= 3)"] = batched / ours,
@@ -118,7 +121,7 @@ foreach (var r in results)
 md.AppendLine();
 md.AppendLine("| ratio | value | met |");
 md.AppendLine("|---|---:|---|");
-var targets = new Dictionary<string, double> { ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3, ["ours claim at commit / plain (target >= 0.85)"] = 0.85, ["ours claim at commit / single-row ceiling (target >= 0.6)"] = 0.6 };
+var targets = new Dictionary<string, double> { ["ours default (natural batching) / plain (target >= 1.0)"] = 1.0, ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3, ["ours claim at commit / plain (target >= 0.85)"] = 0.85, ["ours claim at commit / single-row ceiling (target >= 0.6)"] = 0.6 };
 foreach (var (name, value) in ratios)
 {
     var met = targets.TryGetValue(name, out var target) ? (value >= target ? "yes" : "NO") : "";
@@ -310,7 +313,7 @@ async Task<Result> Plain(string name, int count)
     return latencies.Result(name, count, elapsed, sampler.PeakMb, $"ConsumerDispatchConcurrency={concurrency}");
 }
 
-async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
+async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTiming = ClaimTiming.BeforeHandler, bool natural = false)
 {
     var table = await BusinessTable();
     var queue = await Queue(count);
@@ -319,7 +322,14 @@ async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTimi
     var acked = 0;
     var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
     await store.EnsureSchemaAsync();
-    var handler = IdempotentHandler.CreateBatch(
+    IIdempotentMessageHandler handler = natural
+        ? IdempotentHandler.Create((ctx, ct) =>
+        {
+            // The library's default: the ordinary per-message handler, batched by the consumer when deliveries wait.
+            latencies.WorkStarted(ctx.GetNative<RabbitMqDelivery>().DeliveryTag);
+            return new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key));
+        })
+        : IdempotentHandler.CreateBatch(
         async (ctx, ct) =>
         {
             // Set-based: one upsert for the whole batch, ids sorted so concurrent batches lock rows in the same order.
@@ -357,7 +367,7 @@ async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTimi
         PrefetchCount = prefetch,
         HandlerConcurrency = concurrency,
         BatchSize = batch,
-        BatchMaxWait = TimeSpan.FromMilliseconds(5),
+        BatchMaxWait = natural ? TimeSpan.Zero : TimeSpan.FromMilliseconds(5),
         KeySelector = ea =>
         {
             latencies.Delivered(ea.DeliveryTag);
