@@ -6,6 +6,7 @@
 # usage: scripts/services.sh up|down|status|env
 #        scripts/services.sh restart-postgres|stop-postgres|start-postgres   (fault injection)
 #        scripts/services.sh rabbitmqctl ARGS...   (rabbitmqctl with this node's environment)
+#        scripts/services.sh cluster-up|cluster-down|cluster-status|cluster-env   (Redis Cluster, on demand)
 set -euo pipefail
 
 SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -378,6 +379,105 @@ fauxqs_status() {
   fi
 }
 
+# ---------------------------------------------------------------- Redis Cluster (on demand, not part of `up`)
+#
+# Six redis-server processes on 127.0.0.1:$CLUSTER_BASE..+5, joined by `redis-cli --cluster create` as 3 masters
+# with one replica each. State (nodes.conf, pid and log per node) in $STATE/redis-cluster/<port>. Short
+# cluster-node-timeout so that a killed master's replica takes over in a few seconds (failover tests).
+
+CLUSTER_BASE=${IDEMPOTENCY_REDIS_CLUSTER_BASE_PORT:-7000}
+CLUSTER_NODE_TIMEOUT=${IDEMPOTENCY_REDIS_CLUSTER_NODE_TIMEOUT:-1000}
+CLUSTER_DIR="$STATE/redis-cluster"
+cluster_ports() { local i; for i in 0 1 2 3 4 5; do echo $((CLUSTER_BASE + i)); done; }
+cluster_node_pid() { echo "$CLUSTER_DIR/$1/redis.pid"; }
+cluster_node_ready() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+cluster_ok() { redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+cluster_all_ok() {
+  local p
+  for p in $(cluster_ports); do
+    redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+# start one node (also used to bring a killed node back: it rejoins from its nodes.conf, as a replica if its
+# replica was promoted meanwhile)
+cluster_node_start() { # port
+  local port=$1 dir="$CLUSTER_DIR/$1"
+  if ! pid_alive "$(cluster_node_pid "$port")"; then
+    ensure_port_free "redis cluster node" "$port"
+    mkdir -p "$dir"
+    rm -f "$(cluster_node_pid "$port")"
+    redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$dir" \
+      --pidfile "$(cluster_node_pid "$port")" --logfile "$dir/redis.log" --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT" \
+      --cluster-replica-validity-factor 0 --maxmemory-policy noeviction </dev/null >/dev/null 2>&1 9>&- ||
+      die "redis cluster node $port failed to start; see $dir/redis.log"
+  fi
+  cluster_node_ready "$port" || wait_for "redis cluster node $port" "$REDIS_TIMEOUT" "$dir/redis.log" cluster_node_ready "$port"
+}
+
+cluster_up() {
+  command -v redis-server >/dev/null 2>&1 || die "redis-server is not installed (scripts/services.sh up installs it)"
+  local p
+  for p in $(cluster_ports); do cluster_node_start "$p"; done
+  if ! redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q '^cluster_slots_assigned:16384'; then
+    log "redis cluster: creating (3 masters, 3 replicas)"
+    local nodes=()
+    for p in $(cluster_ports); do nodes+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 ||
+      { tail -n 20 "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed; see $CLUSTER_DIR/create.log"; }
+  fi
+  cluster_all_ok || wait_for "redis cluster" "$REDIS_TIMEOUT" "$CLUSTER_DIR/create.log" cluster_all_ok
+  # every replica attached to its master (a failover test needs one to promote)
+  wait_for "redis cluster replicas" "$REDIS_TIMEOUT" "$CLUSTER_DIR/create.log" cluster_replicas_synced
+}
+
+cluster_replicas_synced() {
+  [ "$(redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster nodes 2>/dev/null | grep -c 'slave.* connected')" -ge 3 ] || return 1
+  local p
+  for p in $(cluster_ports); do
+    if redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | grep -q '^role:slave'; then
+      redis-cli -h 127.0.0.1 -p "$p" info replication | grep -q '^master_link_status:up' || return 1
+    fi
+  done
+}
+
+cluster_down() {
+  local p pid
+  for p in $(cluster_ports); do
+    if pid_alive "$(cluster_node_pid "$p")"; then
+      pid="$(pid_of "$(cluster_node_pid "$p")")"
+      kill "$pid" 2>/dev/null || true
+      wait_pid_gone "redis cluster node $p" "$pid" 30
+    fi
+    rm -f "$(cluster_node_pid "$p")"
+  done
+  # forget the cluster: the next cluster-up creates a fresh one
+  [ -d "$CLUSTER_DIR" ] && rm -rf "$CLUSTER_DIR"
+  return 0
+}
+
+cluster_status() {
+  local p role
+  for p in $(cluster_ports); do
+    if pid_alive "$(cluster_node_pid "$p")"; then
+      role="$(redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | sed -n 's/^role:\(.*\)\r$/\1/p')"
+      echo "redis-cluster  127.0.0.1:$p  pid $(pid_of "$(cluster_node_pid "$p")")  ${role:-NOT ANSWERING}"
+    else
+      echo "redis-cluster  127.0.0.1:$p  stopped"
+    fi
+  done
+  cluster_ok && echo "redis-cluster  state ok" || echo "redis-cluster  state NOT ok"
+}
+
+print_cluster_env() {
+  local nodes=() p
+  for p in $(cluster_ports); do nodes+=("127.0.0.1:$p"); done
+  local IFS=,
+  echo "export IDEMPOTENCY_REDIS_CLUSTER=\"${nodes[*]}\""
+  echo "export IDEMPOTENCY_REDIS_CLUSTER_STATE=\"$CLUSTER_DIR\""
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -403,6 +503,11 @@ usage: scripts/services.sh COMMAND
   stop-postgres     pg_ctl stop -m fast
   start-postgres    start PostgreSQL again
   rabbitmqctl ARGS  run rabbitmqctl against this node (same as scripts/rabbitmqctl.sh)
+  cluster-up        start a Redis Cluster on 127.0.0.1:$CLUSTER_BASE-$((CLUSTER_BASE + 5)) (3 masters + 3 replicas; on demand, not in up)
+  cluster-down      stop its nodes and forget it (state in $CLUSTER_DIR)
+  cluster-status    one line per node (role), and the cluster state
+  cluster-env       print IDEMPOTENCY_REDIS_CLUSTER (seed nodes) and IDEMPOTENCY_REDIS_CLUSTER_STATE
+  cluster-node-start PORT   start one node again (after a failover test killed it; it rejoins as a replica)
 state: $STATE
 EOF
 }
@@ -445,6 +550,11 @@ case "$cmd" in
   stop-postgres) lock; pg_stop ;;
   start-postgres) lock; ensure_state_dir; pg_start ;;
   rabbitmqctl) rabbit rabbitmqctl "$@" ;;
+  cluster-up) lock; ensure_state_dir; cluster_up ;;
+  cluster-down) lock; cluster_down ;;
+  cluster-status) cluster_status ;;
+  cluster-env) print_cluster_env ;;
+  cluster-node-start) [ $# -eq 1 ] || die "usage: cluster-node-start PORT"; lock; cluster_node_start "$1" ;;
   help|-h|--help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
