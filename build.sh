@@ -54,6 +54,15 @@ services_up() {
   eval "$env"
 }
 
+# The Redis Cluster (127.0.0.1:7000-7005) the Redis store's cluster tests need: about 7 s the first time, 0.6 s after.
+cluster_up() {
+  say "redis cluster up"
+  "$ROOT/scripts/services.sh" cluster-up || return 1
+  local env
+  env="$("$ROOT/scripts/services.sh" cluster-env)" || return 1
+  eval "$env"
+}
+
 cmd_test() {
   local sln rc=0
   if ! sln="$(solution)"; then
@@ -62,7 +71,7 @@ cmd_test() {
     return 1
   fi
 
-  if ! services_up; then
+  if ! services_up || ! cluster_up; then
     echo "build.sh: starting the services failed (see the message above)" >&2
     echo "tests: 0 passed, 1 failed"
     return 1

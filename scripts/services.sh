@@ -476,6 +476,7 @@ print_cluster_env() {
   local IFS=,
   echo "export IDEMPOTENCY_REDIS_CLUSTER=\"${nodes[*]}\""
   echo "export IDEMPOTENCY_REDIS_CLUSTER_STATE=\"$CLUSTER_DIR\""
+  echo "export IDEMPOTENCY_REDIS_CLUSTER_SERVICES=\"$SCRIPT\""
 }
 
 # ---------------------------------------------------------------- commands
@@ -506,7 +507,7 @@ usage: scripts/services.sh COMMAND
   cluster-up        start a Redis Cluster on 127.0.0.1:$CLUSTER_BASE-$((CLUSTER_BASE + 5)) (3 masters + 3 replicas; on demand, not in up)
   cluster-down      stop its nodes and forget it (state in $CLUSTER_DIR)
   cluster-status    one line per node (role), and the cluster state
-  cluster-env       print IDEMPOTENCY_REDIS_CLUSTER (seed nodes) and IDEMPOTENCY_REDIS_CLUSTER_STATE
+  cluster-env       print IDEMPOTENCY_REDIS_CLUSTER (seed nodes), IDEMPOTENCY_REDIS_CLUSTER_STATE and _SERVICES (this script)
   cluster-node-start PORT   start one node again (after a failover test killed it; it rejoins as a replica)
 state: $STATE
 EOF

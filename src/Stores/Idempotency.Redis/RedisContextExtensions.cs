@@ -26,7 +26,7 @@ public static class RedisContextExtensions
     /// </summary>
     /// <param name="context">The handler's context.</param>
     /// <param name="name">A name without braces, e.g. <c>"balance"</c>.</param>
-    /// <returns><c>{name}:{{handler}|{key}}</c>.</returns>
+    /// <returns><c>{KeyPrefix}:{name}:{{handler}|{key}}</c>.</returns>
     /// <exception cref="InvalidOperationException">The processor does not use the Redis store.</exception>
     public static RedisKey GetColocatedRedisKey(this MessageContext context, string name)
     {

@@ -223,7 +223,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
     /// <param name="handlerName">The handler name.</param>
     /// <param name="key">The idempotency key.</param>
     /// <param name="name">A name of your own (no <c>{</c> or <c>}</c>), e.g. <c>"balance"</c>.</param>
-    /// <returns><c>{name}:{{handler}|{key}}</c>: the same hash tag as the claim's key.</returns>
+    /// <returns><c>{KeyPrefix}:{name}:{{handler}|{key}}</c>: the same hash tag as the claim's key.</returns>
     /// <exception cref="ArgumentException"><paramref name="name"/> is empty or contains a brace.</exception>
     public RedisKey GetColocatedKey(string handlerName, string key, string name)
     {
@@ -233,7 +233,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
             throw new ArgumentException($"A colocated key's name cannot contain '{{' or '}}' (a hash tag is the first braced part of a key); was '{name}'.", nameof(name));
         }
 
-        return $"{name}:{{{handlerName}|{key}}}";
+        return $"{Options.KeyPrefix}:{name}:{{{handlerName}|{key}}}";
     }
 
     private string StatusPrefixFor(RedisKey key) => IsCluster ? ClusterStatusPrefix(Connection.HashSlot(key)) : _statusPrefix;
