@@ -479,6 +479,127 @@ print_cluster_env() {
   echo "export IDEMPOTENCY_REDIS_CLUSTER_SERVICES=\"$SCRIPT\""
 }
 
+# ---------------------------------------------------------------- PostgreSQL primary + synchronous standby (on demand)
+#
+# A private pair for failover tests, never the shared :5432 server: a primary on $HA_PRIMARY_PORT and a streaming
+# standby on $HA_STANDBY_PORT cloned with pg_basebackup, synchronous (synchronous_standby_names = 'standby1': a commit
+# returns once the standby has its WAL). The standby's own synchronous_standby_names is empty, so once promoted it
+# commits alone (it has no standby to wait for). State in $STATE/pg-ha/{primary,standby}.
+
+HA_PRIMARY_PORT=${IDEMPOTENCY_PG_HA_PRIMARY_PORT:-5433}
+HA_STANDBY_PORT=${IDEMPOTENCY_PG_HA_STANDBY_PORT:-5434}
+HA_DIR="$STATE/pg-ha"
+ha_ctl() { pg pg_ctl -D "$HA_DIR/$1" "${@:2}"; }
+ha_ready() { "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$1" -t 2; }
+# admin statements commit locally: they must not wait for a synchronous standby that is not there yet (or any more)
+ha_psql() { (cd "$STATE" && exec 9>&- && runuser -u postgres -- env PGOPTIONS='-c synchronous_commit=local' \
+  "$PGBIN/psql" -h "$HA_DIR/sock" -p "$1" -U postgres -qAtX -v ON_ERROR_STOP=1 "${@:2}"); }
+ha_running() { [ -s "$HA_DIR/$1/PG_VERSION" ] && ha_ctl "$1" status >/dev/null 2>&1; }
+ha_sync() { [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1' AND sync_state = 'sync' AND state = 'streaming'" 2>/dev/null)" = 1 ]; }
+
+ha_up() {
+  [ -x "$PGBIN/pg_ctl" ] || die "PostgreSQL 15 is not installed (scripts/services.sh up installs it)"
+  install -d -o postgres -g postgres -m 755 "$HA_DIR" "$HA_DIR/sock"
+  if ! ha_running primary; then
+    ensure_port_free "postgres primary" "$HA_PRIMARY_PORT"
+    if [ ! -s "$HA_DIR/primary/PG_VERSION" ]; then
+      rm -rf "$HA_DIR/primary" "$HA_DIR/standby"
+      install -d -o postgres -g postgres -m 700 "$HA_DIR/primary"
+      pg initdb -D "$HA_DIR/primary" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+        -E UTF8 --locale=C.UTF-8 --no-sync >"$HA_DIR/initdb.log" 2>&1 || die "postgres primary: initdb failed; see $HA_DIR/initdb.log"
+      cat >>"$HA_DIR/primary/postgresql.conf" <<CONF
+# written by scripts/services.sh (pg-ha-up)
+port = $HA_PRIMARY_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$HA_DIR/sock'
+max_connections = 100
+wal_level = replica
+max_wal_senders = 5
+wal_keep_size = '256MB'
+hot_standby = on
+synchronous_commit = on
+synchronous_standby_names = 'standby1'
+CONF
+      echo "host replication replicator 127.0.0.1/32 scram-sha-256" >>"$HA_DIR/primary/pg_hba.conf"
+    fi
+    touch "$HA_DIR/primary.log"; chown postgres:postgres "$HA_DIR/primary.log"
+    log "postgres primary: starting on $HA_PRIMARY_PORT"
+    ha_ctl primary -l "$HA_DIR/primary.log" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 ||
+      die "postgres primary failed to start; see $HA_DIR/primary.log"
+  fi
+  if ! ha_psql "$HA_PRIMARY_PORT" -c "SELECT pg_is_in_recovery()" | grep -q f; then
+    die "the pg-ha primary on $HA_PRIMARY_PORT is not read-write (promoted pair after a failover test?): run pg-ha-down, then pg-ha-up"
+  fi
+  # the synchronous standby is not there yet: roles and database are created without waiting for it
+  ha_psql "$HA_PRIMARY_PORT" -c "DO \$\$BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN PASSWORD 'app'; END IF;
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator') THEN CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'replicator'; END IF;
+    END\$\$" || die "postgres primary: could not create roles"
+  [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT 1 FROM pg_database WHERE datname = 'appdb'")" = 1 ] ||
+    ha_psql "$HA_PRIMARY_PORT" -c "CREATE DATABASE appdb OWNER app" || die "postgres primary: could not create appdb"
+  if ! ha_running standby; then
+    ensure_port_free "postgres standby" "$HA_STANDBY_PORT"
+    if [ ! -s "$HA_DIR/standby/PG_VERSION" ]; then
+      install -d -o postgres -g postgres -m 700 "$HA_DIR/standby"
+      log "postgres standby: pg_basebackup from $HA_PRIMARY_PORT"
+      (cd "$STATE" && exec 9>&- && PGPASSWORD=replicator runuser -u postgres -- "$PGBIN/pg_basebackup" -h 127.0.0.1 \
+        -p "$HA_PRIMARY_PORT" -U replicator -D "$HA_DIR/standby" -X stream -R --no-sync --checkpoint=fast) >"$HA_DIR/basebackup.log" 2>&1 ||
+        die "pg_basebackup failed; see $HA_DIR/basebackup.log"
+      cat >>"$HA_DIR/standby/postgresql.auto.conf" <<CONF
+port = $HA_STANDBY_PORT
+synchronous_standby_names = ''
+primary_conninfo = 'host=127.0.0.1 port=$HA_PRIMARY_PORT user=replicator password=replicator application_name=standby1'
+CONF
+      chown postgres:postgres "$HA_DIR/standby/postgresql.auto.conf"
+    fi
+    touch "$HA_DIR/standby.log"; chown postgres:postgres "$HA_DIR/standby.log"
+    log "postgres standby: starting on $HA_STANDBY_PORT"
+    ha_ctl standby -l "$HA_DIR/standby.log" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 ||
+      die "postgres standby failed to start; see $HA_DIR/standby.log"
+  fi
+  ha_sync || wait_for "synchronous standby" "$PG_TIMEOUT" "$HA_DIR/standby.log" ha_sync
+}
+
+ha_down() {
+  local node
+  for node in standby primary; do
+    if ha_running "$node"; then ha_ctl "$node" -m immediate -w -t 60 stop >/dev/null 2>&1 || true; fi
+  done
+  rm -rf "$HA_DIR"
+}
+
+# SIGKILL the primary's postmaster (by its own postmaster.pid), as a crashed machine would stop
+ha_kill_primary() {
+  local pid
+  pid="$(pid_of "$HA_DIR/primary/postmaster.pid")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || die "the pg-ha primary is not running"
+  kill -KILL "$pid"
+  wait_pid_gone "postgres primary" "$pid" 10
+  echo "$pid"
+}
+
+ha_promote() {
+  ha_ctl standby -w -t "$PG_TIMEOUT" promote >/dev/null 2>&1 || die "pg_ctl promote failed; see $HA_DIR/standby.log"
+}
+
+ha_status() {
+  local node port
+  for node in primary standby; do
+    port=$HA_PRIMARY_PORT; [ "$node" = standby ] && port=$HA_STANDBY_PORT
+    if ha_running "$node"; then
+      echo "pg-ha $node  127.0.0.1:$port  $(ha_psql "$port" -c "SELECT CASE WHEN pg_is_in_recovery() THEN 'in recovery (standby)' ELSE 'read-write' END" 2>/dev/null || echo 'NOT ANSWERING')"
+    else
+      echo "pg-ha $node  127.0.0.1:$port  stopped"
+    fi
+  done
+  ha_sync 2>/dev/null && echo "pg-ha  synchronous standby streaming" || echo "pg-ha  no synchronous standby"
+}
+
+print_ha_env() {
+  echo "export IDEMPOTENCY_PG_HA=\"Host=127.0.0.1:$HA_PRIMARY_PORT,127.0.0.1:$HA_STANDBY_PORT;Target Session Attributes=read-write;Username=app;Password=app;Database=appdb\""
+  echo "export IDEMPOTENCY_PG_HA_SERVICES=\"$SCRIPT\""
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -509,6 +630,12 @@ usage: scripts/services.sh COMMAND
   cluster-status    one line per node (role), and the cluster state
   cluster-env       print IDEMPOTENCY_REDIS_CLUSTER (seed nodes), IDEMPOTENCY_REDIS_CLUSTER_STATE and _SERVICES (this script)
   cluster-node-start PORT   start one node again (after a failover test killed it; it rejoins as a replica)
+  pg-ha-up          a private PostgreSQL primary (:$HA_PRIMARY_PORT) + synchronous streaming standby (:$HA_STANDBY_PORT); on demand
+  pg-ha-down        stop both (immediate) and delete their data
+  pg-ha-status      role of each, and whether the synchronous standby streams
+  pg-ha-env         print IDEMPOTENCY_PG_HA (multi-host connection string, read-write) and IDEMPOTENCY_PG_HA_SERVICES
+  pg-ha-kill-primary  SIGKILL the pair's primary (never the shared server); prints its pid
+  pg-ha-promote     pg_ctl promote the standby
 state: $STATE
 EOF
 }
@@ -555,6 +682,12 @@ case "$cmd" in
   cluster-down) lock; cluster_down ;;
   cluster-status) cluster_status ;;
   cluster-env) print_cluster_env ;;
+  pg-ha-up) lock; ensure_state_dir; ha_up ;;
+  pg-ha-down) lock; ha_down ;;
+  pg-ha-status) ha_status ;;
+  pg-ha-env) print_ha_env ;;
+  pg-ha-kill-primary) ha_kill_primary ;;
+  pg-ha-promote) ha_promote ;;
   cluster-node-start) [ $# -eq 1 ] || die "usage: cluster-node-start PORT"; lock; cluster_node_start "$1" ;;
   help|-h|--help) usage ;;
   *) usage >&2; exit 2 ;;
