@@ -500,6 +500,9 @@ ha_sync() { [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT count(*) FROM pg_stat_rep
 ha_up() {
   [ -x "$PGBIN/pg_ctl" ] || die "PostgreSQL 15 is not installed (scripts/services.sh up installs it)"
   install -d -o postgres -g postgres -m 755 "$HA_DIR" "$HA_DIR/sock"
+  if ha_running standby && ! ha_psql "$HA_STANDBY_PORT" -c "SELECT pg_is_in_recovery()" | grep -q t; then
+    die "the pg-ha standby on $HA_STANDBY_PORT was promoted (a failover test): run pg-ha-down, then pg-ha-up"
+  fi
   if ! ha_running primary; then
     ensure_port_free "postgres primary" "$HA_PRIMARY_PORT"
     if [ ! -s "$HA_DIR/primary/PG_VERSION" ]; then
