@@ -538,6 +538,9 @@ CONF
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN PASSWORD 'app'; END IF;
       IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator') THEN CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'replicator'; END IF;
     END\$\$" || die "postgres primary: could not create roles"
+  # synchronous again if pg-ha-async made it asynchronous
+  [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SHOW synchronous_standby_names")" = standby1 ] ||
+    ha_psql "$HA_PRIMARY_PORT" -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
   [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT 1 FROM pg_database WHERE datname = 'appdb'")" = 1 ] ||
     ha_psql "$HA_PRIMARY_PORT" -c "CREATE DATABASE appdb OWNER app" || die "postgres primary: could not create appdb"
   if ! ha_running standby; then
@@ -579,6 +582,17 @@ ha_kill_primary() {
   kill -KILL "$pid"
   wait_pid_gone "postgres primary" "$pid" 10
   echo "$pid"
+}
+
+# asynchronous replication (a commit returns before the standby has it), for the async-standby failover test
+ha_async() {
+  ha_psql "$HA_PRIMARY_PORT" -c "ALTER SYSTEM SET synchronous_standby_names = ''" -c "SELECT pg_reload_conf()" >/dev/null ||
+    die "could not make the pg-ha primary asynchronous"
+  local deadline=$((SECONDS + 10))
+  until [ -z "$(ha_psql "$HA_PRIMARY_PORT" -c "SHOW synchronous_standby_names")" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the pg-ha primary did not reload its settings"
+    sleep 0.1
+  done
 }
 
 ha_promote() {
@@ -639,6 +653,7 @@ usage: scripts/services.sh COMMAND
   pg-ha-env         print IDEMPOTENCY_PG_HA (multi-host connection string, read-write) and IDEMPOTENCY_PG_HA_SERVICES
   pg-ha-kill-primary  SIGKILL the pair's primary (never the shared server); prints its pid
   pg-ha-promote     pg_ctl promote the standby
+  pg-ha-async       make the primary replicate asynchronously (pg-ha-up makes it synchronous again)
 state: $STATE
 EOF
 }
@@ -691,6 +706,7 @@ case "$cmd" in
   pg-ha-env) print_ha_env ;;
   pg-ha-kill-primary) ha_kill_primary ;;
   pg-ha-promote) ha_promote ;;
+  pg-ha-async) ha_async ;;
   cluster-node-start) [ $# -eq 1 ] || die "usage: cluster-node-start PORT"; lock; cluster_node_start "$1" ;;
   help|-h|--help) usage ;;
   *) usage >&2; exit 2 ;;

@@ -20,12 +20,21 @@ public sealed class StandbyTakeoverTests(PostgresStandbyFixture pair) : IClassFi
     /// row in the claim's transaction. Once a third is acknowledged the primary is SIGKILLed, and the standby promoted
     /// 1 s later. Messages not acknowledged meanwhile (store unavailable) are redelivered; the same processor and data
     /// source resume on the promoted standby by themselves. Every key ends with exactly one effect and one processed
-    /// row: nothing acknowledged was lost (synchronous replication), nothing applied twice.
+    /// row: nothing acknowledged was lost (synchronous replication), nothing applied twice. With asynchronous
+    /// replication the same run may lose acknowledged keys (effect and processed row together, never one without the
+    /// other): reported, not asserted, and still never applied twice.
     /// </summary>
-    [Fact]
-    public async Task Primary_killed_mid_run_and_standby_promoted_loses_nothing_applies_nothing_twice_and_resumes()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task Primary_killed_mid_run_and_standby_promoted_loses_nothing_applies_nothing_twice_and_resumes(bool synchronous)
     {
         await pair.EnsurePairAsync();
+        if (!synchronous)
+        {
+            await pair.MakeAsynchronousAsync();
+        }
+
         await using var dataSource = pair.CreateDataSource();
         var suffix = Guid.NewGuid().ToString("N")[..8];
         var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Table = "ha_processed_" + suffix, OutboxTable = "ha_outbox_" + suffix });
@@ -117,13 +126,17 @@ public sealed class StandbyTakeoverTests(PostgresStandbyFixture pair) : IClassFi
         var processed = await check.ExecuteScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName}");
         var onStandby = await check.ExecuteScalarAsync<int>("SELECT inet_server_port()");
         TestContext.Current.TestOutputHelper!.WriteLine(
-            $"{messages.Count} messages ({unique.Count} unique) in {elapsed.TotalSeconds:0.0} s; primary SIGKILLed at {killedAt.TotalSeconds:0.0} s, " +
+            $"{(synchronous ? "synchronous" : "asynchronous")} standby: {messages.Count} messages ({unique.Count} unique) in {elapsed.TotalSeconds:0.0} s; primary SIGKILLed at {killedAt.TotalSeconds:0.0} s, " +
             $"standby promoted at {promotedAt.TotalSeconds:0.0} s, first batch acknowledged after it at {firstAckAfterPromotion.TotalSeconds:0.0} s; " +
-            $"outcomes {string.Join(", ", outcomes.OrderBy(o => o.Key).Select(o => $"{o.Key} {o.Value}"))}; effects: {rows} rows, total {total}, max {max}; processed rows {processed}; now served by :{onStandby}");
+            $"outcomes {string.Join(", ", outcomes.OrderBy(o => o.Key).Select(o => $"{o.Key} {o.Value}"))}; effects: {rows} rows, total {total}, max {max}; processed rows {processed}; acknowledged but lost {unique.Count - rows}; now served by :{onStandby}");
 
         Assert.Equal(5434, onStandby);
         Assert.Equal(unique.Count, acked.Count);
-        Assert.Equal((unique.Count, (long)unique.Count, 1L), (rows, total, max));
-        Assert.Equal(unique.Count, processed);
+        Assert.Equal(rows, processed); // effect and processed row commit (and are lost) together
+        Assert.Equal(1L, max);
+        if (synchronous)
+        {
+            Assert.Equal((unique.Count, (long)unique.Count), (rows, total));
+        }
     }
 }

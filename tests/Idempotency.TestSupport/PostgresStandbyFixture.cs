@@ -45,6 +45,9 @@ public sealed class PostgresStandbyFixture : IAsyncLifetime
     /// <summary>SIGKILLs the pair's primary (its postmaster, by its own pid file).</summary>
     public Task KillPrimaryAsync() => RunAsync("pg-ha-kill-primary");
 
+    /// <summary>Makes the primary replicate asynchronously until the pair is next rebuilt or brought up.</summary>
+    public Task MakeAsynchronousAsync() => RunAsync("pg-ha-async");
+
     /// <summary>Promotes the standby (pg_ctl promote, waits until it accepts writes).</summary>
     public Task PromoteStandbyAsync() => RunAsync("pg-ha-promote");
 
