@@ -6,6 +6,12 @@
 //   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- redis-cluster [--seconds 5] [--out benchmarks/results]
 //
 // IDEMPOTENCY_REDIS_CLUSTER gives the cluster's seed nodes, IDEMPOTENCY_REDIS the single server.
+//
+// consumers: 1, 2 and 4 consumer processes (IdempotentRabbitMqConsumer) on one queue and one PostgreSQL store:
+//   scripts/services.sh pg-ha-up && scripts/services.sh pg-ha-async     # a private store on :5433 whose CPU is ours alone
+//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers [--unique 20000] [--concurrency 4] [--counts 1,2,4]
+//   scripts/services.sh pg-ha-up                                          # synchronous again
+//   (--postgres defaults to Host=127.0.0.1;Port=5433;Username=app;Password=app;Database=appdb, --rabbitmq to IDEMPOTENCY_RABBITMQ)
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -16,9 +22,25 @@ using StackExchange.Redis;
 var scenario = args.FirstOrDefault(a => !a.StartsWith("--", StringComparison.Ordinal)) ?? "redis-cluster";
 var seconds = double.Parse(Arg("--seconds") ?? "5", CultureInfo.InvariantCulture);
 var outDir = Arg("--out") ?? Path.Combine(FindRepoRoot(), "benchmarks", "results");
+if (scenario == "consumer-child")
+{
+    return await ConsumersScenario.RunChildAsync(Arg("--queue")!, Arg("--schema")!, Arg("--postgres")!, Arg("--rabbitmq")!, int.Parse(Arg("--concurrency")!, CultureInfo.InvariantCulture));
+}
+
+if (scenario == "consumers")
+{
+    return await ConsumersScenario.RunAsync(
+        Arg("--postgres") ?? "Host=127.0.0.1;Port=5433;Username=app;Password=app;Database=appdb",
+        Arg("--rabbitmq") ?? Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/",
+        int.Parse(Arg("--unique") ?? "20000", CultureInfo.InvariantCulture),
+        [.. (Arg("--counts") ?? "1,2,4").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture))],
+        int.Parse(Arg("--concurrency") ?? "4", CultureInfo.InvariantCulture),
+        outDir);
+}
+
 if (scenario != "redis-cluster")
 {
-    Console.Error.WriteLine($"unknown scenario '{scenario}' (redis-cluster)");
+    Console.Error.WriteLine($"unknown scenario '{scenario}' (redis-cluster, consumers)");
     return 2;
 }
 
