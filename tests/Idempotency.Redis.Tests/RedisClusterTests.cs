@@ -169,6 +169,22 @@ public sealed class RedisClusterTests(RedisClusterFixture cluster, RedisFixture 
     }
 
     [Fact]
+    public async Task A_cluster_whose_first_seed_node_is_down_is_still_recognised_as_a_cluster()
+    {
+        var options = ConfigurationOptions.Parse(cluster.Configuration);
+        options.EndPoints.Insert(0, new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 1)); // nothing listens on port 1
+        options.AbortOnConnectFail = false;
+        options.ConnectTimeout = 1_000;
+        await using var connection = await ConnectionMultiplexer.ConnectAsync(options);
+        var store = cluster.CreateStore(connection: connection);
+
+        Assert.True(store.IsCluster);
+        var processor = new IdempotentProcessor(store, CountColocated(), Options());
+        var results = await processor.ProcessBatchAsync([.. Enumerable.Range(0, 20).Select(i => Message($"s{i}"))], Ct);
+        Assert.All(results, r => Assert.Equal(ProcessingOutcome.Processed, r.Outcome));
+    }
+
+    [Fact]
     public async Task Outgoing_messages_on_a_cluster_are_refused_with_a_clear_message()
     {
         var store = cluster.CreateStore();

@@ -105,8 +105,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore
                 return known == 2;
             }
 
-            var endpoints = Connection.GetEndPoints();
-            if (endpoints.Length == 0 || Connection.GetServer(endpoints[0]) is not { IsConnected: true } server)
+            // Any connected server answers: the first configured one may be down (a dead seed node of a cluster).
+            var server = Connection.GetEndPoints().Select(e => Connection.GetServer(e)).FirstOrDefault(s => s.IsConnected);
+            if (server is null)
             {
                 return false;
             }
