@@ -6,6 +6,7 @@ using static Idempotency.Redis.Tests.TestMessages;
 namespace Idempotency.Redis.Tests;
 
 /// <summary>The layered store with its Redis layer on a Redis Cluster: single messages go through Redis, batches to PostgreSQL alone.</summary>
+[Collection(RedisClusterCollection.Name)] // one at a time: a failover test kills a primary of the shared cluster
 public sealed class LayeredClusterTests(RedisClusterFixture cluster, PostgresFixture db) : IClassFixture<RedisClusterFixture>, IClassFixture<PostgresFixture>
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;

@@ -11,6 +11,7 @@ namespace Idempotency.Redis.Tests;
 /// The Redis store on a real Redis Cluster (3 masters + 3 replicas, <c>scripts/services.sh cluster-up</c>): single
 /// messages, batches spanning many hash slots, and a master killed mid-run.
 /// </summary>
+[Collection(RedisClusterCollection.Name)] // one at a time: a failover test kills a primary of the shared cluster
 public sealed class RedisClusterTests(RedisClusterFixture cluster, RedisFixture standalone) : IClassFixture<RedisClusterFixture>, IClassFixture<RedisFixture>
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
