@@ -56,6 +56,17 @@ services_up() {
   eval "$env"
 }
 
+# What the scale-out tests need besides the shared services: the Redis Cluster (127.0.0.1:7000-7005, about 7 s the
+# first time) and the private PostgreSQL primary + synchronous standby (5433/5434, about 5 s); under a second after.
+scale_services_up() {
+  say "redis cluster and postgres primary + standby up"
+  "$ROOT/scripts/services.sh" cluster-up || return 1
+  "$ROOT/scripts/services.sh" pg-ha-up || return 1
+  local env
+  env="$("$ROOT/scripts/services.sh" cluster-env && "$ROOT/scripts/services.sh" pg-ha-env)" || return 1
+  eval "$env"
+}
+
 cmd_test() {
   local sln rc=0
   if ! sln="$(solution)"; then
@@ -64,7 +75,7 @@ cmd_test() {
     return 1
   fi
 
-  if ! services_up; then
+  if ! services_up || ! scale_services_up; then
     echo "build.sh: starting the services failed (see the message above)" >&2
     echo "tests: 0 passed, 1 failed"
     return 1

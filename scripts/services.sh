@@ -6,6 +6,7 @@
 # usage: scripts/services.sh up|down|status|env
 #        scripts/services.sh restart-postgres|stop-postgres|start-postgres   (fault injection)
 #        scripts/services.sh rabbitmqctl ARGS...   (rabbitmqctl with this node's environment)
+#        scripts/services.sh cluster-up|cluster-down|cluster-status|cluster-env   (Redis Cluster, on demand)
 set -euo pipefail
 
 SCRIPT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
@@ -380,6 +381,244 @@ fauxqs_status() {
   fi
 }
 
+# ---------------------------------------------------------------- Redis Cluster (on demand, not part of `up`)
+#
+# Six redis-server processes on 127.0.0.1:$CLUSTER_BASE..+5, joined by `redis-cli --cluster create` as 3 masters
+# with one replica each. State (nodes.conf, pid and log per node) in $STATE/redis-cluster/<port>. Short
+# cluster-node-timeout so that a killed master's replica takes over in a few seconds (failover tests).
+
+CLUSTER_BASE=${IDEMPOTENCY_REDIS_CLUSTER_BASE_PORT:-7000}
+CLUSTER_NODE_TIMEOUT=${IDEMPOTENCY_REDIS_CLUSTER_NODE_TIMEOUT:-1000}
+CLUSTER_DIR="$STATE/redis-cluster"
+cluster_ports() { local i; for i in 0 1 2 3 4 5; do echo $((CLUSTER_BASE + i)); done; }
+cluster_node_pid() { echo "$CLUSTER_DIR/$1/redis.pid"; }
+cluster_node_ready() { [ "$(redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
+cluster_ok() { redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; }
+cluster_all_ok() {
+  local p
+  for p in $(cluster_ports); do
+    redis-cli -h 127.0.0.1 -p "$p" cluster info 2>/dev/null | grep -q '^cluster_state:ok' || return 1
+  done
+}
+
+# start one node (also used to bring a killed node back: it rejoins from its nodes.conf, as a replica if its
+# replica was promoted meanwhile)
+cluster_node_start() { # port
+  local port=$1 dir="$CLUSTER_DIR/$1"
+  if ! pid_alive "$(cluster_node_pid "$port")"; then
+    ensure_port_free "redis cluster node" "$port"
+    mkdir -p "$dir"
+    rm -f "$(cluster_node_pid "$port")"
+    redis-server --bind 127.0.0.1 --port "$port" --daemonize yes --dir "$dir" \
+      --pidfile "$(cluster_node_pid "$port")" --logfile "$dir/redis.log" --save '' --appendonly no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$CLUSTER_NODE_TIMEOUT" \
+      --cluster-replica-validity-factor 0 --maxmemory-policy noeviction </dev/null >/dev/null 2>&1 9>&- ||
+      die "redis cluster node $port failed to start; see $dir/redis.log"
+  fi
+  cluster_node_ready "$port" || wait_for "redis cluster node $port" "$REDIS_TIMEOUT" "$dir/redis.log" cluster_node_ready "$port"
+}
+
+cluster_up() {
+  command -v redis-server >/dev/null 2>&1 || die "redis-server is not installed (scripts/services.sh up installs it)"
+  local p
+  for p in $(cluster_ports); do cluster_node_start "$p"; done
+  if ! redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster info 2>/dev/null | grep -q '^cluster_slots_assigned:16384'; then
+    log "redis cluster: creating (3 masters, 3 replicas)"
+    local nodes=()
+    for p in $(cluster_ports); do nodes+=("127.0.0.1:$p"); done
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$CLUSTER_DIR/create.log" 2>&1 ||
+      { tail -n 20 "$CLUSTER_DIR/create.log" >&2; die "redis-cli --cluster create failed; see $CLUSTER_DIR/create.log"; }
+  fi
+  cluster_all_ok || wait_for "redis cluster" "$REDIS_TIMEOUT" "$CLUSTER_DIR/create.log" cluster_all_ok
+  # every replica attached to its master (a failover test needs one to promote)
+  wait_for "redis cluster replicas" "$REDIS_TIMEOUT" "$CLUSTER_DIR/create.log" cluster_replicas_synced
+}
+
+cluster_replicas_synced() {
+  [ "$(redis-cli -h 127.0.0.1 -p "$CLUSTER_BASE" cluster nodes 2>/dev/null | grep -c 'slave.* connected')" -ge 3 ] || return 1
+  local p
+  for p in $(cluster_ports); do
+    if redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | grep -q '^role:slave'; then
+      redis-cli -h 127.0.0.1 -p "$p" info replication | grep -q '^master_link_status:up' || return 1
+    fi
+  done
+}
+
+cluster_down() {
+  local p pid
+  for p in $(cluster_ports); do
+    if pid_alive "$(cluster_node_pid "$p")"; then
+      pid="$(pid_of "$(cluster_node_pid "$p")")"
+      kill "$pid" 2>/dev/null || true
+      wait_pid_gone "redis cluster node $p" "$pid" 30
+    fi
+    rm -f "$(cluster_node_pid "$p")"
+  done
+  # forget the cluster: the next cluster-up creates a fresh one
+  [ -d "$CLUSTER_DIR" ] && rm -rf "$CLUSTER_DIR"
+  return 0
+}
+
+cluster_status() {
+  local p role
+  for p in $(cluster_ports); do
+    if pid_alive "$(cluster_node_pid "$p")"; then
+      role="$(redis-cli -h 127.0.0.1 -p "$p" info replication 2>/dev/null | sed -n 's/^role:\(.*\)\r$/\1/p')"
+      echo "redis-cluster  127.0.0.1:$p  pid $(pid_of "$(cluster_node_pid "$p")")  ${role:-NOT ANSWERING}"
+    else
+      echo "redis-cluster  127.0.0.1:$p  stopped"
+    fi
+  done
+  cluster_ok && echo "redis-cluster  state ok" || echo "redis-cluster  state NOT ok"
+}
+
+print_cluster_env() {
+  local nodes=() p
+  for p in $(cluster_ports); do nodes+=("127.0.0.1:$p"); done
+  local IFS=,
+  echo "export IDEMPOTENCY_REDIS_CLUSTER=\"${nodes[*]}\""
+  echo "export IDEMPOTENCY_REDIS_CLUSTER_STATE=\"$CLUSTER_DIR\""
+  echo "export IDEMPOTENCY_REDIS_CLUSTER_SERVICES=\"$SCRIPT\""
+}
+
+# ---------------------------------------------------------------- PostgreSQL primary + synchronous standby (on demand)
+#
+# A private pair for failover tests, never the shared :5432 server: a primary on $HA_PRIMARY_PORT and a streaming
+# standby on $HA_STANDBY_PORT cloned with pg_basebackup, synchronous (synchronous_standby_names = 'standby1': a commit
+# returns once the standby has its WAL). The standby's own synchronous_standby_names is empty, so once promoted it
+# commits alone (it has no standby to wait for). State in $STATE/pg-ha/{primary,standby}.
+
+HA_PRIMARY_PORT=${IDEMPOTENCY_PG_HA_PRIMARY_PORT:-5433}
+HA_STANDBY_PORT=${IDEMPOTENCY_PG_HA_STANDBY_PORT:-5434}
+HA_DIR="$STATE/pg-ha"
+ha_ctl() { pg pg_ctl -D "$HA_DIR/$1" "${@:2}"; }
+ha_ready() { "$PGBIN/pg_isready" -q -h 127.0.0.1 -p "$1" -t 2; }
+# admin statements commit locally: they must not wait for a synchronous standby that is not there yet (or any more)
+ha_psql() { (cd "$STATE" && exec 9>&- && runuser -u postgres -- env PGOPTIONS='-c synchronous_commit=local' \
+  "$PGBIN/psql" -h "$HA_DIR/sock" -p "$1" -U postgres -qAtX -v ON_ERROR_STOP=1 "${@:2}"); }
+ha_running() { [ -s "$HA_DIR/$1/PG_VERSION" ] && ha_ctl "$1" status >/dev/null 2>&1; }
+ha_sync() { [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'standby1' AND sync_state = 'sync' AND state = 'streaming'" 2>/dev/null)" = 1 ]; }
+
+ha_up() {
+  [ -x "$PGBIN/pg_ctl" ] || die "PostgreSQL 15 is not installed (scripts/services.sh up installs it)"
+  install -d -o postgres -g postgres -m 755 "$HA_DIR" "$HA_DIR/sock"
+  if ha_running standby && ! ha_psql "$HA_STANDBY_PORT" -c "SELECT pg_is_in_recovery()" | grep -q t; then
+    die "the pg-ha standby on $HA_STANDBY_PORT was promoted (a failover test): run pg-ha-down, then pg-ha-up"
+  fi
+  if ! ha_running primary; then
+    ensure_port_free "postgres primary" "$HA_PRIMARY_PORT"
+    if [ ! -s "$HA_DIR/primary/PG_VERSION" ]; then
+      rm -rf "$HA_DIR/primary" "$HA_DIR/standby"
+      install -d -o postgres -g postgres -m 700 "$HA_DIR/primary"
+      pg initdb -D "$HA_DIR/primary" -U postgres --auth-local=trust --auth-host=scram-sha-256 \
+        -E UTF8 --locale=C.UTF-8 --no-sync >"$HA_DIR/initdb.log" 2>&1 || die "postgres primary: initdb failed; see $HA_DIR/initdb.log"
+      cat >>"$HA_DIR/primary/postgresql.conf" <<CONF
+# written by scripts/services.sh (pg-ha-up)
+port = $HA_PRIMARY_PORT
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$HA_DIR/sock'
+max_connections = 100
+wal_level = replica
+max_wal_senders = 5
+wal_keep_size = '256MB'
+hot_standby = on
+synchronous_commit = on
+synchronous_standby_names = 'standby1'
+CONF
+      echo "host replication replicator 127.0.0.1/32 scram-sha-256" >>"$HA_DIR/primary/pg_hba.conf"
+    fi
+    touch "$HA_DIR/primary.log"; chown postgres:postgres "$HA_DIR/primary.log"
+    log "postgres primary: starting on $HA_PRIMARY_PORT"
+    ha_ctl primary -l "$HA_DIR/primary.log" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 ||
+      die "postgres primary failed to start; see $HA_DIR/primary.log"
+  fi
+  if ! ha_psql "$HA_PRIMARY_PORT" -c "SELECT pg_is_in_recovery()" | grep -q f; then
+    die "the pg-ha primary on $HA_PRIMARY_PORT is not read-write (promoted pair after a failover test?): run pg-ha-down, then pg-ha-up"
+  fi
+  # the synchronous standby is not there yet: roles and database are created without waiting for it
+  ha_psql "$HA_PRIMARY_PORT" -c "DO \$\$BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app') THEN CREATE ROLE app LOGIN PASSWORD 'app'; END IF;
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'replicator') THEN CREATE ROLE replicator LOGIN REPLICATION PASSWORD 'replicator'; END IF;
+    END\$\$" || die "postgres primary: could not create roles"
+  # synchronous again if pg-ha-async made it asynchronous
+  [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SHOW synchronous_standby_names")" = standby1 ] ||
+    ha_psql "$HA_PRIMARY_PORT" -c "ALTER SYSTEM RESET synchronous_standby_names" -c "SELECT pg_reload_conf()" >/dev/null
+  [ "$(ha_psql "$HA_PRIMARY_PORT" -c "SELECT 1 FROM pg_database WHERE datname = 'appdb'")" = 1 ] ||
+    ha_psql "$HA_PRIMARY_PORT" -c "CREATE DATABASE appdb OWNER app" || die "postgres primary: could not create appdb"
+  if ! ha_running standby; then
+    ensure_port_free "postgres standby" "$HA_STANDBY_PORT"
+    if [ ! -s "$HA_DIR/standby/PG_VERSION" ]; then
+      install -d -o postgres -g postgres -m 700 "$HA_DIR/standby"
+      log "postgres standby: pg_basebackup from $HA_PRIMARY_PORT"
+      (cd "$STATE" && exec 9>&- && PGPASSWORD=replicator runuser -u postgres -- "$PGBIN/pg_basebackup" -h 127.0.0.1 \
+        -p "$HA_PRIMARY_PORT" -U replicator -D "$HA_DIR/standby" -X stream -R --no-sync --checkpoint=fast) >"$HA_DIR/basebackup.log" 2>&1 ||
+        die "pg_basebackup failed; see $HA_DIR/basebackup.log"
+      cat >>"$HA_DIR/standby/postgresql.auto.conf" <<CONF
+port = $HA_STANDBY_PORT
+synchronous_standby_names = ''
+primary_conninfo = 'host=127.0.0.1 port=$HA_PRIMARY_PORT user=replicator password=replicator application_name=standby1'
+CONF
+      chown postgres:postgres "$HA_DIR/standby/postgresql.auto.conf"
+    fi
+    touch "$HA_DIR/standby.log"; chown postgres:postgres "$HA_DIR/standby.log"
+    log "postgres standby: starting on $HA_STANDBY_PORT"
+    ha_ctl standby -l "$HA_DIR/standby.log" -w -t "$PG_TIMEOUT" start >/dev/null 2>&1 ||
+      die "postgres standby failed to start; see $HA_DIR/standby.log"
+  fi
+  ha_sync || wait_for "synchronous standby" "$PG_TIMEOUT" "$HA_DIR/standby.log" ha_sync
+}
+
+ha_down() {
+  local node
+  for node in standby primary; do
+    if ha_running "$node"; then ha_ctl "$node" -m immediate -w -t 60 stop >/dev/null 2>&1 || true; fi
+  done
+  rm -rf "$HA_DIR"
+}
+
+# SIGKILL the primary's postmaster (by its own postmaster.pid), as a crashed machine would stop
+ha_kill_primary() {
+  local pid
+  pid="$(pid_of "$HA_DIR/primary/postmaster.pid")"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || die "the pg-ha primary is not running"
+  kill -KILL "$pid"
+  wait_pid_gone "postgres primary" "$pid" 10
+  echo "$pid"
+}
+
+# asynchronous replication (a commit returns before the standby has it), for the async-standby failover test
+ha_async() {
+  ha_psql "$HA_PRIMARY_PORT" -c "ALTER SYSTEM SET synchronous_standby_names = ''" -c "SELECT pg_reload_conf()" >/dev/null ||
+    die "could not make the pg-ha primary asynchronous"
+  local deadline=$((SECONDS + 10))
+  until [ -z "$(ha_psql "$HA_PRIMARY_PORT" -c "SHOW synchronous_standby_names")" ]; do
+    [ "$SECONDS" -lt "$deadline" ] || die "the pg-ha primary did not reload its settings"
+    sleep 0.1
+  done
+}
+
+ha_promote() {
+  ha_ctl standby -w -t "$PG_TIMEOUT" promote >/dev/null 2>&1 || die "pg_ctl promote failed; see $HA_DIR/standby.log"
+}
+
+ha_status() {
+  local node port
+  for node in primary standby; do
+    port=$HA_PRIMARY_PORT; [ "$node" = standby ] && port=$HA_STANDBY_PORT
+    if ha_running "$node"; then
+      echo "pg-ha $node  127.0.0.1:$port  $(ha_psql "$port" -c "SELECT CASE WHEN pg_is_in_recovery() THEN 'in recovery (standby)' ELSE 'read-write' END" 2>/dev/null || echo 'NOT ANSWERING')"
+    else
+      echo "pg-ha $node  127.0.0.1:$port  stopped"
+    fi
+  done
+  ha_sync 2>/dev/null && echo "pg-ha  synchronous standby streaming" || echo "pg-ha  no synchronous standby"
+}
+
+print_ha_env() {
+  echo "export IDEMPOTENCY_PG_HA=\"Host=127.0.0.1:$HA_PRIMARY_PORT,127.0.0.1:$HA_STANDBY_PORT;Target Session Attributes=read-write;Username=app;Password=app;Database=appdb\""
+  echo "export IDEMPOTENCY_PG_HA_SERVICES=\"$SCRIPT\""
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -405,6 +644,18 @@ usage: scripts/services.sh COMMAND
   stop-postgres     pg_ctl stop -m fast
   start-postgres    start PostgreSQL again
   rabbitmqctl ARGS  run rabbitmqctl against this node (same as scripts/rabbitmqctl.sh)
+  cluster-up        start a Redis Cluster on 127.0.0.1:$CLUSTER_BASE-$((CLUSTER_BASE + 5)) (3 masters + 3 replicas; on demand, not in up)
+  cluster-down      stop its nodes and forget it (state in $CLUSTER_DIR)
+  cluster-status    one line per node (role), and the cluster state
+  cluster-env       print IDEMPOTENCY_REDIS_CLUSTER (seed nodes), IDEMPOTENCY_REDIS_CLUSTER_STATE and _SERVICES (this script)
+  cluster-node-start PORT   start one node again (after a failover test killed it; it rejoins as a replica)
+  pg-ha-up          a private PostgreSQL primary (:$HA_PRIMARY_PORT) + synchronous streaming standby (:$HA_STANDBY_PORT); on demand
+  pg-ha-down        stop both (immediate) and delete their data
+  pg-ha-status      role of each, and whether the synchronous standby streams
+  pg-ha-env         print IDEMPOTENCY_PG_HA (multi-host connection string, read-write) and IDEMPOTENCY_PG_HA_SERVICES
+  pg-ha-kill-primary  SIGKILL the pair's primary (never the shared server); prints its pid
+  pg-ha-promote     pg_ctl promote the standby
+  pg-ha-async       make the primary replicate asynchronously (pg-ha-up makes it synchronous again)
 state: $STATE
 EOF
 }
@@ -447,6 +698,18 @@ case "$cmd" in
   stop-postgres) lock; pg_stop ;;
   start-postgres) lock; ensure_state_dir; pg_start ;;
   rabbitmqctl) rabbit rabbitmqctl "$@" ;;
+  cluster-up) lock; ensure_state_dir; cluster_up ;;
+  cluster-down) lock; cluster_down ;;
+  cluster-status) cluster_status ;;
+  cluster-env) print_cluster_env ;;
+  pg-ha-up) lock; ensure_state_dir; ha_up ;;
+  pg-ha-down) lock; ha_down ;;
+  pg-ha-status) ha_status ;;
+  pg-ha-env) print_ha_env ;;
+  pg-ha-kill-primary) ha_kill_primary ;;
+  pg-ha-promote) ha_promote ;;
+  pg-ha-async) ha_async ;;
+  cluster-node-start) [ $# -eq 1 ] || die "usage: cluster-node-start PORT"; lock; cluster_node_start "$1" ;;
   help|-h|--help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

@@ -12,9 +12,29 @@ public static class RedisContextExtensions
     /// <param name="context">The handler's context.</param>
     /// <returns>The transaction.</returns>
     /// <exception cref="InvalidOperationException">The processor does not use the Redis store.</exception>
-    public static ITransaction GetRedisTransaction(this MessageContext context) => Get(context?.Transaction).RedisTransaction;
+    /// <remarks>On a Redis Cluster it is the MULTI/EXEC of the message's hash slot: write only keys of that slot in it
+    /// (<see cref="GetColocatedRedisKey"/>).</remarks>
+    public static ITransaction GetRedisTransaction(this MessageContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return Get(context.Transaction).GetRedisTransaction(context.HandlerName, context.Key);
+    }
 
-    /// <summary>Gets the MULTI/EXEC transaction a batch shares.</summary>
+    /// <summary>
+    /// Gets a Redis key of your own that lives in the same hash slot as the message's idempotency key, so the handler
+    /// can write it in <see cref="GetRedisTransaction(MessageContext)"/> on a Redis Cluster too.
+    /// </summary>
+    /// <param name="context">The handler's context.</param>
+    /// <param name="name">A name without braces, e.g. <c>"balance"</c>.</param>
+    /// <returns><c>{KeyPrefix}:{name}:{{handler}|{key}}</c>.</returns>
+    /// <exception cref="InvalidOperationException">The processor does not use the Redis store.</exception>
+    public static RedisKey GetColocatedRedisKey(this MessageContext context, string name)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return Get(context.Transaction).Store.GetColocatedKey(context.HandlerName, context.Key, name);
+    }
+
+    /// <summary>Gets the MULTI/EXEC transaction a batch shares (standalone server; on a cluster a batch has one per hash slot: use each message's).</summary>
     /// <param name="batch">The batch context.</param>
     /// <returns>The transaction.</returns>
     /// <exception cref="InvalidOperationException">The processor does not use the Redis store.</exception>

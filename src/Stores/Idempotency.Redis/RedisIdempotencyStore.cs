@@ -105,8 +105,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
                 return known == 2;
             }
 
-            var endpoints = Connection.GetEndPoints();
-            if (endpoints.Length == 0 || Connection.GetServer(endpoints[0]) is not { IsConnected: true } server)
+            // Any connected server answers: the first configured one may be down (a dead seed node of a cluster).
+            var server = Connection.GetEndPoints().Select(e => Connection.GetServer(e)).FirstOrDefault(s => s.IsConnected);
+            if (server is null)
             {
                 return false;
             }
@@ -239,24 +240,65 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     }
 
     /// <summary>
-    /// A transaction's lease, created at its first claim. Its status key lives beside the store's keys on standalone
-    /// Redis; on a cluster it is named after the transaction's key so that one script reaches both (same hash slot),
-    /// which limits a transaction to one key there.
+    /// The layered store's lease, created at its first claim: on a cluster it claims one slot's keys per transaction
+    /// (a batch there goes to PostgreSQL alone), so every key of it shares the slot of its status key.
     /// </summary>
-    /// <exception cref="NotSupportedException">A batch, or a second key, on a Redis Cluster.</exception>
+    /// <exception cref="NotSupportedException">A batch, or a key of another slot, on a Redis Cluster.</exception>
     internal RedisLease LeaseFor(RedisLease? lease, string token, IReadOnlyList<ClaimRequest> requests)
     {
         var first = GetKey(requests[0].HandlerName, requests[0].Key);
         var prefix = StatusPrefixFor(first);
         if (IsCluster && (requests.Count > 1 || (lease is not null && lease.StatusPrefix != prefix)))
         {
-            throw new NotSupportedException("On a Redis Cluster the Redis idempotency store claims one key per transaction (a batch's keys live in several hash slots): process single messages, or use a standalone or Sentinel primary.");
+            throw new NotSupportedException("On a Redis Cluster the layered store's Redis layer claims one key per transaction (a batch's keys live in several hash slots); batches there go to PostgreSQL alone.");
         }
 
         return lease ?? new RedisLease(token, prefix + token, prefix);
     }
 
-    private string StatusPrefixFor(RedisKey key) => IsCluster ? $"{key}:lease:" : _statusPrefix;
+    /// <summary>
+    /// A transaction's lease in one key space: the whole server when standalone (<paramref name="slot"/> -1), one hash
+    /// slot on a cluster, where its status key carries a hash tag of that slot so that one script reaches it and the
+    /// slot's keys.
+    /// </summary>
+    internal RedisLease NewLease(string token, int slot)
+    {
+        var prefix = slot < 0 ? _statusPrefix : ClusterStatusPrefix(slot);
+        return new RedisLease(token, prefix + token, prefix);
+    }
+
+    /// <summary>The key space a key's claim belongs to: its hash slot on a cluster, -1 on a standalone server.</summary>
+    internal int SlotOf(RedisKey key) => IsCluster ? Connection.HashSlot(key) : -1;
+
+    /// <summary>
+    /// Gets a Redis key named <paramref name="name"/> that lives in the same hash slot as the key's claim, for
+    /// Redis-held state a handler writes in the store's MULTI/EXEC on a Redis Cluster (one MULTI/EXEC reaches one
+    /// slot). On a standalone server any key works; this one works on both.
+    /// </summary>
+    /// <param name="handlerName">The handler name.</param>
+    /// <param name="key">The idempotency key.</param>
+    /// <param name="name">A name of your own (no <c>{</c> or <c>}</c>), e.g. <c>"balance"</c>.</param>
+    /// <returns><c>{KeyPrefix}:{name}:{{handler}|{key}}</c>: the same hash tag as the claim's key.</returns>
+    /// <exception cref="ArgumentException"><paramref name="name"/> is empty or contains a brace.</exception>
+    public RedisKey GetColocatedKey(string handlerName, string key, string name)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        if (name.AsSpan().IndexOfAny('{', '}') >= 0)
+        {
+            throw new ArgumentException($"A colocated key's name cannot contain '{{' or '}}' (a hash tag is the first braced part of a key); was '{name}'.", nameof(name));
+        }
+
+        return $"{Options.KeyPrefix}:{name}:{{{handlerName}|{key}}}";
+    }
+
+    private string StatusPrefixFor(RedisKey key) => IsCluster ? ClusterStatusPrefix(Connection.HashSlot(key)) : _statusPrefix;
+
+    /// <summary>
+    /// Status keys of a cluster slot: <c>{KeyPrefix}:lease:{tag}:</c>, where <c>tag</c> is the shortest string that
+    /// hashes to the slot. Every transaction names its status in a slot the same way, so a claim script finds another
+    /// transaction's status from the token in a claim value.
+    /// </summary>
+    private string ClusterStatusPrefix(int slot) => $"{_statusPrefix}{{{ClusterSlots.Tag(slot)}}}:";
 
     /// <summary>Claims keys for a transaction: one script for the batch, one round trip.</summary>
     /// <param name="requests">The keys to claim.</param>
@@ -370,6 +412,29 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     {
         var reply = (int)await Database.ScriptEvaluateAsync(RedisScripts.Check, [lease.Status, .. keys], [lease.Token, lease.StatusPrefix, _leaseMilliseconds]).ConfigureAwait(false);
         return reply < 0 ? throw new InvalidOperationException("The Redis idempotency transaction was already committed.") : reply;
+    }
+
+    /// <summary>
+    /// With <see cref="RedisIdempotencyStoreOptions.WaitForReplicas"/>, waits (<c>WAIT</c>) until that many replicas of
+    /// the primary holding <paramref name="key"/> acknowledged every write sent before, this commit's included.
+    /// </summary>
+    /// <exception cref="IdempotencyStoreUnavailableException">Fewer replicas acknowledged within the timeout: the commit
+    /// is applied on the primary but may be lost by a failover, so the message must not be acknowledged yet (its
+    /// redelivery is answered as a duplicate if the commit survives).</exception>
+    internal async Task WaitForReplicasAsync(RedisKey key)
+    {
+        var wanted = Options.WaitForReplicas;
+        if (wanted <= 0)
+        {
+            return;
+        }
+
+        var server = Connection.GetServer(key);
+        var acknowledged = (long)await server.ExecuteAsync("WAIT", wanted, (long)Options.ReplicaWaitTimeout.TotalMilliseconds).ConfigureAwait(false);
+        if (acknowledged < wanted)
+        {
+            throw new IdempotencyStoreUnavailableException($"The commit reached {acknowledged} of the {wanted} replicas {nameof(RedisIdempotencyStoreOptions.WaitForReplicas)} asks for within {Options.ReplicaWaitTimeout.TotalMilliseconds:0} ms ({server.EndPoint}); the message is not acknowledged until its redelivery finds the commit.");
+        }
     }
 
     /// <summary>The status a committed transaction's key holds.</summary>

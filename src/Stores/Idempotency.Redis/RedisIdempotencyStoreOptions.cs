@@ -28,6 +28,25 @@ public sealed class RedisIdempotencyStoreOptions
     /// <value>Defaults to -1, the connection's default database.</value>
     public int Database { get; set; } = -1;
 
+    /// <summary>
+    /// Gets or sets how many replicas must acknowledge a commit (Redis <c>WAIT</c> on the primary that holds it) before
+    /// the store reports it committed, so the message is acknowledged only once a failover to one of those replicas
+    /// keeps it.
+    /// </summary>
+    /// <value>Defaults to 0: no wait (Redis replicates asynchronously; a failover can lose the last commits, see
+    /// docs/redis.md). 0 to 16.</value>
+    /// <remarks>
+    /// <c>WAIT</c> blocks the connection it is sent on (the multiplexer's one connection to that primary) until the
+    /// replicas answered, so commands behind it wait too; fewer acknowledgements within <see cref="ReplicaWaitTimeout"/>
+    /// are reported as an outage (the message is not acknowledged; its redelivery finds the commit, or runs again if
+    /// a failover lost it).
+    /// </remarks>
+    public int WaitForReplicas { get; set; }
+
+    /// <summary>Gets or sets how long a commit waits for <see cref="WaitForReplicas"/> acknowledgements.</summary>
+    /// <value>Defaults to 1 second; 1 ms to 1 minute.</value>
+    public TimeSpan ReplicaWaitTimeout { get; set; } = TimeSpan.FromSeconds(1);
+
     /// <summary>Gets or sets the smallest retention accepted; tests lower it to exercise expiry in seconds.</summary>
     internal TimeSpan RetentionFloor { get; set; } = MinimumRetention;
 
@@ -61,6 +80,16 @@ public sealed class RedisIdempotencyStoreOptions
         else if (LeaseDuration < TimeSpan.FromMilliseconds(1) || (Retention > TimeSpan.Zero && LeaseDuration >= Retention))
         {
             errors.Add($"{nameof(LeaseDuration)} must be at least 1 ms and shorter than {nameof(Retention)} (was {LeaseDuration}).");
+        }
+
+        if (WaitForReplicas is < 0 or > 16)
+        {
+            errors.Add($"{nameof(WaitForReplicas)} must be 0 (no wait) to 16 (was {WaitForReplicas}).");
+        }
+
+        if (ReplicaWaitTimeout < TimeSpan.FromMilliseconds(1) || ReplicaWaitTimeout > TimeSpan.FromMinutes(1))
+        {
+            errors.Add($"{nameof(ReplicaWaitTimeout)} must be between 1 ms and 1 minute (was {ReplicaWaitTimeout}).");
         }
 
         if (Database < -1)
