@@ -48,5 +48,24 @@ internal abstract class BrokerRig : IAsyncDisposable
     /// <summary>Reads the dead-letter destination: the key of every message in it (one entry per message).</summary>
     public abstract Task<IReadOnlyList<string>> ReadDeadLettersAsync();
 
+    /// <summary>
+    /// Gets the broker's counters for the report (Kafka: committed offset and end offset per partition; RabbitMQ: ready,
+    /// unacked, consumers; SQS: visible, in flight, delayed). Taken at the settle deadline, while the consumer still runs.
+    /// </summary>
+    public abstract Task<string> SnapshotAsync();
+
+    /// <summary>
+    /// Finds where each key's messages stand, once the consumer stopped: still deliverable, or passed by the broker's
+    /// position (committed offset, ack, delete). Non-destructive: what it reads stays on the broker.
+    /// </summary>
+    public abstract Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys);
+
+    /// <summary>
+    /// For the verdict check: produces <paramref name="lost"/> then <paramref name="kept"/>, and moves the broker's
+    /// position past <paramref name="lost"/> without any effect (Kafka: commits the offset after it; RabbitMQ: acks it;
+    /// SQS: deletes it), so the broker holds only <paramref name="kept"/>.
+    /// </summary>
+    public abstract Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept);
+
     public abstract ValueTask DisposeAsync();
 }

@@ -30,13 +30,22 @@ internal sealed class ChaosOptions
 
     public string ResultsDirectory { get; private set; } = "artifacts";
 
+    /// <summary>Run the scenarios with stress-ng saturating every core (<see cref="CpuHog"/>).</summary>
+    public bool UnderLoad { get; private set; }
+
+    /// <summary>Upper bound on the CPU hog's life (it is stopped by PID when the run ends sooner).</summary>
+    public TimeSpan LoadBound { get; private set; }
+
+    /// <summary>Gets or sets what the CPU hog did, for the report (set at the end of an <c>--under-load</c> run).</summary>
+    public string? LoadSummary { get; set; }
+
     /// <summary>Fault kinds not to inject (to isolate a failure).</summary>
     public IReadOnlyList<string> SkipFaults { get; private set; } = [];
 
     public static ChaosOptions Parse(string[] args)
     {
         var o = new ChaosOptions();
-        int? messages = null, kills = null, poison = null;
+        int? messages = null, kills = null, poison = null, loadSeconds = null;
         for (var i = 0; i < args.Length; i++)
         {
             var a = args[i];
@@ -51,6 +60,8 @@ internal sealed class ChaosOptions
                 case "--kills": kills = Int(Next(), a, 0); break;
                 case "--poison": poison = Int(Next(), a, 0); break;
                 case "--duplicates": o.DuplicateShare = double.Parse(Next(), CultureInfo.InvariantCulture); break;
+                case "--under-load": o.UnderLoad = true; break;
+                case "--load-seconds": loadSeconds = Int(Next(), a, 10); break;
                 case "--seed": o.Seed = Int(Next(), a, 0); break;
                 case "--results": o.ResultsDirectory = Next(); break;
                 case "--skip-faults": o.SkipFaults = Next().Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); break;
@@ -63,6 +74,7 @@ internal sealed class ChaosOptions
         o.Kills = kills ?? (o.Quick ? 20 : 40);
         o.Poison = poison ?? (o.Quick ? 4 : 10);
         o.SettleTimeout = TimeSpan.FromSeconds(o.Quick ? 60 : 120);
+        o.LoadBound = TimeSpan.FromSeconds(loadSeconds ?? (o.Quick ? 1200 : 3600));
         if (o.DuplicateShare is < 0 or >= 1)
         {
             throw new ArgumentException("--duplicates must be in [0, 1)");
@@ -82,6 +94,9 @@ internal sealed class ChaosOptions
           --poison N          poison messages per scenario
           --duplicates F      share of re-sent keys (default 0.2)
           --seed N            random seed (printed; re-run with it to repeat the schedule)
+          --under-load        saturate every core with stress-ng (installed with apt-get when missing) while the
+                              scenarios run; stopped by PID at the end
+          --load-seconds N    upper bound on the CPU hog's life (default 1200 quick, 3600 full)
           --skip-faults LIST  fault kinds not to inject, e.g. kafka-request-errors,store-cut (to isolate a failure)
           --results DIR       where chaos.md and test-results/chaos.trx go (default: artifacts)
         """;

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Globalization;
 using System.Text;
 using Confluent.Kafka;
 using Idempotency.Kafka;
@@ -13,8 +15,11 @@ namespace Idempotency.Chaos;
 internal sealed class KafkaRig : BrokerRig
 {
     private const int Partitions = 3;
+    private readonly ConcurrentDictionary<string, ConcurrentBag<TopicPartitionOffset>> _positions = new(StringComparer.Ordinal);
     private MockKafkaCluster? _cluster;
     private string _topic = "";
+
+    private string Group => _topic + "-consumer";
 
     public override string Name => "kafka";
 
@@ -65,7 +70,7 @@ internal sealed class KafkaRig : BrokerRig
         foreach (var m in messages)
         {
             var headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.Key) } };
-            pending.Add(producer.ProduceAsync(_topic, new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers }));
+            pending.Add(Record(m.Key, producer.ProduceAsync(_topic, new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers })));
             if (pending.Count >= 500)
             {
                 await Task.WhenAll(pending);
@@ -80,7 +85,7 @@ internal sealed class KafkaRig : BrokerRig
     {
         args["bootstrap"] = Cluster.BootstrapServers;
         args["topic"] = _topic;
-        args["group"] = _topic + "-consumer";
+        args["group"] = Group;
         args["batch"] = "8";
     }
 
@@ -123,6 +128,63 @@ internal sealed class KafkaRig : BrokerRig
 
         consumer.Close();
         return Task.FromResult<IReadOnlyList<string>>(keys);
+    }
+
+    public override async Task<string> SnapshotAsync()
+    {
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, Partitions);
+        var end = Cluster.EndOffsets(_topic, Partitions);
+        return "group committed / end offset: " + string.Join(", ", Enumerable.Range(0, Partitions).Select(p =>
+            string.Create(CultureInfo.InvariantCulture, $"p{p} {(committed[p] < 0 ? "none" : committed[p].ToString(CultureInfo.InvariantCulture))}/{end[p]}")));
+    }
+
+    public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
+    {
+        // A message is still deliverable when it is at or after its partition's committed offset (none committed: the
+        // group starts from the earliest offset); one copy of a re-sent key is enough.
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, Partitions);
+        var result = new Dictionary<string, KeyPosition>(StringComparer.Ordinal);
+        foreach (var key in keys)
+        {
+            if (!_positions.TryGetValue(key, out var copies) || copies.IsEmpty)
+            {
+                result[key] = new KeyPosition(false, "never produced");
+                continue;
+            }
+
+            var ordered = copies.OrderBy(c => c.Partition.Value).ThenBy(c => c.Offset.Value).ToList();
+            var deliverable = ordered.Any(c => committed[c.Partition.Value] < 0 || c.Offset.Value >= committed[c.Partition.Value]);
+            var where = string.Join(", ", ordered.Select(c =>
+                string.Create(CultureInfo.InvariantCulture, $"partition {c.Partition.Value} offset {c.Offset.Value}, group committed {(committed[c.Partition.Value] < 0 ? "none" : committed[c.Partition.Value].ToString(CultureInfo.InvariantCulture))}")));
+            result[key] = new KeyPosition(deliverable, where);
+        }
+
+        return new BrokerInspection(result, await SnapshotAsync());
+    }
+
+    public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
+    {
+        // Both on partition 0, lost first; then the group's offset is committed just past lost, as a consumer that
+        // acknowledged it without an effect would have done.
+        using (var producer = Cluster.CreateProducer())
+        {
+            foreach (var m in new[] { lost, kept })
+            {
+                var headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.Key) } };
+                await Record(m.Key, producer.ProduceAsync(new TopicPartition(_topic, 0), new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers }));
+            }
+        }
+
+        var lostAt = _positions[lost.Key].Single();
+        using var consumer = new ConsumerBuilder<byte[]?, byte[]?>(new ConsumerConfig { BootstrapServers = Cluster.BootstrapServers, GroupId = Group, EnableAutoCommit = false }).Build();
+        consumer.Commit([new TopicPartitionOffset(lostAt.TopicPartition, lostAt.Offset + 1)]);
+        consumer.Close();
+    }
+
+    private async Task Record(string key, Task<DeliveryResult<byte[]?, byte[]?>> delivery)
+    {
+        var result = await delivery.ConfigureAwait(false);
+        _positions.GetOrAdd(key, _ => []).Add(result.TopicPartitionOffset);
     }
 
     public override ValueTask DisposeAsync()

@@ -9,6 +9,9 @@ internal sealed class ScenarioResult
 
     public required string Store { get; init; }
 
+    /// <summary>Gets a value indicating whether this is a verdict check (<see cref="VerdictCheck"/>), not a scenario.</summary>
+    public bool IsCheck { get; init; }
+
     public int Produced { get; set; }
 
     public int Unique { get; set; }
@@ -33,7 +36,17 @@ internal sealed class ScenarioResult
 
     public int ProcessedReported { get; set; }
 
+    /// <summary>Keys with no effect (or poison not dead-lettered) that the broker's position passed: gone for good.</summary>
     public int Lost { get; set; }
+
+    /// <summary>Keys with no effect (or poison not dead-lettered) at the deadline that the broker still delivers: a stall.</summary>
+    public int Unsettled { get; set; }
+
+    /// <summary>The verdict of every key that did not end exactly right.</summary>
+    public List<KeyVerdict> Verdicts { get; } = [];
+
+    /// <summary>The broker's counters at the settle deadline, when the run did not settle in time.</summary>
+    public string? DeadlineSnapshot { get; set; }
 
     /// <summary>Distinct keys in the dead-letter destination.</summary>
     public int DeadLettered { get; set; }
@@ -52,6 +65,9 @@ internal sealed class ScenarioResult
     public List<string> Log { get; } = [];
 
     public bool Passed => Violations.Count == 0;
+
+    /// <summary>Gets a value indicating whether the only failures are keys still deliverable at the deadline (a stall, nothing lost).</summary>
+    public bool OnlyStalled => !Passed && Verdicts.Count > 0 && Verdicts.All(v => v.Kind == VerdictKind.Unsettled) && Violations.Count == 1;
 
     public string Name => $"{Broker} + {Store}";
 }
@@ -145,7 +161,17 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             }
             else
             {
-                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; child stderr tail:{Environment.NewLine}{child.StderrTail}");
+                // Where the consumer waited: the broker's counters while it still runs.
+                try
+                {
+                    result.DeadlineSnapshot = await brokerRig.SnapshotAsync();
+                }
+                catch (Exception e)
+                {
+                    result.DeadlineSnapshot = $"(could not read the broker: {e.GetType().Name}: {e.Message})";
+                }
+
+                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; broker at the deadline: {result.DeadlineSnapshot}; child stderr tail:{Environment.NewLine}{child.StderrTail}");
             }
 
             await child.StopAsync(TimeSpan.FromSeconds(15));
@@ -309,36 +335,29 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         var dlq = await broker.ReadDeadLettersAsync();
         var expected = messages.Where(m => !m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
         var poison = messages.Where(m => m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
+        var dlqKeys = dlq.ToHashSet(StringComparer.Ordinal);
 
         result.Effects = effects.Count(e => e.Value > 0);
         result.DuplicateEffects = effects.Values.Where(v => v > 1).Sum(v => v - 1);
-        var lost = expected.Where(k => !effects.ContainsKey(k)).ToList();
-        result.Lost = lost.Count;
-        var dlqKeys = dlq.ToHashSet(StringComparer.Ordinal);
         result.DeadLettered = dlqKeys.Count;
         result.DeadLetterMessages = dlq.Count;
 
-        var twice = effects.Where(e => e.Value > 1).Select(e => $"{e.Key}x{e.Value}").Take(10).ToList();
-        if (twice.Count > 0)
+        // Every missing key gets a verdict from the broker's own state: lost (its position passed it) or unsettled.
+        var missing = Verdict.Missing(effects, expected, poison, dlqKeys);
+        var inspection = missing.Count > 0 ? await broker.InspectAsync(missing) : new BrokerInspection(new Dictionary<string, KeyPosition>(), "");
+        if (missing.Count > 0)
         {
-            result.Violations.Add($"{effects.Count(e => e.Value > 1)} keys have more than one effect: {string.Join(", ", twice)}");
+            Note(result, $"{missing.Count} keys missing; broker after the run: {inspection.Summary}");
         }
 
-        if (lost.Count > 0)
-        {
-            result.Violations.Add($"{lost.Count} keys have no effect (lost): {string.Join(", ", lost.Take(10))}");
-        }
+        result.Verdicts.AddRange(Verdict.Classify(effects, expected, poison, dlqKeys, inspection));
+        result.Lost = result.Verdicts.Count(v => v.Kind == VerdictKind.Lost);
+        result.Unsettled = result.Verdicts.Count(v => v.Kind == VerdictKind.Unsettled);
+        result.Violations.AddRange(Verdict.Violations(result.Verdicts, result.DeadlineSnapshot));
 
-        var unexpected = effects.Keys.Where(k => !expected.Contains(k)).Take(10).ToList();
-        if (unexpected.Count > 0)
+        foreach (var v in result.Verdicts)
         {
-            result.Violations.Add($"effects for keys that must have none (poison or unknown): {string.Join(", ", unexpected)}");
-        }
-
-        var missingPoison = poison.Where(k => !dlqKeys.Contains(k)).ToList();
-        if (missingPoison.Count > 0)
-        {
-            result.Violations.Add($"{missingPoison.Count} poison messages are not in the DLQ: {string.Join(", ", missingPoison)}");
+            result.Log.Add("verdict: " + v);
         }
 
         var wrongDlq = dlqKeys.Where(k => !poison.Contains(k)).Take(10).ToList();

@@ -101,16 +101,120 @@ internal sealed class SqsRig : BrokerRig
             }
         }
 
+        await MakeVisibleAsync(_dlqUrl, handles);
+        return keys;
+    }
+
+    public override async Task<string> SnapshotAsync()
+    {
+        var attributes = await Sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest
+        {
+            QueueUrl = _queueUrl,
+            AttributeNames = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
+        });
+        string A(string name) => attributes.Attributes?.GetValueOrDefault(name) ?? "?";
+        return $"queue: {A("ApproximateNumberOfMessages")} visible, {A("ApproximateNumberOfMessagesNotVisible")} in flight, {A("ApproximateNumberOfMessagesDelayed")} delayed";
+    }
+
+    public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
+    {
+        // Messages the stopped consumer had in flight come back when their visibility expires (2 s): wait for that
+        // (bounded), then receive everything visible and make it visible again. A key is deliverable when one of its
+        // messages is receivable; a key not found while messages are still in flight cannot be called lost.
+        var summary = await SnapshotAsync();
+        var inFlight = await InFlightAsync();
+        for (var waited = 0; inFlight > 0 && waited < 40; waited++)
+        {
+            await Task.Delay(250);
+            inFlight = await InFlightAsync();
+        }
+
+        var found = new HashSet<string>(StringComparer.Ordinal);
+        var handles = new List<string>();
+        for (var empty = 0; empty < 2;)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
+                MessageAttributeNames = ["All"],
+            });
+            if (response.Messages is not { Count: > 0 })
+            {
+                empty++;
+                continue;
+            }
+
+            foreach (var m in response.Messages)
+            {
+                found.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
+                handles.Add(m.ReceiptHandle);
+            }
+        }
+
+        await MakeVisibleAsync(_queueUrl, handles);
+        var result = keys.ToDictionary(
+            k => k,
+            k => found.Contains(k)
+                ? new KeyPosition(true, "receivable from the queue")
+                : inFlight > 0
+                    ? new KeyPosition(true, $"not receivable, but {inFlight} messages are still in flight (possibly this one)")
+                    : new KeyPosition(false, $"deleted: not in the queue ({handles.Count} messages left, none in flight)"),
+            StringComparer.Ordinal);
+        return new BrokerInspection(result, summary + $"; after the consumer stopped: {handles.Count} receivable, {inFlight} in flight");
+    }
+
+    public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
+    {
+        await ProduceAsync([lost]);
+        await ProduceAsync([kept]);
+        var others = new List<string>();
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30, MessageAttributeNames = ["All"],
+            });
+            var found = false;
+            foreach (var m in response.Messages ?? [])
+            {
+                if (m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true && a.StringValue == lost.Key)
+                {
+                    await Sqs.DeleteMessageAsync(_queueUrl, m.ReceiptHandle);
+                    found = true;
+                }
+                else
+                {
+                    others.Add(m.ReceiptHandle);
+                }
+            }
+
+            if (found)
+            {
+                await MakeVisibleAsync(_queueUrl, others);
+                return;
+            }
+        }
+
+        await MakeVisibleAsync(_queueUrl, others);
+        throw new InvalidOperationException($"{lost.Key} was not received");
+    }
+
+    private async Task<int> InFlightAsync()
+    {
+        var attributes = await Sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = _queueUrl, AttributeNames = ["ApproximateNumberOfMessagesNotVisible"] });
+        return int.TryParse(attributes.Attributes?.GetValueOrDefault("ApproximateNumberOfMessagesNotVisible"), System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 0;
+    }
+
+    private async Task MakeVisibleAsync(string queueUrl, List<string> handles)
+    {
         foreach (var chunk in handles.Chunk(10))
         {
             await Sqs.ChangeMessageVisibilityBatchAsync(new ChangeMessageVisibilityBatchRequest
             {
-                QueueUrl = _dlqUrl,
+                QueueUrl = queueUrl,
                 Entries = chunk.Select((h, i) => new ChangeMessageVisibilityBatchRequestEntry { Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture), ReceiptHandle = h, VisibilityTimeout = 0 }).ToList(),
             });
         }
-
-        return keys;
     }
 
     public override async ValueTask DisposeAsync()
