@@ -17,6 +17,12 @@ internal abstract class BrokerRig : IAsyncDisposable
     /// <summary>Gets the kill points this broker supports beyond the common ones.</summary>
     public virtual string Notes => "";
 
+    /// <summary>
+    /// Gets how long a kill waits for the consumer to reach its aimed point (a first result, a hold) before it counts as
+    /// idle: long enough for a restarted consumer to get its work back after the previous one was killed.
+    /// </summary>
+    public virtual TimeSpan KillPointWait => TimeSpan.FromSeconds(5);
+
     /// <summary>Gets a line for the log after the run (e.g. how many connections went through the proxy).</summary>
     public virtual string Diagnostics => "";
 

@@ -55,7 +55,7 @@ internal sealed class ChaosOptions
                 case "--quick": o.Quick = true; break;
                 case "--full": o.Quick = false; break;
                 case "--broker": o.Brokers = List(Next(), ["kafka", "rabbitmq", "sqs"], a); break;
-                case "--store": o.Stores = List(Next(), ["postgres", "redis"], a); break;
+                case "--store": o.Stores = List(Next(), ["postgres", "redis", "layered", "redis-lease"], a); break;
                 case "--messages": messages = Int(Next(), a, 10); break;
                 case "--kills": kills = Int(Next(), a, 0); break;
                 case "--poison": poison = Int(Next(), a, 0); break;
@@ -88,7 +88,8 @@ internal sealed class ChaosOptions
           --quick             reduced run for CI (600 messages, 20 kills, 4 poison per scenario)
           --full              full run (default: 4000 messages, 40 kills, 10 poison per scenario)
           --broker LIST       kafka,rabbitmq,sqs (default: all)
-          --store LIST        postgres,redis (default: both)
+          --store LIST        postgres,redis,layered,redis-lease (default: postgres,redis; layered = Redis in front of
+                              PostgreSQL; redis-lease = lease mode, the effect outside the store's transaction)
           --messages N        messages produced per scenario (duplicates and poison included)
           --kills N           SIGKILLs of the consumer per scenario
           --poison N          poison messages per scenario

@@ -15,6 +15,10 @@ internal static class ChildHost
 {
     private static int s_holdHandler;
     private static int s_holdCommit;
+    private static int s_stallLease;
+
+    /// <summary>Counts a lease-mode handler call down to the one armed by "stall-lease N"; true for that one.</summary>
+    public static bool TakeLeaseStall() => Volatile.Read(ref s_stallLease) > 0 && Interlocked.Decrement(ref s_stallLease) == 0;
 
     public static TextWriter Output { get; } = TextWriter.Synchronized(new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true });
 
@@ -32,6 +36,7 @@ internal static class ChildHost
                 {
                     case "hold-handler": Interlocked.Exchange(ref s_holdHandler, n); break;
                     case "hold-commit": Interlocked.Exchange(ref s_holdCommit, n); break;
+                    case "stall-lease": Interlocked.Exchange(ref s_stallLease, n); break;
                     case "stop": stop.Cancel(); return;
                 }
             }

@@ -27,6 +27,9 @@ internal sealed class ChildProcess : IDisposable
 
     public int Results => Volatile.Read(ref _results);
 
+    /// <summary>Gets the lease-mode journal lines (<c>E key</c>, <c>K key</c>, <c>S key</c>) in the order the child wrote them.</summary>
+    public ConcurrentQueue<string> Journal { get; } = new();
+
     public bool HasExited => _process.HasExited;
 
     public int Pid => _process.Id;
@@ -191,6 +194,17 @@ internal sealed class ChildProcess : IDisposable
             }
 
             return;
+        }
+
+        if (line.Length > 2 && line[1] == ' ' && line[0] is 'E' or 'K' or 'S')
+        {
+            Journal.Enqueue(line);
+            if (line[0] != 'S')
+            {
+                return;
+            }
+
+            line = "S";
         }
 
         lock (_gate)

@@ -23,6 +23,21 @@ internal sealed class KafkaRig : BrokerRig
 
     public override string Name => "kafka";
 
+    /// <summary>
+    /// Gets the group session of the child (docs/kafka.md, "Group membership under load"): 6 s, the smallest a broker
+    /// accepts by default (<c>group.min.session.timeout.ms</c>), heartbeat every second.
+    /// </summary>
+    public static int SessionMs => int.TryParse(Environment.GetEnvironmentVariable("CHAOS_KAFKA_SESSION_MS"), out var ms) ? ms : 6000;
+
+    public static int HeartbeatMs => int.TryParse(Environment.GetEnvironmentVariable("CHAOS_KAFKA_HEARTBEAT_MS"), out var ms) ? ms : Math.Max(100, SessionMs / 6);
+
+    /// <summary>
+    /// Gets the wait for a kill point: after a SIGKILL the killed member holds its partitions until its session expires
+    /// (the mock then needs up to about three sessions: a join round, a sync round that the dead member never answers,
+    /// and its expiry's rebalance), so a restarted child's first message comes that late.
+    /// </summary>
+    public override TimeSpan KillPointWait => TimeSpan.FromMilliseconds((3 * SessionMs) + 3000);
+
     private MockKafkaCluster Cluster => _cluster ?? throw new InvalidOperationException("not set up");
 
     private string DeadLetterTopic => _topic + ".dlq";
@@ -87,6 +102,8 @@ internal sealed class KafkaRig : BrokerRig
         args["topic"] = _topic;
         args["group"] = Group;
         args["batch"] = "8";
+        args["session-ms"] = SessionMs.ToString(CultureInfo.InvariantCulture);
+        args["heartbeat-ms"] = HeartbeatMs.ToString(CultureInfo.InvariantCulture);
     }
 
     public override Task<IReadOnlyList<string>> ReadDeadLettersAsync()
@@ -210,9 +227,16 @@ internal sealed class KafkaRig : BrokerRig
             BootstrapServers = args["bootstrap"],
             GroupId = args["group"],
             AutoOffsetReset = AutoOffsetReset.Earliest,
-            // A SIGKILLed member stays in the group until its session times out; the next child waits for that.
-            SessionTimeoutMs = 1000,
-            HeartbeatIntervalMs = 200,
+            // Group liveness (docs/kafka.md, "Group membership under load"). A SIGKILLed member stays in the group until
+            // its session expires, and the next child waits for that: librdkafka's mock cluster matches rejoining members
+            // by member id only, so static membership (group.instance.id), which on a real broker hands the partitions
+            // straight back to a restarted replica, does not shorten that wait here. The session is therefore as short as
+            // a CPU-starved machine allows: 6 s with a heartbeat every second tolerates five lost or late heartbeats (a
+            // starved second is not a rebalance), while 20 kills per scenario still fit the CI budget.
+            SessionTimeoutMs = int.Parse(args["session-ms"], CultureInfo.InvariantCulture),
+            HeartbeatIntervalMs = int.Parse(args["heartbeat-ms"], CultureInfo.InvariantCulture),
+            // The poll loop must come back within this even when a batch runs slowly on a starved CPU (the default, 300 s).
+            MaxPollIntervalMs = 300_000,
             TopicMetadataRefreshIntervalMs = 1000,
             ReconnectBackoffMs = 50,
             ReconnectBackoffMaxMs = 500,

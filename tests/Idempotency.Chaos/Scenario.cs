@@ -45,6 +45,9 @@ internal sealed class ScenarioResult
     /// <summary>The verdict of every key that did not end exactly right.</summary>
     public List<KeyVerdict> Verdicts { get; } = [];
 
+    /// <summary>Redis lease mode: attempts, forced lease expiries and the extra effects they explain.</summary>
+    public string? LeaseNote { get; set; }
+
     /// <summary>The broker's counters at the settle deadline, when the run did not settle in time.</summary>
     public string? DeadlineSnapshot { get; set; }
 
@@ -77,6 +80,9 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 {
     private static readonly string[] KillPointNames = ["startup", "random", "in-handler", "after-commit"];
 
+    /// <summary>Redis lease mode adds a kill after a handler applied its effect and stalled past its lease.</summary>
+    private static readonly string[] LeaseKillPointNames = [.. KillPointNames, "lease-expired"];
+
     public async Task<ScenarioResult> RunAsync()
     {
         var result = new ScenarioResult { Broker = broker, Store = store, Started = DateTimeOffset.UtcNow };
@@ -88,6 +94,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         await using var brokerRig = BrokerRig.Create(broker);
         await using var storeRig = StoreRig.Create(store);
         ChildProcess? child = null;
+        var journal = storeRig is RedisRig { IsLease: true } ? new LeaseJournal() : null;
         try
         {
             await storeRig.SetupAsync(runId);
@@ -128,12 +135,14 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
                 child = ChildProcess.Start(childArgs);
                 result.Restarts++;
-                var point = k < KillPointNames.Length ? KillPointNames[k] : KillPointNames[rng.Next(KillPointNames.Length)];
+                var points = journal is null ? KillPointNames : LeaseKillPointNames;
+                var point = k < points.Length ? points[k] : points[rng.Next(points.Length)];
                 var lifetime = Stopwatch.StartNew();
-                var landed = await ReachKillPointAsync(child, point, rng, perKill);
+                var landed = await ReachKillPointAsync(child, point, rng, perKill, brokerRig.KillPointWait);
                 child.Kill();
                 result.Log.Add($"kill {k + 1}: {point}{(landed ? "" : " (idle)")} after {lifetime.ElapsedMilliseconds} ms, {child.Results} results (first at {child.FirstResultMs} ms)");
                 Collect(result, child);
+                journal?.AddLife(child.Journal, killed: true);
                 child.Dispose();
                 child = null;
                 result.Kills++;
@@ -176,6 +185,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
             await child.StopAsync(TimeSpan.FromSeconds(15));
             Collect(result, child);
+            journal?.AddLife(child.Journal, killed: false);
             child.Dispose();
             child = null;
 
@@ -184,7 +194,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 Note(result, brokerRig.Diagnostics);
             }
 
-            await VerifyAsync(storeRig, brokerRig, messages, result);
+            await VerifyAsync(storeRig, brokerRig, messages, result, journal);
         }
         catch (Exception e)
         {
@@ -249,9 +259,8 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         return messages;
     }
 
-    private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill)
+    private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill, TimeSpan wait)
     {
-        var wait = TimeSpan.FromSeconds(5);
         switch (point)
         {
             case "startup":
@@ -267,6 +276,17 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 // Armed at once: the child holds in its N-th handler call (with a batch, mid-batch).
                 child.Send($"hold-handler {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("H", wait);
+            case "lease-expired":
+                // Lease mode: the N-th handler applies its effect and stalls past its 2 s lease; the kill comes after the
+                // lease expired, so the redelivery runs the handler (and the effect) again: the at-least-once window.
+                child.Send($"stall-lease {rng.Next(1, 3)}");
+                if (!await child.WaitForEventAsync("S", wait))
+                {
+                    return false;
+                }
+
+                await Task.Delay(TimeSpan.FromMilliseconds(2300));
+                return !child.HasExited;
             default:
                 child.Send($"hold-commit {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("C", wait);
@@ -329,7 +349,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         result.ProcessedReported += child.Processed;
     }
 
-    private static async Task VerifyAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result)
+    private static async Task VerifyAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result, LeaseJournal? journal)
     {
         var effects = await store.ReadEffectsAsync();
         var dlq = await broker.ReadDeadLettersAsync();
@@ -351,6 +371,21 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         }
 
         result.Verdicts.AddRange(Verdict.Classify(effects, expected, poison, dlqKeys, inspection));
+        if (journal is not null)
+        {
+            // Lease mode: an extra effect is allowed exactly where an attempt applied it and did not complete.
+            var lease = journal.Analyze(effects);
+            result.Verdicts.RemoveAll(v => v.Kind == VerdictKind.Extra && lease.ExplainedExtraKeys.Contains(v.Key));
+            result.Violations.AddRange(lease.Violations);
+            result.LeaseNote = $"{lease.Attempts} handler attempts; {lease.ForcedExpiries} forced lease expiries (effect applied, stalled past the lease, killed); {lease.ExtraEffects} extra effects, all from attempts that did not complete: {lease.ExtraAfterForcedExpiry} after a forced expiry, {lease.ExtraAfterKill} after another kill, {lease.ExtraAfterFailedCompletion} after a failed or refused completion";
+            if (lease.Violations.Count > 0)
+            {
+                result.LeaseNote = result.LeaseNote.Replace("all from attempts that did not complete", "NOT all explained", StringComparison.Ordinal);
+            }
+
+            Note(result, "lease mode: " + result.LeaseNote);
+        }
+
         result.Lost = result.Verdicts.Count(v => v.Kind == VerdictKind.Lost);
         result.Unsettled = result.Verdicts.Count(v => v.Kind == VerdictKind.Unsettled);
         result.Violations.AddRange(Verdict.Violations(result.Verdicts, result.DeadlineSnapshot));

@@ -27,6 +27,8 @@ internal abstract class StoreRig : IAsyncDisposable
     {
         "postgres" => new PostgresRig(),
         "redis" => new RedisRig(),
+        "layered" => new LayeredRig(),
+        "redis-lease" => new RedisRig(lease: true),
         _ => throw new ArgumentException(name),
     };
 
@@ -34,10 +36,12 @@ internal abstract class StoreRig : IAsyncDisposable
     {
         "postgres" => PostgresRig.CreateChild(args),
         "redis" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
+        "layered" => await LayeredRig.CreateChildAsync(args).ConfigureAwait(false),
+        "redis-lease" => await RedisRig.CreateLeaseChildAsync(args).ConfigureAwait(false),
         _ => throw new ArgumentException(args.StoreKind),
     };
 
-    public async Task SetupAsync(string runId)
+    public virtual async Task SetupAsync(string runId)
     {
         var (host, port) = Target();
         _proxy = new TcpProxy(host, port);
@@ -45,20 +49,20 @@ internal abstract class StoreRig : IAsyncDisposable
     }
 
     /// <summary>Cuts every connection of the child to the store and refuses new ones (what a server restart looks like).</summary>
-    public void Cut()
+    public virtual void Cut()
     {
         Proxy.Stop();
         Cuts++;
     }
 
-    public void Restore() => Proxy.Start();
+    public virtual void Restore() => Proxy.Start();
 
     public abstract void AddChildArgs(IDictionary<string, string> args);
 
     /// <summary>Reads every business effect: key -> how many times it was applied.</summary>
     public abstract Task<Dictionary<string, long>> ReadEffectsAsync();
 
-    public async ValueTask DisposeAsync()
+    public virtual async ValueTask DisposeAsync()
     {
         if (_proxy is not null)
         {
@@ -166,15 +170,54 @@ internal sealed class PostgresRig : StoreRig
 
 /// <summary>
 /// Redis in Redis-held-state mode: the store's records and the business effect (a hash field incremented per key) are
-/// written in the same MULTI/EXEC through <c>context.GetRedisTransaction()</c>.
+/// written in the same MULTI/EXEC through <c>context.GetRedisTransaction()</c>. With <c>lease</c> (store
+/// <c>redis-lease</c>): the lease mode for external effects, where the effect is a plain <c>HINCRBY</c> outside the
+/// store's transaction, so it is at-least-once by design; the child journals each attempt (see <see cref="LeaseJournal"/>).
 /// </summary>
-internal sealed class RedisRig : StoreRig
+internal sealed class RedisRig(bool lease = false) : StoreRig
 {
+    /// <summary>How long a lease-mode handler stalls after its effect when told to: past the 2 s lease.</summary>
+    public static readonly TimeSpan LeaseStall = TimeSpan.FromMilliseconds(3500);
+
     private readonly ConfigurationOptions _direct = ConfigurationOptions.Parse(Env("IDEMPOTENCY_REDIS"));
     private ConnectionMultiplexer? _connection;
     private string _prefix = "";
 
-    public override string Name => "redis";
+    public override string Name => lease ? "redis-lease" : "redis";
+
+    public bool IsLease => lease;
+
+    /// <summary>
+    /// Lease mode, child side. Before its effect the handler writes <c>E key</c> on stdout; the store reports <c>K key</c>
+    /// after each commit that recorded the key; a handler told to (<c>stall-lease N</c>) writes <c>S key</c> after its
+    /// effect and then stalls past its lease, so the key can be taken over while it still runs.
+    /// </summary>
+    public static async Task<ChildStore> CreateLeaseChildAsync(ChildArgs args)
+    {
+        var config = ConfigurationOptions.Parse(args["redis"]);
+        config.AbortOnConnectFail = false;
+        config.ConnectTimeout = 2000;
+        config.SyncTimeout = config.AsyncTimeout = 3000;
+        config.ConnectRetry = 1;
+        var connection = await ConnectionMultiplexer.ConnectAsync(config).ConfigureAwait(false);
+        var prefix = args["prefix"];
+        var effects = (RedisKey)(prefix + ":effects");
+        var inner = new RedisIdempotencyStore(connection, new RedisIdempotencyStoreOptions { KeyPrefix = prefix, LeaseDuration = TimeSpan.FromSeconds(2) });
+        var db = connection.GetDatabase();
+        return new ChildStore(
+            new ReportingStore(inner),
+            async (context, ct) =>
+            {
+                ChildHost.Output.WriteLine("E " + context.Key);
+                await db.HashIncrementAsync(effects, context.Key, 1).ConfigureAwait(false);
+                if (ChildHost.TakeLeaseStall())
+                {
+                    ChildHost.Output.WriteLine("S " + context.Key);
+                    await Task.Delay(LeaseStall, ct).ConfigureAwait(false);
+                }
+            },
+            async () => await connection.DisposeAsync().ConfigureAwait(false));
+    }
 
     public static async Task<ChildStore> CreateChildAsync(ChildArgs args)
     {
@@ -252,5 +295,123 @@ internal sealed class RedisRig : StoreRig
         }
 
         await _connection.DisposeAsync();
+    }
+}
+
+/// <summary>
+/// The layered store: Redis (leases and completed markers) in front of PostgreSQL (the guarantee: the business row
+/// <c>effects(key, applied)</c> commits with the key). A cut hits Redis alone, PostgreSQL alone or both, in turn:
+/// with Redis gone the store carries on with PostgreSQL alone; with PostgreSQL gone it is an outage.
+/// </summary>
+internal sealed class LayeredRig : StoreRig
+{
+    private readonly PostgresRig _postgres = new();
+    private readonly RedisRig _redis = new();
+    private int _cuts;
+    private int _lastCut;
+
+    public override string Name => "layered";
+
+    public static async Task<ChildStore> CreateChildAsync(ChildArgs args)
+    {
+        var dataSource = NpgsqlDataSource.Create(args["pg"]);
+        var schema = args["schema"];
+        var postgres = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema });
+        var config = ConfigurationOptions.Parse(args["redis"]);
+        config.AbortOnConnectFail = false;
+        config.ConnectTimeout = 2000;
+        config.SyncTimeout = config.AsyncTimeout = 3000;
+        config.ConnectRetry = 1;
+        var connection = await ConnectionMultiplexer.ConnectAsync(config).ConfigureAwait(false);
+        var store = new LayeredIdempotencyStore(connection, new RedisIdempotencyStoreOptions { KeyPrefix = args["prefix"], LeaseDuration = TimeSpan.FromSeconds(2) }, postgres);
+        var sql = $"INSERT INTO {schema}.effects (key, applied) VALUES (@key, 1) ON CONFLICT (key) DO UPDATE SET applied = {schema}.effects.applied + 1";
+        return new ChildStore(
+            store,
+            async (context, ct) => await context.GetNpgsqlConnection().ExecuteAsync(new CommandDefinition(sql, new { key = context.Key }, context.GetNpgsqlTransaction(), cancellationToken: ct)).ConfigureAwait(false),
+            async () =>
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+                await dataSource.DisposeAsync().ConfigureAwait(false);
+            });
+    }
+
+    public override async Task SetupAsync(string runId)
+    {
+        await _postgres.SetupAsync(runId).ConfigureAwait(false);
+        await _redis.SetupAsync(runId).ConfigureAwait(false);
+    }
+
+    public override void Cut()
+    {
+        // Redis alone, PostgreSQL alone, both: in turn.
+        _lastCut = _cuts++ % 3;
+        if (_lastCut != 1)
+        {
+            _redis.Cut();
+        }
+
+        if (_lastCut != 0)
+        {
+            _postgres.Cut();
+        }
+    }
+
+    public override void Restore()
+    {
+        _redis.Restore();
+        _postgres.Restore();
+    }
+
+    public override void AddChildArgs(IDictionary<string, string> args)
+    {
+        _postgres.AddChildArgs(args);
+        _redis.AddChildArgs(args);
+    }
+
+    public override Task<Dictionary<string, long>> ReadEffectsAsync() => _postgres.ReadEffectsAsync();
+
+    public override async ValueTask DisposeAsync()
+    {
+        await _redis.DisposeAsync().ConfigureAwait(false);
+        await _postgres.DisposeAsync().ConfigureAwait(false);
+    }
+
+    protected override (string Host, int Port) Target() => throw new NotSupportedException("the layered rig has a proxy per server");
+
+    protected override Task SetupCoreAsync(string runId) => Task.CompletedTask;
+
+    protected override Task CleanupAsync() => Task.CompletedTask;
+}
+
+/// <summary>A store that writes <c>K key</c> on stdout for every key a commit recorded (lease-mode journal).</summary>
+internal sealed class ReportingStore(IIdempotencyStore inner) : IIdempotencyStore
+{
+    public string Name => inner.Name;
+
+    public async ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default) =>
+        new Transaction(await inner.BeginAsync(cancellationToken).ConfigureAwait(false));
+
+    public bool IsUnavailable(Exception exception) => inner.IsUnavailable(exception);
+
+    public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => inner.PingAsync(cancellationToken);
+
+    private sealed class Transaction(IIdempotencyTransaction inner) : IIdempotencyTransaction
+    {
+        public ValueTask<ClaimResult> ClaimAsync(ClaimRequest request, CancellationToken cancellationToken = default) => inner.ClaimAsync(request, cancellationToken);
+
+        public ValueTask<IReadOnlyList<ClaimResult>> ClaimBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default) => inner.ClaimBatchAsync(requests, cancellationToken);
+
+        public async ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<Idempotency.Outbox.OutboxMessage> outbox, CancellationToken cancellationToken = default)
+        {
+            await inner.CommitAsync(completions, outbox, cancellationToken).ConfigureAwait(false);
+            foreach (var c in completions)
+            {
+                ChildHost.Output.WriteLine("K " + c.Claim.Key);
+            }
+        }
+
+        public ValueTask RollbackAsync(CancellationToken cancellationToken = default) => inner.RollbackAsync(cancellationToken);
+
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
     }
 }
