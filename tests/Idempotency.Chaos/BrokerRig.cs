@@ -31,6 +31,7 @@ internal abstract class BrokerRig : IAsyncDisposable
         "kafka" => new KafkaRig(),
         "rabbitmq" => new RabbitMqRig(),
         "sqs" => new SqsRig(),
+        "sqs-fifo" => new SqsRig(fifo: true),
         _ => throw new NotSupportedException($"broker '{name}' is not wired into the chaos suite yet"),
     };
 
@@ -38,9 +39,12 @@ internal abstract class BrokerRig : IAsyncDisposable
     {
         "kafka" => KafkaRig.RunKafkaChildAsync(args, processor, ready, stop),
         "rabbitmq" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
-        "sqs" => SqsRig.RunSqsChildAsync(args, processor, ready, stop),
+        "sqs" or "sqs-fifo" => SqsRig.RunSqsChildAsync(args, processor, ready, stop),
         _ => throw new NotSupportedException(args.Broker),
     };
+
+    /// <summary>Gets the ordering group of a key (its FIFO message group), or null when the broker keeps no order to check.</summary>
+    public virtual string? OrderGroup(string key) => null;
 
     public abstract Task SetupAsync(string runId);
 

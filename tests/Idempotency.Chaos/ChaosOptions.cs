@@ -54,7 +54,7 @@ internal sealed class ChaosOptions
             {
                 case "--quick": o.Quick = true; break;
                 case "--full": o.Quick = false; break;
-                case "--broker": o.Brokers = List(Next(), ["kafka", "rabbitmq", "sqs"], a); break;
+                case "--broker": o.Brokers = List(Next(), ["kafka", "rabbitmq", "sqs", "sqs-fifo"], a); break;
                 case "--store": o.Stores = List(Next(), ["postgres", "redis", "layered", "redis-lease"], a); break;
                 case "--messages": messages = Int(Next(), a, 10); break;
                 case "--kills": kills = Int(Next(), a, 0); break;
@@ -87,7 +87,8 @@ internal sealed class ChaosOptions
         usage: dotnet run --project tests/Idempotency.Chaos -c Release -- [options]
           --quick             reduced run for CI (600 messages, 20 kills, 4 poison per scenario)
           --full              full run (default: 4000 messages, 40 kills, 10 poison per scenario)
-          --broker LIST       kafka,rabbitmq,sqs (default: all)
+          --broker LIST       kafka,rabbitmq,sqs,sqs-fifo (default: kafka,rabbitmq,sqs; sqs-fifo checks per-group
+                              order from the business table with --store postgres or layered)
           --store LIST        postgres,redis,layered,redis-lease (default: postgres,redis; layered = Redis in front of
                               PostgreSQL; redis-lease = lease mode, the effect outside the store's transaction)
           --messages N        messages produced per scenario (duplicates and poison included)

@@ -75,6 +75,11 @@ internal static class Report
             sb.AppendLine(CultureInfo.InvariantCulture, $"- kills by point: {string.Join(", ", r.KillPoints.Select(k => $"{k.Key} {k.Value}"))}");
             sb.AppendLine(CultureInfo.InvariantCulture, $"- faults: {string.Join(", ", r.Faults.Select(k => $"{k.Key} {k.Value}"))}");
             sb.AppendLine(CultureInfo.InvariantCulture, $"- consumer starts: {r.Restarts}; processed reported {r.ProcessedReported}, duplicates skipped {r.DuplicatesSkipped}; extra effects {r.DuplicateEffects}; DLQ {r.DeadLetterMessages} messages for {r.DeadLettered} keys");
+            if (r.OrderNote is not null)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"- order: {r.OrderNote}");
+            }
+
             if (r.LeaseNote is not null)
             {
                 sb.AppendLine(CultureInfo.InvariantCulture, $"- lease mode: {r.LeaseNote}");

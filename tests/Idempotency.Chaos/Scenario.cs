@@ -45,6 +45,9 @@ internal sealed class ScenarioResult
     /// <summary>The verdict of every key that did not end exactly right.</summary>
     public List<KeyVerdict> Verdicts { get; } = [];
 
+    /// <summary>FIFO: how the per-group order check went.</summary>
+    public string? OrderNote { get; set; }
+
     /// <summary>Redis lease mode: attempts, forced lease expiries and the extra effects they explain.</summary>
     public string? LeaseNote { get; set; }
 
@@ -395,6 +398,8 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             result.Log.Add("verdict: " + v);
         }
 
+        await CheckOrderAsync(store, broker, messages, result);
+
         var wrongDlq = dlqKeys.Where(k => !poison.Contains(k)).Take(10).ToList();
         if (wrongDlq.Count > 0)
         {
@@ -405,6 +410,40 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         {
             result.Violations.Add("nothing was injected");
         }
+    }
+
+    private static async Task CheckOrderAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result)
+    {
+        // FIFO: within each group, keys must get their first effect in the order they were first produced.
+        if (broker.OrderGroup("k-000000") is null)
+        {
+            return;
+        }
+
+        var order = await store.ReadFirstEffectOrderAsync();
+        if (order is null)
+        {
+            Note(result, $"order not checked: the {store.Name} store keeps no effect order (use --store postgres or layered)");
+            return;
+        }
+
+        var groups = messages.Where(m => !m.IsPoison).Select(m => m.Key).Distinct(StringComparer.Ordinal).GroupBy(k => broker.OrderGroup(k)!, StringComparer.Ordinal);
+        var checkedGroups = 0;
+        foreach (var group in groups)
+        {
+            var produced = group.Where(order.ContainsKey).ToList();
+            var applied = produced.OrderBy(k => order[k]).ToList();
+            var at = produced.Zip(applied).Select((p, i) => (p, i)).FirstOrDefault(x => x.p.First != x.p.Second);
+            if (at.p.First is not null)
+            {
+                result.Violations.Add($"FIFO group {group.Key} out of order at position {at.i}: produced {at.p.First}, applied {at.p.Second} first (sequence {order[at.p.Second]} vs {order[at.p.First]})");
+            }
+
+            checkedGroups++;
+        }
+
+        result.OrderNote = $"{checkedGroups} FIFO groups checked in the business table: {(result.Violations.Any(v => v.StartsWith("FIFO group", StringComparison.Ordinal)) ? "OUT OF ORDER" : "each in produce order")}";
+        Note(result, result.OrderNote);
     }
 
     private static void Note(ScenarioResult result, string line)

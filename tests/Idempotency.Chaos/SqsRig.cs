@@ -12,8 +12,15 @@ namespace Idempotency.Chaos;
 /// so the heartbeat cannot extend it and visibility expires mid-handler; the message comes back (to the other poller
 /// or the next child) while the first handler may still run, and only the store decides which one commits.
 /// </summary>
-internal sealed class SqsRig : BrokerRig
+/// <remarks>
+/// <c>sqs-fifo</c>: FIFO queue and FIFO DLQ; each key belongs to one of <see cref="FifoGroups"/> message groups (a
+/// re-send goes to its key's group), every send has its own deduplication id (so re-sends are delivered and are the
+/// store's to skip). The scenario checks each group's order in the business table.
+/// </remarks>
+internal sealed class SqsRig(bool fifo = false) : BrokerRig
 {
+    public const int FifoGroups = 6;
+
     private readonly string _serviceUrl = Environment.GetEnvironmentVariable("IDEMPOTENCY_SQS") is { Length: > 0 } v
         ? v
         : throw new InvalidOperationException("$IDEMPOTENCY_SQS is not set: run ./build.sh chaos (it starts the services and exports it).");
@@ -23,7 +30,23 @@ internal sealed class SqsRig : BrokerRig
     private string _queueUrl = "";
     private string _dlqUrl = "";
 
-    public override string Name => "sqs";
+    public override string Name => fifo ? "sqs-fifo" : "sqs";
+
+    public override string? OrderGroup(string key)
+    {
+        if (!fifo)
+        {
+            return null;
+        }
+
+        var h = 17;
+        foreach (var c in key)
+        {
+            h = unchecked((h * 31) + c);
+        }
+
+        return "g" + ((h & 0x7FFFFFFF) % FifoGroups).ToString(System.Globalization.CultureInfo.InvariantCulture);
+    }
 
     private AmazonSQSClient Sqs => _sqs ?? throw new InvalidOperationException("not set up");
 
@@ -47,8 +70,10 @@ internal sealed class SqsRig : BrokerRig
         var uri = new Uri(_serviceUrl);
         _proxy = new TcpProxy(uri.Host is "localhost" ? "127.0.0.1" : uri.Host, uri.Port);
         _sqs = Client(_serviceUrl);
-        _queueUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId })).QueueUrl;
-        _dlqUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + "-dlq" })).QueueUrl;
+        var suffix = fifo ? ".fifo" : "";
+        var attributes = fifo ? new Dictionary<string, string> { ["FifoQueue"] = "true" } : null;
+        _queueUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + suffix, Attributes = attributes })).QueueUrl;
+        _dlqUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + "-dlq" + suffix, Attributes = attributes })).QueueUrl;
     }
 
     public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
@@ -59,6 +84,8 @@ internal sealed class SqsRig : BrokerRig
             {
                 Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 MessageBody = m.Body,
+                MessageGroupId = OrderGroup(m.Key),
+                MessageDeduplicationId = fifo ? Guid.NewGuid().ToString("N") : null,
                 MessageAttributes = new() { [SqsIdempotencyOptions.DefaultKeyAttributeName] = new MessageAttributeValue { DataType = "String", StringValue = m.Key } },
             }).ToList();
             var response = await Sqs.SendMessageBatchAsync(new SendMessageBatchRequest { QueueUrl = _queueUrl, Entries = entries });
@@ -152,6 +179,24 @@ internal sealed class SqsRig : BrokerRig
         }
 
         await MakeVisibleAsync(_queueUrl, handles);
+        if (fifo)
+        {
+            // A FIFO receive shows only the head of each group (the rest is locked behind it): a key is deliverable
+            // when its group still has a head, and lost when its group is empty.
+            var heads = found.Where(k => k.Length > 0).ToDictionary(k => OrderGroup(k)!, k => k, StringComparer.Ordinal);
+            var fifoResult = keys.ToDictionary(
+                k => k,
+                k => found.Contains(k)
+                    ? new KeyPosition(true, $"the head of group {OrderGroup(k)}")
+                    : heads.TryGetValue(OrderGroup(k)!, out var head)
+                        ? new KeyPosition(true, $"group {OrderGroup(k)} still holds messages (head {head})")
+                        : inFlight > 0
+                            ? new KeyPosition(true, $"group {OrderGroup(k)} shows no head, but {inFlight} messages are in flight")
+                            : new KeyPosition(false, $"deleted: group {OrderGroup(k)} is empty"),
+                StringComparer.Ordinal);
+            return new BrokerInspection(fifoResult, summary + $"; after the consumer stopped: {heads.Count} groups with messages, {inFlight} in flight");
+        }
+
         var result = keys.ToDictionary(
             k => k,
             k => found.Contains(k)

@@ -62,6 +62,9 @@ internal abstract class StoreRig : IAsyncDisposable
     /// <summary>Reads every business effect: key -> how many times it was applied.</summary>
     public abstract Task<Dictionary<string, long>> ReadEffectsAsync();
 
+    /// <summary>Reads the order in which keys got their first effect (key -> sequence), or null when the store keeps none.</summary>
+    public virtual Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync() => Task.FromResult<Dictionary<string, long>?>(null);
+
     public virtual async ValueTask DisposeAsync()
     {
         if (_proxy is not null)
@@ -142,6 +145,15 @@ internal sealed class PostgresRig : StoreRig
         return rows.ToDictionary(r => r.Key, r => r.Applied, StringComparer.Ordinal);
     }
 
+    public override async Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync()
+    {
+        // first_seq is drawn when a key's row is inserted, i.e. by its first effect; a FIFO group's messages run one
+        // after another, so within a group it is the order of the first effects.
+        await using var connection = new NpgsqlConnection(_direct.ConnectionString);
+        var rows = await connection.QueryAsync<(string Key, long Seq)>($"SELECT key, first_seq FROM {_schema}.effects");
+        return rows.ToDictionary(r => r.Key, r => r.Seq, StringComparer.Ordinal);
+    }
+
     protected override (string Host, int Port) Target() => (_direct.Host ?? "127.0.0.1", _direct.Port);
 
     protected override async Task SetupCoreAsync(string runId)
@@ -150,7 +162,7 @@ internal sealed class PostgresRig : StoreRig
         await using var dataSource = NpgsqlDataSource.Create(_direct.ConnectionString);
         await using (var connection = await dataSource.OpenConnectionAsync())
         {
-            await connection.ExecuteAsync($"CREATE SCHEMA {_schema}; CREATE TABLE {_schema}.effects (key text PRIMARY KEY, applied int NOT NULL)");
+            await connection.ExecuteAsync($"CREATE SCHEMA {_schema}; CREATE TABLE {_schema}.effects (key text PRIMARY KEY, applied int NOT NULL, first_seq bigserial NOT NULL)");
         }
 
         await new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = _schema }).EnsureSchemaAsync();
@@ -369,6 +381,8 @@ internal sealed class LayeredRig : StoreRig
     }
 
     public override Task<Dictionary<string, long>> ReadEffectsAsync() => _postgres.ReadEffectsAsync();
+
+    public override Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync() => _postgres.ReadFirstEffectOrderAsync();
 
     public override async ValueTask DisposeAsync()
     {
