@@ -73,7 +73,8 @@ internal sealed class ChaosOptions
         o.Messages = messages ?? (o.Quick ? 600 : 4000);
         o.Kills = kills ?? (o.Quick ? 20 : 40);
         o.Poison = poison ?? (o.Quick ? 4 : 10);
-        o.SettleTimeout = TimeSpan.FromSeconds(o.Quick ? 60 : 120);
+        // Under load the settle bound doubles (it ends as soon as everything settled, so a healthy run loses no time).
+        o.SettleTimeout = TimeSpan.FromSeconds((o.Quick ? 60 : 120) * (o.UnderLoad ? 2 : 1));
         o.LoadBound = TimeSpan.FromSeconds(loadSeconds ?? (o.Quick ? 1200 : 3600));
         if (o.DuplicateShare is < 0 or >= 1)
         {

@@ -129,6 +129,8 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             using var killPhase = new CancellationTokenSource();
             var faultTask = InjectFaultsAsync(faults, new Random(rng.Next()), result, killPhase.Token);
             var perKill = Math.Max(2, (result.Unique + result.Poison) / Math.Max(1, options.Kills));
+            // A CPU-starved child starts (JIT, connections) seconds later: under load a kill point waits 10 s longer.
+            var killPointWait = brokerRig.KillPointWait + (options.UnderLoad ? TimeSpan.FromSeconds(10) : TimeSpan.Zero);
             for (var k = 0; k < options.Kills; k++)
             {
                 if (k + 1 < chunks.Count)
@@ -141,7 +143,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 var points = journal is null ? KillPointNames : LeaseKillPointNames;
                 var point = k < points.Length ? points[k] : points[rng.Next(points.Length)];
                 var lifetime = Stopwatch.StartNew();
-                var landed = await ReachKillPointAsync(child, point, rng, perKill, brokerRig.KillPointWait);
+                var landed = await ReachKillPointAsync(child, point, rng, perKill, killPointWait);
                 child.Kill();
                 result.Log.Add($"kill {k + 1}: {point}{(landed ? "" : " (idle)")} after {lifetime.ElapsedMilliseconds} ms, {child.Results} results (first at {child.FirstResultMs} ms)");
                 Collect(result, child);
