@@ -55,7 +55,7 @@ internal sealed class ChaosOptions
                 case "--quick": o.Quick = true; break;
                 case "--full": o.Quick = false; break;
                 case "--broker": o.Brokers = List(Next(), ["kafka", "rabbitmq", "sqs", "sqs-fifo"], a); break;
-                case "--store": o.Stores = List(Next(), ["postgres", "redis", "layered", "redis-lease"], a); break;
+                case "--store": o.Stores = List(Next(), ["postgres", "redis", "layered", "redis-lease", "redis-crash"], a); break;
                 case "--messages": messages = Int(Next(), a, 10); break;
                 case "--kills": kills = Int(Next(), a, 0); break;
                 case "--poison": poison = Int(Next(), a, 0); break;
@@ -91,7 +91,8 @@ internal sealed class ChaosOptions
           --broker LIST       kafka,rabbitmq,sqs,sqs-fifo (default: kafka,rabbitmq,sqs; sqs-fifo checks per-group
                               order from the business table with --store postgres or layered)
           --store LIST        postgres,redis,layered,redis-lease (default: postgres,redis; layered = Redis in front of
-                              PostgreSQL; redis-lease = lease mode, the effect outside the store's transaction)
+                              PostgreSQL; redis-lease = lease mode, the effect outside the store's transaction;
+                              redis-crash = a private redis-server that is SIGKILLed and restarted)
           --messages N        messages produced per scenario (duplicates and poison included)
           --kills N           SIGKILLs of the consumer per scenario
           --poison N          poison messages per scenario

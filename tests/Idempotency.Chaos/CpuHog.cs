@@ -11,30 +11,77 @@ namespace Idempotency.Chaos;
 /// </summary>
 internal sealed partial class CpuHog : IDisposable
 {
-    private readonly Process _process;
-    private readonly Stopwatch _age = Stopwatch.StartNew();
+    /// <summary>stress-ng runs in chunks of this length, restarted while the run goes on: if the suite dies without
+    /// stopping it (SIGKILL), the load ends within a chunk instead of at the bound.</summary>
+    private static readonly TimeSpan Chunk = TimeSpan.FromSeconds(60);
 
-    private CpuHog(Process process, int workers, TimeSpan bound)
+    private readonly string _path;
+    private readonly Stopwatch _age = Stopwatch.StartNew();
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Task _loop;
+    private readonly object _gate = new();
+    private Process? _current;
+    private int _starts;
+    private int _disposed;
+    private int _firstPid;
+
+    private CpuHog(string path, int workers, TimeSpan bound)
     {
-        _process = process;
+        _path = path;
         Workers = workers;
         Bound = bound;
+        StartChunk();
+        _loop = Task.Run(LoopAsync);
     }
 
     public int Workers { get; }
 
     public TimeSpan Bound { get; }
 
-    public int Pid => _process.Id;
+    public int Pid
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _current?.Id ?? 0;
+            }
+        }
+    }
 
-    public string Description => string.Create(CultureInfo.InvariantCulture, $"stress-ng --cpu {Workers} (pid {Pid}, bounded to {Bound.TotalSeconds:0} s)");
+    public string Description => string.Create(CultureInfo.InvariantCulture, $"stress-ng --cpu {Workers} (bounded to {Bound.TotalSeconds:0} s, in {Chunk.TotalSeconds:0} s chunks; first pid {_firstPid})");
+
+    /// <summary>Gets a line for the report: how long it ran, and whether it ran to the end of the scenarios.</summary>
+    public string Summary => string.Create(CultureInfo.InvariantCulture, $"{Description}: {(StillRunning ? "ran" : "STOPPED EARLY after")} {_age.Elapsed.TotalSeconds:0} s, {_starts} chunks");
+
+    public bool StillRunning => !_loop.IsCompleted && _age.Elapsed < Bound;
 
     public static CpuHog Start(int workers, TimeSpan bound)
     {
         var path = Find() ?? Install() ?? throw new InvalidOperationException(
             "--under-load needs stress-ng, which is not installed and could not be installed here: run `apt-get install -y stress-ng` (Debian/Ubuntu) as root, then retry.");
-        var info = new ProcessStartInfo(path) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { "--cpu", workers.ToString(CultureInfo.InvariantCulture), "--timeout", ((int)bound.TotalSeconds).ToString(CultureInfo.InvariantCulture) + "s", "--metrics-brief" })
+        return new CpuHog(path, workers, bound);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
+        _stop.Cancel();
+        StopCurrent();
+        _loop.Wait(TimeSpan.FromSeconds(10));
+        _stop.Dispose();
+    }
+
+    private void StartChunk()
+    {
+        var remaining = Bound - _age.Elapsed;
+        var seconds = (int)Math.Max(1, Math.Min(Chunk.TotalSeconds, remaining.TotalSeconds));
+        var info = new ProcessStartInfo(_path) { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { "--cpu", Workers.ToString(CultureInfo.InvariantCulture), "--timeout", seconds.ToString(CultureInfo.InvariantCulture) + "s" })
         {
             info.ArgumentList.Add(a);
         }
@@ -44,42 +91,78 @@ internal sealed partial class CpuHog : IDisposable
         process.ErrorDataReceived += (_, _) => { };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
-        Thread.Sleep(300);
-        if (process.HasExited)
+        lock (_gate)
         {
-            throw new InvalidOperationException($"stress-ng exited at once with code {process.ExitCode}");
+            _current?.Dispose();
+            _current = process;
         }
 
-        return new CpuHog(process, workers, bound);
+        if (_starts++ == 0)
+        {
+            _firstPid = process.Id;
+            Thread.Sleep(300);
+            if (process.HasExited)
+            {
+                throw new InvalidOperationException($"stress-ng exited at once with code {process.ExitCode}");
+            }
+        }
     }
 
-    /// <summary>Gets a line for the report: how long it ran, and whether it ran to the end of the scenarios.</summary>
-    public string Summary => _process.HasExited && _age.Elapsed < Bound
-        ? string.Create(CultureInfo.InvariantCulture, $"{Description}: EXITED EARLY after {_age.Elapsed.TotalSeconds:0} s")
-        : string.Create(CultureInfo.InvariantCulture, $"{Description}: ran {_age.Elapsed.TotalSeconds:0} s, the whole run");
-
-    public bool StillRunning => !_process.HasExited;
-
-    public void Dispose()
+    private async Task LoopAsync()
     {
+        while (!_stop.IsCancellationRequested)
+        {
+            Process? current;
+            lock (_gate)
+            {
+                current = _current;
+            }
+
+            try
+            {
+                if (current is not null)
+                {
+                    await current.WaitForExitAsync(_stop.Token).ConfigureAwait(false);
+                }
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            if (_stop.IsCancellationRequested || _age.Elapsed >= Bound)
+            {
+                return;
+            }
+
+            StartChunk();
+        }
+    }
+
+    private void StopCurrent()
+    {
+        Process? current;
+        lock (_gate)
+        {
+            current = _current;
+        }
+
         try
         {
-            if (!_process.HasExited)
+            if (current is { HasExited: false })
             {
                 // SIGTERM lets stress-ng stop its workers; its process tree is SIGKILLed if it does not exit in 5 s.
-                _ = Kill(_process.Id, 15);
-                if (!_process.WaitForExit(5000))
+                _ = Kill(current.Id, 15);
+                if (!current.WaitForExit(5000))
                 {
-                    _process.Kill(entireProcessTree: true);
-                    _process.WaitForExit(5000);
+                    current.Kill(entireProcessTree: true);
+                    current.WaitForExit(5000);
                 }
             }
         }
         catch (InvalidOperationException)
         {
         }
-
-        _process.Dispose();
     }
 
     private static string? Find() =>

@@ -29,6 +29,8 @@ catch (ArgumentException e)
 CpuHog? hog = null;
 AppDomain.CurrentDomain.ProcessExit += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
 Console.CancelKeyPress += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
+// `timeout` and CI runners stop the suite with SIGTERM: children and the CPU hog go with it (by PID).
+using var onSigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, _ => { ChildProcess.KillAll(); hog?.Dispose(); });
 
 var start = DateTimeOffset.UtcNow;
 var clock = Stopwatch.StartNew();

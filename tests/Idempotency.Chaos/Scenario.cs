@@ -123,6 +123,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                     finally { storeRig.Restore(); }
                 }),
             };
+            faults.AddRange(storeRig.Faults);
             faults.AddRange(brokerRig.Faults);
             faults.RemoveAll(f => options.SkipFaults.Contains(f.Name));
 

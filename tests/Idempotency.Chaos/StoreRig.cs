@@ -29,6 +29,7 @@ internal abstract class StoreRig : IAsyncDisposable
         "redis" => new RedisRig(),
         "layered" => new LayeredRig(),
         "redis-lease" => new RedisRig(lease: true),
+        "redis-crash" => new RedisRig(crash: true),
         _ => throw new ArgumentException(name),
     };
 
@@ -38,6 +39,7 @@ internal abstract class StoreRig : IAsyncDisposable
         "redis" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
         "layered" => await LayeredRig.CreateChildAsync(args).ConfigureAwait(false),
         "redis-lease" => await RedisRig.CreateLeaseChildAsync(args).ConfigureAwait(false),
+        "redis-crash" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
         _ => throw new ArgumentException(args.StoreKind),
     };
 
@@ -58,6 +60,9 @@ internal abstract class StoreRig : IAsyncDisposable
     public virtual void Restore() => Proxy.Start();
 
     public abstract void AddChildArgs(IDictionary<string, string> args);
+
+    /// <summary>Gets the store's own faults beyond the proxy cut (e.g. a real server crash).</summary>
+    public virtual IReadOnlyList<FaultKind> Faults => [];
 
     /// <summary>Reads every business effect: key -> how many times it was applied.</summary>
     public abstract Task<Dictionary<string, long>> ReadEffectsAsync();
@@ -186,16 +191,46 @@ internal sealed class PostgresRig : StoreRig
 /// <c>redis-lease</c>): the lease mode for external effects, where the effect is a plain <c>HINCRBY</c> outside the
 /// store's transaction, so it is at-least-once by design; the child journals each attempt (see <see cref="LeaseJournal"/>).
 /// </summary>
-internal sealed class RedisRig(bool lease = false) : StoreRig
+/// <remarks>
+/// With <c>crash</c> (store <c>redis-crash</c>): Redis-held state on a <see cref="PrivateRedis"/> server of the suite's
+/// own, which the <c>redis-crash</c> fault SIGKILLs and restarts (AOF, <c>appendfsync always</c>): counts stay exact.
+/// </remarks>
+internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRig
 {
     /// <summary>How long a lease-mode handler stalls after its effect when told to: past the 2 s lease.</summary>
     public static readonly TimeSpan LeaseStall = TimeSpan.FromMilliseconds(3500);
 
-    private readonly ConfigurationOptions _direct = ConfigurationOptions.Parse(Env("IDEMPOTENCY_REDIS"));
+    private ConfigurationOptions _direct = crash ? new ConfigurationOptions() : ConfigurationOptions.Parse(Env("IDEMPOTENCY_REDIS"));
     private ConnectionMultiplexer? _connection;
+    private PrivateRedis? _server;
     private string _prefix = "";
 
-    public override string Name => lease ? "redis-lease" : "redis";
+    public override string Name => lease ? "redis-lease" : crash ? "redis-crash" : "redis";
+
+    public override IReadOnlyList<FaultKind> Faults => _server is null
+        ? []
+        : [new("redis-crash", (rng, ct) => _server.CrashAsync(TimeSpan.FromMilliseconds(rng.Next(200, 1500)), ct))];
+
+    public override async Task SetupAsync(string runId)
+    {
+        if (crash)
+        {
+            _server = await PrivateRedis.StartAsync(runId);
+            _direct = ConfigurationOptions.Parse($"127.0.0.1:{_server.Port}");
+            _direct.AbortOnConnectFail = false;
+        }
+
+        await base.SetupAsync(runId);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+    }
 
     public bool IsLease => lease;
 
