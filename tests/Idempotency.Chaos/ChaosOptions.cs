@@ -30,6 +30,12 @@ internal sealed class ChaosOptions
 
     public string ResultsDirectory { get; private set; } = "artifacts";
 
+    /// <summary>Run the soak (<see cref="Soak"/>) instead of the scenarios.</summary>
+    public bool Soak { get; private set; }
+
+    /// <summary>Upper bound on the soak run; it fails when the messages are not all processed by then.</summary>
+    public TimeSpan SoakLimit { get; private set; } = TimeSpan.FromMinutes(60);
+
     /// <summary>Run the scenarios with stress-ng saturating every core (<see cref="CpuHog"/>).</summary>
     public bool UnderLoad { get; private set; }
 
@@ -61,6 +67,8 @@ internal sealed class ChaosOptions
                 case "--poison": poison = Int(Next(), a, 0); break;
                 case "--duplicates": o.DuplicateShare = double.Parse(Next(), CultureInfo.InvariantCulture); break;
                 case "--under-load": o.UnderLoad = true; break;
+                case "--soak": o.Soak = true; break;
+                case "--soak-minutes": o.SoakLimit = TimeSpan.FromMinutes(Int(Next(), a, 1)); break;
                 case "--load-seconds": loadSeconds = Int(Next(), a, 10); break;
                 case "--seed": o.Seed = Int(Next(), a, 0); break;
                 case "--results": o.ResultsDirectory = Next(); break;
@@ -70,7 +78,7 @@ internal sealed class ChaosOptions
             }
         }
 
-        o.Messages = messages ?? (o.Quick ? 600 : 4000);
+        o.Messages = messages ?? (o.Soak ? 1_000_000 : o.Quick ? 600 : 4000);
         o.Kills = kills ?? (o.Quick ? 20 : 40);
         o.Poison = poison ?? (o.Quick ? 4 : 10);
         // Under load the settle bound doubles (it ends as soon as everything settled, so a healthy run loses no time).
@@ -102,6 +110,9 @@ internal sealed class ChaosOptions
                               scenarios run; stopped by PID at the end
           --load-seconds N    upper bound on the CPU hog's life (default 1200 quick, 3600 full)
           --skip-faults LIST  fault kinds not to inject, e.g. kafka-request-errors,store-cut (to isolate a failure)
+          --soak              not the scenarios: the soak run (./build.sh soak): --messages (default 1,000,000) unique
+                              keys through Kafka over PostgreSQL with the retention pruner; writes soak.csv/.md/.png
+                              to --results (default benchmarks/results); --soak-minutes N bounds it (default 60)
           --results DIR       where chaos.md and test-results/chaos.trx go (default: artifacts)
         """;
 

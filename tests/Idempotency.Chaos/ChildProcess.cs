@@ -24,6 +24,7 @@ internal sealed class ChildProcess : IDisposable
     public int Duplicates;
     public int FailedAttempts;
     public int DeadLettered;
+    public long Pruned;
 
     public int Results => Volatile.Read(ref _results);
 
@@ -193,6 +194,12 @@ internal sealed class ChildProcess : IDisposable
                 case 'L': Interlocked.Increment(ref DeadLettered); Interlocked.Increment(ref _results); break;
             }
 
+            return;
+        }
+
+        if (line.StartsWith("P ", StringComparison.Ordinal) && long.TryParse(line.AsSpan(2), System.Globalization.CultureInfo.InvariantCulture, out var pruned))
+        {
+            Interlocked.Add(ref Pruned, pruned);
             return;
         }
 

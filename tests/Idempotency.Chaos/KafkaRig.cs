@@ -12,9 +12,9 @@ namespace Idempotency.Chaos;
 /// over TCP by the child. Faults: one broker stalled (every response 1-3 s late), every broker stalled, injected request
 /// errors on OffsetCommit, Fetch and Heartbeat.
 /// </summary>
-internal sealed class KafkaRig : BrokerRig
+internal sealed class KafkaRig(int partitions = 3) : BrokerRig
 {
-    private const int Partitions = 3;
+    private readonly int _partitions = partitions;
     private readonly ConcurrentDictionary<string, ConcurrentBag<TopicPartitionOffset>> _positions = new(StringComparer.Ordinal);
     private MockKafkaCluster? _cluster;
     private string _topic = "";
@@ -73,7 +73,7 @@ internal sealed class KafkaRig : BrokerRig
     {
         _cluster = MockKafkaCluster.StartMock(3);
         _topic = "chaos-" + runId;
-        Cluster.CreateTopic(_topic, Partitions);
+        Cluster.CreateTopic(_topic, _partitions);
         Cluster.CreateTopic(DeadLetterTopic, 1);
         return Task.CompletedTask;
     }
@@ -149,9 +149,9 @@ internal sealed class KafkaRig : BrokerRig
 
     public override async Task<string> SnapshotAsync()
     {
-        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, Partitions);
-        var end = Cluster.EndOffsets(_topic, Partitions);
-        return "group committed / end offset: " + string.Join(", ", Enumerable.Range(0, Partitions).Select(p =>
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, _partitions);
+        var end = Cluster.EndOffsets(_topic, _partitions);
+        return "group committed / end offset: " + string.Join(", ", Enumerable.Range(0, _partitions).Select(p =>
             string.Create(CultureInfo.InvariantCulture, $"p{p} {(committed[p] < 0 ? "none" : committed[p].ToString(CultureInfo.InvariantCulture))}/{end[p]}")));
     }
 
@@ -159,7 +159,7 @@ internal sealed class KafkaRig : BrokerRig
     {
         // A message is still deliverable when it is at or after its partition's committed offset (none committed: the
         // group starts from the earliest offset); one copy of a re-sent key is enough.
-        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, Partitions);
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, _partitions);
         var result = new Dictionary<string, KeyPosition>(StringComparer.Ordinal);
         foreach (var key in keys)
         {

@@ -27,6 +27,12 @@ catch (ArgumentException e)
 }
 
 CpuHog? hog = null;
+if (options.Soak)
+{
+    AppDomain.CurrentDomain.ProcessExit += (_, _) => ChildProcess.KillAll();
+    return await Soak.RunAsync(options.Messages, args.Contains("--results") ? options.ResultsDirectory : Path.Combine("benchmarks", "results"), options.SoakLimit);
+}
+
 AppDomain.CurrentDomain.ProcessExit += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
 Console.CancelKeyPress += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
 // `timeout` and CI runners stop the suite with SIGTERM: children and the CPU hog go with it (by PID).

@@ -116,6 +116,10 @@ internal sealed class PostgresRig : StoreRig
 
     public override string Name => "postgres";
 
+    public string Schema => _schema;
+
+    public string DirectConnectionString => _direct.ConnectionString;
+
     public static ChildStore CreateChild(ChildArgs args)
     {
         var dataSource = NpgsqlDataSource.Create(args["pg"]);
