@@ -26,7 +26,9 @@ usage: ./build.sh COMMAND [ARGS...]
                      last line: tests: N passed, N failed[, N skipped]
   demo [ARGS...]     dotnet run samples/Idempotency.Demo with the services up
   bench [ARGS...]    dotnet run benchmarks/Idempotency.Benchmarks
-  chaos [ARGS...]    dotnet run tests/Idempotency.Chaos
+  chaos [ARGS...]    dotnet run tests/Idempotency.Chaos (e.g. --quick, --under-load; --help lists them)
+  soak [ARGS...]     the soak run (not part of test): 1,000,000 messages through Kafka over PostgreSQL with the
+                     retention pruner; RSS and keys-table size every 10 s to benchmarks/results/soak.{csv,md,png}
   newcomer           scripts/newcomer-check.sh: pack src/, build samples/Idempotency.Newcomer from the
                      packages, run it against RabbitMQ + PostgreSQL and check its effects (also part of test)
   services CMD       scripts/services.sh up|down|status|env|restart-postgres|...
@@ -192,6 +194,7 @@ case "$cmd" in
   bench) cmd_run benchmarks/Idempotency.Benchmarks "$@" ;;
   chaos) cmd_run tests/Idempotency.Chaos "$@" ;;
   newcomer) services_up && "$ROOT/scripts/newcomer-check.sh" "$@" ;;
+  soak) cmd_run tests/Idempotency.Chaos --soak "$@" ;;
   services) exec "$ROOT/scripts/services.sh" "$@" ;;
   help|-h|--help) usage ;;
   *) echo "build.sh: unknown command '$cmd'" >&2; usage >&2; exit 2 ;;

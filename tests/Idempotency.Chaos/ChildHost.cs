@@ -15,6 +15,10 @@ internal static class ChildHost
 {
     private static int s_holdHandler;
     private static int s_holdCommit;
+    private static int s_stallLease;
+
+    /// <summary>Counts a lease-mode handler call down to the one armed by "stall-lease N"; true for that one.</summary>
+    public static bool TakeLeaseStall() => Volatile.Read(ref s_stallLease) > 0 && Interlocked.Decrement(ref s_stallLease) == 0;
 
     public static TextWriter Output { get; } = TextWriter.Synchronized(new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = true });
 
@@ -32,6 +36,7 @@ internal static class ChildHost
                 {
                     case "hold-handler": Interlocked.Exchange(ref s_holdHandler, n); break;
                     case "hold-commit": Interlocked.Exchange(ref s_holdCommit, n); break;
+                    case "stall-lease": Interlocked.Exchange(ref s_stallLease, n); break;
                     case "stop": stop.Cancel(); return;
                 }
             }
@@ -69,7 +74,38 @@ internal static class ChildHost
             Retry = new RetryOptions { MaxAttempts = 3, InitialDelay = TimeSpan.FromMilliseconds(20), MaxDelay = TimeSpan.FromMilliseconds(100) },
             StoreUnavailableBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(200), MaxDelay = TimeSpan.FromSeconds(1) },
         };
+        if (args.Get("retention-s") is { } retention)
+        {
+            options.Retention = TimeSpan.FromSeconds(int.Parse(retention, System.Globalization.CultureInfo.InvariantCulture));
+        }
+
         var processor = new IdempotentProcessor(store.Store, handler, options);
+        if (args.Get("prune-s") is { } prune && store.Store is Idempotency.Postgres.PostgresIdempotencyStore postgres)
+        {
+            // Soak: the retention pruner deletes expired keys while the consumer runs; "P <rows>" per pass.
+            var pruner = new Idempotency.Postgres.Retention.PostgresRetentionPruner(postgres, new Idempotency.Postgres.Retention.PostgresRetentionOptions());
+            var every = TimeSpan.FromSeconds(int.Parse(prune, System.Globalization.CultureInfo.InvariantCulture));
+            _ = Task.Run(async () =>
+            {
+                while (!stop.IsCancellationRequested)
+                {
+                    try
+                    {
+                        await Task.Delay(every, stop.Token).ConfigureAwait(false);
+                        Output.WriteLine("P " + await pruner.PruneOnceAsync(stop.Token).ConfigureAwait(false));
+                    }
+                    catch (OperationCanceledException)
+                    {
+                        return;
+                    }
+                    catch (Exception e) when (e is Npgsql.NpgsqlException or TimeoutException)
+                    {
+                        Console.Error.WriteLine("prune failed: " + e.Message);
+                    }
+                }
+            });
+        }
+
         await BrokerRig.RunChildAsync(args, processor, () => Output.WriteLine("ready"), stop.Token).ConfigureAwait(false);
         Output.WriteLine("stopped");
         return 0;

@@ -24,8 +24,12 @@ internal sealed class ChildProcess : IDisposable
     public int Duplicates;
     public int FailedAttempts;
     public int DeadLettered;
+    public long Pruned;
 
     public int Results => Volatile.Read(ref _results);
+
+    /// <summary>Gets the lease-mode journal lines (<c>E key</c>, <c>K key</c>, <c>S key</c>) in the order the child wrote them.</summary>
+    public ConcurrentQueue<string> Journal { get; } = new();
 
     public bool HasExited => _process.HasExited;
 
@@ -191,6 +195,23 @@ internal sealed class ChildProcess : IDisposable
             }
 
             return;
+        }
+
+        if (line.StartsWith("P ", StringComparison.Ordinal) && long.TryParse(line.AsSpan(2), System.Globalization.CultureInfo.InvariantCulture, out var pruned))
+        {
+            Interlocked.Add(ref Pruned, pruned);
+            return;
+        }
+
+        if (line.Length > 2 && line[1] == ' ' && line[0] is 'E' or 'K' or 'S')
+        {
+            Journal.Enqueue(line);
+            if (line[0] != 'S')
+            {
+                return;
+            }
+
+            line = "S";
         }
 
         lock (_gate)

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Globalization;
 using System.Text;
 using Confluent.Kafka;
 using Idempotency.Kafka;
@@ -10,13 +12,31 @@ namespace Idempotency.Chaos;
 /// over TCP by the child. Faults: one broker stalled (every response 1-3 s late), every broker stalled, injected request
 /// errors on OffsetCommit, Fetch and Heartbeat.
 /// </summary>
-internal sealed class KafkaRig : BrokerRig
+internal sealed class KafkaRig(int partitions = 3) : BrokerRig
 {
-    private const int Partitions = 3;
+    private readonly int _partitions = partitions;
+    private readonly ConcurrentDictionary<string, ConcurrentBag<TopicPartitionOffset>> _positions = new(StringComparer.Ordinal);
     private MockKafkaCluster? _cluster;
     private string _topic = "";
 
+    private string Group => _topic + "-consumer";
+
     public override string Name => "kafka";
+
+    /// <summary>
+    /// Gets the group session of the child (docs/kafka.md, "Group membership under load"): 6 s, the smallest a broker
+    /// accepts by default (<c>group.min.session.timeout.ms</c>), heartbeat every second.
+    /// </summary>
+    public static int SessionMs => int.TryParse(Environment.GetEnvironmentVariable("CHAOS_KAFKA_SESSION_MS"), out var ms) ? ms : 6000;
+
+    public static int HeartbeatMs => int.TryParse(Environment.GetEnvironmentVariable("CHAOS_KAFKA_HEARTBEAT_MS"), out var ms) ? ms : Math.Max(100, SessionMs / 6);
+
+    /// <summary>
+    /// Gets the wait for a kill point: after a SIGKILL the killed member holds its partitions until its session expires
+    /// (the mock then needs up to about three sessions: a join round, a sync round that the dead member never answers,
+    /// and its expiry's rebalance), so a restarted child's first message comes that late.
+    /// </summary>
+    public override TimeSpan KillPointWait => TimeSpan.FromMilliseconds((3 * SessionMs) + 3000);
 
     private MockKafkaCluster Cluster => _cluster ?? throw new InvalidOperationException("not set up");
 
@@ -53,7 +73,7 @@ internal sealed class KafkaRig : BrokerRig
     {
         _cluster = MockKafkaCluster.StartMock(3);
         _topic = "chaos-" + runId;
-        Cluster.CreateTopic(_topic, Partitions);
+        Cluster.CreateTopic(_topic, _partitions);
         Cluster.CreateTopic(DeadLetterTopic, 1);
         return Task.CompletedTask;
     }
@@ -65,7 +85,7 @@ internal sealed class KafkaRig : BrokerRig
         foreach (var m in messages)
         {
             var headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.Key) } };
-            pending.Add(producer.ProduceAsync(_topic, new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers }));
+            pending.Add(Record(m.Key, producer.ProduceAsync(_topic, new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers })));
             if (pending.Count >= 500)
             {
                 await Task.WhenAll(pending);
@@ -80,8 +100,10 @@ internal sealed class KafkaRig : BrokerRig
     {
         args["bootstrap"] = Cluster.BootstrapServers;
         args["topic"] = _topic;
-        args["group"] = _topic + "-consumer";
+        args["group"] = Group;
         args["batch"] = "8";
+        args["session-ms"] = SessionMs.ToString(CultureInfo.InvariantCulture);
+        args["heartbeat-ms"] = HeartbeatMs.ToString(CultureInfo.InvariantCulture);
     }
 
     public override Task<IReadOnlyList<string>> ReadDeadLettersAsync()
@@ -125,6 +147,63 @@ internal sealed class KafkaRig : BrokerRig
         return Task.FromResult<IReadOnlyList<string>>(keys);
     }
 
+    public override async Task<string> SnapshotAsync()
+    {
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, _partitions);
+        var end = Cluster.EndOffsets(_topic, _partitions);
+        return "group committed / end offset: " + string.Join(", ", Enumerable.Range(0, _partitions).Select(p =>
+            string.Create(CultureInfo.InvariantCulture, $"p{p} {(committed[p] < 0 ? "none" : committed[p].ToString(CultureInfo.InvariantCulture))}/{end[p]}")));
+    }
+
+    public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
+    {
+        // A message is still deliverable when it is at or after its partition's committed offset (none committed: the
+        // group starts from the earliest offset); one copy of a re-sent key is enough.
+        var committed = await Cluster.CommittedOffsetsAsync(Group, _topic, _partitions);
+        var result = new Dictionary<string, KeyPosition>(StringComparer.Ordinal);
+        foreach (var key in keys)
+        {
+            if (!_positions.TryGetValue(key, out var copies) || copies.IsEmpty)
+            {
+                result[key] = new KeyPosition(false, "never produced");
+                continue;
+            }
+
+            var ordered = copies.OrderBy(c => c.Partition.Value).ThenBy(c => c.Offset.Value).ToList();
+            var deliverable = ordered.Any(c => committed[c.Partition.Value] < 0 || c.Offset.Value >= committed[c.Partition.Value]);
+            var where = string.Join(", ", ordered.Select(c =>
+                string.Create(CultureInfo.InvariantCulture, $"partition {c.Partition.Value} offset {c.Offset.Value}, group committed {(committed[c.Partition.Value] < 0 ? "none" : committed[c.Partition.Value].ToString(CultureInfo.InvariantCulture))}")));
+            result[key] = new KeyPosition(deliverable, where);
+        }
+
+        return new BrokerInspection(result, await SnapshotAsync());
+    }
+
+    public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
+    {
+        // Both on partition 0, lost first; then the group's offset is committed just past lost, as a consumer that
+        // acknowledged it without an effect would have done.
+        using (var producer = Cluster.CreateProducer())
+        {
+            foreach (var m in new[] { lost, kept })
+            {
+                var headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.Key) } };
+                await Record(m.Key, producer.ProduceAsync(new TopicPartition(_topic, 0), new Message<byte[]?, byte[]?> { Key = Encoding.UTF8.GetBytes(m.Key), Value = Encoding.UTF8.GetBytes(m.Body), Headers = headers }));
+            }
+        }
+
+        var lostAt = _positions[lost.Key].Single();
+        using var consumer = new ConsumerBuilder<byte[]?, byte[]?>(new ConsumerConfig { BootstrapServers = Cluster.BootstrapServers, GroupId = Group, EnableAutoCommit = false }).Build();
+        consumer.Commit([new TopicPartitionOffset(lostAt.TopicPartition, lostAt.Offset + 1)]);
+        consumer.Close();
+    }
+
+    private async Task Record(string key, Task<DeliveryResult<byte[]?, byte[]?>> delivery)
+    {
+        var result = await delivery.ConfigureAwait(false);
+        _positions.GetOrAdd(key, _ => []).Add(result.TopicPartitionOffset);
+    }
+
     public override ValueTask DisposeAsync()
     {
         _cluster?.Dispose();
@@ -148,9 +227,16 @@ internal sealed class KafkaRig : BrokerRig
             BootstrapServers = args["bootstrap"],
             GroupId = args["group"],
             AutoOffsetReset = AutoOffsetReset.Earliest,
-            // A SIGKILLed member stays in the group until its session times out; the next child waits for that.
-            SessionTimeoutMs = 1000,
-            HeartbeatIntervalMs = 200,
+            // Group liveness (docs/kafka.md, "Group membership under load"). A SIGKILLed member stays in the group until
+            // its session expires, and the next child waits for that: librdkafka's mock cluster matches rejoining members
+            // by member id only, so static membership (group.instance.id), which on a real broker hands the partitions
+            // straight back to a restarted replica, does not shorten that wait here. The session is therefore as short as
+            // a CPU-starved machine allows: 6 s with a heartbeat every second tolerates five lost or late heartbeats (a
+            // starved second is not a rebalance), while 20 kills per scenario still fit the CI budget.
+            SessionTimeoutMs = int.Parse(args["session-ms"], CultureInfo.InvariantCulture),
+            HeartbeatIntervalMs = int.Parse(args["heartbeat-ms"], CultureInfo.InvariantCulture),
+            // The poll loop must come back within this even when a batch runs slowly on a starved CPU (the default, 300 s).
+            MaxPollIntervalMs = 300_000,
             TopicMetadataRefreshIntervalMs = 1000,
             ReconnectBackoffMs = 50,
             ReconnectBackoffMaxMs = 500,

@@ -26,19 +26,47 @@ catch (ArgumentException e)
     return 2;
 }
 
-AppDomain.CurrentDomain.ProcessExit += (_, _) => ChildProcess.KillAll();
-Console.CancelKeyPress += (_, _) => ChildProcess.KillAll();
+CpuHog? hog = null;
+if (options.Soak)
+{
+    AppDomain.CurrentDomain.ProcessExit += (_, _) => ChildProcess.KillAll();
+    return await Soak.RunAsync(options.Messages, args.Contains("--results") ? options.ResultsDirectory : Path.Combine("benchmarks", "results"), options.SoakLimit);
+}
+
+AppDomain.CurrentDomain.ProcessExit += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
+Console.CancelKeyPress += (_, _) => { ChildProcess.KillAll(); hog?.Dispose(); };
+// `timeout` and CI runners stop the suite with SIGTERM: children and the CPU hog go with it (by PID).
+using var onSigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, _ => { ChildProcess.KillAll(); hog?.Dispose(); });
 
 var start = DateTimeOffset.UtcNow;
 var clock = Stopwatch.StartNew();
 Console.WriteLine($"chaos: {(options.Quick ? "quick" : "full")} run, seed {options.Seed}, {options.Messages} messages / {options.Kills} kills / {options.Poison} poison per scenario; brokers {string.Join(",", options.Brokers)}; stores {string.Join(",", options.Stores)}");
 var results = new List<ScenarioResult>();
+if (options.UnderLoad)
+{
+    try
+    {
+        hog = CpuHog.Start(Environment.ProcessorCount, options.LoadBound);
+    }
+    catch (Exception e) when (e is InvalidOperationException or System.ComponentModel.Win32Exception)
+    {
+        Console.Error.WriteLine("chaos: " + e.Message);
+        return 2;
+    }
+
+    Console.WriteLine($"chaos: under load: {hog.Description}; load average {File.ReadAllText("/proc/loadavg").Trim()}");
+}
+
 try
 {
     // Brokers run side by side (the children mostly wait on kills and faults), each broker's stores one after another.
     var lanes = options.Brokers.Select(broker => Task.Run(async () =>
     {
         var lane = new List<ScenarioResult>();
+        // First the verdict code is checked against this broker (lost / unsettled / extra from the broker's own state).
+        var check = await VerdictCheck.RunAsync(broker);
+        lane.Add(check);
+        Console.WriteLine($"    {broker} verdict check: {(check.Passed ? "PASS" : "FAIL: " + string.Join("; ", check.Violations))} in {check.Duration.TotalSeconds:0.0} s");
         foreach (var store in options.Stores)
         {
             Console.WriteLine($"==> {broker} + {store}");
@@ -61,6 +89,17 @@ try
 finally
 {
     ChildProcess.KillAll();
+    if (hog is not null)
+    {
+        options.LoadSummary = $"{hog.Summary}; load average at the end {File.ReadAllText("/proc/loadavg").Trim()}";
+        if (!hog.StillRunning)
+        {
+            Console.WriteLine("chaos: WARNING: the CPU hog stopped before the run ended (raise --load-seconds)");
+        }
+
+        hog.Dispose();
+        Console.WriteLine($"chaos: {options.LoadSummary}; stopped");
+    }
 }
 
 Console.WriteLine();
@@ -68,6 +107,8 @@ Console.WriteLine(Report.Table(results));
 Directory.CreateDirectory(Path.Combine(options.ResultsDirectory, "test-results"));
 await File.WriteAllTextAsync(Path.Combine(options.ResultsDirectory, "test-results", "chaos.trx"), Report.Trx(results, start, DateTimeOffset.UtcNow));
 await File.WriteAllTextAsync(Path.Combine(options.ResultsDirectory, "chaos.md"), Report.Markdown(results, options, clock.Elapsed));
+var scenarios = results.Where(r => !r.IsCheck).ToList();
+var checks = results.Where(r => r.IsCheck).ToList();
 var failed = results.Count(r => !r.Passed);
-Console.WriteLine($"chaos: {results.Count - failed} passed, {failed} failed in {clock.Elapsed.TotalSeconds:0} s (seed {options.Seed}); wrote {options.ResultsDirectory}/chaos.md and {options.ResultsDirectory}/test-results/chaos.trx");
-return failed == 0 && results.Count > 0 ? 0 : 1;
+Console.WriteLine($"chaos: {scenarios.Count(r => r.Passed)} passed, {scenarios.Count(r => !r.Passed)} failed ({scenarios.Count(r => r.OnlyStalled)} of them stalls only); verdict checks {checks.Count(r => r.Passed)}/{checks.Count} in {clock.Elapsed.TotalSeconds:0} s (seed {options.Seed}); wrote {options.ResultsDirectory}/chaos.md and {options.ResultsDirectory}/test-results/chaos.trx");
+return failed == 0 && scenarios.Count > 0 ? 0 : 1;

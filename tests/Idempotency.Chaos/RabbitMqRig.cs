@@ -105,6 +105,70 @@ internal sealed class RabbitMqRig : BrokerRig
         return keys;
     }
 
+    public override async Task<string> SnapshotAsync()
+    {
+        await using var channel = await Connection.CreateChannelAsync();
+        var ok = await channel.QueueDeclarePassiveAsync(_topology!.Queue);
+        var unacked = "";
+        if (Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
+        {
+            // Unacknowledged deliveries are only visible to the server's own tools.
+            try
+            {
+                var list = await RunAsync(ctl, ["list_queues", "-q", "--no-table-headers", "name", "messages_unacknowledged"], CancellationToken.None);
+                var line = list.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.Split('\t')).FirstOrDefault(p => p.Length >= 2 && p[0].Trim() == _topology.Queue);
+                unacked = line is null ? "" : $", {line[1].Trim()} unacked";
+            }
+            catch (Exception e) when (e is TimeoutException or System.ComponentModel.Win32Exception or InvalidOperationException)
+            {
+                unacked = $", unacked unknown ({e.Message})";
+            }
+        }
+
+        return $"queue {_topology.Queue}: {ok.MessageCount} ready{unacked}, {ok.ConsumerCount} consumers";
+    }
+
+    public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
+    {
+        // With the consumer stopped every unacked delivery is back in the queue: read the queue without acking (the
+        // channel's close requeues everything), so a key is deliverable exactly when one of its messages is still there.
+        var summary = await SnapshotAsync();
+        var inQueue = new Dictionary<string, int>(StringComparer.Ordinal);
+        var position = 0;
+        await using (var channel = await Connection.CreateChannelAsync())
+        {
+            while (await channel.BasicGetAsync(_topology!.Queue, autoAck: false) is { } got)
+            {
+                position++;
+                inQueue.TryAdd(got.BasicProperties.MessageId ?? "", position);
+            }
+
+            await channel.CloseAsync();
+        }
+
+        var result = keys.ToDictionary(
+            k => k,
+            k => inQueue.TryGetValue(k, out var at)
+                ? new KeyPosition(true, $"in queue {_topology!.Queue} at position {at} of {position}")
+                : new KeyPosition(false, $"acknowledged: not in queue {_topology!.Queue} ({position} messages left)"),
+            StringComparer.Ordinal);
+        return new BrokerInspection(result, summary);
+    }
+
+    public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
+    {
+        await ProduceAsync([lost, kept]);
+        await using var channel = await Connection.CreateChannelAsync();
+        var got = await channel.BasicGetAsync(_topology!.Queue, autoAck: false) ?? throw new InvalidOperationException("the queue is empty");
+        if (got.BasicProperties.MessageId != lost.Key)
+        {
+            throw new InvalidOperationException($"expected {lost.Key} first, got {got.BasicProperties.MessageId}");
+        }
+
+        await channel.BasicAckAsync(got.DeliveryTag, multiple: false);
+        await channel.CloseAsync();
+    }
+
     public override async ValueTask DisposeAsync()
     {
         if (_proxy is not null)

@@ -8,20 +8,20 @@ namespace Idempotency.Chaos;
 /// <summary>The console table, the markdown summary and the TRX file (one UnitTestResult per scenario).</summary>
 internal static class Report
 {
-    private static readonly string[] Header = ["broker", "store", "produced", "unique", "kills", "faults", "effects", "duplicates skipped", "lost", "dead-lettered", "verdict"];
+    private static readonly string[] Header = ["broker", "store", "produced", "unique", "kills", "faults", "effects", "duplicates skipped", "lost", "unsettled", "dead-lettered", "verdict"];
 
     public static string[] Row(ScenarioResult r) =>
     [
         r.Broker, r.Store, N(r.Produced), N(r.Unique), N(r.Kills), N(r.FaultCount),
         r.DuplicateEffects > 0 ? $"{N(r.Effects)} (+{r.DuplicateEffects} extra)" : N(r.Effects),
-        N(r.DuplicatesSkipped), N(r.Lost),
+        N(r.DuplicatesSkipped), N(r.Lost), N(r.Unsettled),
         r.DeadLetterMessages != r.DeadLettered ? $"{r.DeadLettered}/{r.Poison} ({r.DeadLetterMessages} msgs)" : $"{r.DeadLettered}/{r.Poison}",
-        r.Passed ? "PASS" : "FAIL",
+        r.Passed ? "PASS" : r.OnlyStalled ? "FAIL (stall)" : "FAIL",
     ];
 
     public static string Table(IReadOnlyList<ScenarioResult> results)
     {
-        var rows = results.Select(Row).Prepend(Header).ToList();
+        var rows = results.Where(r => !r.IsCheck).Select(Row).Prepend(Header).ToList();
         var widths = Enumerable.Range(0, Header.Length).Select(c => rows.Max(r => r[c].Length)).ToArray();
         var sb = new StringBuilder();
         for (var i = 0; i < rows.Count; i++)
@@ -33,35 +33,66 @@ internal static class Report
             }
         }
 
+        foreach (var c in results.Where(r => r.IsCheck))
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"verdict check {c.Broker}: {(c.Passed ? "PASS" : "FAIL: " + string.Join("; ", c.Violations))}");
+        }
+
         return sb.ToString();
     }
 
     public static string Markdown(IReadOnlyList<ScenarioResult> results, ChaosOptions options, TimeSpan total)
     {
         var sb = new StringBuilder();
-        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")})");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")}{(options.UnderLoad ? ", under load" : "")})");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"Seed {options.Seed}, {options.Messages} messages, {options.Kills} kills, {options.Poison} poison per scenario, {options.DuplicateShare:P0} re-sends; {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, total {total.TotalSeconds:0} s.");
-        sb.AppendLine(CultureInfo.InvariantCulture, $"Repeat: `./build.sh chaos {(options.Quick ? "--quick " : "")}--seed {options.Seed} --broker {string.Join(',', options.Brokers)} --store {string.Join(',', options.Stores)}`");
+        if (options.LoadSummary is not null)
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"Under load: {options.LoadSummary}.");
+        }
+
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Repeat: `./build.sh chaos {(options.Quick ? "--quick " : "")}{(options.UnderLoad ? "--under-load " : "")}--seed {options.Seed} --broker {string.Join(',', options.Brokers)} --store {string.Join(',', options.Stores)}`");
         sb.AppendLine();
         sb.AppendLine("| " + string.Join(" | ", Header) + " |");
         sb.AppendLine("|" + string.Concat(Header.Select((_, i) => i < 2 ? "---|" : "---:|")));
-        foreach (var r in results)
+        foreach (var r in results.Where(r => !r.IsCheck))
         {
             sb.AppendLine("| " + string.Join(" | ", Row(r)) + " |");
         }
 
         sb.AppendLine();
-        foreach (var r in results)
+        foreach (var c in results.Where(r => r.IsCheck))
+        {
+            sb.AppendLine(CultureInfo.InvariantCulture, $"- verdict check {c.Broker}: {(c.Passed ? "PASS" : "FAIL")} in {c.Duration.TotalSeconds:0.0} s ({string.Join("; ", c.Passed ? c.Log.Where(l => l.StartsWith("pass 2: k-", StringComparison.Ordinal)) : c.Violations)})");
+        }
+
+        sb.AppendLine();
+        foreach (var r in results.Where(r => !r.IsCheck))
         {
             sb.AppendLine(CultureInfo.InvariantCulture, $"## {r.Name}: {(r.Passed ? "PASS" : "FAIL")} in {r.Duration.TotalSeconds:0} s");
             sb.AppendLine();
             sb.AppendLine(CultureInfo.InvariantCulture, $"- kills by point: {string.Join(", ", r.KillPoints.Select(k => $"{k.Key} {k.Value}"))}");
             sb.AppendLine(CultureInfo.InvariantCulture, $"- faults: {string.Join(", ", r.Faults.Select(k => $"{k.Key} {k.Value}"))}");
             sb.AppendLine(CultureInfo.InvariantCulture, $"- consumer starts: {r.Restarts}; processed reported {r.ProcessedReported}, duplicates skipped {r.DuplicatesSkipped}; extra effects {r.DuplicateEffects}; DLQ {r.DeadLetterMessages} messages for {r.DeadLettered} keys");
+            if (r.OrderNote is not null)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"- order: {r.OrderNote}");
+            }
+
+            if (r.LeaseNote is not null)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"- lease mode: {r.LeaseNote}");
+            }
+
             foreach (var v in r.Violations)
             {
                 sb.AppendLine(CultureInfo.InvariantCulture, $"- VIOLATION: {v}");
+            }
+
+            foreach (var v in r.Verdicts.Take(50))
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"  - {v}");
             }
 
             sb.AppendLine();
@@ -134,7 +165,9 @@ internal static class Report
         return sb.ToString();
     }
 
-    private static string TestName(ScenarioResult r) => $"Chaos_{r.Broker}_{r.Store}_every_key_has_exactly_one_effect_and_poison_is_dead_lettered";
+    private static string TestName(ScenarioResult r) => r.IsCheck
+        ? $"Chaos_{r.Broker}_verdict_check_classifies_lost_unsettled_and_extra_keys_from_the_broker_state"
+        : $"Chaos_{r.Broker}_{r.Store}_every_key_has_exactly_one_effect_and_poison_is_dead_lettered";
 
     private static string N(long n) => n.ToString(CultureInfo.InvariantCulture);
 }

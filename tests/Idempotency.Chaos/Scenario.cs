@@ -9,6 +9,9 @@ internal sealed class ScenarioResult
 
     public required string Store { get; init; }
 
+    /// <summary>Gets a value indicating whether this is a verdict check (<see cref="VerdictCheck"/>), not a scenario.</summary>
+    public bool IsCheck { get; init; }
+
     public int Produced { get; set; }
 
     public int Unique { get; set; }
@@ -33,7 +36,23 @@ internal sealed class ScenarioResult
 
     public int ProcessedReported { get; set; }
 
+    /// <summary>Keys with no effect (or poison not dead-lettered) that the broker's position passed: gone for good.</summary>
     public int Lost { get; set; }
+
+    /// <summary>Keys with no effect (or poison not dead-lettered) at the deadline that the broker still delivers: a stall.</summary>
+    public int Unsettled { get; set; }
+
+    /// <summary>The verdict of every key that did not end exactly right.</summary>
+    public List<KeyVerdict> Verdicts { get; } = [];
+
+    /// <summary>FIFO: how the per-group order check went.</summary>
+    public string? OrderNote { get; set; }
+
+    /// <summary>Redis lease mode: attempts, forced lease expiries and the extra effects they explain.</summary>
+    public string? LeaseNote { get; set; }
+
+    /// <summary>The broker's counters at the settle deadline, when the run did not settle in time.</summary>
+    public string? DeadlineSnapshot { get; set; }
 
     /// <summary>Distinct keys in the dead-letter destination.</summary>
     public int DeadLettered { get; set; }
@@ -53,6 +72,9 @@ internal sealed class ScenarioResult
 
     public bool Passed => Violations.Count == 0;
 
+    /// <summary>Gets a value indicating whether the only failures are keys still deliverable at the deadline (a stall, nothing lost).</summary>
+    public bool OnlyStalled => !Passed && Verdicts.Count > 0 && Verdicts.All(v => v.Kind == VerdictKind.Unsettled) && Violations.Count == 1;
+
     public string Name => $"{Broker} + {Store}";
 }
 
@@ -60,6 +82,9 @@ internal sealed class ScenarioResult
 internal sealed class Scenario(ChaosOptions options, string broker, string store)
 {
     private static readonly string[] KillPointNames = ["startup", "random", "in-handler", "after-commit"];
+
+    /// <summary>Redis lease mode adds a kill after a handler applied its effect and stalled past its lease.</summary>
+    private static readonly string[] LeaseKillPointNames = [.. KillPointNames, "lease-expired"];
 
     public async Task<ScenarioResult> RunAsync()
     {
@@ -72,6 +97,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         await using var brokerRig = BrokerRig.Create(broker);
         await using var storeRig = StoreRig.Create(store);
         ChildProcess? child = null;
+        var journal = storeRig is RedisRig { IsLease: true } ? new LeaseJournal() : null;
         try
         {
             await storeRig.SetupAsync(runId);
@@ -97,12 +123,15 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                     finally { storeRig.Restore(); }
                 }),
             };
+            faults.AddRange(storeRig.Faults);
             faults.AddRange(brokerRig.Faults);
             faults.RemoveAll(f => options.SkipFaults.Contains(f.Name));
 
             using var killPhase = new CancellationTokenSource();
             var faultTask = InjectFaultsAsync(faults, new Random(rng.Next()), result, killPhase.Token);
             var perKill = Math.Max(2, (result.Unique + result.Poison) / Math.Max(1, options.Kills));
+            // A CPU-starved child starts (JIT, connections) seconds later: under load a kill point waits 10 s longer.
+            var killPointWait = brokerRig.KillPointWait + (options.UnderLoad ? TimeSpan.FromSeconds(10) : TimeSpan.Zero);
             for (var k = 0; k < options.Kills; k++)
             {
                 if (k + 1 < chunks.Count)
@@ -112,12 +141,14 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
                 child = ChildProcess.Start(childArgs);
                 result.Restarts++;
-                var point = k < KillPointNames.Length ? KillPointNames[k] : KillPointNames[rng.Next(KillPointNames.Length)];
+                var points = journal is null ? KillPointNames : LeaseKillPointNames;
+                var point = k < points.Length ? points[k] : points[rng.Next(points.Length)];
                 var lifetime = Stopwatch.StartNew();
-                var landed = await ReachKillPointAsync(child, point, rng, perKill);
+                var landed = await ReachKillPointAsync(child, point, rng, perKill, killPointWait);
                 child.Kill();
                 result.Log.Add($"kill {k + 1}: {point}{(landed ? "" : " (idle)")} after {lifetime.ElapsedMilliseconds} ms, {child.Results} results (first at {child.FirstResultMs} ms)");
                 Collect(result, child);
+                journal?.AddLife(child.Journal, killed: true);
                 child.Dispose();
                 child = null;
                 result.Kills++;
@@ -145,11 +176,22 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             }
             else
             {
-                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; child stderr tail:{Environment.NewLine}{child.StderrTail}");
+                // Where the consumer waited: the broker's counters while it still runs.
+                try
+                {
+                    result.DeadlineSnapshot = await brokerRig.SnapshotAsync();
+                }
+                catch (Exception e)
+                {
+                    result.DeadlineSnapshot = $"(could not read the broker: {e.GetType().Name}: {e.Message})";
+                }
+
+                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; broker at the deadline: {result.DeadlineSnapshot}; child stderr tail:{Environment.NewLine}{child.StderrTail}");
             }
 
             await child.StopAsync(TimeSpan.FromSeconds(15));
             Collect(result, child);
+            journal?.AddLife(child.Journal, killed: false);
             child.Dispose();
             child = null;
 
@@ -158,7 +200,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 Note(result, brokerRig.Diagnostics);
             }
 
-            await VerifyAsync(storeRig, brokerRig, messages, result);
+            await VerifyAsync(storeRig, brokerRig, messages, result, journal);
         }
         catch (Exception e)
         {
@@ -223,9 +265,8 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         return messages;
     }
 
-    private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill)
+    private static async Task<bool> ReachKillPointAsync(ChildProcess child, string point, Random rng, int perKill, TimeSpan wait)
     {
-        var wait = TimeSpan.FromSeconds(5);
         switch (point)
         {
             case "startup":
@@ -241,6 +282,17 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                 // Armed at once: the child holds in its N-th handler call (with a batch, mid-batch).
                 child.Send($"hold-handler {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("H", wait);
+            case "lease-expired":
+                // Lease mode: the N-th handler applies its effect and stalls past its 2 s lease; the kill comes after the
+                // lease expired, so the redelivery runs the handler (and the effect) again: the at-least-once window.
+                child.Send($"stall-lease {rng.Next(1, 3)}");
+                if (!await child.WaitForEventAsync("S", wait))
+                {
+                    return false;
+                }
+
+                await Task.Delay(TimeSpan.FromMilliseconds(2300));
+                return !child.HasExited;
             default:
                 child.Send($"hold-commit {rng.Next(1, (perKill / 2) + 2)}");
                 return await child.WaitForEventAsync("C", wait);
@@ -303,43 +355,53 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         result.ProcessedReported += child.Processed;
     }
 
-    private static async Task VerifyAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result)
+    private static async Task VerifyAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result, LeaseJournal? journal)
     {
         var effects = await store.ReadEffectsAsync();
         var dlq = await broker.ReadDeadLettersAsync();
         var expected = messages.Where(m => !m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
         var poison = messages.Where(m => m.IsPoison).Select(m => m.Key).ToHashSet(StringComparer.Ordinal);
+        var dlqKeys = dlq.ToHashSet(StringComparer.Ordinal);
 
         result.Effects = effects.Count(e => e.Value > 0);
         result.DuplicateEffects = effects.Values.Where(v => v > 1).Sum(v => v - 1);
-        var lost = expected.Where(k => !effects.ContainsKey(k)).ToList();
-        result.Lost = lost.Count;
-        var dlqKeys = dlq.ToHashSet(StringComparer.Ordinal);
         result.DeadLettered = dlqKeys.Count;
         result.DeadLetterMessages = dlq.Count;
 
-        var twice = effects.Where(e => e.Value > 1).Select(e => $"{e.Key}x{e.Value}").Take(10).ToList();
-        if (twice.Count > 0)
+        // Every missing key gets a verdict from the broker's own state: lost (its position passed it) or unsettled.
+        var missing = Verdict.Missing(effects, expected, poison, dlqKeys);
+        var inspection = missing.Count > 0 ? await broker.InspectAsync(missing) : new BrokerInspection(new Dictionary<string, KeyPosition>(), "");
+        if (missing.Count > 0)
         {
-            result.Violations.Add($"{effects.Count(e => e.Value > 1)} keys have more than one effect: {string.Join(", ", twice)}");
+            Note(result, $"{missing.Count} keys missing; broker after the run: {inspection.Summary}");
         }
 
-        if (lost.Count > 0)
+        result.Verdicts.AddRange(Verdict.Classify(effects, expected, poison, dlqKeys, inspection));
+        if (journal is not null)
         {
-            result.Violations.Add($"{lost.Count} keys have no effect (lost): {string.Join(", ", lost.Take(10))}");
+            // Lease mode: an extra effect is allowed exactly where an attempt applied it and did not complete.
+            var lease = journal.Analyze(effects);
+            result.Verdicts.RemoveAll(v => v.Kind == VerdictKind.Extra && lease.ExplainedExtraKeys.Contains(v.Key));
+            result.Violations.AddRange(lease.Violations);
+            result.LeaseNote = $"{lease.Attempts} handler attempts; {lease.ForcedExpiries} forced lease expiries (effect applied, stalled past the lease, killed); {lease.ExtraEffects} extra effects, all from attempts that did not complete: {lease.ExtraAfterForcedExpiry} after a forced expiry, {lease.ExtraAfterKill} after another kill, {lease.ExtraAfterFailedCompletion} after a failed or refused completion";
+            if (lease.Violations.Count > 0)
+            {
+                result.LeaseNote = result.LeaseNote.Replace("all from attempts that did not complete", "NOT all explained", StringComparison.Ordinal);
+            }
+
+            Note(result, "lease mode: " + result.LeaseNote);
         }
 
-        var unexpected = effects.Keys.Where(k => !expected.Contains(k)).Take(10).ToList();
-        if (unexpected.Count > 0)
+        result.Lost = result.Verdicts.Count(v => v.Kind == VerdictKind.Lost);
+        result.Unsettled = result.Verdicts.Count(v => v.Kind == VerdictKind.Unsettled);
+        result.Violations.AddRange(Verdict.Violations(result.Verdicts, result.DeadlineSnapshot));
+
+        foreach (var v in result.Verdicts)
         {
-            result.Violations.Add($"effects for keys that must have none (poison or unknown): {string.Join(", ", unexpected)}");
+            result.Log.Add("verdict: " + v);
         }
 
-        var missingPoison = poison.Where(k => !dlqKeys.Contains(k)).ToList();
-        if (missingPoison.Count > 0)
-        {
-            result.Violations.Add($"{missingPoison.Count} poison messages are not in the DLQ: {string.Join(", ", missingPoison)}");
-        }
+        await CheckOrderAsync(store, broker, messages, result);
 
         var wrongDlq = dlqKeys.Where(k => !poison.Contains(k)).Take(10).ToList();
         if (wrongDlq.Count > 0)
@@ -351,6 +413,40 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
         {
             result.Violations.Add("nothing was injected");
         }
+    }
+
+    private static async Task CheckOrderAsync(StoreRig store, BrokerRig broker, List<ChaosMessage> messages, ScenarioResult result)
+    {
+        // FIFO: within each group, keys must get their first effect in the order they were first produced.
+        if (broker.OrderGroup("k-000000") is null)
+        {
+            return;
+        }
+
+        var order = await store.ReadFirstEffectOrderAsync();
+        if (order is null)
+        {
+            Note(result, $"order not checked: the {store.Name} store keeps no effect order (use --store postgres or layered)");
+            return;
+        }
+
+        var groups = messages.Where(m => !m.IsPoison).Select(m => m.Key).Distinct(StringComparer.Ordinal).GroupBy(k => broker.OrderGroup(k)!, StringComparer.Ordinal);
+        var checkedGroups = 0;
+        foreach (var group in groups)
+        {
+            var produced = group.Where(order.ContainsKey).ToList();
+            var applied = produced.OrderBy(k => order[k]).ToList();
+            var at = produced.Zip(applied).Select((p, i) => (p, i)).FirstOrDefault(x => x.p.First != x.p.Second);
+            if (at.p.First is not null)
+            {
+                result.Violations.Add($"FIFO group {group.Key} out of order at position {at.i}: produced {at.p.First}, applied {at.p.Second} first (sequence {order[at.p.Second]} vs {order[at.p.First]})");
+            }
+
+            checkedGroups++;
+        }
+
+        result.OrderNote = $"{checkedGroups} FIFO groups checked in the business table: {(result.Violations.Any(v => v.StartsWith("FIFO group", StringComparison.Ordinal)) ? "OUT OF ORDER" : "each in produce order")}";
+        Note(result, result.OrderNote);
     }
 
     private static void Note(ScenarioResult result, string line)

@@ -12,8 +12,15 @@ namespace Idempotency.Chaos;
 /// so the heartbeat cannot extend it and visibility expires mid-handler; the message comes back (to the other poller
 /// or the next child) while the first handler may still run, and only the store decides which one commits.
 /// </summary>
-internal sealed class SqsRig : BrokerRig
+/// <remarks>
+/// <c>sqs-fifo</c>: FIFO queue and FIFO DLQ; each key belongs to one of <see cref="FifoGroups"/> message groups (a
+/// re-send goes to its key's group), every send has its own deduplication id (so re-sends are delivered and are the
+/// store's to skip). The scenario checks each group's order in the business table.
+/// </remarks>
+internal sealed class SqsRig(bool fifo = false) : BrokerRig
 {
+    public const int FifoGroups = 6;
+
     private readonly string _serviceUrl = Environment.GetEnvironmentVariable("IDEMPOTENCY_SQS") is { Length: > 0 } v
         ? v
         : throw new InvalidOperationException("$IDEMPOTENCY_SQS is not set: run ./build.sh chaos (it starts the services and exports it).");
@@ -23,7 +30,23 @@ internal sealed class SqsRig : BrokerRig
     private string _queueUrl = "";
     private string _dlqUrl = "";
 
-    public override string Name => "sqs";
+    public override string Name => fifo ? "sqs-fifo" : "sqs";
+
+    public override string? OrderGroup(string key)
+    {
+        if (!fifo)
+        {
+            return null;
+        }
+
+        var h = 17;
+        foreach (var c in key)
+        {
+            h = unchecked((h * 31) + c);
+        }
+
+        return "g" + ((h & 0x7FFFFFFF) % FifoGroups).ToString(System.Globalization.CultureInfo.InvariantCulture);
+    }
 
     private AmazonSQSClient Sqs => _sqs ?? throw new InvalidOperationException("not set up");
 
@@ -47,8 +70,10 @@ internal sealed class SqsRig : BrokerRig
         var uri = new Uri(_serviceUrl);
         _proxy = new TcpProxy(uri.Host is "localhost" ? "127.0.0.1" : uri.Host, uri.Port);
         _sqs = Client(_serviceUrl);
-        _queueUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId })).QueueUrl;
-        _dlqUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + "-dlq" })).QueueUrl;
+        var suffix = fifo ? ".fifo" : "";
+        var attributes = fifo ? new Dictionary<string, string> { ["FifoQueue"] = "true" } : null;
+        _queueUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + suffix, Attributes = attributes })).QueueUrl;
+        _dlqUrl = (await Sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = "chaos-" + runId + "-dlq" + suffix, Attributes = attributes })).QueueUrl;
     }
 
     public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
@@ -59,6 +84,8 @@ internal sealed class SqsRig : BrokerRig
             {
                 Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 MessageBody = m.Body,
+                MessageGroupId = OrderGroup(m.Key),
+                MessageDeduplicationId = fifo ? Guid.NewGuid().ToString("N") : null,
                 MessageAttributes = new() { [SqsIdempotencyOptions.DefaultKeyAttributeName] = new MessageAttributeValue { DataType = "String", StringValue = m.Key } },
             }).ToList();
             var response = await Sqs.SendMessageBatchAsync(new SendMessageBatchRequest { QueueUrl = _queueUrl, Entries = entries });
@@ -101,16 +128,138 @@ internal sealed class SqsRig : BrokerRig
             }
         }
 
+        await MakeVisibleAsync(_dlqUrl, handles);
+        return keys;
+    }
+
+    public override async Task<string> SnapshotAsync()
+    {
+        var attributes = await Sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest
+        {
+            QueueUrl = _queueUrl,
+            AttributeNames = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
+        });
+        string A(string name) => attributes.Attributes?.GetValueOrDefault(name) ?? "?";
+        return $"queue: {A("ApproximateNumberOfMessages")} visible, {A("ApproximateNumberOfMessagesNotVisible")} in flight, {A("ApproximateNumberOfMessagesDelayed")} delayed";
+    }
+
+    public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
+    {
+        // Messages the stopped consumer had in flight come back when their visibility expires (2 s): wait for that
+        // (bounded), then receive everything visible and make it visible again. A key is deliverable when one of its
+        // messages is receivable; a key not found while messages are still in flight cannot be called lost.
+        var summary = await SnapshotAsync();
+        var inFlight = await InFlightAsync();
+        for (var waited = 0; inFlight > 0 && waited < 40; waited++)
+        {
+            await Task.Delay(250);
+            inFlight = await InFlightAsync();
+        }
+
+        var found = new HashSet<string>(StringComparer.Ordinal);
+        var handles = new List<string>();
+        for (var empty = 0; empty < 2;)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
+                MessageAttributeNames = ["All"],
+            });
+            if (response.Messages is not { Count: > 0 })
+            {
+                empty++;
+                continue;
+            }
+
+            foreach (var m in response.Messages)
+            {
+                found.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
+                handles.Add(m.ReceiptHandle);
+            }
+        }
+
+        await MakeVisibleAsync(_queueUrl, handles);
+        if (fifo)
+        {
+            // A FIFO receive shows only the head of each group (the rest is locked behind it): a key is deliverable
+            // when its group still has a head, and lost when its group is empty.
+            var heads = found.Where(k => k.Length > 0).ToDictionary(k => OrderGroup(k)!, k => k, StringComparer.Ordinal);
+            var fifoResult = keys.ToDictionary(
+                k => k,
+                k => found.Contains(k)
+                    ? new KeyPosition(true, $"the head of group {OrderGroup(k)}")
+                    : heads.TryGetValue(OrderGroup(k)!, out var head)
+                        ? new KeyPosition(true, $"group {OrderGroup(k)} still holds messages (head {head})")
+                        : inFlight > 0
+                            ? new KeyPosition(true, $"group {OrderGroup(k)} shows no head, but {inFlight} messages are in flight")
+                            : new KeyPosition(false, $"deleted: group {OrderGroup(k)} is empty"),
+                StringComparer.Ordinal);
+            return new BrokerInspection(fifoResult, summary + $"; after the consumer stopped: {heads.Count} groups with messages, {inFlight} in flight");
+        }
+
+        var result = keys.ToDictionary(
+            k => k,
+            k => found.Contains(k)
+                ? new KeyPosition(true, "receivable from the queue")
+                : inFlight > 0
+                    ? new KeyPosition(true, $"not receivable, but {inFlight} messages are still in flight (possibly this one)")
+                    : new KeyPosition(false, $"deleted: not in the queue ({handles.Count} messages left, none in flight)"),
+            StringComparer.Ordinal);
+        return new BrokerInspection(result, summary + $"; after the consumer stopped: {handles.Count} receivable, {inFlight} in flight");
+    }
+
+    public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
+    {
+        await ProduceAsync([lost]);
+        await ProduceAsync([kept]);
+        var others = new List<string>();
+        for (var attempt = 0; attempt < 20; attempt++)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30, MessageAttributeNames = ["All"],
+            });
+            var found = false;
+            foreach (var m in response.Messages ?? [])
+            {
+                if (m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true && a.StringValue == lost.Key)
+                {
+                    await Sqs.DeleteMessageAsync(_queueUrl, m.ReceiptHandle);
+                    found = true;
+                }
+                else
+                {
+                    others.Add(m.ReceiptHandle);
+                }
+            }
+
+            if (found)
+            {
+                await MakeVisibleAsync(_queueUrl, others);
+                return;
+            }
+        }
+
+        await MakeVisibleAsync(_queueUrl, others);
+        throw new InvalidOperationException($"{lost.Key} was not received");
+    }
+
+    private async Task<int> InFlightAsync()
+    {
+        var attributes = await Sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = _queueUrl, AttributeNames = ["ApproximateNumberOfMessagesNotVisible"] });
+        return int.TryParse(attributes.Attributes?.GetValueOrDefault("ApproximateNumberOfMessagesNotVisible"), System.Globalization.CultureInfo.InvariantCulture, out var n) ? n : 0;
+    }
+
+    private async Task MakeVisibleAsync(string queueUrl, List<string> handles)
+    {
         foreach (var chunk in handles.Chunk(10))
         {
             await Sqs.ChangeMessageVisibilityBatchAsync(new ChangeMessageVisibilityBatchRequest
             {
-                QueueUrl = _dlqUrl,
+                QueueUrl = queueUrl,
                 Entries = chunk.Select((h, i) => new ChangeMessageVisibilityBatchRequestEntry { Id = i.ToString(System.Globalization.CultureInfo.InvariantCulture), ReceiptHandle = h, VisibilityTimeout = 0 }).ToList(),
             });
         }
-
-        return keys;
     }
 
     public override async ValueTask DisposeAsync()

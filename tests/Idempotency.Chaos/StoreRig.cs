@@ -27,6 +27,9 @@ internal abstract class StoreRig : IAsyncDisposable
     {
         "postgres" => new PostgresRig(),
         "redis" => new RedisRig(),
+        "layered" => new LayeredRig(),
+        "redis-lease" => new RedisRig(lease: true),
+        "redis-crash" => new RedisRig(crash: true),
         _ => throw new ArgumentException(name),
     };
 
@@ -34,10 +37,13 @@ internal abstract class StoreRig : IAsyncDisposable
     {
         "postgres" => PostgresRig.CreateChild(args),
         "redis" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
+        "layered" => await LayeredRig.CreateChildAsync(args).ConfigureAwait(false),
+        "redis-lease" => await RedisRig.CreateLeaseChildAsync(args).ConfigureAwait(false),
+        "redis-crash" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
         _ => throw new ArgumentException(args.StoreKind),
     };
 
-    public async Task SetupAsync(string runId)
+    public virtual async Task SetupAsync(string runId)
     {
         var (host, port) = Target();
         _proxy = new TcpProxy(host, port);
@@ -45,20 +51,26 @@ internal abstract class StoreRig : IAsyncDisposable
     }
 
     /// <summary>Cuts every connection of the child to the store and refuses new ones (what a server restart looks like).</summary>
-    public void Cut()
+    public virtual void Cut()
     {
         Proxy.Stop();
         Cuts++;
     }
 
-    public void Restore() => Proxy.Start();
+    public virtual void Restore() => Proxy.Start();
 
     public abstract void AddChildArgs(IDictionary<string, string> args);
+
+    /// <summary>Gets the store's own faults beyond the proxy cut (e.g. a real server crash).</summary>
+    public virtual IReadOnlyList<FaultKind> Faults => [];
 
     /// <summary>Reads every business effect: key -> how many times it was applied.</summary>
     public abstract Task<Dictionary<string, long>> ReadEffectsAsync();
 
-    public async ValueTask DisposeAsync()
+    /// <summary>Reads the order in which keys got their first effect (key -> sequence), or null when the store keeps none.</summary>
+    public virtual Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync() => Task.FromResult<Dictionary<string, long>?>(null);
+
+    public virtual async ValueTask DisposeAsync()
     {
         if (_proxy is not null)
         {
@@ -104,6 +116,10 @@ internal sealed class PostgresRig : StoreRig
 
     public override string Name => "postgres";
 
+    public string Schema => _schema;
+
+    public string DirectConnectionString => _direct.ConnectionString;
+
     public static ChildStore CreateChild(ChildArgs args)
     {
         var dataSource = NpgsqlDataSource.Create(args["pg"]);
@@ -138,6 +154,15 @@ internal sealed class PostgresRig : StoreRig
         return rows.ToDictionary(r => r.Key, r => r.Applied, StringComparer.Ordinal);
     }
 
+    public override async Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync()
+    {
+        // first_seq is drawn when a key's row is inserted, i.e. by its first effect; a FIFO group's messages run one
+        // after another, so within a group it is the order of the first effects.
+        await using var connection = new NpgsqlConnection(_direct.ConnectionString);
+        var rows = await connection.QueryAsync<(string Key, long Seq)>($"SELECT key, first_seq FROM {_schema}.effects");
+        return rows.ToDictionary(r => r.Key, r => r.Seq, StringComparer.Ordinal);
+    }
+
     protected override (string Host, int Port) Target() => (_direct.Host ?? "127.0.0.1", _direct.Port);
 
     protected override async Task SetupCoreAsync(string runId)
@@ -146,7 +171,7 @@ internal sealed class PostgresRig : StoreRig
         await using var dataSource = NpgsqlDataSource.Create(_direct.ConnectionString);
         await using (var connection = await dataSource.OpenConnectionAsync())
         {
-            await connection.ExecuteAsync($"CREATE SCHEMA {_schema}; CREATE TABLE {_schema}.effects (key text PRIMARY KEY, applied int NOT NULL)");
+            await connection.ExecuteAsync($"CREATE SCHEMA {_schema}; CREATE TABLE {_schema}.effects (key text PRIMARY KEY, applied int NOT NULL, first_seq bigserial NOT NULL)");
         }
 
         await new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = _schema }).EnsureSchemaAsync();
@@ -166,15 +191,84 @@ internal sealed class PostgresRig : StoreRig
 
 /// <summary>
 /// Redis in Redis-held-state mode: the store's records and the business effect (a hash field incremented per key) are
-/// written in the same MULTI/EXEC through <c>context.GetRedisTransaction()</c>.
+/// written in the same MULTI/EXEC through <c>context.GetRedisTransaction()</c>. With <c>lease</c> (store
+/// <c>redis-lease</c>): the lease mode for external effects, where the effect is a plain <c>HINCRBY</c> outside the
+/// store's transaction, so it is at-least-once by design; the child journals each attempt (see <see cref="LeaseJournal"/>).
 /// </summary>
-internal sealed class RedisRig : StoreRig
+/// <remarks>
+/// With <c>crash</c> (store <c>redis-crash</c>): Redis-held state on a <see cref="PrivateRedis"/> server of the suite's
+/// own, which the <c>redis-crash</c> fault SIGKILLs and restarts (AOF, <c>appendfsync always</c>): counts stay exact.
+/// </remarks>
+internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRig
 {
-    private readonly ConfigurationOptions _direct = ConfigurationOptions.Parse(Env("IDEMPOTENCY_REDIS"));
+    /// <summary>How long a lease-mode handler stalls after its effect when told to: past the 2 s lease.</summary>
+    public static readonly TimeSpan LeaseStall = TimeSpan.FromMilliseconds(3500);
+
+    private ConfigurationOptions _direct = crash ? new ConfigurationOptions() : ConfigurationOptions.Parse(Env("IDEMPOTENCY_REDIS"));
     private ConnectionMultiplexer? _connection;
+    private PrivateRedis? _server;
     private string _prefix = "";
 
-    public override string Name => "redis";
+    public override string Name => lease ? "redis-lease" : crash ? "redis-crash" : "redis";
+
+    public override IReadOnlyList<FaultKind> Faults => _server is null
+        ? []
+        : [new("redis-crash", (rng, ct) => _server.CrashAsync(TimeSpan.FromMilliseconds(rng.Next(200, 1500)), ct))];
+
+    public override async Task SetupAsync(string runId)
+    {
+        if (crash)
+        {
+            _server = await PrivateRedis.StartAsync(runId);
+            _direct = ConfigurationOptions.Parse($"127.0.0.1:{_server.Port}");
+            _direct.AbortOnConnectFail = false;
+        }
+
+        await base.SetupAsync(runId);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+    }
+
+    public bool IsLease => lease;
+
+    /// <summary>
+    /// Lease mode, child side. Before its effect the handler writes <c>E key</c> on stdout; the store reports <c>K key</c>
+    /// after each commit that recorded the key; a handler told to (<c>stall-lease N</c>) writes <c>S key</c> after its
+    /// effect and then stalls past its lease, so the key can be taken over while it still runs.
+    /// </summary>
+    public static async Task<ChildStore> CreateLeaseChildAsync(ChildArgs args)
+    {
+        var config = ConfigurationOptions.Parse(args["redis"]);
+        config.AbortOnConnectFail = false;
+        config.ConnectTimeout = 2000;
+        config.SyncTimeout = config.AsyncTimeout = 3000;
+        config.ConnectRetry = 1;
+        var connection = await ConnectionMultiplexer.ConnectAsync(config).ConfigureAwait(false);
+        var prefix = args["prefix"];
+        var effects = (RedisKey)(prefix + ":effects");
+        var inner = new RedisIdempotencyStore(connection, new RedisIdempotencyStoreOptions { KeyPrefix = prefix, LeaseDuration = TimeSpan.FromSeconds(2) });
+        var db = connection.GetDatabase();
+        return new ChildStore(
+            new ReportingStore(inner),
+            async (context, ct) =>
+            {
+                ChildHost.Output.WriteLine("E " + context.Key);
+                await db.HashIncrementAsync(effects, context.Key, 1).ConfigureAwait(false);
+                if (ChildHost.TakeLeaseStall())
+                {
+                    ChildHost.Output.WriteLine("S " + context.Key);
+                    await Task.Delay(LeaseStall, ct).ConfigureAwait(false);
+                }
+            },
+            async () => await connection.DisposeAsync().ConfigureAwait(false));
+    }
 
     public static async Task<ChildStore> CreateChildAsync(ChildArgs args)
     {
@@ -252,5 +346,125 @@ internal sealed class RedisRig : StoreRig
         }
 
         await _connection.DisposeAsync();
+    }
+}
+
+/// <summary>
+/// The layered store: Redis (leases and completed markers) in front of PostgreSQL (the guarantee: the business row
+/// <c>effects(key, applied)</c> commits with the key). A cut hits Redis alone, PostgreSQL alone or both, in turn:
+/// with Redis gone the store carries on with PostgreSQL alone; with PostgreSQL gone it is an outage.
+/// </summary>
+internal sealed class LayeredRig : StoreRig
+{
+    private readonly PostgresRig _postgres = new();
+    private readonly RedisRig _redis = new();
+    private int _cuts;
+    private int _lastCut;
+
+    public override string Name => "layered";
+
+    public static async Task<ChildStore> CreateChildAsync(ChildArgs args)
+    {
+        var dataSource = NpgsqlDataSource.Create(args["pg"]);
+        var schema = args["schema"];
+        var postgres = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema });
+        var config = ConfigurationOptions.Parse(args["redis"]);
+        config.AbortOnConnectFail = false;
+        config.ConnectTimeout = 2000;
+        config.SyncTimeout = config.AsyncTimeout = 3000;
+        config.ConnectRetry = 1;
+        var connection = await ConnectionMultiplexer.ConnectAsync(config).ConfigureAwait(false);
+        var store = new LayeredIdempotencyStore(connection, new RedisIdempotencyStoreOptions { KeyPrefix = args["prefix"], LeaseDuration = TimeSpan.FromSeconds(2) }, postgres);
+        var sql = $"INSERT INTO {schema}.effects (key, applied) VALUES (@key, 1) ON CONFLICT (key) DO UPDATE SET applied = {schema}.effects.applied + 1";
+        return new ChildStore(
+            store,
+            async (context, ct) => await context.GetNpgsqlConnection().ExecuteAsync(new CommandDefinition(sql, new { key = context.Key }, context.GetNpgsqlTransaction(), cancellationToken: ct)).ConfigureAwait(false),
+            async () =>
+            {
+                await connection.DisposeAsync().ConfigureAwait(false);
+                await dataSource.DisposeAsync().ConfigureAwait(false);
+            });
+    }
+
+    public override async Task SetupAsync(string runId)
+    {
+        await _postgres.SetupAsync(runId).ConfigureAwait(false);
+        await _redis.SetupAsync(runId).ConfigureAwait(false);
+    }
+
+    public override void Cut()
+    {
+        // Redis alone, PostgreSQL alone, both: in turn.
+        _lastCut = _cuts++ % 3;
+        if (_lastCut != 1)
+        {
+            _redis.Cut();
+        }
+
+        if (_lastCut != 0)
+        {
+            _postgres.Cut();
+        }
+    }
+
+    public override void Restore()
+    {
+        _redis.Restore();
+        _postgres.Restore();
+    }
+
+    public override void AddChildArgs(IDictionary<string, string> args)
+    {
+        _postgres.AddChildArgs(args);
+        _redis.AddChildArgs(args);
+    }
+
+    public override Task<Dictionary<string, long>> ReadEffectsAsync() => _postgres.ReadEffectsAsync();
+
+    public override Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync() => _postgres.ReadFirstEffectOrderAsync();
+
+    public override async ValueTask DisposeAsync()
+    {
+        await _redis.DisposeAsync().ConfigureAwait(false);
+        await _postgres.DisposeAsync().ConfigureAwait(false);
+    }
+
+    protected override (string Host, int Port) Target() => throw new NotSupportedException("the layered rig has a proxy per server");
+
+    protected override Task SetupCoreAsync(string runId) => Task.CompletedTask;
+
+    protected override Task CleanupAsync() => Task.CompletedTask;
+}
+
+/// <summary>A store that writes <c>K key</c> on stdout for every key a commit recorded (lease-mode journal).</summary>
+internal sealed class ReportingStore(IIdempotencyStore inner) : IIdempotencyStore
+{
+    public string Name => inner.Name;
+
+    public async ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default) =>
+        new Transaction(await inner.BeginAsync(cancellationToken).ConfigureAwait(false));
+
+    public bool IsUnavailable(Exception exception) => inner.IsUnavailable(exception);
+
+    public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => inner.PingAsync(cancellationToken);
+
+    private sealed class Transaction(IIdempotencyTransaction inner) : IIdempotencyTransaction
+    {
+        public ValueTask<ClaimResult> ClaimAsync(ClaimRequest request, CancellationToken cancellationToken = default) => inner.ClaimAsync(request, cancellationToken);
+
+        public ValueTask<IReadOnlyList<ClaimResult>> ClaimBatchAsync(IReadOnlyList<ClaimRequest> requests, CancellationToken cancellationToken = default) => inner.ClaimBatchAsync(requests, cancellationToken);
+
+        public async ValueTask CommitAsync(IReadOnlyList<CompletionRecord> completions, IReadOnlyList<Idempotency.Outbox.OutboxMessage> outbox, CancellationToken cancellationToken = default)
+        {
+            await inner.CommitAsync(completions, outbox, cancellationToken).ConfigureAwait(false);
+            foreach (var c in completions)
+            {
+                ChildHost.Output.WriteLine("K " + c.Claim.Key);
+            }
+        }
+
+        public ValueTask RollbackAsync(CancellationToken cancellationToken = default) => inner.RollbackAsync(cancellationToken);
+
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
     }
 }
