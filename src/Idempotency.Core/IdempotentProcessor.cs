@@ -547,7 +547,7 @@ public sealed class IdempotentProcessor
                 {
                     if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
                     {
-                        throw new IdempotencyStoreUnavailableException("The store's connection broke while the batch handler ran.", exception);
+                        throw new StoreConnectionBrokenException("The store's connection broke while the batch handler ran.", exception);
                     }
 
                     // A set-based handler cannot say which message broke it: find out one message at a time.
@@ -576,7 +576,7 @@ public sealed class IdempotentProcessor
                     {
                         if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
                         {
-                            throw new IdempotencyStoreUnavailableException("The store's connection broke while a handler of the batch ran.", exception);
+                            throw new StoreConnectionBrokenException("The store's connection broke while a handler of the batch ran.", exception);
                         }
 
                         await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
@@ -760,7 +760,7 @@ public sealed class IdempotentProcessor
     {
         if (await IsTransactionBrokenAsync(transaction).ConfigureAwait(false))
         {
-            return StoreWorkFailed(message, claim, new IdempotencyStoreUnavailableException("The store's connection broke while the handler ran.", exception), handlerRan: false);
+            return StoreWorkFailed(message, claim, new StoreConnectionBrokenException("The store's connection broke while the handler ran.", exception), handlerRan: false);
         }
 
         await RollbackQuietlyAsync(transaction).ConfigureAwait(false);
@@ -820,6 +820,13 @@ public sealed class IdempotentProcessor
     /// <summary>The store's classification of its own error; a classifier that throws makes it an outage.</summary>
     private StoreFailure ClassifyStoreFailure(Exception exception)
     {
+        // The pipeline's own marker for a transaction found broken under a handler: an outage, whatever the handler's
+        // exception inside it says.
+        if (exception is StoreConnectionBrokenException broken)
+        {
+            return new StoreFailure(StoreFailureKind.Outage, broken.Message);
+        }
+
         try
         {
             return _store.ClassifyFailure(exception);

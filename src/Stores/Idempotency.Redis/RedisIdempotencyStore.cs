@@ -476,6 +476,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
             {
                 case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
                     return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the credentials ({current.Message}): check the password (and user) of the store's connection string");
+                case NotSupportedException refused:
+                    // The store's own refusal of what this deployment cannot do (the outbox on a cluster, a server older than 7.0).
+                    return new StoreFailure(StoreFailureKind.Misconfiguration, refused.Message);
                 case RedisServerException server when IsMisconfigurationError(server.Message):
                     return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the store's command ({server.Message}): check the credentials, the user's ACL (it needs EVALSHA/EVAL, GET, SET, DEL, MULTI/EXEC on the store's keys) and that scripting is enabled");
             }
@@ -488,6 +491,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         message.StartsWith("NOAUTH", StringComparison.Ordinal)
         || message.StartsWith("WRONGPASS", StringComparison.Ordinal)
         || message.StartsWith("NOPERM", StringComparison.Ordinal)
+        || message.StartsWith("CROSSSLOT", StringComparison.Ordinal)
         || message.StartsWith("ERR unknown command", StringComparison.Ordinal)
         || message.Contains("scripts are disabled", StringComparison.OrdinalIgnoreCase);
 
