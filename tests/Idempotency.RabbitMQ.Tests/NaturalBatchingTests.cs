@@ -63,7 +63,9 @@ public sealed class NaturalBatchingTests(PostgresFixture db, RabbitMqFixture mq)
     public async Task A_stop_in_the_middle_of_a_batch_loses_nothing_and_a_restart_applies_each_once()
     {
         var h = await Harness.CreateAsync(db, mq, prefix: "natural-stop");
-        const int Messages = 150;
+        // 400 deliveries at 20 ms each: a batch of up to 100 (the prefetch) takes 2 s, so a stop after the first commit lands
+        // with most of the queue still waiting, on a quiet machine as on a loaded one.
+        const int Messages = 400;
         await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, Messages).Select(i => ((string?)$"s-{i:D3}", Harness.Body($"s-{i:D3}"))).ToList());
         var (_, handler) = await LoggingHandlerAsync(db, h, pause: TimeSpan.FromMilliseconds(20));
         await using var connection = await mq.CreateConnectionAsync("natural-stop");
