@@ -1,7 +1,7 @@
 namespace Idempotency;
 
 /// <summary>Shared validation of names that end up in storage keys and SQL identifiers.</summary>
-public static class IdentifierRules
+internal static class IdentifierRules
 {
     /// <summary>Checks a handler name: 1 to 200 characters of letters, digits, '.', '-', '_' or ':'.</summary>
     /// <param name="name">The candidate name.</param>

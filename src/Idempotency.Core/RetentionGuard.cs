@@ -8,7 +8,7 @@ namespace Idempotency;
 /// this at start-up with what they can read from the broker (Kafka topic <c>retention.ms</c>, SQS
 /// <c>MessageRetentionPeriod</c>).
 /// </remarks>
-public static partial class RetentionGuard
+internal static partial class RetentionGuard
 {
     /// <summary>Returns a warning when the retention is shorter than the broker's redelivery horizon.</summary>
     /// <param name="options">The handler's options.</param>

@@ -6,7 +6,7 @@ using Microsoft.Extensions.Logging;
 namespace Idempotency.Kafka;
 
 /// <summary>Reads the topics' <c>retention.ms</c> and warns when the handler forgets keys sooner than Kafka can redeliver them.</summary>
-public static class KafkaRetentionCheck
+internal static class KafkaRetentionCheck
 {
     /// <summary>Describes the topics and logs a warning for each whose retention exceeds the handler's; never throws.</summary>
     /// <param name="config">Connection settings (bootstrap servers, security).</param>

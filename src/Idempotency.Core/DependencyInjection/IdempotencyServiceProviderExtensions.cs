@@ -6,7 +6,7 @@ using Microsoft.Extensions.Options;
 namespace Microsoft.Extensions.DependencyInjection;
 
 /// <summary>Builds processors from the container; adapters' hosted services use it.</summary>
-public static class IdempotencyServiceProviderExtensions
+internal static class IdempotencyServiceProviderExtensions
 {
     /// <summary>
     /// Creates the processor of one handler: the registered store, the handler's validated options, and a
@@ -16,7 +16,7 @@ public static class IdempotencyServiceProviderExtensions
     /// <param name="services">The root service provider.</param>
     /// <param name="handlerName">The handler name whose options to use.</param>
     /// <returns>The processor.</returns>
-    public static IdempotentProcessor CreateIdempotentProcessor<THandler>(this IServiceProvider services, string handlerName)
+    internal static IdempotentProcessor CreateIdempotentProcessor<THandler>(this IServiceProvider services, string handlerName)
         where THandler : class, IIdempotentMessageHandler
     {
         ArgumentNullException.ThrowIfNull(services);
@@ -32,7 +32,7 @@ public static class IdempotencyServiceProviderExtensions
     /// <param name="handlerName">The handler name whose options to use.</param>
     /// <param name="handler">The handler.</param>
     /// <returns>The processor.</returns>
-    public static IdempotentProcessor CreateIdempotentProcessor(this IServiceProvider services, string handlerName, IIdempotentMessageHandler handler)
+    internal static IdempotentProcessor CreateIdempotentProcessor(this IServiceProvider services, string handlerName, IIdempotentMessageHandler handler)
     {
         ArgumentNullException.ThrowIfNull(services);
         ArgumentException.ThrowIfNullOrEmpty(handlerName);

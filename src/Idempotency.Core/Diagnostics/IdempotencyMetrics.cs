@@ -4,7 +4,7 @@ using System.Diagnostics.Metrics;
 namespace Idempotency.Diagnostics;
 
 /// <summary>The library's instruments. Adapters record broker-side events (dead-letters, redeliveries) through the public methods.</summary>
-public static class IdempotencyMetrics
+internal static class IdempotencyMetrics
 {
     private static readonly Counter<long> Processed = IdempotencyTelemetry.Meter.CreateCounter<long>(
         "idempotency.messages.processed", "{message}", "Messages whose handler ran and committed.");

@@ -4,7 +4,7 @@ namespace Idempotency.Postgres.Outbox;
 
 /// <summary>Runs a <see cref="PostgresOutboxRelay"/> for as long as the host runs.</summary>
 /// <param name="relay">The relay.</param>
-public sealed class PostgresOutboxRelayService(PostgresOutboxRelay relay) : BackgroundService
+internal sealed class PostgresOutboxRelayService(PostgresOutboxRelay relay) : BackgroundService
 {
     /// <inheritdoc/>
     protected override Task ExecuteAsync(CancellationToken stoppingToken) => relay.RunAsync(stoppingToken);

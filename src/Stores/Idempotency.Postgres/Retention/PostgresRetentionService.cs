@@ -7,7 +7,7 @@ namespace Idempotency.Postgres.Retention;
 /// <param name="pruner">The pruner.</param>
 /// <param name="timeProvider">The clock the interval is measured on.</param>
 /// <param name="logger">The logger.</param>
-public sealed partial class PostgresRetentionService(PostgresRetentionPruner pruner, TimeProvider timeProvider, ILogger<PostgresRetentionService> logger) : BackgroundService
+internal sealed partial class PostgresRetentionService(PostgresRetentionPruner pruner, TimeProvider timeProvider, ILogger<PostgresRetentionService> logger) : BackgroundService
 {
     /// <inheritdoc/>
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
