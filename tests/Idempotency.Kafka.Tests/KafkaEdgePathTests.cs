@@ -208,7 +208,16 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
             async () => $"{logger.Collector.GetSnapshot().Count(r => r.Id.Id == 2006)} failed dead-letter produces, committed {(await cluster.CommittedOffsetsAsync(group, topic, 1))[0]}");
         await Task.Delay(300, TestContext.Current.CancellationToken);
         Assert.Equal(3L, (await cluster.CommittedOffsetsAsync(group, topic, 1))[0]);
-        Assert.Equal(batchSize == 1 ? 3L : 9L, await CountAsync(db, table));
+        // Batched, the messages fetched with the poison commit their effects with it (how many were fetched together
+        // depends on timing); one at a time, none behind it runs. Either way the offset waits at the poison.
+        if (batchSize == 1)
+        {
+            Assert.Equal(3L, await CountAsync(db, table));
+        }
+        else
+        {
+            Assert.InRange(await CountAsync(db, table), 3L, 9L);
+        }
         Assert.Equal([0L], cluster.EndOffsets(topic + ".dlq", 1));
 
         // The errors run out: the dead-letter lands once, and only then does the offset move past it.
