@@ -82,10 +82,9 @@ public sealed class IdempotentProcessor
     /// <summary>Decides what an adapter does with a result, by this pipeline's options.</summary>
     /// <param name="result">The result.</param>
     /// <param name="attempt">The 1-based handler attempt that produced it (attempts are spent only by the handler).</param>
-    /// <param name="storeOutageCount">How many store failures in a row the caller has seen, for the backoff.</param>
     /// <returns>The decision.</returns>
-    public Delivery.DeliveryDecision Decide(ProcessingResult result, int attempt, int storeOutageCount = 1) =>
-        Delivery.DeliveryPolicy.Decide(result, attempt, _options, storeOutageCount);
+    public Delivery.DeliveryDecision Decide(ProcessingResult result, int attempt) =>
+        Delivery.DeliveryPolicy.Decide(result, attempt, _options);
 
     /// <summary>Gets the store.</summary>
     public IIdempotencyStore Store => _store;

@@ -998,7 +998,6 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
             if (storeDown is not null)
             {
                 _engine!.Gate.Close(storeDown);
-                state.Port.PauseIntake();
                 await _engine.WaitForStoreAsync(state.Port, state.StopTaking.Token).ConfigureAwait(false);
             }
         }

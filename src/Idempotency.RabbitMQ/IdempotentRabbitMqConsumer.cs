@@ -394,12 +394,10 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
 
         var trackId = key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
         var attempt = 1;
-        var tracked = false;
         if (args.Redelivered || deliveryCount > 0)
         {
             Interlocked.Increment(ref _redelivered);
             IdempotencyMetrics.RecordRedelivered(Broker, _processor.HandlerName, _options.Queue);
-            tracked = true;
             var (failures, requeues) = _engine!.Attempts.Get(trackId);
             attempt = deliveryCount is { } c ? Math.Max(1, c + 1 - requeues) : failures + 1;
         }
@@ -417,7 +415,7 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
             DeliveryAttempt = attempt,
             Native = native,
         };
-        return new Work(args.DeliveryTag, message, native, trackId, tracked);
+        return new Work(args.DeliveryTag, message, native, trackId);
     }
 
     private string? SelectKey(BasicDeliverEventArgs args, out string? keyError)
@@ -842,5 +840,5 @@ public sealed class IdempotentRabbitMqConsumer : IAsyncDisposable
         }
     }
 
-    private sealed record Work(ulong DeliveryTag, IncomingMessage Message, RabbitMqDelivery Native, string TrackId, bool Tracked);
+    private sealed record Work(ulong DeliveryTag, IncomingMessage Message, RabbitMqDelivery Native, string TrackId);
 }

@@ -32,12 +32,8 @@ internal static partial class Log
     [LoggerMessage(EventId = 4008, Level = LogLevel.Error, Message = "Sending message {MessageId} to dead-letter queue {DeadLetterQueue} failed; it stays in {Queue}")]
     public static partial void DeadLetterFailed(ILogger logger, Exception exception, string messageId, string deadLetterQueue, string queue);
 
-
     [LoggerMessage(EventId = 4011, Level = LogLevel.Warning, Message = "Key selector threw for message {MessageId} on {Queue}; treating the key as missing")]
     public static partial void KeySelectorFailed(ILogger logger, Exception exception, string messageId, string queue);
-
-    [LoggerMessage(EventId = 4012, Level = LogLevel.Information, Message = "Message {MessageId} on {Queue} will be retried in {Delay} (attempt {Attempt}, {Action})")]
-    public static partial void Retrying(ILogger logger, string messageId, string queue, TimeSpan delay, int attempt, string action);
 
     [LoggerMessage(EventId = 4013, Level = LogLevel.Warning, Message = "Message {MessageId} on {Queue} is to be dead-lettered ({ReasonCode}); no DeadLetterQueueUrl is set, so it is left to the queue's RedrivePolicy")]
     public static partial void LeftToRedrive(ILogger logger, string messageId, string queue, string reasonCode);
