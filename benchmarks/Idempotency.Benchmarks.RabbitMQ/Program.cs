@@ -105,7 +105,7 @@ var ratios = new Dictionary<string, double>
 var md = new StringBuilder();
 md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
 md.AppendLine();
-md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario in {rounds} interleaved rounds (the table shows each scenario's median round; all rounds' msgs/s in the last column); prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: HandlerConcurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
+md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario in {rounds} interleaved rounds (the table shows each scenario's median round; all rounds' msgs/s in the last column); prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: Concurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
 md.AppendLine("Latency columns (ceiling: one transaction for both):");
 md.AppendLine("- delivery->ack: from the delivery callback to the completed basic.ack. The plain consumer's callback runs only when one of its 4 dispatch slots is free, so its wait for a slot is not counted; ours' callback only copies the delivery into the worker pool, so the wait for a worker IS counted (Little's law: ~prefetch / throughput).");
 md.AppendLine("- work->ack: from the start of the work to the ack: plain = callback entry (before it opens its connection), ours = handler entry (after the pool open, BEGIN and the claim round trip, so slightly understated).");
@@ -365,7 +365,7 @@ async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTimi
     {
         Queue = queue,
         PrefetchCount = prefetch,
-        HandlerConcurrency = concurrency,
+        Concurrency = concurrency,
         BatchSize = batch,
         BatchMaxWait = natural ? TimeSpan.Zero : TimeSpan.FromMilliseconds(5),
         KeySelector = ea =>
@@ -382,7 +382,7 @@ async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTimi
     var elapsed = watch.Elapsed;
     await consumer.StopAsync();
     await Verify(table, count, name);
-    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"HandlerConcurrency={concurrency}, BatchSize={batch}");
+    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"Concurrency={concurrency}, BatchSize={batch}");
 }
 
 static async Task Upsert(NpgsqlConnection conn, NpgsqlTransaction tx, string table, string id)

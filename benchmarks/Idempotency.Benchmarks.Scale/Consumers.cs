@@ -19,7 +19,7 @@ internal static class ConsumersScenario
         var postmasterPid = PostmasterPid(postgres);
         var rows = new List<string>();
         var loadBefore = Load();
-        Console.WriteLine($"{Environment.ProcessorCount} cores; {messages} messages ({unique} unique) per run; HandlerConcurrency {concurrency} per process; store {postgres}; postmaster pid {postmasterPid?.ToString(CultureInfo.InvariantCulture) ?? "unknown"}");
+        Console.WriteLine($"{Environment.ProcessorCount} cores; {messages} messages ({unique} unique) per run; Concurrency {concurrency} per process; store {postgres}; postmaster pid {postmasterPid?.ToString(CultureInfo.InvariantCulture) ?? "unknown"}");
         await using var dataSource = NpgsqlDataSource.Create(postgres);
         var factory = new ConnectionFactory { Uri = new Uri(rabbit), ClientProvidedName = "scale-bench" };
         await using var connection = await factory.CreateConnectionAsync();
@@ -114,7 +114,7 @@ internal static class ConsumersScenario
         md.AppendLine();
         md.AppendLine($"`dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers --unique {unique} --concurrency {concurrency}`; {Environment.ProcessorCount} cores shared by the consumers, PostgreSQL and RabbitMQ (loopback).");
         md.AppendLine($"Load average (/proc/loadavg) before: {loadBefore}; after: {Load()} (other builds share the machine).");
-        md.AppendLine($"One classic durable queue, persistent messages ({unique} keys + 20% re-sent copies, shuffled); each process an IdempotentRabbitMqConsumer (HandlerConcurrency {concurrency}, PrefetchCount 100, per message), the handler upserting one business row in the claim's transaction; store `{Redact(postgres)}`.");
+        md.AppendLine($"One classic durable queue, persistent messages ({unique} keys + 20% re-sent copies, shuffled); each process an IdempotentRabbitMqConsumer (Concurrency {concurrency}, PrefetchCount 100, per message), the handler upserting one business row in the claim's transaction; store `{Redact(postgres)}`.");
         md.AppendLine("Time: from the go signal (every process connected) until the store holds every key and the queue has no ready message. CPU seconds over that time: the consumer processes (their own TotalProcessorTime from go to stop), PostgreSQL (the postmaster and its children, /proc), RabbitMQ (beam.smp, shared with other users of the broker); store share = PostgreSQL / (all three).");
         md.AppendLine();
         md.AppendLine("| processes | messages | s | msg/s | effects rows / total / max | effects == unique | left in queue | consumers CPU s | PostgreSQL CPU s | RabbitMQ CPU s | store share |");
@@ -143,7 +143,7 @@ internal static class ConsumersScenario
         }), new IdempotencyOptions { HandlerName = "scale" });
         var factory = new ConnectionFactory { Uri = new Uri(rabbit), AutomaticRecoveryEnabled = true, ClientProvidedName = "scale-bench-consumer" };
         await using var connection = await factory.CreateConnectionAsync();
-        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, new RabbitMqIdempotencyOptions { Queue = queue, HandlerConcurrency = concurrency, PrefetchCount = 100 });
+        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, new RabbitMqIdempotencyOptions { Queue = queue, Concurrency = concurrency, PrefetchCount = 100 });
         await store.PingAsync(); // open the pool before the clock starts
         Console.WriteLine("ready");
         if (Console.ReadLine() != "go")

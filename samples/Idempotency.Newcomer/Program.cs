@@ -37,7 +37,7 @@ builder.Services.AddIdempotency()
     .UsePostgres(builder.Configuration.GetSection("Idempotency:Postgres"))
     .ApplyPostgresSchemaOnStart()
     .ConfigureHandler("orders", builder.Configuration.GetSection("Idempotency:Handlers:orders"))
-    .AddRabbitMqConsumer<OrderPlacedHandler>("orders", o => topology.ApplyTo(o).HandlerConcurrency = 4);
+    .AddRabbitMqConsumer<OrderPlacedHandler>("orders", o => topology.ApplyTo(o).Concurrency = 4);
 
 await builder.Build().RunAsync();
 

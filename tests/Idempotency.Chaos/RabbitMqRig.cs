@@ -214,7 +214,7 @@ internal sealed class RabbitMqRig : BrokerRig
             Queue = args["queue"],
             DeadLetterExchange = args["dlx"],
             DeadLetterRoutingKey = args["dlrk"],
-            HandlerConcurrency = 4,
+            Concurrency = 4,
             PrefetchCount = 40,
             ShutdownTimeout = TimeSpan.FromSeconds(5),
         };

@@ -46,7 +46,7 @@ await using var connection = await factory.CreateConnectionAsync();
 await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, new RabbitMqIdempotencyOptions
 {
     Queue = queue,
-    HandlerConcurrency = concurrency,
+    Concurrency = concurrency,
     PrefetchCount = Math.Max(concurrency * 10, 20),
 });
 await consumer.StartAsync();

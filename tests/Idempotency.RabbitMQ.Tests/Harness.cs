@@ -44,7 +44,7 @@ internal sealed class Harness
     public static byte[] Body(string key) => Encoding.UTF8.GetBytes($"{{\"key\":\"{key}\",\"amount\":5}}");
 
     public RabbitMqIdempotencyOptions Options(int concurrency = 1, int prefetch = 20, int batchSize = 1) =>
-        Topology.ApplyTo(new RabbitMqIdempotencyOptions { HandlerConcurrency = concurrency, PrefetchCount = prefetch, BatchSize = batchSize, ShutdownTimeout = TimeSpan.FromSeconds(10) });
+        Topology.ApplyTo(new RabbitMqIdempotencyOptions { Concurrency = concurrency, PrefetchCount = prefetch, BatchSize = batchSize, ShutdownTimeout = TimeSpan.FromSeconds(10) });
 
     public static IdempotencyOptions HandlerOptions(string name = "orders", int maxAttempts = 5) => new()
     {

@@ -16,7 +16,7 @@ public sealed class OptionsTests
         var errors = new RabbitMqIdempotencyOptions
         {
             Queue = " ",
-            HandlerConcurrency = 0,
+            Concurrency = 0,
             PrefetchCount = 70_000,
             BatchSize = 0,
             BatchMaxWait = TimeSpan.FromSeconds(-1),
@@ -25,7 +25,7 @@ public sealed class OptionsTests
             MaxTrackedMessages = 0,
         }.GetValidationErrors();
 
-        foreach (var setting in new[] { "Queue", "HandlerConcurrency", "PrefetchCount", "BatchSize", "BatchMaxWait", "KeyHeader", "ShutdownTimeout", "MaxTrackedMessages" })
+        foreach (var setting in new[] { "Queue", "Concurrency", "PrefetchCount", "BatchSize", "BatchMaxWait", "KeyHeader", "ShutdownTimeout", "MaxTrackedMessages" })
         {
             Assert.Contains(errors, e => e.StartsWith(setting, StringComparison.Ordinal));
         }
@@ -34,8 +34,8 @@ public sealed class OptionsTests
     [Fact]
     public void Prefetch_below_concurrency_or_batch_size_is_rejected_by_name()
     {
-        var concurrency = new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 8, PrefetchCount = 4 }.GetValidationErrors();
-        Assert.Contains(concurrency, e => e.Contains("PrefetchCount must be at least HandlerConcurrency", StringComparison.Ordinal));
+        var concurrency = new RabbitMqIdempotencyOptions { Queue = "q", Concurrency = 8, PrefetchCount = 4 }.GetValidationErrors();
+        Assert.Contains(concurrency, e => e.Contains("PrefetchCount must be at least Concurrency", StringComparison.Ordinal));
 
         var batch = new RabbitMqIdempotencyOptions { Queue = "q", BatchSize = 100, PrefetchCount = 50, BatchMaxWait = TimeSpan.FromMilliseconds(20) }.GetValidationErrors();
         Assert.Contains(batch, e => e.Contains("PrefetchCount must be at least BatchSize", StringComparison.Ordinal));
@@ -49,8 +49,23 @@ public sealed class OptionsTests
     {
         var processor = new IdempotentProcessor(new InMemoryIdempotencyStore(), IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), new IdempotencyOptions { HandlerName = "h" });
         var channel = new DispatchProxyChannel();
-        var error = Assert.Throws<ArgumentException>(() => new IdempotentRabbitMqConsumer(channel.Channel, processor, new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 0 }));
-        Assert.Contains("HandlerConcurrency", error.Message, StringComparison.Ordinal);
+        var error = Assert.Throws<ArgumentException>(() => new IdempotentRabbitMqConsumer(channel.Channel, processor, new RabbitMqIdempotencyOptions { Queue = "q", Concurrency = 0 }));
+        Assert.Contains("Concurrency", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Former_names_forward_to_the_shared_ones()
+    {
+#pragma warning disable CS0618 // the obsolete aliases are what is tested
+        var options = new RabbitMqIdempotencyOptions { Queue = "q", HandlerConcurrency = 3, BatchTimeout = TimeSpan.FromMilliseconds(7) };
+        Assert.Equal(3, options.Concurrency);
+        Assert.Equal(TimeSpan.FromMilliseconds(7), options.BatchMaxWait);
+        options.Concurrency = 5;
+        Assert.Equal(5, options.HandlerConcurrency);
+#pragma warning restore CS0618
+        Assert.IsAssignableFrom<IdempotentConsumerOptions>(options);
+        Assert.Equal((100, 1, TimeSpan.Zero), (options.PrefetchCount, new RabbitMqIdempotencyOptions().Concurrency, new RabbitMqIdempotencyOptions().BatchMaxWait));
+        Assert.Equal(100, new RabbitMqIdempotencyOptions().BatchSize);
     }
 
     [Fact]

@@ -32,7 +32,7 @@ internal sealed class RabbitMqScenario(string uri) : BrokerScenario
     protected override async Task<IConsumerRun> StartConsumerAsync(string name, IdempotentProcessor processor, CancellationToken cancellationToken)
     {
         var connection = await Factory.CreateConnectionAsync(cancellationToken);
-        var options = new RabbitMqIdempotencyOptions { HandlerConcurrency = 4, PrefetchCount = 100, ShutdownTimeout = TimeSpan.FromSeconds(2) };
+        var options = new RabbitMqIdempotencyOptions { Concurrency = 4, PrefetchCount = 100, ShutdownTimeout = TimeSpan.FromSeconds(2) };
         _topology!.ApplyTo(options);
         var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, options, cancellationToken: cancellationToken);
         await consumer.StartAsync(cancellationToken);
