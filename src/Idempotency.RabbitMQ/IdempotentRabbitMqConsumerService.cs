@@ -9,7 +9,7 @@ namespace Idempotency.RabbitMQ;
 /// (see <see cref="IdempotentRabbitMqConsumer.StopAsync"/>) when it stops. Usable without dependency injection:
 /// <c>new IdempotentRabbitMqConsumerService(connection, processor, options)</c>.
 /// </summary>
-/// <remarks>The host's shutdown timeout should exceed <see cref="RabbitMqIdempotencyOptions.ShutdownTimeout"/>.</remarks>
+/// <remarks>The host's shutdown timeout should exceed <see cref="IdempotentConsumerOptions.ShutdownTimeout"/>.</remarks>
 public sealed class IdempotentRabbitMqConsumerService : BackgroundService
 {
     private readonly Func<CancellationToken, ValueTask<IConnection>> _connection;
@@ -49,6 +49,10 @@ public sealed class IdempotentRabbitMqConsumerService : BackgroundService
     /// <summary>Gets the heartbeat the consumer reports its state to, for the consumer health check.</summary>
     public Idempotency.Health.ConsumerHeartbeat? Health { get; init; }
 
+    /// <summary>Gets the clock the consumer uses for its delays and timeouts.</summary>
+    /// <value>Defaults to <see langword="null"/>: <see cref="TimeProvider.System"/>.</value>
+    public TimeProvider? TimeProvider { get; init; }
+
     /// <summary>Gets the running consumer once the service has started it.</summary>
     public Task<IdempotentRabbitMqConsumer> Consumer => _consumer.Task;
 
@@ -56,14 +60,14 @@ public sealed class IdempotentRabbitMqConsumerService : BackgroundService
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         var connection = await _connection(stoppingToken).ConfigureAwait(false);
-        var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, _processor, _options, _logger, stoppingToken).ConfigureAwait(false);
+        var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, _processor, _options, _logger, TimeProvider, stoppingToken).ConfigureAwait(false);
         await using var consumerScope = consumer.ConfigureAwait(false);
         consumer.Health = Health;
         await consumer.StartAsync(stoppingToken).ConfigureAwait(false);
         _consumer.TrySetResult(consumer);
         try
         {
-            await Task.Delay(Timeout.Infinite, stoppingToken).ConfigureAwait(false);
+            await consumer.Completion.WaitAsync(stoppingToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
         {
@@ -71,5 +75,8 @@ public sealed class IdempotentRabbitMqConsumerService : BackgroundService
         }
 
         await consumer.StopAsync(CancellationToken.None).ConfigureAwait(false);
+
+        // A consumer that stopped on an error it cannot recover from fails the service (and, by default, the host).
+        await consumer.Completion.ConfigureAwait(false);
     }
 }

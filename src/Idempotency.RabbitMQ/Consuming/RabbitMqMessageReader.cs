@@ -1,0 +1,117 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using Idempotency.Delivery;
+using Idempotency.Diagnostics;
+using RabbitMQ.Client.Events;
+
+namespace Idempotency.RabbitMQ.Consuming;
+
+/// <summary>One delivery as the engine sees it: the message (body copied), its RabbitMQ details and the id its attempts are counted under.</summary>
+/// <param name="Message">The message with its key, headers and 1-based handler attempt.</param>
+/// <param name="Native">The RabbitMQ details (delivery tag, exchange, routing key, properties).</param>
+/// <param name="AttemptId">The key, or a hash of the body when there is no key.</param>
+internal sealed record RabbitMqWork(IncomingMessage Message, RabbitMqDelivery Native, string AttemptId)
+{
+    /// <summary>Gets the channel-scoped delivery tag.</summary>
+    public ulong DeliveryTag => Native.DeliveryTag;
+}
+
+/// <summary>
+/// Maps a <see cref="BasicDeliverEventArgs"/> to an <see cref="IncomingMessage"/> for the consumer and the step alike: the key
+/// from the default place (the message id, or <see cref="RabbitMqIdempotencyOptions.KeyHeader"/> decoded exactly, or the
+/// <see cref="RabbitMqIdempotencyOptions.KeySelector"/>), and the handler attempt from the quorum queue's
+/// <c>x-delivery-count</c> or, on classic queues, from the attempts remembered in this process.
+/// </summary>
+internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, string handlerName)
+{
+    private const string DeliveryCountHeader = "x-delivery-count";
+
+    /// <summary>Reads one delivery; call it inside the delivery callback, where the body is valid (it is copied).</summary>
+    /// <param name="args">The delivery.</param>
+    /// <param name="attempts">The attempts remembered per message.</param>
+    /// <returns>The work item.</returns>
+    public RabbitMqWork Read(BasicDeliverEventArgs args, AttemptLedger attempts)
+    {
+        var body = args.Body.ToArray();
+        var properties = args.BasicProperties;
+        var key = SelectKey(args, out var keyError);
+        var headers = properties.Headers;
+        int? deliveryCount = headers is not null && headers.TryGetValue(DeliveryCountHeader, out var count) && count is not null
+            ? Convert.ToInt32(count, CultureInfo.InvariantCulture)
+            : null;
+
+        var attemptId = key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
+        var attempt = 1;
+        if (args.Redelivered || deliveryCount > 0)
+        {
+            IdempotencyMetrics.RecordRedelivered("rabbitmq", handlerName, options.Queue);
+
+            // Requeues that were not the handler's fault (store outages, held keys, stops) are not attempts.
+            var (failures, requeues) = attempts.Get(attemptId);
+            attempt = deliveryCount is { } c ? Math.Max(1, c + 1 - requeues) : failures + 1;
+        }
+
+        var native = new RabbitMqDelivery(args.DeliveryTag, args.Redelivered, args.Exchange, args.RoutingKey, args.ConsumerTag, properties, body);
+        var message = new IncomingMessage(key, body)
+        {
+            KeyError = keyError,
+            Broker = "rabbitmq",
+            Destination = options.Queue,
+            Headers = headers is { Count: > 0 } ? ToTextHeaders(headers) : null,
+            Timestamp = properties.IsTimestampPresent() ? DateTimeOffset.FromUnixTimeSeconds(properties.Timestamp.UnixTime) : null,
+            Redelivered = args.Redelivered,
+            RedeliveryCause = args.Redelivered ? "redelivery" : null,
+            DeliveryAttempt = attempt,
+            Native = native,
+        };
+        return new RabbitMqWork(message, native, attemptId);
+    }
+
+    private string? SelectKey(BasicDeliverEventArgs args, out string? keyError)
+    {
+        keyError = null;
+        if (options.KeySelector is { } selector)
+        {
+            return selector(args);
+        }
+
+        if (options.KeyHeader is not { } header)
+        {
+            return args.BasicProperties.MessageId;
+        }
+
+        if (args.BasicProperties.Headers is not { } headers || !headers.TryGetValue(header, out var value))
+        {
+            return null;
+        }
+
+        // Bytes are decoded exactly (or refused): a lossy decode would make two different keys one.
+        return value is byte[] bytes
+            ? IdempotencyKey.TryDecode(bytes, options.KeyBytesEncoding, out var key, out keyError) ? key : null
+            : HeaderText(value);
+    }
+
+    private static Dictionary<string, string> ToTextHeaders(IDictionary<string, object?> headers)
+    {
+        var text = new Dictionary<string, string>(headers.Count, StringComparer.Ordinal);
+        foreach (var (name, value) in headers)
+        {
+            if (HeaderText(value) is { } s)
+            {
+                text[name] = s;
+            }
+        }
+
+        return text;
+    }
+
+    private static string? HeaderText(object? value) => value switch
+    {
+        null => null,
+        byte[] bytes => Encoding.UTF8.GetString(bytes),
+        string s => s,
+        IFormattable formattable => formattable.ToString(null, CultureInfo.InvariantCulture),
+        _ => null,
+    };
+}

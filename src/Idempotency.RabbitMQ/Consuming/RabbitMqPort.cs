@@ -1,0 +1,117 @@
+using Idempotency.Delivery;
+using Microsoft.Extensions.Logging;
+using RabbitMQ.Client;
+
+namespace Idempotency.RabbitMQ.Consuming;
+
+/// <summary>
+/// RabbitMQ's ack model for the <see cref="DeliveryEngine"/>: <c>basic.ack</c> after the commit, a confirmed dead-letter
+/// copy then <c>basic.ack</c> (or <c>basic.nack(requeue: false)</c>), <c>basic.nack(requeue: true)</c> after the delay to
+/// try again, and <c>basic.cancel</c> to pause intake (through the consumer).
+/// </summary>
+internal sealed class RabbitMqPort(
+    IChannel channel,
+    RabbitMqDeadLetterWriter deadLetters,
+    string queue,
+    string handlerName,
+    ILogger logger,
+    TimeProvider time,
+    Action pauseIntake,
+    CancellationToken stopping) : IDeliveryPort<RabbitMqWork>
+{
+    private long _acknowledged;
+    private long _deadLettered;
+    private long _requeued;
+
+    public bool RetriesInPlace => false;
+
+    public string Broker => "rabbitmq";
+
+    public string Destination => queue;
+
+    public long Acknowledged => Interlocked.Read(ref _acknowledged);
+
+    public long DeadLettered => Interlocked.Read(ref _deadLettered);
+
+    public long Requeued => Interlocked.Read(ref _requeued);
+
+    public string AttemptId(RabbitMqWork delivery) => delivery.AttemptId;
+
+    public async ValueTask AcknowledgeAsync(RabbitMqWork delivery, ProcessingResult result, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false, CancellationToken.None).ConfigureAwait(false);
+            Interlocked.Increment(ref _acknowledged);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Committed but not acked: the broker redelivers it (redelivered flag) and the pipeline reports a duplicate.
+            Log.AckFailed(logger, exception, delivery.DeliveryTag, queue);
+        }
+    }
+
+    public async ValueTask<bool> DeadLetterAsync(RabbitMqWork delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
+    {
+        try
+        {
+            var headers = DeadLetterHeaders.Create(result, decision, handlerName, attempts);
+            await deadLetters.DeadLetterAsync(channel, delivery.Native, headers, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The channel is gone: the broker requeues the delivery, and it is decided again when it comes back.
+            Log.SettleFailed(logger, exception, delivery.DeliveryTag, queue);
+        }
+
+        // Republished with confirms then acked, or nacked to the queue's own dead-letter exchange: settled either way.
+        Interlocked.Increment(ref _deadLettered);
+        Log.DeadLettered(logger, delivery.Message.Key ?? "(none)", queue, decision.ReasonCode ?? "unknown", attempts);
+        return true;
+    }
+
+    public async ValueTask ReturnAsync(RabbitMqWork delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken)
+    {
+        await DelayAsync(delay).ConfigureAwait(false);
+        await NackAsync(delivery).ConfigureAwait(false);
+    }
+
+    public void PauseIntake() => pauseIntake();
+
+    public void ResumeIntake()
+    {
+        // The consumer resubscribes by itself once the store gate opens.
+    }
+
+    /// <summary>Gives a delivery back to the queue (<c>basic.nack(requeue: true)</c>).</summary>
+    public async ValueTask NackAsync(RabbitMqWork delivery)
+    {
+        try
+        {
+            await channel.BasicNackAsync(delivery.DeliveryTag, multiple: false, requeue: true, CancellationToken.None).ConfigureAwait(false);
+            Interlocked.Increment(ref _requeued);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The channel is gone; the broker requeues every unacknowledged delivery of a closed channel by itself.
+            Log.SettleFailed(logger, exception, delivery.DeliveryTag, queue);
+        }
+    }
+
+    /// <summary>Waits before a requeue; a stop cuts the wait short (the delivery is then requeued at once).</summary>
+    public async ValueTask DelayAsync(TimeSpan delay)
+    {
+        if (delay <= TimeSpan.Zero || stopping.IsCancellationRequested)
+        {
+            return;
+        }
+
+        try
+        {
+            await Task.Delay(delay, time, stopping).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+        }
+    }
+}
