@@ -36,19 +36,16 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly RabbitMqMessageReader _reader;
-    private readonly SemaphoreSlim _consumeLock = new(1, 1);
     private readonly CancellationTokenSource _stopping = new();
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lock _stateGate = new();
     private Task? _stopTask;
-    private Task? _pauseTask;
     private Exception? _failure;
-    private string? _consumerTag;
     private bool _started;
-    private int _paused;
     private DeliveryEngine? _engine;
     private RabbitMqPort? _port;
     private RabbitMqLanes? _lanes;
+    private RabbitMqSubscription? _subscription;
     private long _redelivered;
 
     /// <summary>Wraps a channel the caller owns (and keeps open); dead-letters go out on <paramref name="deadLetterChannel"/>.</summary>
@@ -116,7 +113,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     public int PendingCount => _lanes?.Pending ?? 0;
 
     /// <summary>Gets a value indicating whether consumption is paused because the store is unreachable or misconfigured.</summary>
-    public bool IsPaused => Volatile.Read(ref _paused) == 1;
+    public bool IsPaused => _subscription?.IsPaused ?? false;
 
     /// <summary>
     /// Opens a consuming channel and a dead-letter channel with publisher confirmations on <paramref name="connection"/> and
@@ -164,6 +161,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
         _engine = new DeliveryEngine(_processor, Name, _logger, _time, Health, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
         var deadLetters = new RabbitMqDeadLetterWriter(_deadLetterChannel, _options, _logger);
+        _subscription = new RabbitMqSubscription(_channel, _options, OnReceivedAsync, _logger, _stopping.Token);
         _port = new RabbitMqPort(_channel, deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token);
         _lanes = new RabbitMqLanes(_options, _engine, _port, _logger, _time, () => IsPaused, Fail, _stopping.Token);
         if (Health is { } health)
@@ -176,7 +174,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         _channel.ChannelShutdownAsync += OnChannelShutdownAsync;
         await _channel.BasicQosAsync(0, (ushort)_options.PrefetchCount, global: false, cancellationToken).ConfigureAwait(false);
         _lanes.Start();
-        await SubscribeAsync(cancellationToken).ConfigureAwait(false);
+        await _subscription.SubscribeAsync(cancellationToken).ConfigureAwait(false);
         Log.Started(_logger, _options.Queue, _processor.HandlerName, _options.PrefetchCount, _options.Concurrency, _options.BatchSize);
     }
 
@@ -199,7 +197,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     public async ValueTask DisposeAsync()
     {
         await StopAsync().ConfigureAwait(false);
-        _consumeLock.Dispose();
+        _subscription?.Dispose();
         _stopping.Dispose();
     }
 
@@ -230,15 +228,11 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         {
             Log.Stopping(_logger, _options.Queue, _lanes?.InFlight ?? 0);
             await _stopping.CancelAsync().ConfigureAwait(false);
-            await UnsubscribeQuietlyAsync().ConfigureAwait(false);
-            if (_lanes is { } lanes)
+            if (_subscription is { } subscription)
             {
-                await lanes.DrainAsync(_options.ShutdownTimeout, cancellationToken).ConfigureAwait(false);
-            }
-
-            if (_pauseTask is { } pause)
-            {
-                await pause.ConfigureAwait(false);
+                await subscription.UnsubscribeAsync().ConfigureAwait(false);
+                await _lanes!.DrainAsync(_options.ShutdownTimeout, cancellationToken).ConfigureAwait(false);
+                await subscription.WaitPauseAsync().ConfigureAwait(false);
             }
 
             _channel.ChannelShutdownAsync -= OnChannelShutdownAsync;
@@ -274,59 +268,6 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         _ = StopAsync();
     }
 
-    private async Task SubscribeAsync(CancellationToken cancellationToken)
-    {
-        await _consumeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
-        try
-        {
-            if (_consumerTag is not null || _stopping.IsCancellationRequested)
-            {
-                return;
-            }
-
-            var consumer = new AsyncEventingBasicConsumer(_channel);
-            consumer.ReceivedAsync += OnReceivedAsync;
-            _consumerTag = await _channel.BasicConsumeAsync(
-                _options.Queue,
-                autoAck: false,
-                consumerTag: _options.ConsumerTag ?? string.Empty,
-                noLocal: false,
-                exclusive: false,
-                arguments: null,
-                consumer: consumer,
-                cancellationToken: cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            _consumeLock.Release();
-        }
-    }
-
-    private async Task UnsubscribeQuietlyAsync()
-    {
-        await _consumeLock.WaitAsync().ConfigureAwait(false);
-        try
-        {
-            if (_consumerTag is { } tag)
-            {
-                _consumerTag = null;
-                if (_channel.IsOpen)
-                {
-                    await _channel.BasicCancelAsync(tag, noWait: false).ConfigureAwait(false);
-                }
-            }
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            // The channel may already be closed: nothing more will be delivered either way.
-            Log.SettleFailed(_logger, exception, 0, _options.Queue);
-        }
-        finally
-        {
-            _consumeLock.Release();
-        }
-    }
-
     private Task OnChannelShutdownAsync(object sender, ShutdownEventArgs args)
     {
         if (!_stopping.IsCancellationRequested)
@@ -352,51 +293,6 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     }
 
     /// <summary>The store is down or misconfigured: <c>basic.cancel</c> until the engine's store gate opens, then consume again.</summary>
-    private void Pause()
-    {
-        if (Interlocked.CompareExchange(ref _paused, 1, 0) != 0)
-        {
-            return;
-        }
-
-        Log.Paused(_logger, _options.Queue);
-        lock (_stateGate)
-        {
-            _pauseTask = Task.Run(PauseUntilStoreAnswersAsync, CancellationToken.None);
-        }
-    }
-
-    private async Task PauseUntilStoreAnswersAsync()
-    {
-        await UnsubscribeQuietlyAsync().ConfigureAwait(false);
-        var probes = 0;
-        while (!_stopping.IsCancellationRequested)
-        {
-            probes++;
-            try
-            {
-                // One probe loop per consumer, in the gate: it opens when the store answers and is set up.
-                await _engine!.Gate.WaitAsync(_stopping.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                return;
-            }
-
-            Volatile.Write(ref _paused, 0);
-            try
-            {
-                await SubscribeAsync(_stopping.Token).ConfigureAwait(false);
-                Log.Resumed(_logger, _options.Queue, probes);
-                return;
-            }
-            catch (Exception exception) when (exception is not OutOfMemoryException)
-            {
-                // The channel may be recovering; keep the pause and try again.
-                Volatile.Write(ref _paused, 1);
-                Log.ResumeFailed(_logger, exception, _options.Queue);
-                await _port!.DelayAsync(_processor.StoreUnavailableBackoff.InitialDelay).ConfigureAwait(false);
-            }
-        }
-    }
+    private void Pause() =>
+        _subscription!.Pause(_engine!.Gate, _processor.StoreUnavailableBackoff.InitialDelay, _port!.DelayAsync);
 }

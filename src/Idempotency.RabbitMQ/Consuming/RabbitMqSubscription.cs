@@ -1,0 +1,138 @@
+using Idempotency.Delivery;
+using Microsoft.Extensions.Logging;
+using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
+
+namespace Idempotency.RabbitMQ.Consuming;
+
+/// <summary>
+/// The consumer's <c>basic.consume</c> on its channel: subscribes, cancels (stopping), and pauses while the store is down
+/// or misconfigured (<c>basic.cancel</c> until the engine's store gate opens, then <c>basic.consume</c> again).
+/// </summary>
+internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotencyOptions options, AsyncEventHandler<BasicDeliverEventArgs> received, ILogger logger, CancellationToken stopping)
+    : IDisposable
+{
+    private readonly SemaphoreSlim _consumeLock = new(1, 1);
+    private readonly Lock _pauseGate = new();
+    private string? _consumerTag;
+    private Task? _pauseTask;
+    private int _paused;
+
+    /// <summary>Gets a value indicating whether consumption is paused for the store.</summary>
+    public bool IsPaused => Volatile.Read(ref _paused) == 1;
+
+    /// <summary>Subscribes to the queue, unless subscribed or stopping.</summary>
+    public async Task SubscribeAsync(CancellationToken cancellationToken)
+    {
+        await _consumeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            if (_consumerTag is not null || stopping.IsCancellationRequested)
+            {
+                return;
+            }
+
+            var consumer = new AsyncEventingBasicConsumer(channel);
+            consumer.ReceivedAsync += received;
+            _consumerTag = await channel.BasicConsumeAsync(
+                options.Queue,
+                autoAck: false,
+                consumerTag: options.ConsumerTag ?? string.Empty,
+                noLocal: false,
+                exclusive: false,
+                arguments: null,
+                consumer: consumer,
+                cancellationToken: cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            _consumeLock.Release();
+        }
+    }
+
+    /// <summary>Cancels the subscription; a closed channel delivers nothing more either way.</summary>
+    public async Task UnsubscribeAsync()
+    {
+        await _consumeLock.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            if (_consumerTag is { } tag)
+            {
+                _consumerTag = null;
+                if (channel.IsOpen)
+                {
+                    await channel.BasicCancelAsync(tag, noWait: false).ConfigureAwait(false);
+                }
+            }
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            Log.SettleFailed(logger, exception, 0, options.Queue);
+        }
+        finally
+        {
+            _consumeLock.Release();
+        }
+    }
+
+    /// <summary>Pauses until <paramref name="gate"/> opens (once, however many lanes ask).</summary>
+    public void Pause(StoreGate gate, TimeSpan retryDelay, Func<TimeSpan, ValueTask> delay)
+    {
+        if (Interlocked.CompareExchange(ref _paused, 1, 0) != 0)
+        {
+            return;
+        }
+
+        Log.Paused(logger, options.Queue);
+        lock (_pauseGate)
+        {
+            _pauseTask = Task.Run(() => PauseUntilStoreAnswersAsync(gate, retryDelay, delay), CancellationToken.None);
+        }
+    }
+
+    /// <summary>Waits for a pause in progress to end (stopping ends it).</summary>
+    public Task WaitPauseAsync()
+    {
+        lock (_pauseGate)
+        {
+            return _pauseTask ?? Task.CompletedTask;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Dispose() => _consumeLock.Dispose();
+
+    private async Task PauseUntilStoreAnswersAsync(StoreGate gate, TimeSpan retryDelay, Func<TimeSpan, ValueTask> delay)
+    {
+        await UnsubscribeAsync().ConfigureAwait(false);
+        var probes = 0;
+        while (!stopping.IsCancellationRequested)
+        {
+            probes++;
+            try
+            {
+                // One probe loop per consumer, in the gate: it opens when the store answers and is set up.
+                await gate.WaitAsync(stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+
+            Volatile.Write(ref _paused, 0);
+            try
+            {
+                await SubscribeAsync(stopping).ConfigureAwait(false);
+                Log.Resumed(logger, options.Queue, probes);
+                return;
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // The channel may be recovering; keep the pause and try again.
+                Volatile.Write(ref _paused, 1);
+                Log.ResumeFailed(logger, exception, options.Queue);
+                await delay(retryDelay).ConfigureAwait(false);
+            }
+        }
+    }
+}
