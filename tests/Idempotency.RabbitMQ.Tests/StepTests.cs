@@ -108,6 +108,50 @@ public sealed class StepTests(PostgresFixture db, RabbitMqFixture mq) : IClassFi
         Assert.Equal(0u, await h.ReadyAsync());
     }
 
+    [Fact]
+    public async Task A_store_outage_mid_stream_acknowledges_only_what_committed_and_loses_nothing()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "step-outage");
+        const int Messages = 40;
+        await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, Messages).Select(i => ((string?)$"o-{i}", Harness.Body($"o-{i}"))).ToList());
+        await using var proxied = db.ConnectThroughProxy();
+        var store = new PostgresIdempotencyStore(proxied.DataSource, h.Store.Options);
+        var cut = 0;
+
+        // The 10th handler run cuts PostgreSQL after its write, before its commit: that message's effect never commits.
+        var handler = h.Credit(afterWrite: _ =>
+        {
+            if (h.Runs == 10 && Interlocked.Exchange(ref cut, 1) == 0)
+            {
+                proxied.Proxy.Stop();
+                proxied.DataSource.Clear();
+            }
+        });
+        await using var connection = await mq.CreateConnectionAsync("step-outage");
+        var step = new RabbitMqIdempotentStep(new IdempotentProcessor(store, handler, Harness.HandlerOptions(maxAttempts: 2)), h.Options());
+
+        await using var loop = await Loop.StartAsync(connection, h.Queue, step);
+        await Harness.WaitUntilAsync(() => Volatile.Read(ref cut) == 1 && !step.IsStoreReady, 60, "the outage pauses the step");
+        await Task.Delay(TimeSpan.FromSeconds(2), TestContext.Current.CancellationToken);
+
+        // Acknowledged == committed, during the outage: nothing was acked ahead of its commit, nothing dead-lettered.
+        var committed = await h.RowsAsync();
+        Assert.Equal(committed, loop.Results.Count(r => r.Action == DeliveryAction.Acknowledge));
+        Assert.True(committed < Messages);
+        Assert.Equal(0u, await h.DeadLetteredAsync());
+
+        proxied.Proxy.Start();
+        await Harness.WaitUntilAsync(async () => loop.Results.Count(r => r.Settles) == Messages && await h.RowsAsync() == Messages, 90, $"{Messages} processed after the outage");
+        await loop.StopAsync();
+
+        Assert.Equal(Messages, loop.Results.Count(r => r.Action == DeliveryAction.Acknowledge));
+        Assert.Contains(loop.Results, r => r.Action == DeliveryAction.PauseAndRetry);
+        Assert.Equal(Messages, await h.AppliedAsync());
+        Assert.Equal(1L, await h.MaxAppliedAsync());
+        Assert.Equal(0u, await h.DeadLetteredAsync());
+        Assert.Equal(0u, await h.ReadyAsync());
+    }
+
     /// <summary>
     /// The consume loop a team already has: a channel, a prefetch, an <see cref="AsyncEventingBasicConsumer"/>; the
     /// callback's body is the step's two calls in place of "handle, then ack".
