@@ -93,7 +93,7 @@ public sealed class RabbitMqIdempotentStep
     /// <param name="result">The decision from <see cref="RunAsync"/>.</param>
     /// <param name="cancellationToken">Cuts a retry delay or a pause short (stopping): the delivery is requeued at once.</param>
     /// <returns>A task that completes when the decision was carried out.</returns>
-    public async Task CompleteAsync(IChannel channel, BasicDeliverEventArgs delivery, StepResult result, CancellationToken cancellationToken = default)
+    public async ValueTask CompleteAsync(IChannel channel, BasicDeliverEventArgs delivery, StepResult result, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(channel);
         ArgumentNullException.ThrowIfNull(delivery);
