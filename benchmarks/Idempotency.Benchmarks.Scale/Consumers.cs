@@ -14,7 +14,7 @@ internal static class ConsumersScenario
     public sealed record Settings(string Postgres, string RabbitMq, string Sqs, string[] Brokers, int Unique, int KafkaUnique, int[] Counts, int Concurrency, string OutDir, string CommandLine);
 
     private sealed record Row(string Broker, int Processes, int Messages, double Seconds, long EffectRows, long EffectTotal, long EffectMax, bool ExactlyOnce, long Left,
-        double ConsumersCpu, double PostgresCpu, double BrokerCpu, double Load)
+        double ConsumersCpu, double PostgresCpu, double BrokerCpu, double Load, int AssignmentChanges)
     {
         public double Rate => Messages / Seconds;
 
@@ -58,7 +58,8 @@ internal static class ConsumersScenario
 
             if (broker is KafkaUnderTest kafka)
             {
-                setups.Add($"  The host produced each run's messages in {string.Join(", ", kafka.ProductionTimes)} (counts {string.Join(", ", settings.Counts)}), while the consumers consumed.");
+                var changes = rows.Where(r => r.Broker == broker.Name).Select(r => r.AssignmentChanges).ToList();
+                setups.Add($"  The host produced each run's messages in {string.Join(", ", kafka.ProductionTimes)} (processes {string.Join(", ", settings.Counts)}), while the consumers consumed. Partition assignment changes (rebalances) during the runs: {string.Join(", ", changes)}.");
             }
         }
 
@@ -135,6 +136,16 @@ internal static class ConsumersScenario
             var postgresCpu = ProcCpu.OfTree(postmasterPid) - postgresBefore;
             var brokerCpu = broker.CpuSeconds() - brokerBefore;
             var load = ProcCpu.Load1();
+            // A Kafka consumer process reports every change of its assignment: any during the run was a rebalance.
+            var assignmentChanges = 0;
+            foreach (var consumer in consumers)
+            {
+                while (consumer.TryReadLine(out var line))
+                {
+                    assignmentChanges += line.StartsWith("assigned ", StringComparison.Ordinal) ? 1 : 0;
+                }
+            }
+
             foreach (var consumer in consumers)
             {
                 await consumer.StopAsync();
@@ -143,7 +154,7 @@ internal static class ConsumersScenario
             var left = await broker.PendingAsync(runId);
             var (effectRows, total, max) = await EffectsAsync(dataSource, schema);
             return new Row(broker.Name, count, sends.Count, seconds, effectRows, total, max, effectRows == broker.Unique && total == broker.Unique && max == 1, left,
-                consumersCpu, postgresCpu, brokerCpu, load);
+                consumersCpu, postgresCpu, brokerCpu, load, assignmentChanges);
         }
         finally
         {
