@@ -98,12 +98,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
 
         _engine = new DeliveryEngine(_processor, Name, _logger, _time, Health, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
         Statistics.Gate = _engine.Gate;
-        if (Health is not null)
-        {
-            Health.State = ConsumerState.Running;
-            Health.Detail = null;
-            Health.Beat();
-        }
+        Health?.MarkStarted();
 
         Log.Started(_logger, _processor.HandlerName, _options.QueueUrl, _options.Concurrency, _options.BatchSize);
         try
@@ -185,11 +180,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
     private void Finish(Exception? failure)
     {
         Log.Stopped(_logger, _processor.HandlerName, Statistics);
-        if (Health is not null)
-        {
-            Health.State = ConsumerState.Stopped;
-            Health.Detail = failure?.Message ?? "stopped";
-        }
+        Health?.MarkStopped(failure);
 
         if (failure is null)
         {

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using Amazon.SQS;
 using Amazon.SQS.Model;
 using Idempotency.Delivery;
+using Idempotency.Postgres;
 using Idempotency.TestSupport;
 using static Idempotency.Sqs.Tests.SqsTestKit;
 
@@ -11,7 +12,7 @@ namespace Idempotency.Sqs.Tests;
 public sealed class SqsIdempotentStepTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
 {
     /// <summary>A plain SQS receive loop; the only idempotency line is the step's call.</summary>
-    private static async Task ReceiveLoopAsync(IAmazonSQS client, string queue, SqsIdempotentStep step, Func<Task<bool>> done)
+    private static async Task ReceiveLoopAsync(IAmazonSQS client, string queue, SqsIdempotentStep step, Func<Task<bool>> done, Action<Message>? received = null, Action<Message, StepResult>? carriedOut = null)
     {
         var ct = TestContext.Current.CancellationToken;
         var deadline = DateTime.UtcNow + Long;
@@ -29,7 +30,9 @@ public sealed class SqsIdempotentStepTests(SqsFixture sqs, PostgresFixture db) :
             }, ct);
             foreach (var message in response.Messages ?? [])
             {
-                await step.RunAndCarryOutAsync(client, message, ct);
+                received?.Invoke(message);
+                var result = await step.RunAndCarryOutAsync(client, message, ct);
+                carriedOut?.Invoke(message, result);
             }
         }
     }
@@ -92,19 +95,13 @@ public sealed class SqsIdempotentStepTests(SqsFixture sqs, PostgresFixture db) :
         var actions = new ConcurrentQueue<(string? Key, DeliveryAction Action, int Attempt)>();
 
         using var client = faulty.Client;
-        var ct = TestContext.Current.CancellationToken;
-        var deadline = DateTime.UtcNow + Long;
-        while (!(await db.RowsAsync(table) == 9 && await sqs.DrainedAsync(queue) && (await sqs.CountsAsync(deadLetter)).Visible == 1))
-        {
-            Assert.True(DateTime.UtcNow < deadline, "the loop finished within the time allowed");
-            var response = await client.ReceiveMessageAsync(new ReceiveMessageRequest { QueueUrl = queue, MaxNumberOfMessages = 10, WaitTimeSeconds = 1, MessageAttributeNames = ["All"], MessageSystemAttributeNames = ["All"] }, ct);
-            foreach (var message in response.Messages ?? [])
-            {
-                keys[message.ReceiptHandle] = message.MessageAttributes["IdempotencyKey"].StringValue;
-                var result = await step.RunAndCarryOutAsync(client, message, ct);
-                actions.Enqueue((result.Result.Message.Key, result.Action, result.Attempt));
-            }
-        }
+        await ReceiveLoopAsync(
+            client,
+            queue,
+            step,
+            async () => await db.RowsAsync(table) == 9 && await sqs.DrainedAsync(queue) && (await sqs.CountsAsync(deadLetter)).Visible == 1,
+            message => keys[message.ReceiptHandle] = message.MessageAttributes["IdempotencyKey"].StringValue,
+            (_, result) => actions.Enqueue((result.Result.Message.Key, result.Action, result.Attempt)));
 
         Assert.Empty(deletedEarly);
         Assert.Equal(9L, await db.AppliedAsync(table));
@@ -118,6 +115,45 @@ public sealed class SqsIdempotentStepTests(SqsFixture sqs, PostgresFixture db) :
         Assert.Equal("3", dead.MessageAttributes[DeadLetterHeaders.Attempts].StringValue);
         Assert.Equal(queue, dead.MessageAttributes[SqsDeadLetterAttributes.SourceQueue].StringValue);
         Assert.Contains("poison sp-poison", dead.MessageAttributes[DeadLetterHeaders.ErrorMessage].StringValue, StringComparison.Ordinal);
+        Assert.Equal((0, 0), await sqs.CountsAsync(queue));
+    }
+
+    [Fact]
+    public async Task A_store_without_its_schema_pauses_the_loop_spends_no_attempt_and_resumes_once_created()
+    {
+        var queue = await sqs.CreateQueueAsync("step-misconf");
+        var deadLetter = await sqs.CreateQueueAsync("step-misconf-dlq");
+        var table = await db.CreateBusinessTableAsync();
+        await sqs.SendManyAsync(queue, [.. Enumerable.Range(0, 6).Select(i => ($"{{\"i\":{i}}}", (string?)$"sm-{i}"))]);
+        var store = new PostgresIdempotencyStore(db.DataSource, new PostgresIdempotencyStoreOptions { Schema = db.Schema, Table = "never_created_" + Guid.NewGuid().ToString("N")[..8] });
+        var step = new SqsIdempotentStep(
+            new IdempotentProcessor(store, Credit(table), Handler("step-misconf", maxAttempts: 1)),   // one attempt: any spent would dead-letter
+            new SqsIdempotencyOptions { QueueUrl = queue, DeadLetterQueueUrl = deadLetter });
+        var pauses = 0;
+        using var client = sqs.CreateClient();
+
+        // The schema appears a few seconds after the loop met the misconfiguration and is waiting on the store.
+        var fix = Task.Run(async () =>
+        {
+            await SqsFixture.WaitUntilAsync(() => Task.FromResult(!step.IsStoreReady), Long, "the step to find the store misconfigured");
+            await Task.Delay(TimeSpan.FromSeconds(3), TestContext.Current.CancellationToken);
+            Assert.Equal(0L, await db.RowsAsync(table));
+            await store.EnsureSchemaAsync(TestContext.Current.CancellationToken);
+        }, TestContext.Current.CancellationToken);
+        await ReceiveLoopAsync(client, queue, step, async () => await db.RowsAsync(table) == 6 && await sqs.DrainedAsync(queue),
+            carriedOut: (_, result) =>
+            {
+                if (result.Action == DeliveryAction.PauseAndRetry)
+                {
+                    Assert.True(result.StoreReady.IsCompleted, "the step returned only once the store answered");
+                    Interlocked.Increment(ref pauses);
+                }
+            });
+        await fix;
+
+        Assert.True(pauses >= 1, "the loop met the missing schema");
+        Assert.Equal(6L, await db.AppliedAsync(table));
+        Assert.Equal((0, 0), await sqs.CountsAsync(deadLetter));
         Assert.Equal((0, 0), await sqs.CountsAsync(queue));
     }
 }
