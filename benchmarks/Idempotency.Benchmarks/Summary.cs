@@ -164,6 +164,9 @@ internal sealed class Summary
         }
     }
 
+    /// <summary>A number from a results file; NaN and infinities are written as strings there, and read as null.</summary>
+    private static double? Number(JsonNode? node) => node is JsonValue value && value.TryGetValue<double>(out var number) ? number : null;
+
     private void AddKafka16Notes(JsonNode json) => LowLoadNote("kafka", json["lowLoad"]?.AsArray(), "Name", "P99Ms", "P50Ms");
 
     /// <summary>The low-load target (one message in flight): p99 of the default <= plain p99 + 2 ms, publish -> effect committed.</summary>
@@ -175,9 +178,9 @@ internal sealed class Summary
             return;
         }
 
-        var parts = rows.Select(r => $"{(string)r![name]!} p50 {(double)r[p50]!:0.0} ms / p99 {(double)r[p99]!:0.0} ms");
-        var plain = (double)rows[0]![p99]!;
-        var byDefault = (double)rows[1]![p99]!;
+        var parts = rows.Select(r => $"{(string)r![name]!} p50 {Number(r[p50]):0.0} ms / p99 {Number(r[p99]):0.0} ms");
+        var plain = Number(rows[0]![p99]) ?? double.NaN;
+        var byDefault = Number(rows[1]![p99]) ?? double.NaN;
         Notes.Add($"{source} low load (one message in flight; publish -> effect committed): {string.Join("; ", parts)}. Target #16 default p99 <= plain p99 + 2 ms: {(byDefault <= plain + 2 ? "met" : "NOT met")} ({byDefault - plain:+0.0;-0.0} ms).");
     }
 
@@ -211,8 +214,8 @@ internal sealed class Summary
                 Kind = kind,
                 Tag = key,
                 MessagesPerSecond = (double)r["MessagesPerSecond"]!,
-                P50Ms = (double?)latency?["P50Ms"],
-                P99Ms = (double?)latency?["P99Ms"],
+                P50Ms = Number(latency?["P50Ms"]),
+                P99Ms = Number(latency?["P99Ms"]),
                 LatencyNote = "low load (one message in flight): publish -> effect committed",
                 BaselineOf = kind == "ceiling" ? null : s => Key(s, "plain"),
                 CeilingOf = key switch
@@ -233,7 +236,7 @@ internal sealed class Summary
         }
 
         LowLoadNote("rabbitmq", lowLoad, "Name", "P99Ms", "P50Ms");
-        var cpu = json["throughput"]!.AsArray().ToDictionary(r => (string)r!["Key"]!, r => (double?)r!["ClientCpuMicroseconds"]);
+        var cpu = json["throughput"]!.AsArray().ToDictionary(r => (string)r!["Key"]!, r => Number(r!["ClientCpuMicroseconds"]));
         if (cpu.GetValueOrDefault("plain") is { } plainCpu && cpu.GetValueOrDefault("default") is { } defaultCpu)
         {
             Notes.Add($"rabbitmq client CPU per message: plain {plainCpu:0} µs, default {defaultCpu:0} µs, batching off {cpu.GetValueOrDefault("per-message"):0} µs. Target #16 default <= plain: {(defaultCpu <= plainCpu ? "met" : "NOT met")}.");
