@@ -1,14 +1,22 @@
-// Plain manual-ack consumer vs IdempotentRabbitMqConsumer (per message, batch) vs the PostgreSQL single-row transaction
-// ceiling, in ONE run, at the same prefetch and concurrency.
-//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.RabbitMQ -- [--messages 20000] [--concurrency 4] [--prefetch 200] [--batch 50]
+// RabbitMQ benchmark, in ONE run with interleaved rounds: a plain manual-ack consumer, IdempotentRabbitMqConsumer
+// (default options, batching off with the claim before the handler and at commit, a set-based batch handler), the peer
+// (Wolverine's durable inbox, a child process: benchmarks/Idempotency.Benchmarks.Wolverine) and the PostgreSQL SQL
+// baselines, all doing the same business upsert at the same prefetch and concurrency.
+//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.RabbitMQ -- [--messages 2000] [--rounds 3]
+//     [--concurrency 4] [--prefetch 200] [--batch 100] [--low-load 200] [--no-peer]
 // Reads IDEMPOTENCY_POSTGRES and IDEMPOTENCY_RABBITMQ. Writes benchmarks/results/rabbitmq.md and rabbitmq.json.
-using System.Collections.Concurrent;
+//
+// Every number comes from the same place: the business table's deferred trigger (CommitClock) stamps each effect with
+// clock_timestamp() at its transaction's commit. Throughput = messages committed after the first commit / time from the
+// first to the last commit; latency = that commit stamp - the publisher's clock just before basic.publish (same host
+// clock); effects == unique is counted from the table after every run.
 using System.Diagnostics;
 using System.Globalization;
-using System.Reflection;
 using System.Text;
 using System.Text.Json;
 using Idempotency;
+using Idempotency.Benchmarks.RabbitMQ;
+using Idempotency.Benchmarks.Shared;
 using Idempotency.Postgres;
 using Idempotency.RabbitMQ;
 using Npgsql;
@@ -16,373 +24,426 @@ using NpgsqlTypes;
 using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 
-var messages = Arg("--messages", 6_000); // in all rounds together, per scenario
+CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
+CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+var messages = Arg("--messages", 2_000); // per scenario per round
 var concurrency = Arg("--concurrency", 4);
 var prefetch = Arg("--prefetch", 200);
-var batchSize = Arg("--batch", 50);
+var batchSize = Arg("--batch", 100);
 var rounds = Arg("--rounds", 3);
+var lowLoad = Arg("--low-load", 200); // messages per scenario per round, one in flight
+var peer = !args.Contains("--no-peer");
+var sqlSeconds = Arg("--sql-seconds", 2);
+const int WarmUp = 100; // messages before each broker run's measured ones (JIT, pools, Wolverine's code generation)
 var postgres = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
 var rabbit = Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/";
 
 var schema = "bench_rmq_" + Guid.NewGuid().ToString("N")[..8];
 await using var dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(postgres) { MaxPoolSize = 64 }.ConnectionString);
-await Exec($"CREATE SCHEMA {schema}");
+var sql = new CommitClock(dataSource, schema);
+await sql.ExecAsync($"CREATE SCHEMA {schema}");
 var factory = new ConnectionFactory { Uri = new Uri(rabbit), AutomaticRecoveryEnabled = true, ClientProvidedName = "bench" };
 await using var connection = await factory.CreateConnectionAsync();
-await using var admin = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+await using var publishConnection = await factory.CreateConnectionAsync();
 var queues = new List<string>();
-var results = new List<Result>();
+var loadStart = LoadAverage();
+var throughputRows = new List<Row>();
+var lowLoadRows = new List<Row>();
+var started = DateTime.UtcNow;
 try
 {
-    Console.WriteLine($"load average at start: {LoadAverage()}");
-    Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario over {rounds} rounds, prefetch {prefetch}, concurrency {concurrency}, batch {batchSize}, {Environment.ProcessorCount} cores");
+    Console.WriteLine($"load average at start: {loadStart}");
+    Console.WriteLine($"RabbitMQ benchmark: {messages} messages per scenario per round, {rounds} rounds, prefetch {prefetch}, concurrency {concurrency}, batch {batchSize}, low load {lowLoad} one at a time, {Environment.ProcessorCount} cores, peer {(peer ? "on" : "off")}");
 
-    // Warm-up (JIT, pools, broker): small rounds of every scenario, not reported.
-    await Ceiling("warmup", 500, claim: false);
-    await Plain("warmup", 500);
-    await Ours("warmup", 500, batch: 1);
-    await Ours("warmup", 500, batch: 1, ClaimTiming.AtCommit);
-    await Ours("warmup", 500, batch: batchSize);
-
-    // Rounds interleave the scenarios so that a load swing on the shared machine hits all of them alike; each
-    // scenario reports its median round (by throughput).
-    var scenarios = new (string Name, Func<int, Task<Result>> Run)[]
+    var throughput = new List<(string Key, string Name, Func<int, Task<Run>> Run)>
     {
-        ("PostgreSQL single-row transaction ceiling (upsert + commit)", n => Ceiling("ceiling", n, claim: false)),
-        ("PostgreSQL claim + upsert transaction (plain INSERT key ON CONFLICT DO NOTHING + upsert)", n => Ceiling("claim+upsert", n, claim: true)),
-        ("Plain manual-ack consumer, own transaction per message", n => Plain("plain", n)),
-        ("IdempotentRabbitMqConsumer, per message", n => Ours("ours", n, batch: 1)),
-        ("IdempotentRabbitMqConsumer, default options (natural batching, per-message handler)", n => Ours("default", n, batch: new RabbitMqIdempotencyOptions().BatchSize, natural: true)),
-        ("IdempotentRabbitMqConsumer, per message, claim at commit", n => Ours("ours-at-commit", n, batch: 1, ClaimTiming.AtCommit)),
-        ($"IdempotentRabbitMqConsumer, batch mode ({batchSize}/batch, set-based handler)", n => Ours("batch", n, batch: batchSize)),
-        ("IdempotentProcessor alone, no broker", n => ProcessorOnly("processor", n)),
-        ("The store's SQL by hand: claim CTE + upsert + completion UPDATE with COMMIT (3 round trips)", n => StoreSql("store-sql", n)),
+        ("sql-plain", "SQL: plain transaction (upsert + commit), C# loop", _ => SqlLoop(keyRows: 0)),
+        ("sql-key", "SQL: plain transaction + key-row insert, C# loop", _ => SqlLoop(keyRows: 1)),
+        ("sql-batch", $"SQL: {batchSize}-key batch transaction (key rows + set-based upsert), C# loop", _ => SqlLoop(keyRows: batchSize)),
+        ("plain", "Plain manual-ack consumer, own transaction per message", n => Plain(n, oneAtATime: false)),
+        ("default", "IdempotentRabbitMqConsumer, default batching (per-message handler)", n => Ours(n, Mode.Default, oneAtATime: false)),
+        ("per-message", "IdempotentRabbitMqConsumer, batching off (BatchSize 1), claim before handler", n => Ours(n, Mode.PerMessage, oneAtATime: false)),
+        ("at-commit", "IdempotentRabbitMqConsumer, batching off, claim at commit", n => Ours(n, Mode.AtCommit, oneAtATime: false)),
+        ("set-based", $"IdempotentRabbitMqConsumer, batch mode ({batchSize}), set-based handler", n => Ours(n, Mode.SetBased, oneAtATime: false)),
     };
-    var perRound = Math.Max(100, messages / rounds);
-    var runs = scenarios.Select(_ => new List<Result>()).ToArray();
+    var latency = new List<(string Key, string Name, Func<int, Task<Run>> Run)>
+    {
+        ("plain", "Plain manual-ack consumer", n => Plain(n, oneAtATime: true)),
+        ("default", "IdempotentRabbitMqConsumer, default batching", n => Ours(n, Mode.Default, oneAtATime: true)),
+        ("per-message", "IdempotentRabbitMqConsumer, batching off", n => Ours(n, Mode.PerMessage, oneAtATime: true)),
+    };
+    if (peer)
+    {
+        throughput.Add(("wolverine", "Wolverine 6.64.2 durable inbox (PostgreSQL), EF Core handler in the inbox transaction", n => Wolverine(n, oneAtATime: false)));
+        latency.Add(("wolverine", "Wolverine durable inbox", n => Wolverine(n, oneAtATime: true)));
+    }
+
+    // Warm-up (JIT, pools, broker): one small round of the in-process scenarios, not reported.
+    foreach (var s in throughput.Where(s => s.Key != "wolverine"))
+    {
+        await s.Run(300);
+    }
+
+    var tput = throughput.Select(_ => new List<Run>()).ToArray();
+    var lat = latency.Select(_ => new List<Run>()).ToArray();
     for (var round = 1; round <= rounds; round++)
     {
-        Console.WriteLine($"round {round}/{rounds} ({perRound} messages per scenario), load average {LoadAverage()}");
-        for (var i = 0; i < scenarios.Length; i++)
+        Console.WriteLine($"round {round}/{rounds}, load average {LoadAverage()}");
+        for (var i = 0; i < throughput.Count; i++)
         {
-            runs[i].Add(await scenarios[i].Run(perRound));
+            tput[i].Add(await throughput[i].Run(messages));
+        }
+
+        for (var i = 0; i < latency.Count; i++)
+        {
+            lat[i].Add(await latency[i].Run(lowLoad));
         }
     }
 
-    for (var i = 0; i < scenarios.Length; i++)
+    for (var i = 0; i < throughput.Count; i++)
     {
-        var sorted = runs[i].OrderBy(r => r.MessagesPerSecond).ToList();
-        results.Add(sorted[sorted.Count / 2] with { Name = scenarios[i].Name, Rounds = string.Join(" / ", runs[i].Select(r => r.MessagesPerSecond.ToString("N0", CultureInfo.InvariantCulture))) });
+        var median = tput[i].OrderBy(r => r.MessagesPerSecond).ElementAt(tput[i].Count / 2);
+        throughputRows.Add(new Row(throughput[i].Key, throughput[i].Name, median.MessagesPerSecond, median.P50Ms, median.P99Ms, Median(tput[i].Select(r => r.ClientCpuMicroseconds)), tput[i].Sum(r => r.Messages), string.Join(" / ", tput[i].Select(r => r.MessagesPerSecond.ToString("N0")))));
+    }
+
+    for (var i = 0; i < latency.Count; i++)
+    {
+        // Low load: every round's samples pooled, then p50/p99 of them all.
+        var samples = lat[i].SelectMany(r => r.LatenciesMs).Order().ToArray();
+        lowLoadRows.Add(new Row(latency[i].Key, latency[i].Name, Median(lat[i].Select(r => r.MessagesPerSecond)), Percentile(samples, 0.50), Percentile(samples, 0.99), Median(lat[i].Select(r => r.ClientCpuMicroseconds)), samples.Length, string.Join(" / ", lat[i].Select(r => $"{r.P99Ms:0.0}"))));
     }
 }
 finally
 {
-    foreach (var queue in queues)
+    await using (var admin = await connection.CreateChannelAsync())
     {
-        await admin.QueueDeleteAsync(queue, ifUnused: false, ifEmpty: false);
+        foreach (var queue in queues)
+        {
+            await admin.QueueDeleteAsync(queue, ifUnused: false, ifEmpty: false);
+        }
     }
 
-    await Exec($"DROP SCHEMA {schema} CASCADE");
+    await sql.ExecAsync($"DROP SCHEMA {schema} CASCADE");
 }
 
-var ceiling = results[0].MessagesPerSecond;
-var plain = results[2].MessagesPerSecond;
-var ours = results[3].MessagesPerSecond;
-var byDefault = results[4].MessagesPerSecond;
-var atCommit = results[5].MessagesPerSecond;
-var batched = results[6].MessagesPerSecond;
-var ratios = new Dictionary<string, double>
-{
-    ["ours default (natural batching) / plain (target >= 1.0)"] = byDefault / plain,
-    ["ours / plain (target >= 0.85)"] = ours / plain,
-    ["ours / single-row ceiling (target >= 0.6)"] = ours / ceiling,
-    ["batch / ours per message (target >= 3)"] = batched / ours,
-    ["ours claim at commit / plain (target >= 0.85)"] = atCommit / plain,
-    ["ours claim at commit / single-row ceiling (target >= 0.6)"] = atCommit / ceiling,
-    ["plain / single-row ceiling"] = plain / ceiling,
-};
-
-var md = new StringBuilder();
-md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
-md.AppendLine();
-md.AppendLine(CultureInfo.InvariantCulture, $"{messages} messages per scenario in {rounds} interleaved rounds (the table shows each scenario's median round; all rounds' msgs/s in the last column); prefetch {prefetch}; concurrency {concurrency} (plain: ConsumerDispatchConcurrency; ours: Concurrency; ceiling: connections); batch size {batchSize}; {Environment.ProcessorCount} cores; persistent messages on a classic queue; PostgreSQL and RabbitMQ on loopback.");
-md.AppendLine("Latency columns (ceiling: one transaction for both):");
-md.AppendLine("- delivery->ack: from the delivery callback to the completed basic.ack. The plain consumer's callback runs only when one of its 4 dispatch slots is free, so its wait for a slot is not counted; ours' callback only copies the delivery into the worker pool, so the wait for a worker IS counted (Little's law: ~prefetch / throughput).");
-md.AppendLine("- work->ack: from the start of the work to the ack: plain = callback entry (before it opens its connection), ours = handler entry (after the pool open, BEGIN and the claim round trip, so slightly understated).");
-md.AppendLine("Working set: the highest sampled during the scenario (20 ms samples).");
-md.AppendLine();
-md.AppendLine("| scenario | msgs/s | delivery->ack p50 ms | p99 ms | work->ack p50 ms | p99 ms | peak working set MB | rounds msgs/s |");
-md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---|");
-foreach (var r in results)
-{
-    md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.MessagesPerSecond:N0} | {r.P50Ms:0.00} | {r.P99Ms:0.00} | {r.WorkP50Ms:0.00} | {r.WorkP99Ms:0.00} | {r.PeakWorkingSetMb:0} | {r.Rounds} |");
-}
-
-md.AppendLine();
-md.AppendLine("| ratio | value | met |");
-md.AppendLine("|---|---:|---|");
-var targets = new Dictionary<string, double> { ["ours default (natural batching) / plain (target >= 1.0)"] = 1.0, ["ours / plain (target >= 0.85)"] = 0.85, ["ours / single-row ceiling (target >= 0.6)"] = 0.6, ["batch / ours per message (target >= 3)"] = 3, ["ours claim at commit / plain (target >= 0.85)"] = 0.85, ["ours claim at commit / single-row ceiling (target >= 0.6)"] = 0.6 };
-foreach (var (name, value) in ratios)
-{
-    var met = targets.TryGetValue(name, out var target) ? (value >= target ? "yes" : "NO") : "";
-    md.AppendLine(CultureInfo.InvariantCulture, $"| {name} | {value:0.00} | {met} |");
-}
-
-md.AppendLine();
-md.AppendLine(CultureInfo.InvariantCulture, $"Process peak working set at the end (Process.PeakWorkingSet64, all scenarios): {Process.GetCurrentProcess().PeakWorkingSet64 / 1024.0 / 1024.0:0} MB. Machine load average at the end: {LoadAverage()}.");
-Console.WriteLine();
-Console.WriteLine(md.ToString());
-var resultsDir = FindResultsDirectory();
-await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.md"), md.ToString());
-await File.WriteAllTextAsync(Path.Combine(resultsDir, "rabbitmq.json"), JsonSerializer.Serialize(
-    new { date = DateTime.UtcNow, messages, rounds, prefetch, concurrency, batchSize, cores = Environment.ProcessorCount, results, ratios },
-    new JsonSerializerOptions { WriteIndented = true }));
-Console.WriteLine($"Written to {resultsDir}/rabbitmq.md and rabbitmq.json");
+var loadEnd = LoadAverage();
+Report();
 return;
 
 // ---------------------------------------------------------------------------------------------------------------
 
-async Task<Result> Ceiling(string name, int count, bool claim)
+void Report()
 {
-    var table = await BusinessTable();
-    var keys = claim ? await KeyTable() : null;
-    var latencies = new Latencies();
-    var next = -1;
-    using var sampler = new WorkingSetSampler();
-    var watch = Stopwatch.StartNew();
-    var workers = Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
+    double Rate(string key) => throughputRows.FirstOrDefault(r => r.Key == key)?.MessagesPerSecond ?? double.NaN;
+    Row? LowLoad(string key) => lowLoadRows.FirstOrDefault(r => r.Key == key);
+    double Cpu(string key) => throughputRows.FirstOrDefault(r => r.Key == key)?.ClientCpuMicroseconds ?? double.NaN;
+    var ratios = new List<Ratio>
     {
-        int i;
-        while ((i = Interlocked.Increment(ref next)) < count)
+        new("default / plain", Rate("default") / Rate("plain"), 1.0, ">="),
+        new("batching off (claim before handler) / plain", Rate("per-message") / Rate("plain"), null, ">="),
+        new("batching off (claim at commit) / plain", Rate("at-commit") / Rate("plain"), null, ">="),
+        new("batching off (claim before handler) / SQL plain transaction + key-row insert", Rate("per-message") / Rate("sql-key"), 0.95, ">="),
+        new("batching off (claim at commit) / SQL plain transaction + key-row insert", Rate("at-commit") / Rate("sql-key"), 0.95, ">="),
+        new($"set-based batch / SQL {batchSize}-key batch transaction", Rate("set-based") / Rate("sql-batch"), 0.8, ">="),
+        new("plain consumer / SQL plain transaction", Rate("plain") / Rate("sql-plain"), null, ">="),
+        new("client CPU per message: default / plain", Cpu("default") / Cpu("plain"), 1.0, "<="),
+        new("client CPU per message: batching off / plain", Cpu("per-message") / Cpu("plain"), null, "<="),
+    };
+    if (peer)
+    {
+        ratios.Insert(1, new("default / Wolverine durable inbox", Rate("default") / Rate("wolverine"), 3.0, ">="));
+        ratios.Insert(2, new("plain / Wolverine durable inbox", Rate("plain") / Rate("wolverine"), null, ">="));
+        ratios.Insert(5, new("batching off (claim before handler) / Wolverine durable inbox", Rate("per-message") / Rate("wolverine"), null, ">="));
+    }
+
+    if (LowLoad("plain") is { } lp && LowLoad("default") is { } ld)
+    {
+        ratios.Add(new("low load: default p99 - plain p99 (ms)", ld.P99Ms - lp.P99Ms, 2.0, "<="));
+    }
+
+    var md = new StringBuilder();
+    md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+    md.AppendLine();
+    md.AppendLine(CultureInfo.InvariantCulture, $"`--messages {messages} --rounds {rounds} --low-load {lowLoad}`: {rounds} interleaved rounds; prefetch {prefetch}; concurrency {concurrency} for every scenario (plain: ConsumerDispatchConcurrency; ours: Concurrency; Wolverine: MaximumParallelMessages; SQL loops: connections); batch size {batchSize} (set-based batch mode: prefetch {Math.Max(prefetch, batchSize * concurrency)}, so that every worker's batch can fill); persistent messages with GUID ids on a classic queue; PostgreSQL and RabbitMQ on loopback; {Environment.ProcessorCount} cores. Machine load average: {loadStart} at the start, {loadEnd} at the end ({(DateTime.UtcNow - started).TotalMinutes:0.0} min).");
+    md.AppendLine();
+    md.AppendLine("Every scenario does the same business write (an upsert of the message's row) and is measured from the same place: a deferred trigger on the business table stamps each effect with `clock_timestamp()` at its transaction's commit. Throughput runs: the round's messages (after 100 warm-up ones) are in the queue before the consumer starts; msgs/s = messages committed after the first commit / (last commit - first commit). SQL rows: a C# loop of the same transactions on the same number of connections for --sql-seconds, rows / wall time. Latency (publish -> effect committed = commit stamp - the publisher's clock just before `basic.publish`, the same host clock) is measured in the low-load run, where it is not queue wait. Effects == messages (every row applied exactly once) and an empty queue are checked after every run.");
+    md.AppendLine();
+    md.AppendLine("## Throughput (median round by msgs/s)");
+    md.AppendLine();
+    md.AppendLine("| scenario | msgs/s | client CPU µs/msg | messages (all rounds) | rounds msgs/s |");
+    md.AppendLine("|---|---:|---:|---:|---|");
+    foreach (var r in throughputRows)
+    {
+        var cpu = r.Key.StartsWith("sql", StringComparison.Ordinal) || r.Key == "wolverine" ? "-" : r.ClientCpuMicroseconds.ToString("0");
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.MessagesPerSecond:N0} | {cpu} | {r.Messages:N0} | {r.Rounds} |");
+    }
+
+    md.AppendLine();
+    md.AppendLine("Client CPU: this process's CPU time (Process.TotalProcessorTime) from the consumer's start to the last effect / messages (median round). Wolverine runs in its own process (not measured).");
+    md.AppendLine();
+    md.AppendLine(CultureInfo.InvariantCulture, $"## Low load: one message in flight ({lowLoad} per scenario per round, all rounds pooled)");
+    md.AppendLine();
+    md.AppendLine("| scenario | p50 ms | p99 ms | samples | p99 per round ms |");
+    md.AppendLine("|---|---:|---:|---:|---|");
+    foreach (var r in lowLoadRows)
+    {
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.P50Ms:0.00} | {r.P99Ms:0.00} | {r.Messages} | {r.Rounds} |");
+    }
+
+    md.AppendLine();
+    md.AppendLine("## Ratios");
+    md.AppendLine();
+    md.AppendLine("| ratio | value | target | met |");
+    md.AppendLine("|---|---:|---:|---|");
+    foreach (var r in ratios)
+    {
+        var met = r.Target is not { } t ? "-" : (r.Direction == ">=" ? r.Value >= t : r.Value <= t) ? "yes" : "NO";
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Value:0.00} | {(r.Target is { } tt ? $"{r.Direction} {tt:0.##}" : "-")} | {met} |");
+    }
+
+    Console.WriteLine();
+    Console.WriteLine(md.ToString());
+    var resultsDir = FindResultsDirectory();
+    File.WriteAllText(Path.Combine(resultsDir, "rabbitmq.md"), md.ToString());
+    File.WriteAllText(Path.Combine(resultsDir, "rabbitmq.json"), JsonSerializer.Serialize(
+        new { date = DateTime.UtcNow, messages, rounds, lowLoadMessages = lowLoad, prefetch, concurrency, batchSize, cores = Environment.ProcessorCount, loadStart, loadEnd, throughput = throughputRows, lowLoad = lowLoadRows, ratios },
+        new JsonSerializerOptions { WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }));
+    Console.WriteLine($"Written to {resultsDir}/rabbitmq.md and rabbitmq.json");
+}
+
+// The SQL baselines: `concurrency` connections, each a loop of transactions doing the business upsert (+ key rows), for
+// --sql-seconds; msgs/s = rows committed / wall time (no broker).
+async Task<Run> SqlLoop(int keyRows)
+{
+    var table = await sql.BusinessTableAsync(notify: false);
+    var keys = keyRows > 0 ? await sql.KeyTableAsync() : null;
+    var perTx = Math.Max(1, keyRows);
+    var next = -perTx;
+    var stopAt = Stopwatch.GetTimestamp() + (long)(sqlSeconds * Stopwatch.Frequency);
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+    var watch = Stopwatch.StartNew();
+    await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
+    {
+        await using var conn = await dataSource.OpenConnectionAsync();
+        while (Stopwatch.GetTimestamp() < stopAt)
         {
-            var started = Stopwatch.GetTimestamp();
-            await using var conn = await dataSource.OpenConnectionAsync();
+            var first = Interlocked.Add(ref next, perTx);
+            var ids = Enumerable.Range(first, perTx).Select(i => "s-" + i.ToString("D8")).ToArray();
             await using var tx = await conn.BeginTransactionAsync();
-            var id = "c-" + i.ToString(CultureInfo.InvariantCulture);
-            if (keys is not null)
+            if (keyRows == 1)
             {
-                await using var claimCommand = new NpgsqlCommand($"INSERT INTO {keys} (key) VALUES (@id) ON CONFLICT DO NOTHING", conn, tx);
-                claimCommand.Parameters.AddWithValue("id", id);
-                await claimCommand.ExecuteNonQueryAsync();
+                await using var claim = new NpgsqlCommand($"INSERT INTO {keys} (key) VALUES (@id) ON CONFLICT DO NOTHING", conn, tx);
+                claim.Parameters.AddWithValue("id", ids[0]);
+                await claim.ExecuteNonQueryAsync();
+                await Upsert(conn, tx, table, ids[0]);
+            }
+            else if (keyRows > 1)
+            {
+                await using var claim = new NpgsqlCommand($"INSERT INTO {keys} (key) SELECT k FROM unnest(@ids) AS k ORDER BY k ON CONFLICT DO NOTHING", conn, tx);
+                claim.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
+                await claim.ExecuteNonQueryAsync();
+                await SetBasedUpsert(conn, tx, table, ids);
+            }
+            else
+            {
+                await Upsert(conn, tx, table, ids[0]);
             }
 
-            await Upsert(conn, tx, table, id);
             await tx.CommitAsync();
-            latencies.Add(Stopwatch.GetElapsedTime(started));
-        }
-    })).ToArray();
-    await Task.WhenAll(workers);
-    return latencies.Result(name, count, watch.Elapsed, sampler.PeakMb, name);
-}
-
-async Task<Result> StoreSql(string name, int count)
-{
-    var table = await BusinessTable();
-    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
-    await store.EnsureSchemaAsync();
-    var keys = store.QualifiedTableName;
-    var claimSql = $"""
-        WITH ins AS (
-            INSERT INTO {keys} (handler_name, idempotency_key, fingerprint, expires_at)
-            VALUES ($1, $2, $3, $4)
-            ON CONFLICT DO NOTHING
-            RETURNING 1)
-        SELECT true, NULL::bytea, NULL::bytea FROM ins
-        UNION ALL
-        SELECT false, t.fingerprint, t.result FROM {keys} t
-        WHERE t.handler_name = $1 AND t.idempotency_key = $2 AND NOT EXISTS (SELECT 1 FROM ins)
-        """;
-    var completeSql = $"UPDATE {keys} SET completed_at = clock_timestamp(), duration_ms = $3, result = $4 WHERE handler_name = $1 AND idempotency_key = $2";
-    var latencies = new Latencies();
-    var next = -1;
-    using var sampler = new WorkingSetSampler();
-    var watch = Stopwatch.StartNew();
-    await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
-    {
-        int i;
-        while ((i = Interlocked.Increment(ref next)) < count)
-        {
-            var started = Stopwatch.GetTimestamp();
-            var id = "m-" + i.ToString(CultureInfo.InvariantCulture);
-            await using var conn = await dataSource.OpenConnectionAsync();
-            var tx = await conn.BeginTransactionAsync();
-            await using (var claim = new NpgsqlCommand(claimSql, conn, tx))
-            {
-                claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = "bench" });
-                claim.Parameters.Add(new NpgsqlParameter<string> { TypedValue = id });
-                claim.Parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(id)) });
-                claim.Parameters.Add(new NpgsqlParameter<DateTime> { TypedValue = DateTime.UtcNow.AddDays(7) });
-                await using var reader = await claim.ExecuteReaderAsync();
-                while (await reader.ReadAsync())
-                {
-                }
-            }
-
-            await Upsert(conn, tx, table, id);
-            await using (var batch = new NpgsqlBatch(conn, tx))
-            {
-                var complete = new NpgsqlBatchCommand(completeSql);
-                complete.Parameters.Add(new NpgsqlParameter<string> { TypedValue = "bench" });
-                complete.Parameters.Add(new NpgsqlParameter<string> { TypedValue = id });
-                complete.Parameters.Add(new NpgsqlParameter<double> { TypedValue = 1.0 });
-                complete.Parameters.Add(new NpgsqlParameter { Value = DBNull.Value, NpgsqlDbType = NpgsqlDbType.Bytea });
-                batch.BatchCommands.Add(complete);
-                batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
-                await batch.ExecuteNonQueryAsync();
-            }
-
-            await tx.DisposeAsync();
-            latencies.Add(Stopwatch.GetElapsedTime(started));
         }
     })));
-    var elapsed = watch.Elapsed;
-    await Verify(table, count, name);
-    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"{concurrency} connections");
+    var elapsed = watch.Elapsed.TotalSeconds;
+    await using var conn = await dataSource.OpenConnectionAsync();
+    await using var rows = new NpgsqlCommand($"SELECT count(*) FROM {table}", conn);
+    var committed = (long)(await rows.ExecuteScalarAsync())!;
+    var cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / committed;
+    var run = new Run((int)committed, committed / elapsed, double.NaN, double.NaN, cpuUs, []);
+    Console.WriteLine($"  sql({keyRows}): {run.MessagesPerSecond:N0} msg/s");
+    return run;
 }
 
-async Task<Result> ProcessorOnly(string name, int count)
+async Task<Run> Plain(int count, bool oneAtATime)
 {
-    var table = await BusinessTable();
-    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
-    await store.EnsureSchemaAsync();
-    var processor = new IdempotentProcessor(store, IdempotentHandler.Create((ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key))), new IdempotencyOptions { HandlerName = "bench" });
-    var latencies = new Latencies();
-    var next = -1;
-    using var sampler = new WorkingSetSampler();
-    var watch = Stopwatch.StartNew();
-    await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
-    {
-        int i;
-        while ((i = Interlocked.Increment(ref next)) < count)
-        {
-            var started = Stopwatch.GetTimestamp();
-            var id = "m-" + i.ToString(CultureInfo.InvariantCulture);
-            var result = await processor.ProcessAsync(new IncomingMessage(id, Encoding.UTF8.GetBytes($"{{\"id\":\"{id}\",\"amount\":5}}")) { Broker = "rabbitmq", Destination = "bench" });
-            if (result.Outcome != ProcessingOutcome.Processed)
-            {
-                throw new InvalidOperationException($"{id}: {result.Outcome}", result.Exception);
-            }
-
-            latencies.Add(Stopwatch.GetElapsedTime(started));
-        }
-    })));
-    var elapsed = watch.Elapsed;
-    await Verify(table, count, name);
-    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"{concurrency} tasks");
-}
-
-async Task<Result> Plain(string name, int count)
-{
-    var table = await BusinessTable();
-    var queue = await Queue(count);
-    var latencies = new Latencies();
-    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-    var acked = 0;
-    await using var raw = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false, consumerDispatchConcurrency: (ushort)concurrency));
-    var channel = AckTap.Wrap(raw, tag =>
-    {
-        latencies.Acked(tag);
-        if (Interlocked.Increment(ref acked) == count)
-        {
-            done.TrySetResult();
-        }
-    });
+    var table = await sql.BusinessTableAsync(notify: oneAtATime);
+    var queue = await DeclareQueue();
+    var published = await Preload(queue, count, oneAtATime);
+    await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false, consumerDispatchConcurrency: (ushort)concurrency));
     await channel.BasicQosAsync(0, (ushort)prefetch, false);
     var consumer = new AsyncEventingBasicConsumer(channel);
     consumer.ReceivedAsync += async (_, ea) =>
     {
-        latencies.Delivered(ea.DeliveryTag);
-        latencies.WorkStarted(ea.DeliveryTag);
-        var id = ea.BasicProperties.MessageId!;
         await using (var conn = await dataSource.OpenConnectionAsync())
         await using (var tx = await conn.BeginTransactionAsync())
         {
-            await Upsert(conn, tx, table, id);
+            await Upsert(conn, tx, table, ea.BasicProperties.MessageId!);
             await tx.CommitAsync();
         }
 
         await channel.BasicAckAsync(ea.DeliveryTag, multiple: false);
     };
-    using var sampler = new WorkingSetSampler();
-    var watch = Stopwatch.StartNew();
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
     var tag = await channel.BasicConsumeAsync(queue, autoAck: false, consumer);
-    await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
-    var elapsed = watch.Elapsed;
+    var cpuUs = await Drive(queue, table, count, oneAtATime, published, cpu, "plain");
     await channel.BasicCancelAsync(tag);
-    await Verify(table, count, name);
-    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"ConsumerDispatchConcurrency={concurrency}");
+    return await Finish(queue, table, count, published, cpuUs, "plain");
 }
 
-async Task<Result> Ours(string name, int count, int batch, ClaimTiming claimTiming = ClaimTiming.BeforeHandler, bool natural = false)
+async Task<Run> Ours(int count, Mode mode, bool oneAtATime)
 {
-    var table = await BusinessTable();
-    var queue = await Queue(count);
-    var latencies = new Latencies();
-    var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-    var acked = 0;
+    var table = await sql.BusinessTableAsync(notify: oneAtATime);
+    var queue = await DeclareQueue();
+    var published = await Preload(queue, count, oneAtATime);
     var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
     await store.EnsureSchemaAsync();
-    IIdempotentMessageHandler handler = natural
-        ? IdempotentHandler.Create((ctx, ct) =>
-        {
-            // The library's default: the ordinary per-message handler, batched by the consumer when deliveries wait.
-            latencies.WorkStarted(ctx.GetNative<RabbitMqDelivery>().DeliveryTag);
-            return new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key));
-        })
-        : IdempotentHandler.CreateBatch(
-        async (ctx, ct) =>
-        {
-            // Set-based: one upsert for the whole batch, ids sorted so concurrent batches lock rows in the same order.
-            foreach (var m in ctx.Messages)
-            {
-                latencies.WorkStarted(m.GetNative<RabbitMqDelivery>().DeliveryTag);
-            }
-
-            var ids = ctx.Messages.Select(m => m.Key).Order(StringComparer.Ordinal).ToArray();
-            await using var command = new NpgsqlCommand(
-                $"INSERT INTO {table} (id, amount, applied) SELECT id, 5, 1 FROM unnest(@ids) AS u(id) ON CONFLICT (id) DO UPDATE SET amount = {table}.amount + 5, applied = {table}.applied + 1",
-                ctx.Messages[0].GetNpgsqlConnection(),
-                ctx.Messages[0].GetNpgsqlTransaction());
-            command.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
-            await command.ExecuteNonQueryAsync(ct);
-        },
-        (ctx, ct) =>
-        {
-            latencies.WorkStarted(ctx.GetNative<RabbitMqDelivery>().DeliveryTag);
-            return new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key));
-        });
-    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = claimTiming });
-    await using var raw = await connection.CreateChannelAsync();
-    var channel = AckTap.Wrap(raw, tag =>
-    {
-        latencies.Acked(tag);
-        if (Interlocked.Increment(ref acked) == count)
-        {
-            done.TrySetResult();
-        }
-    });
+    var perMessage = IdempotentHandler.Create((ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)));
+    IIdempotentMessageHandler handler = mode == Mode.SetBased
+        ? IdempotentHandler.CreateBatch(
+            async (ctx, ct) => await SetBasedUpsert(ctx.Messages[0].GetNpgsqlConnection(), ctx.Messages[0].GetNpgsqlTransaction(), table, ctx.Messages.Select(m => m.Key).ToArray()),
+            (ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)))
+        : perMessage;
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = mode == Mode.AtCommit ? ClaimTiming.AtCommit : ClaimTiming.BeforeHandler });
+    await using var channel = await connection.CreateChannelAsync();
     var options = new RabbitMqIdempotencyOptions
     {
         Queue = queue,
         PrefetchCount = prefetch,
         Concurrency = concurrency,
-        BatchSize = batch,
-        BatchMaxWait = natural ? TimeSpan.Zero : TimeSpan.FromMilliseconds(5),
-        KeySelector = ea =>
-        {
-            latencies.Delivered(ea.DeliveryTag);
-            return ea.BasicProperties.MessageId;
-        },
+        KeySelector = ea => ea.BasicProperties.MessageId,
     };
+    if (mode is Mode.PerMessage or Mode.AtCommit)
+    {
+        options.BatchSize = 1;
+    }
+    else if (mode == Mode.SetBased)
+    {
+        // Batch mode wants every worker's batch full: at least BatchSize x Concurrency deliveries in flight.
+        options.BatchSize = batchSize;
+        options.PrefetchCount = Math.Max(prefetch, batchSize * concurrency);
+    }
+
+    // Mode.Default keeps BatchSize and BatchMaxWait at the library's defaults.
     await using var consumer = new IdempotentRabbitMqConsumer(channel, processor, options);
-    using var sampler = new WorkingSetSampler();
-    var watch = Stopwatch.StartNew();
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
     await consumer.StartAsync();
-    await done.Task.WaitAsync(TimeSpan.FromMinutes(5));
-    var elapsed = watch.Elapsed;
+    var cpuUs = await Drive(queue, table, count, oneAtATime, published, cpu, mode.ToString());
     await consumer.StopAsync();
-    await Verify(table, count, name);
-    return latencies.Result(name, count, elapsed, sampler.PeakMb, $"Concurrency={concurrency}, BatchSize={batch}");
+    return await Finish(queue, table, count, published, cpuUs, mode.ToString());
+}
+
+async Task<Run> Wolverine(int count, bool oneAtATime)
+{
+    var table = await sql.BusinessTableAsync(notify: oneAtATime);
+    var queue = await DeclareQueue();
+    var published = await Preload(queue, count, oneAtATime);
+    var wolverineSchema = "bench_wolv_" + Guid.NewGuid().ToString("N")[..8];
+    try
+    {
+        await using var child = await PeerProcess.StartAsync(queue, table, wolverineSchema, prefetch, concurrency);
+        await Drive(queue, table, count, oneAtATime, published, TimeSpan.Zero, "wolverine");
+        var missing = await child.StopAsync();
+        if (missing != 0)
+        {
+            throw new InvalidOperationException($"wolverine: {missing} handlers ran without the inbox transaction");
+        }
+
+        return await Finish(queue, table, count, published, double.NaN, "wolverine");
+    }
+    finally
+    {
+        await sql.ExecAsync($"DROP SCHEMA IF EXISTS {wolverineSchema} CASCADE");
+    }
+}
+
+// Throughput runs: the warm-up and the measured messages are in the queue before the consumer starts (no publisher
+// competes for the cores while it runs). Low-load runs: only the warm-up; Drive publishes the rest one at a time.
+async Task<Dictionary<string, DateTime>> Preload(string queue, int count, bool oneAtATime)
+{
+    await using var publisher = await publishConnection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+    await PublishAsync(publisher, queue, WarmUp, null);
+    var published = new Dictionary<string, DateTime>(count);
+    if (!oneAtATime)
+    {
+        await PublishAsync(publisher, queue, count, published);
+    }
+
+    return published;
+}
+
+// Waits for every effect; in a low-load run first waits for the warm-up, then publishes one message at a time and
+// waits for its commit (PostgreSQL's NOTIFY, delivered only after the commit). Returns the client CPU µs per message
+// from the consumer's start (throughput runs; low-load: from the first measured publish).
+async Task<double> Drive(string queue, string table, int count, bool oneAtATime, Dictionary<string, DateTime> published, TimeSpan cpu, string name)
+{
+    var messagesForCpu = WarmUp + count;
+    if (oneAtATime)
+    {
+        await sql.WaitForEffectsAsync(table, WarmUp, TimeSpan.FromMinutes(3), name);
+        await using var publisher = await publishConnection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
+        await using var listener = await sql.ListenAsync(table);
+        cpu = Process.GetCurrentProcess().TotalProcessorTime;
+        messagesForCpu = count;
+        for (var i = 0; i < count; i++)
+        {
+            var id = Guid.NewGuid().ToString();
+            var committed = listener.Expect(id);
+            published[id] = DateTime.UtcNow;
+            await publisher.BasicPublishAsync(string.Empty, queue, mandatory: true, Properties(id), Body(id));
+            await committed.WaitAsync(TimeSpan.FromMinutes(1));
+        }
+    }
+
+    await sql.WaitForEffectsAsync(table, WarmUp + count, TimeSpan.FromMinutes(5), name);
+    return (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / messagesForCpu;
+}
+
+async Task<Run> Finish(string queue, string table, int count, Dictionary<string, DateTime> published, double cpuUs, string name)
+{
+    // Nothing left in the queue: every message acknowledged after its effect.
+    await using (var admin = await connection.CreateChannelAsync())
+    {
+        var left = await admin.MessageCountAsync(queue);
+        if (left != 0)
+        {
+            throw new InvalidOperationException($"{name}: {left} messages left in the queue after the run");
+        }
+    }
+
+    return await sql.MeasureAsync(table, WarmUp + count, published, cpuUs, name);
+}
+
+async Task PublishAsync(IChannel publisher, string queue, int count, Dictionary<string, DateTime>? published)
+{
+    var pending = new List<Task>(500);
+    for (var i = 0; i < count; i++)
+    {
+        var id = Guid.NewGuid().ToString();
+        if (published is not null)
+        {
+            published[id] = DateTime.UtcNow;
+        }
+
+        pending.Add(publisher.BasicPublishAsync(string.Empty, queue, mandatory: true, Properties(id), Body(id)).AsTask());
+        if (pending.Count == 500)
+        {
+            await Task.WhenAll(pending);
+            pending.Clear();
+        }
+    }
+
+    await Task.WhenAll(pending);
+}
+
+static BasicProperties Properties(string id) => new() { MessageId = id, Persistent = true, ContentType = "application/json" };
+
+static byte[] Body(string id) => Encoding.UTF8.GetBytes($"{{\"Id\":\"{id}\",\"Amount\":5}}");
+
+async Task<string> DeclareQueue()
+{
+    var queue = $"idem.bench.{Guid.NewGuid():N}";
+    queues.Add(queue);
+    await using var admin = await connection.CreateChannelAsync();
+    await admin.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false); // classic, declared as Wolverine declares it
+    return queue;
 }
 
 static async Task Upsert(NpgsqlConnection conn, NpgsqlTransaction tx, string table, string id)
@@ -392,56 +453,14 @@ static async Task Upsert(NpgsqlConnection conn, NpgsqlTransaction tx, string tab
     await command.ExecuteNonQueryAsync();
 }
 
-async Task<string> BusinessTable()
+// One upsert for the whole batch, ids sorted so that concurrent batches lock rows in the same order.
+static async Task SetBasedUpsert(NpgsqlConnection conn, NpgsqlTransaction tx, string table, string[] ids)
 {
-    var table = $"{schema}.accounts_{Guid.NewGuid().ToString("N")[..8]}";
-    await Exec($"CREATE TABLE {table} (id text PRIMARY KEY, amount bigint NOT NULL DEFAULT 0, applied int NOT NULL DEFAULT 0)");
-    return table;
-}
-
-async Task<string> KeyTable()
-{
-    var table = $"{schema}.keys_{Guid.NewGuid().ToString("N")[..8]}";
-    await Exec($"CREATE TABLE {table} (key text PRIMARY KEY)");
-    return table;
-}
-
-async Task<string> Queue(int count)
-{
-    var queue = $"idem.bench.{Guid.NewGuid():N}";
-    queues.Add(queue);
-    await admin.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false, arguments: new Dictionary<string, object?> { ["x-queue-type"] = "classic" });
-    var pending = new List<Task>(1_000);
-    for (var i = 0; i < count; i++)
-    {
-        var id = "m-" + i.ToString(CultureInfo.InvariantCulture);
-        pending.Add(admin.BasicPublishAsync(string.Empty, queue, mandatory: true, new BasicProperties { MessageId = id, Persistent = true }, Encoding.UTF8.GetBytes($"{{\"id\":\"{id}\",\"amount\":5}}")).AsTask());
-        if (pending.Count == 1_000)
-        {
-            await Task.WhenAll(pending);
-            pending.Clear();
-        }
-    }
-
-    await Task.WhenAll(pending);
-    return queue;
-}
-
-async Task Verify(string table, int count, string name)
-{
-    await using var conn = await dataSource.OpenConnectionAsync();
-    await using var command = new NpgsqlCommand($"SELECT count(*) FROM {table} WHERE applied = 1", conn);
-    var rows = (long)(await command.ExecuteScalarAsync())!;
-    if (rows != count)
-    {
-        throw new InvalidOperationException($"{name}: expected {count} business rows applied once, found {rows}");
-    }
-}
-
-async Task Exec(string sql)
-{
-    await using var conn = await dataSource.OpenConnectionAsync();
-    await using var command = new NpgsqlCommand(sql, conn);
+    await using var command = new NpgsqlCommand(
+        $"INSERT INTO {table} (id, amount, applied) SELECT id, 5, 1 FROM unnest(@ids) AS u(id) ORDER BY id ON CONFLICT (id) DO UPDATE SET amount = {table}.amount + 5, applied = {table}.applied + 1",
+        conn,
+        tx);
+    command.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
     await command.ExecuteNonQueryAsync();
 }
 
@@ -450,6 +469,14 @@ int Arg(string name, int fallback)
     var i = Array.IndexOf(args, name);
     return i >= 0 && i + 1 < args.Length ? int.Parse(args[i + 1], CultureInfo.InvariantCulture) : fallback;
 }
+
+static double Median(IEnumerable<double> values)
+{
+    var sorted = values.Order().ToArray();
+    return sorted.Length == 0 ? double.NaN : sorted[sorted.Length / 2];
+}
+
+static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, Math.Max(0, (int)Math.Ceiling(p * sorted.Length) - 1))];
 
 static string LoadAverage() => File.Exists("/proc/loadavg") ? string.Join(' ', File.ReadAllText("/proc/loadavg").Split(' ').Take(3)) : "n/a";
 
@@ -464,116 +491,14 @@ static string FindResultsDirectory()
     return dir is null ? Directory.GetCurrentDirectory() : Path.Combine(dir.FullName, "benchmarks", "results");
 }
 
-internal sealed record Result(string Name, int Messages, double Seconds, double MessagesPerSecond, double P50Ms, double P99Ms, double WorkP50Ms, double WorkP99Ms, double PeakWorkingSetMb, string Settings)
+internal enum Mode
 {
-    public string Rounds { get; init; } = string.Empty;
+    Default,
+    PerMessage,
+    AtCommit,
+    SetBased,
 }
 
-/// <summary>Delivery-to-ack latencies, keyed by delivery tag.</summary>
-internal sealed class Latencies
-{
-    private readonly ConcurrentDictionary<ulong, long> _started = new();
-    private readonly ConcurrentDictionary<ulong, long> _workStarted = new();
-    private readonly ConcurrentBag<double> _samples = [];
-    private readonly ConcurrentBag<double> _work = [];
+internal sealed record Row(string Key, string Name, double MessagesPerSecond, double P50Ms, double P99Ms, double ClientCpuMicroseconds, int Messages, string Rounds);
 
-    public void Delivered(ulong tag) => _started[tag] = Stopwatch.GetTimestamp();
-
-    public void WorkStarted(ulong tag) => _workStarted[tag] = Stopwatch.GetTimestamp();
-
-    public void Acked(ulong tag)
-    {
-        if (_started.TryRemove(tag, out var started))
-        {
-            _samples.Add(Stopwatch.GetElapsedTime(started).TotalMilliseconds);
-        }
-
-        if (_workStarted.TryRemove(tag, out var work))
-        {
-            _work.Add(Stopwatch.GetElapsedTime(work).TotalMilliseconds);
-        }
-    }
-
-    public void Add(TimeSpan elapsed)
-    {
-        _samples.Add(elapsed.TotalMilliseconds);
-        _work.Add(elapsed.TotalMilliseconds);
-    }
-
-    public Result Result(string name, int count, TimeSpan elapsed, double peakMb, string settings)
-    {
-        var sorted = _samples.Order().ToArray();
-        var work = _work.Order().ToArray();
-        static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)Math.Ceiling(p * sorted.Length) - 1)];
-        var result = new Result(name, count, elapsed.TotalSeconds, count / elapsed.TotalSeconds, Percentile(sorted, 0.50), Percentile(sorted, 0.99), Percentile(work, 0.50), Percentile(work, 0.99), peakMb, settings);
-        Console.WriteLine($"  {name}: {result.MessagesPerSecond:N0} msg/s, p50 {result.P50Ms:0.00} ms, p99 {result.P99Ms:0.00} ms, work p50 {result.WorkP50Ms:0.00} ms, {peakMb:0} MB");
-        return result;
-    }
-}
-
-/// <summary>Samples the working set every 20 ms while a scenario runs.</summary>
-internal sealed class WorkingSetSampler : IDisposable
-{
-    private readonly Timer _timer;
-    private long _peak = Environment.WorkingSet;
-
-    public WorkingSetSampler() => _timer = new Timer(_ => Sample(), null, 0, 20);
-
-    public double PeakMb
-    {
-        get
-        {
-            Sample();
-            return Interlocked.Read(ref _peak) / 1024.0 / 1024.0;
-        }
-    }
-
-    public void Dispose() => _timer.Dispose();
-
-    private void Sample()
-    {
-        var now = Environment.WorkingSet;
-        long peak;
-        while (now > (peak = Interlocked.Read(ref _peak)) && Interlocked.CompareExchange(ref _peak, now, peak) != peak)
-        {
-        }
-    }
-}
-
-/// <summary>An IChannel that forwards everything and reports each completed basic.ack (same overhead for plain and ours).</summary>
-public class AckTap : DispatchProxy
-{
-    private IChannel _inner = null!;
-    private Action<ulong> _onAck = null!;
-
-    public static IChannel Wrap(IChannel inner, Action<ulong> onAck)
-    {
-        var proxy = Create<IChannel, AckTap>();
-        var tap = (AckTap)(object)proxy;
-        tap._inner = inner;
-        tap._onAck = onAck;
-        return proxy;
-    }
-
-    protected override object? Invoke(MethodInfo? targetMethod, object?[]? args)
-    {
-        object? result;
-        try
-        {
-            result = targetMethod!.Invoke(_inner, args);
-        }
-        catch (TargetInvocationException e) when (e.InnerException is not null)
-        {
-            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(e.InnerException);
-            throw;
-        }
-
-        return targetMethod.Name == nameof(IChannel.BasicAckAsync) ? AfterAck((ValueTask)result!, (ulong)args![0]!) : result;
-    }
-
-    private async ValueTask AfterAck(ValueTask ack, ulong tag)
-    {
-        await ack;
-        _onAck(tag);
-    }
-}
+internal sealed record Ratio(string Name, double Value, double? Target, string Direction);

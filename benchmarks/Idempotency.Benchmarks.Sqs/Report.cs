@@ -77,7 +77,7 @@ internal static class Report
         Scenarios.Plain => "plain worker (own transaction per message, no idempotency)",
         Scenarios.OursPerMessage => "IdempotentSqsWorker, transaction per message",
         Scenarios.OursPerMessageAtCommit => "IdempotentSqsWorker, transaction per message, claim at commit",
-        Scenarios.OursBatch => "IdempotentSqsWorker, one transaction per batch (per-message handler)",
+        Scenarios.OursBatch => "IdempotentSqsWorker, default options (one transaction per receive, per-message handler)",
         Scenarios.OursBatchSet => "IdempotentSqsWorker, one transaction per batch, set-based batch handler",
         _ => name,
     };

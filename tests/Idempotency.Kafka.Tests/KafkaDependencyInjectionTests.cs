@@ -1,3 +1,4 @@
+using Idempotency.Health;
 using Idempotency.InMemory;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -31,17 +32,17 @@ public sealed class KafkaDependencyInjectionTests
         services.AddLogging();
         services.AddIdempotency(b => b
             .UseStore(_ => new InMemoryIdempotencyStore())
-            .AddKafkaConsumer<CountingHandler, byte[], byte[]>("di-handler", ConsumerConfig(cluster, group), o => o.Topics.Add(topic))
-            .AddHealthChecks());
+            .AddKafkaConsumer<CountingHandler, byte[], byte[]>("di-handler", ConsumerConfig(cluster, group), o => o.Topics.Add(topic)));
+        services.AddHealthChecks().Add(IdempotencyHealthChecks.StoreCheck()).Add(IdempotencyHealthChecks.ConsumersCheck());
         await using var provider = services.BuildServiceProvider();
         var hosted = provider.GetServices<IHostedService>().OfType<KafkaIdempotentConsumerService<byte[], byte[]>>().Single();
 
         await hosted.StartAsync(TestContext.Current.CancellationToken);
         await WaitForCommittedToEndAsync(cluster, group, topic, 2, TimeSpan.FromSeconds(30));
         var health = provider.GetRequiredService<HealthCheckService>();
-        var running = await health.CheckHealthAsync(r => r.Name == "idempotency-consumers", TestContext.Current.CancellationToken);
+        var running = await health.CheckHealthAsync(r => r.Name == IdempotencyHealthChecks.ConsumersCheckName, TestContext.Current.CancellationToken);
         await hosted.StopAsync(TestContext.Current.CancellationToken);
-        var stopped = await health.CheckHealthAsync(r => r.Name == "idempotency-consumers", TestContext.Current.CancellationToken);
+        var stopped = await health.CheckHealthAsync(r => r.Name == IdempotencyHealthChecks.ConsumersCheckName, TestContext.Current.CancellationToken);
 
         Assert.Equal(3, CountingHandler.Runs);
         Assert.Equal(HealthStatus.Healthy, running.Status);

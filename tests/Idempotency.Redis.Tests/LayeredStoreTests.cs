@@ -3,6 +3,7 @@ using System.Diagnostics;
 using Dapper;
 using Idempotency.Postgres;
 using Idempotency.TestSupport;
+using Microsoft.Extensions.DependencyInjection;
 using StackExchange.Redis;
 using static Idempotency.Redis.Tests.TestMessages;
 
@@ -111,7 +112,7 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
 
         var other = (LayeredIdempotencyTransaction)await store.BeginAsync(Ct);
         Assert.Equal(Storage.ClaimStatus.HeldByAnother, (await other.ClaimAsync(Claim("busy"), Ct)).Status);
-        Assert.False(other.HasPostgresTransaction);
+        Assert.False(other.HasSourceTransaction);
         await other.DisposeAsync();
         await holder.DisposeAsync();
         Assert.False(await store.Redis.Database.KeyExistsAsync(store.Redis.GetKey("orders", "busy")));
@@ -155,6 +156,42 @@ public sealed class LayeredStoreTests(RedisFixture redis, PostgresFixture db) : 
     {
         var error = Assert.Throws<ArgumentException>(() => new LayeredIdempotencyStore(redis.Connection, new RedisIdempotencyStoreOptions(), new PostgresIdempotencyStore(db.DataSource)));
         Assert.Contains("KeyPrefix", error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void Failures_are_classified_by_the_layer_they_come_from()
+    {
+        var postgres = new PostgresIdempotencyStore(db.DataSource);
+        var store = new LayeredIdempotencyStore(redis.Connection, RedisFixture.NewOptions(), postgres);
+
+        var missingTable = store.ClassifyFailure(new Npgsql.PostgresException("relation does not exist", "ERROR", "ERROR", "42P01"));
+        var rejectedWrite = store.ClassifyFailure(new Npgsql.PostgresException("duplicate key", "ERROR", "ERROR", "23505"));
+        var redisAuth = store.ClassifyFailure(new RedisServerException(RedisErrorKind.WrongPass, StackExchange.Redis.CommandFlags.None, "WRONGPASS invalid username-password pair"));
+        var redisDown = store.ClassifyFailure(new RedisConnectionException(ConnectionFailureType.UnableToConnect, StackExchange.Redis.CommandFlags.None, "refused", null, CommandStatus.Unknown));
+
+        Assert.Equal(Storage.StoreFailureKind.Misconfiguration, missingTable.Kind);
+        Assert.Contains(postgres.QualifiedTableName, missingTable.Description, StringComparison.Ordinal);
+        Assert.Equal(Storage.StoreFailureKind.WriteRejected, rejectedWrite.Kind);
+        Assert.Equal(Storage.StoreFailureKind.Misconfiguration, redisAuth.Kind);
+        Assert.Equal(Storage.StoreFailureKind.Outage, redisDown.Kind);
+        Assert.Equal("redis+postgres", store.Name);
+    }
+
+    [Fact]
+    public async Task UseLayeredRedis_after_UsePostgres_layers_redis_over_the_registered_postgresql_store()
+    {
+        var services = new ServiceCollection();
+        var prefix = RedisFixture.NewPrefix();
+        services.AddIdempotency()
+            .UsePostgres(_ => db.DataSource)
+            .UseLayeredRedis(_ => redis.Connection, o => o.KeyPrefix = prefix, sp => sp.GetRequiredService<PostgresIdempotencyStore>());
+        await using var provider = services.BuildServiceProvider();
+
+        var store = Assert.IsType<LayeredIdempotencyStore>(provider.GetRequiredService<Storage.IIdempotencyStore>());
+
+        Assert.Same(provider.GetRequiredService<PostgresIdempotencyStore>(), store.Source);
+        Assert.Same(provider.GetRequiredService<RedisIdempotencyStore>(), store.Redis);
+        Assert.True(await store.PingAsync(Ct));
     }
 
     /// <summary>Counts the PostgreSQL commands (from Npgsql's own tracing) that name one table.</summary>

@@ -1,9 +1,7 @@
 using Idempotency;
-using Idempotency.Health;
 using Idempotency.Storage;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
-using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -98,20 +96,6 @@ public static class IdempotencyBuilderExtensions
         builder.Services.TryAddScoped<THandler>();
         builder.Services.AddSingleton(new Idempotency.DependencyInjection.RegisteredHandlerName(handlerName, "processor"));
         builder.Services.AddKeyedSingleton(handlerName, (sp, _) => sp.CreateIdempotentProcessor<THandler>(handlerName));
-        return builder;
-    }
-
-    /// <summary>Adds health checks: the store answers, and every consumer loop is alive and not stalled.</summary>
-    /// <param name="builder">The builder.</param>
-    /// <param name="stalledAfter">How long a consumer loop may go without a heartbeat before it is reported unhealthy.</param>
-    /// <returns>The builder.</returns>
-    public static IIdempotencyBuilder AddHealthChecks(this IIdempotencyBuilder builder, TimeSpan? stalledAfter = null)
-    {
-        ArgumentNullException.ThrowIfNull(builder);
-        var threshold = stalledAfter ?? TimeSpan.FromMinutes(1);
-        builder.Services.AddHealthChecks()
-            .Add(new HealthCheckRegistration("idempotency-store", sp => new StoreHealthCheck(sp.GetRequiredService<IIdempotencyStore>()), HealthStatus.Unhealthy, ["idempotency", "ready"]))
-            .Add(new HealthCheckRegistration("idempotency-consumers", sp => new ConsumerHealthCheck(sp.GetRequiredService<ConsumerHealthRegistry>(), sp.GetRequiredService<TimeProvider>(), threshold), HealthStatus.Unhealthy, ["idempotency", "live"]));
         return builder;
     }
 }

@@ -1,4 +1,5 @@
 using Idempotency.InMemory;
+using Idempotency.Storage;
 
 namespace Idempotency.Testing;
 
@@ -11,11 +12,17 @@ public static class InMemoryContextExtensions
     /// </summary>
     /// <param name="context">The handler's context.</param>
     /// <param name="effect">The effect.</param>
-    /// <exception cref="InvalidOperationException">The context's transaction is not the in-memory store's.</exception>
+    /// <exception cref="InvalidOperationException">The context's transaction is not the in-memory store's (nor a layered store's over it).</exception>
     public static void OnInMemoryCommit(this MessageContext context, Action effect)
     {
         ArgumentNullException.ThrowIfNull(context);
-        var transaction = context.Transaction as InMemoryIdempotencyStore.InMemoryTransaction
+        var current = context.Transaction;
+        while (current is ILayeredTransaction layered)
+        {
+            current = layered.SourceTransaction;
+        }
+
+        var transaction = current as InMemoryIdempotencyStore.InMemoryTransaction
             ?? throw new InvalidOperationException($"The store transaction is a {context.Transaction.GetType().Name}, not the in-memory store's.");
         transaction.OnCommit(effect);
     }

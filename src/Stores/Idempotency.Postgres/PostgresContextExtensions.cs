@@ -1,3 +1,4 @@
+using Idempotency.Storage;
 using Npgsql;
 
 namespace Idempotency.Postgres;
@@ -52,11 +53,16 @@ public static class PostgresContextExtensions
         return new PostgresHandlerContext(transaction.Connection, transaction.Transaction);
     }
 
-    private static PostgresIdempotencyTransaction Get(Storage.IIdempotencyTransaction? transaction)
+    private static PostgresIdempotencyTransaction Get(IIdempotencyTransaction? transaction)
     {
         ArgumentNullException.ThrowIfNull(transaction);
-        return transaction as PostgresIdempotencyTransaction
-            ?? (transaction as IPostgresTransactionSource)?.PostgresTransaction
-            ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a PostgreSQL transaction needs the PostgreSQL store (or the layered store).");
+        var current = transaction;
+        while (current is ILayeredTransaction layered)
+        {
+            current = layered.SourceTransaction;
+        }
+
+        return current as PostgresIdempotencyTransaction
+            ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a PostgreSQL transaction needs the PostgreSQL store (or a layered store over it).");
     }
 }

@@ -1,4 +1,3 @@
-using Idempotency.Postgres;
 using Idempotency.Storage;
 using Microsoft.Extensions.Logging;
 using StackExchange.Redis;
@@ -6,95 +5,94 @@ using StackExchange.Redis;
 namespace Idempotency.Redis;
 
 /// <summary>
-/// Redis in front of PostgreSQL: Redis holds the in-flight lease and a completed marker that filters duplicates
-/// without touching PostgreSQL; the PostgreSQL claim in the handler's business transaction stays the guarantee.
+/// Redis in front of another store, the source of truth (PostgreSQL, say): Redis holds the in-flight lease and a
+/// completed marker that filters duplicates without touching the source of truth, whose claim in the handler's
+/// transaction stays the guarantee.
 /// </summary>
 /// <remarks>
 /// <para>Claim: a completed marker in Redis answers Duplicate (with the stored fingerprint, which the processor checks);
-/// a lease held by another worker answers in progress; otherwise this worker takes the lease and claims the key in
-/// PostgreSQL, in the transaction the handler writes in (<c>context.GetNpgsqlTransaction()</c>).</para>
-/// <para>Commit: the lease must not be held by another token (else <see cref="ClaimLostException"/> and the
-/// PostgreSQL transaction rolls back); then the PostgreSQL commit, which is the guarantee; then, best effort, the
-/// completed marker in Redis.</para>
-/// <para>If Redis is unreachable the store carries on with PostgreSQL alone: only the filter and the early stop of a
-/// second worker are lost, never the guarantee.</para>
+/// a lease held by another worker answers in progress; otherwise this worker takes the lease and claims the key in the
+/// source of truth, in the transaction the handler writes in (with PostgreSQL, <c>context.GetNpgsqlTransaction()</c>,
+/// which reaches it through <see cref="ILayeredTransaction"/>).</para>
+/// <para>Commit: the lease must not be held by another token (else <see cref="ClaimLostException"/> and the source's
+/// transaction rolls back); then the source's commit, which is the guarantee; then, best effort, the completed marker
+/// in Redis.</para>
+/// <para>If Redis is unreachable the store carries on with the source of truth alone: only the filter and the early
+/// stop of a second worker are lost, never the guarantee.</para>
 /// </remarks>
 public sealed class LayeredIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAdmin
 {
     /// <summary>Creates the layered store.</summary>
     /// <param name="redis">The Redis connection.</param>
     /// <param name="redisOptions">The Redis layer's options (prefix, retention of the markers, lease); validated here.</param>
-    /// <param name="postgres">The PostgreSQL store, the source of truth.</param>
+    /// <param name="source">The source of truth, such as the PostgreSQL store.</param>
     /// <param name="logger">Optional logger.</param>
     /// <exception cref="ArgumentException">A Redis option is invalid; the message names it.</exception>
-    public LayeredIdempotencyStore(IConnectionMultiplexer redis, RedisIdempotencyStoreOptions redisOptions, PostgresIdempotencyStore postgres, ILogger? logger = null)
-        : this(new RedisIdempotencyStore(redis, redisOptions, logger), postgres)
+    public LayeredIdempotencyStore(IConnectionMultiplexer redis, RedisIdempotencyStoreOptions redisOptions, IIdempotencyStore source, ILogger? logger = null)
+        : this(new RedisIdempotencyStore(redis, redisOptions, logger), source)
     {
     }
 
     /// <summary>Creates the layered store over an existing Redis store.</summary>
     /// <param name="redis">The Redis store used as lease and filter.</param>
-    /// <param name="postgres">The PostgreSQL store, the source of truth.</param>
-    public LayeredIdempotencyStore(RedisIdempotencyStore redis, PostgresIdempotencyStore postgres)
+    /// <param name="source">The source of truth, such as the PostgreSQL store.</param>
+    public LayeredIdempotencyStore(RedisIdempotencyStore redis, IIdempotencyStore source)
     {
         ArgumentNullException.ThrowIfNull(redis);
-        ArgumentNullException.ThrowIfNull(postgres);
+        ArgumentNullException.ThrowIfNull(source);
         Redis = redis;
-        Postgres = postgres;
+        Source = source;
     }
 
     /// <inheritdoc/>
-    public string Name => "redis+postgres";
+    /// <value><c>redis+</c> and the source's name, such as <c>redis+postgres</c>.</value>
+    public string Name => "redis+" + Source.Name;
 
     /// <summary>Gets the Redis layer.</summary>
     public RedisIdempotencyStore Redis { get; }
 
-    /// <summary>Gets the PostgreSQL store.</summary>
-    public PostgresIdempotencyStore Postgres { get; }
+    /// <summary>Gets the source of truth.</summary>
+    public IIdempotencyStore Source { get; }
 
     /// <inheritdoc/>
     public ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
 
-        // PostgreSQL is opened only once a key gets past the Redis filter, so duplicates cost it nothing.
+        // The source is opened only once a key gets past the Redis filter, so duplicates cost it nothing.
         return ValueTask.FromResult<IIdempotencyTransaction>(new LayeredIdempotencyTransaction(this));
     }
 
     /// <inheritdoc/>
-    public bool IsUnavailable(Exception exception) => Postgres.IsUnavailable(exception) || RedisIdempotencyStore.IsRedisUnavailable(exception);
+    public bool IsUnavailable(Exception exception) => Source.IsUnavailable(exception) || RedisIdempotencyStore.IsRedisUnavailable(exception);
 
     /// <inheritdoc/>
-    public int MaxKeyBytes => Math.Min(Postgres.MaxKeyBytes, ((IIdempotencyStore)Redis).MaxKeyBytes);
+    public int MaxKeyBytes => Math.Min(Source.MaxKeyBytes, ((IIdempotencyStore)Redis).MaxKeyBytes);
 
     /// <inheritdoc/>
-    /// <remarks>A PostgreSQL error is classified by PostgreSQL, any other by Redis.</remarks>
+    /// <remarks>A misconfiguration Redis recognises as its own (credentials, ACL, scripting) is Redis's; the source of truth classifies everything else.</remarks>
     public StoreFailure ClassifyFailure(Exception exception)
     {
-        for (var current = exception; current is not null; current = current.InnerException)
-        {
-            if (current is Npgsql.NpgsqlException)
-            {
-                return Postgres.ClassifyFailure(exception);
-            }
-        }
-
-        return RedisIdempotencyStore.ClassifyRedisFailure(exception);
+        var redis = RedisIdempotencyStore.ClassifyRedisFailure(exception);
+        return redis.Kind == StoreFailureKind.Misconfiguration ? redis : Source.ClassifyFailure(exception);
     }
 
     /// <inheritdoc/>
-    /// <remarks>PostgreSQL must be ready; Redis only filters duplicates early.</remarks>
-    public ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default) => ((IIdempotencyStore)Postgres).CheckAsync(cancellationToken);
+    /// <remarks>The source of truth must be ready; Redis only filters duplicates early.</remarks>
+    public ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default) => Source.CheckAsync(cancellationToken);
 
     /// <inheritdoc/>
-    /// <remarks>Only PostgreSQL must answer: without Redis the store still works, more slowly.</remarks>
-    public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => Postgres.PingAsync(cancellationToken);
+    /// <remarks>Only the source of truth must answer: without Redis the store still works, more slowly.</remarks>
+    public ValueTask<bool> PingAsync(CancellationToken cancellationToken = default) => Source.PingAsync(cancellationToken);
 
     /// <inheritdoc/>
-    /// <remarks>Forgets the key in PostgreSQL, the source of truth, first, and then in Redis.</remarks>
+    /// <remarks>Forgets the key in the source of truth first, and then in Redis.</remarks>
+    /// <exception cref="NotSupportedException">The source of truth cannot forget keys (it does not implement <see cref="IIdempotencyKeyAdmin"/>).</exception>
     public async ValueTask<bool> ForgetKeyAsync(string handlerName, string key, CancellationToken cancellationToken = default)
     {
-        var forgotten = await Postgres.ForgetKeyAsync(handlerName, key, cancellationToken).ConfigureAwait(false);
+        var source = Source as IIdempotencyKeyAdmin
+            ?? throw new NotSupportedException($"The layered store's source of truth, the '{Source.Name}' store, cannot forget keys (it does not implement {nameof(IIdempotencyKeyAdmin)}).");
+        var forgotten = await source.ForgetKeyAsync(handlerName, key, cancellationToken).ConfigureAwait(false);
         var forgottenInRedis = await Redis.ForgetKeyAsync(handlerName, key, cancellationToken).ConfigureAwait(false);
         return forgotten || forgottenInRedis;
     }

@@ -1,20 +1,19 @@
 using Idempotency.Outbox;
-using Idempotency.Postgres;
 using Idempotency.Storage;
 using StackExchange.Redis;
 
 namespace Idempotency.Redis;
 
 /// <summary>
-/// A transaction of the <see cref="LayeredIdempotencyStore"/>: Redis leases under one token, and the PostgreSQL
-/// transaction the handler writes in (<see cref="PostgresTransaction"/>, or <c>context.GetNpgsqlTransaction()</c>).
+/// A transaction of the <see cref="LayeredIdempotencyStore"/>: Redis leases under one token, and the source of truth's
+/// transaction the handler writes in (<see cref="SourceTransaction"/>; with PostgreSQL, <c>context.GetNpgsqlTransaction()</c>).
 /// </summary>
-public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPostgresTransactionSource
+public sealed class LayeredIdempotencyTransaction : ILayeredTransaction
 {
     private readonly LayeredIdempotencyStore _store;
     private readonly List<ClaimRequest> _leased = [];
     private RedisLease? _lease;
-    private PostgresIdempotencyTransaction? _postgres;
+    private IIdempotencyTransaction? _source;
     private bool _finished;
 
     internal LayeredIdempotencyTransaction(LayeredIdempotencyStore store)
@@ -26,12 +25,12 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
     /// <summary>Gets the token this transaction's Redis leases hold.</summary>
     public string LeaseToken { get; }
 
-    /// <summary>Gets a value indicating whether a PostgreSQL transaction was opened (some key got past the Redis filter).</summary>
-    public bool HasPostgresTransaction => _postgres is not null;
+    /// <summary>Gets a value indicating whether the source of truth's transaction was opened (some key got past the Redis filter).</summary>
+    public bool HasSourceTransaction => _source is not null;
 
     /// <inheritdoc/>
-    public PostgresIdempotencyTransaction PostgresTransaction =>
-        _postgres ?? throw new InvalidOperationException("No PostgreSQL transaction is open: no key of this transaction got past the Redis filter.");
+    public IIdempotencyTransaction SourceTransaction =>
+        _source ?? throw new InvalidOperationException($"No {_store.Source.Name} transaction is open: no key of this transaction got past the Redis filter.");
 
     private RedisIdempotencyStore Redis => _store.Redis;
 
@@ -58,7 +57,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         try
         {
             // A disconnected Redis is skipped at once rather than queueing the claim until it times out. On a cluster a
-            // batch's keys span hash slots that one script cannot reach: PostgreSQL alone answers those.
+            // batch's keys span hash slots that one script cannot reach: the source of truth alone answers those.
             if (!Redis.IsCluster || (requests.Count == 1 && _lease is null))
             {
                 var claimedBefore = _lease is not null;
@@ -73,13 +72,13 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             Log.RedisLayerUnavailable(Redis.Logger, exception, requests[0].HandlerName);
         }
 
-        // Keys past the filter go to PostgreSQL in the caller's (sorted) order.
-        var toPostgres = new List<int>(requests.Count);
+        // Keys past the filter go to the source of truth in the caller's (sorted) order.
+        var toSource = new List<int>(requests.Count);
         for (var i = 0; i < requests.Count; i++)
         {
             if (filtered is null || filtered[i].Status == ClaimStatus.Claimed)
             {
-                toPostgres.Add(i);
+                toSource.Add(i);
                 if (filtered is not null)
                 {
                     _leased.Add(requests[i]);
@@ -91,23 +90,23 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             }
         }
 
-        if (toPostgres.Count == 0)
+        if (toSource.Count == 0)
         {
             return results;
         }
 
         cancellationToken.ThrowIfCancellationRequested();
-        _postgres ??= (PostgresIdempotencyTransaction)await _store.Postgres.BeginAsync(cancellationToken).ConfigureAwait(false);
-        var pgRequests = toPostgres.Select(i => requests[i]).ToArray();
-        var pgResults = await _postgres.ClaimBatchAsync(pgRequests, cancellationToken).ConfigureAwait(false);
+        _source ??= await _store.Source.BeginAsync(cancellationToken).ConfigureAwait(false);
+        var sourceRequests = toSource.Select(i => requests[i]).ToArray();
+        var sourceResults = await _source.ClaimBatchAsync(sourceRequests, cancellationToken).ConfigureAwait(false);
         List<CompletionRecord>? restore = null;
-        for (var j = 0; j < pgRequests.Length; j++)
+        for (var j = 0; j < sourceRequests.Length; j++)
         {
-            results[toPostgres[j]] = pgResults[j];
-            if (pgResults[j].Status == ClaimStatus.AlreadyProcessed && filtered is not null)
+            results[toSource[j]] = sourceResults[j];
+            if (sourceResults[j].Status == ClaimStatus.AlreadyProcessed && filtered is not null)
             {
-                // Completed in PostgreSQL but the Redis marker is gone (expired, evicted, or its best-effort write failed).
-                (restore ??= []).Add(new CompletionRecord(pgRequests[j] with { Fingerprint = pgResults[j].StoredFingerprint }, TimeSpan.Zero, pgResults[j].StoredResult));
+                // Completed in the source of truth but the Redis marker is gone (expired, evicted, or its best-effort write failed).
+                (restore ??= []).Add(new CompletionRecord(sourceRequests[j] with { Fingerprint = sourceResults[j].StoredFingerprint }, TimeSpan.Zero, sourceResults[j].StoredResult));
             }
         }
 
@@ -137,7 +136,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             }
             catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
             {
-                // The check is an early refusal, not the guarantee: PostgreSQL's unique key still is.
+                // The check is an early refusal, not the guarantee: the source of truth's claim still is.
                 Log.RedisLayerUnavailable(Redis.Logger, exception, leased[0].Claim.HandlerName);
             }
 
@@ -147,9 +146,9 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
             }
         }
 
-        if (_postgres is not null)
+        if (_source is not null)
         {
-            await _postgres.CommitAsync(completions, outbox, cancellationToken).ConfigureAwait(false);
+            await _source.CommitAsync(completions, outbox, cancellationToken).ConfigureAwait(false);
         }
 
         _finished = true;
@@ -157,13 +156,13 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         {
             // Our status becomes committed and the leased keys left out of the commit are released, in one script: a
             // leftover must never pass for committed. If this fails, the claims are released (or expire) instead and
-            // PostgreSQL answers the next duplicates, restoring the markers.
+            // the source of truth answers the next duplicates, restoring the markers.
             try
             {
                 await Redis.CommitAsync(_lease!, leased, Redis.Leftovers(_leased, leased)).ConfigureAwait(false);
                 _leased.Clear();
             }
-#pragma warning disable CA1031 // Best effort by design: PostgreSQL already holds the truth and filters the duplicates itself.
+#pragma warning disable CA1031 // Best effort by design: the source of truth already holds it and filters the duplicates itself.
             catch (Exception exception)
 #pragma warning restore CA1031
             {
@@ -185,9 +184,9 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         _finished = true;
         try
         {
-            if (_postgres is not null)
+            if (_source is not null)
             {
-                await _postgres.RollbackAsync(cancellationToken).ConfigureAwait(false);
+                await _source.RollbackAsync(cancellationToken).ConfigureAwait(false);
             }
         }
         finally
@@ -205,13 +204,13 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
         }
         catch (Exception exception) when (_store.IsUnavailable(exception))
         {
-            // The PostgreSQL transaction dies with its connection below.
+            // The source's transaction dies with its connection below.
         }
         finally
         {
-            if (_postgres is not null)
+            if (_source is not null)
             {
-                await _postgres.DisposeAsync().ConfigureAwait(false);
+                await _source.DisposeAsync().ConfigureAwait(false);
             }
         }
     }
@@ -235,7 +234,7 @@ public sealed class LayeredIdempotencyTransaction : IIdempotencyTransaction, IPo
                 Log.MarkerRestored(Redis.Logger, record.Claim.Key, record.Claim.HandlerName);
             }
         }
-#pragma warning disable CA1031 // Best effort: the marker only saves later duplicates a PostgreSQL round trip.
+#pragma warning disable CA1031 // Best effort: the marker only saves later duplicates a round trip to the source of truth.
         catch (Exception exception)
 #pragma warning restore CA1031
         {

@@ -50,6 +50,6 @@ public static class RedisContextExtensions
     {
         ArgumentNullException.ThrowIfNull(transaction);
         return transaction as RedisIdempotencyTransaction
-            ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a Redis transaction needs the Redis store (the layered store's handlers write to PostgreSQL).");
+            ?? throw new InvalidOperationException($"The store transaction is a {transaction.GetType().Name}; a Redis transaction needs the Redis store (the layered store's handlers write to its source of truth).");
     }
 }

@@ -241,7 +241,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
 
     /// <summary>
     /// The layered store's lease, created at its first claim: on a cluster it claims one slot's keys per transaction
-    /// (a batch there goes to PostgreSQL alone), so every key of it shares the slot of its status key.
+    /// (a batch there goes to the source of truth alone), so every key of it shares the slot of its status key.
     /// </summary>
     /// <exception cref="NotSupportedException">A batch, or a key of another slot, on a Redis Cluster.</exception>
     internal RedisLease LeaseFor(RedisLease? lease, string token, IReadOnlyList<ClaimRequest> requests)
@@ -250,7 +250,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         var prefix = StatusPrefixFor(first);
         if (IsCluster && (requests.Count > 1 || (lease is not null && lease.StatusPrefix != prefix)))
         {
-            throw new NotSupportedException("On a Redis Cluster the layered store's Redis layer claims one key per transaction (a batch's keys live in several hash slots); batches there go to PostgreSQL alone.");
+            throw new NotSupportedException("On a Redis Cluster the layered store's Redis layer claims one key per transaction (a batch's keys live in several hash slots); batches there go to the source of truth alone.");
         }
 
         return lease ?? new RedisLease(token, prefix + token, prefix);

@@ -151,7 +151,7 @@ internal static class RedisScripts
 
     /// <summary>
     /// KEYS: keys. ARGV: token, retention ms, then one record per key. Writes each record where the key holds our
-    /// claim or nothing (a completion known from elsewhere, e.g. PostgreSQL in the layered store), leaving our
+    /// claim or nothing (a completion known from elsewhere, e.g. the source of truth of the layered store), leaving our
     /// status alone; returns how many were written.
     /// </summary>
     public const string MarkCompleted = """

@@ -1,5 +1,5 @@
-using Idempotency.Postgres;
 using Idempotency.Redis;
+using Idempotency.Storage;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -7,7 +7,7 @@ using StackExchange.Redis;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
-/// <summary>Registers the Redis store and the layered Redis + PostgreSQL store.</summary>
+/// <summary>Registers the Redis store and the layered store (Redis in front of a source of truth).</summary>
 public static class RedisIdempotencyBuilderExtensions
 {
     /// <summary>Uses Redis as the store (Redis-held state or external-effects mode; see docs/redis.md), with options validated at start-up.</summary>
@@ -23,20 +23,23 @@ public static class RedisIdempotencyBuilderExtensions
     }
 
     /// <summary>
-    /// Uses Redis as the in-flight lease and fast duplicate filter in front of PostgreSQL, which stays the source of
-    /// truth. Call <c>UsePostgres(...)</c> too (before or after); both stores' options are validated at start-up.
+    /// Uses Redis as the in-flight lease and fast duplicate filter in front of another store, which stays the source of
+    /// truth. Register that store first and pass it here, e.g. after <c>UsePostgres(...)</c>:
+    /// <c>.UseLayeredRedis(sp => mux, o => o.KeyPrefix = "orders", sp => sp.GetRequiredService&lt;PostgresIdempotencyStore&gt;())</c>.
+    /// The last <c>Use...</c> call chooses the store, so call this one after the source's. Both stores' options are
+    /// validated at start-up.
     /// </summary>
     /// <param name="builder">The builder.</param>
     /// <param name="connection">Resolves the multiplexer.</param>
     /// <param name="configure">Sets the Redis prefix, retention and lease.</param>
+    /// <param name="source">Resolves the source of truth (by its concrete type, not <see cref="IIdempotencyStore"/>, which becomes the layered store).</param>
     /// <returns>The builder.</returns>
-    public static IIdempotencyBuilder UseLayeredRedisAndPostgres(this IIdempotencyBuilder builder, Func<IServiceProvider, IConnectionMultiplexer> connection, Action<RedisIdempotencyStoreOptions> configure)
+    public static IIdempotencyBuilder UseLayeredRedis(this IIdempotencyBuilder builder, Func<IServiceProvider, IConnectionMultiplexer> connection, Action<RedisIdempotencyStoreOptions> configure, Func<IServiceProvider, IIdempotencyStore> source)
     {
         ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(source);
         builder.AddRedisStore(connection, configure);
-        builder.Services.TryAddSingleton(sp => new LayeredIdempotencyStore(
-            sp.GetRequiredService<RedisIdempotencyStore>(),
-            sp.GetService<PostgresIdempotencyStore>() ?? throw new InvalidOperationException("The layered store needs the PostgreSQL store: call UsePostgres(...) on AddIdempotency() as well.")));
+        builder.Services.TryAddSingleton(sp => new LayeredIdempotencyStore(sp.GetRequiredService<RedisIdempotencyStore>(), source(sp)));
         return builder.UseStore(sp => sp.GetRequiredService<LayeredIdempotencyStore>());
     }
 

@@ -1,0 +1,92 @@
+using Idempotency.Diagnostics;
+using Microsoft.Extensions.Logging;
+
+namespace Idempotency.Processing;
+
+/// <summary>
+/// Processes a batch so that one failing message does not undo the others: the batch is redone without it, and
+/// message by message after a second failure. Later copies of a key inside the batch follow the first copy's fate,
+/// each compared with the stored payload by its own fingerprint.
+/// </summary>
+internal sealed class BatchIsolation(
+    ProcessingSteps steps,
+    BatchAttempt attempt,
+    Func<IncomingMessage, bool, CancellationToken, ValueTask<ProcessingResult>> processAlone,
+    ILogger logger)
+{
+    /// <summary>Processes the batch, writing every message's result into <paramref name="batch"/>.</summary>
+    /// <param name="messages">The messages, in delivery order.</param>
+    /// <param name="batch">Its state, sized for the messages.</param>
+    /// <param name="cancellationToken">Cancels processing.</param>
+    public async ValueTask ProcessAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, CancellationToken cancellationToken)
+    {
+        // The first message of each key is claimed; later ones with the same key inside the batch follow its fate.
+        var firstIndexByKey = new Dictionary<string, int>(StringComparer.Ordinal);
+        var pending = new List<int>(messages.Count);
+        for (var i = 0; i < messages.Count; i++)
+        {
+            if (steps.Results.RejectInvalidKey(messages[i]) is { } rejected)
+            {
+                batch.Results[i] = rejected;
+                continue;
+            }
+
+            batch.Claims[i] = steps.CreateClaim(messages[i]);
+            if (firstIndexByKey.TryGetValue(messages[i].Key!, out var first))
+            {
+                batch.FollowerOf[i] = first;
+            }
+            else
+            {
+                firstIndexByKey.Add(messages[i].Key!, i);
+                pending.Add(i);
+            }
+        }
+
+        var failures = 0;
+        while (pending.Count > 0)
+        {
+            if (failures >= 2)
+            {
+                // Several poison messages in one batch: isolating them one redo at a time would cost a round per failure.
+                foreach (var index in pending)
+                {
+                    batch.Results[index] = await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false);
+                }
+
+                break;
+            }
+
+            var failedIndex = await attempt.RunAsync(messages, batch, pending, useBatchHandler: failures == 0, cancellationToken).ConfigureAwait(false);
+            if (failedIndex < 0)
+            {
+                break;
+            }
+
+            pending.Remove(failedIndex);
+            failures++;
+            Log.BatchRedo(logger, pending.Count, steps.HandlerName, messages[failedIndex].Key!);
+        }
+
+        for (var i = 0; i < messages.Count; i++)
+        {
+            if (batch.FollowerOf[i] is { } first)
+            {
+                batch.Results[i] = FollowerResult(messages[i], batch.Claims[i], batch.Results[first]!);
+            }
+        }
+    }
+
+    private ProcessingResult FollowerResult(IncomingMessage message, Storage.ClaimRequest claim, ProcessingResult first)
+    {
+        if (!first.IsCommitted && first.Outcome != ProcessingOutcome.PayloadMismatch)
+        {
+            // The first copy did not commit, so neither does this one: same outcome, same fate at the broker.
+            return new ProcessingResult(message, first.Outcome) { Exception = first.Exception, StoreFailure = first.StoreFailure, PayloadFingerprint = claim.Fingerprint };
+        }
+
+        // The key is committed: this copy is compared with the stored payload by its own fingerprint, as it would be alone.
+        var stored = first.Outcome == ProcessingOutcome.Processed ? first.PayloadFingerprint : first.StoredFingerprint;
+        return steps.Results.Duplicate(message, claim, stored, first.StoredResult);
+    }
+}
