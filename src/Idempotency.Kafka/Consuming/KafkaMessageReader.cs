@@ -1,0 +1,129 @@
+using System.Text;
+using Confluent.Kafka;
+using Idempotency.Storage;
+using Microsoft.Extensions.Logging;
+
+namespace Idempotency.Kafka.Consuming;
+
+/// <summary>
+/// Maps a Kafka record to the pipeline's <see cref="IncomingMessage"/>: the key from the key selector or the key header
+/// (exact bytes, decoded by <see cref="KafkaIdempotencyOptions.KeyBytesEncoding"/>), the body from the body selector or
+/// the raw value, the trace headers and, with offsets kept in the store, the message's position.
+/// </summary>
+/// <typeparam name="TKey">The message key type.</typeparam>
+/// <typeparam name="TValue">The message value type.</typeparam>
+internal sealed class KafkaMessageReader<TKey, TValue>
+{
+    private readonly KafkaIdempotencyOptions _options;
+    private readonly Func<ConsumeResult<TKey, TValue>, string?>? _keySelector;
+    private readonly Func<ConsumeResult<TKey, TValue>, ReadOnlyMemory<byte>>? _bodySelector;
+    private readonly string? _positionGroup;
+    private readonly ILogger _logger;
+
+    /// <summary>Creates the reader.</summary>
+    /// <param name="options">The options (key header, encoding, selectors when typed).</param>
+    /// <param name="positionGroup">The group whose positions go to the store; null when they do not.</param>
+    /// <param name="logger">Logs key selectors that throw.</param>
+    public KafkaMessageReader(KafkaIdempotencyOptions options, string? positionGroup, ILogger logger)
+    {
+        var typed = options as KafkaIdempotencyOptions<TKey, TValue>;
+        _options = options;
+        _keySelector = typed?.KeySelector;
+        _bodySelector = typed?.BodySelector;
+        _positionGroup = positionGroup;
+        _logger = logger;
+    }
+
+    /// <summary>Gets a value indicating whether values of <typeparamref name="TValue"/> are fingerprinted without a body selector.</summary>
+    public static bool IsRawValueType => typeof(TValue) == typeof(byte[]) || typeof(TValue) == typeof(string) || typeof(TValue) == typeof(Ignore) || typeof(TValue) == typeof(Null);
+
+    /// <summary>Builds the pipeline's message for a record.</summary>
+    /// <param name="record">The record.</param>
+    /// <param name="attempt">The 1-based handler attempt this processing is.</param>
+    /// <param name="reread">Whether this process saw the offset before (a rebalance handed it out again).</param>
+    /// <param name="withPosition">Whether the message may carry its position to the store (only when every earlier message settled).</param>
+    /// <param name="keyLookedUp">Whether its key was already looked up without being found.</param>
+    /// <returns>The message.</returns>
+    public IncomingMessage ToIncoming(ConsumeResult<TKey, TValue> record, int attempt, bool reread = false, bool withPosition = true, bool keyLookedUp = false) =>
+        new(SelectKey(record, out var keyError), SelectBody(record))
+        {
+            KeyError = keyError,
+            Broker = "kafka",
+            Destination = record.Topic,
+            Headers = TraceHeaders(record.Message.Headers),
+            Timestamp = record.Message.Timestamp.Type == TimestampType.NotAvailable ? null : new DateTimeOffset(record.Message.Timestamp.UtcDateTime),
+            Redelivered = reread || attempt > 1,
+            RedeliveryCause = reread ? "rebalance" : attempt > 1 ? "redelivery" : null,
+            DeliveryAttempt = attempt,
+            KeyLookedUp = keyLookedUp,
+            Native = record,
+            Position = _positionGroup is null || !withPosition ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
+        };
+
+    /// <summary>Returns a record key's bytes for the dead-letter topic (byte arrays as they are, strings as UTF-8, others none).</summary>
+    /// <param name="key">The key.</param>
+    /// <returns>The bytes, or null.</returns>
+    public static byte[]? KeyBytes(TKey key) => key switch
+    {
+        byte[] bytes => bytes,
+        string text => Encoding.UTF8.GetBytes(text),
+        _ => null,
+    };
+
+    private string? SelectKey(ConsumeResult<TKey, TValue> record, out string? keyError)
+    {
+        keyError = null;
+        if (_keySelector is null)
+        {
+            if (record.Message.Headers is not { } headers || !headers.TryGetLastBytes(_options.KeyHeader, out var bytes) || bytes is null)
+            {
+                return null;
+            }
+
+            return IdempotencyKey.TryDecode(bytes, _options.KeyBytesEncoding, out var key, out keyError) ? key : null;
+        }
+
+        try
+        {
+            return _keySelector(record);
+        }
+#pragma warning disable CA1031 // A selector that throws is a message without a key; its policy decides.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            Log.KeySelectorFailed(_logger, e, record.TopicPartition.ToString(), record.Offset.Value);
+            return null;
+        }
+    }
+
+    private ReadOnlyMemory<byte> SelectBody(ConsumeResult<TKey, TValue> record)
+    {
+        if (_bodySelector is not null)
+        {
+            return _bodySelector(record);
+        }
+
+        return record.Message.Value switch
+        {
+            byte[] bytes => bytes,
+            string text => Encoding.UTF8.GetBytes(text),
+            _ => ReadOnlyMemory<byte>.Empty,
+        };
+    }
+
+    private static Dictionary<string, string>? TraceHeaders(Headers? headers)
+    {
+        if (headers is null || headers.Count == 0 || !headers.TryGetLastBytes("traceparent", out var parent))
+        {
+            return null;
+        }
+
+        var result = new Dictionary<string, string>(StringComparer.Ordinal) { ["traceparent"] = Encoding.UTF8.GetString(parent) };
+        if (headers.TryGetLastBytes("tracestate", out var state))
+        {
+            result["tracestate"] = Encoding.UTF8.GetString(state);
+        }
+
+        return result;
+    }
+}
