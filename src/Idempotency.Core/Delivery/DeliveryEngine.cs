@@ -19,6 +19,7 @@ public sealed class DeliveryEngine
     private readonly ILogger _logger;
     private readonly TimeProvider _time;
     private readonly CancellationToken _stopping;
+    private readonly IDeliveryObserver[] _observers;
 
     /// <summary>Creates the engine of one consumer.</summary>
     /// <param name="processor">The consumer's pipeline.</param>
@@ -28,7 +29,8 @@ public sealed class DeliveryEngine
     /// <param name="heartbeat">The consumer's heartbeat, whose state the store gate sets.</param>
     /// <param name="maxTrackedMessages">How many failing messages the attempt ledger remembers.</param>
     /// <param name="stopping">Ends waits (the consumer is stopping).</param>
-    public DeliveryEngine(IdempotentProcessor processor, string consumer, ILogger? logger = null, TimeProvider? timeProvider = null, ConsumerHeartbeat? heartbeat = null, int maxTrackedMessages = 10_000, CancellationToken stopping = default)
+    /// <param name="observers">Told about every message the engine settled or gave back.</param>
+    public DeliveryEngine(IdempotentProcessor processor, string consumer, ILogger? logger = null, TimeProvider? timeProvider = null, ConsumerHeartbeat? heartbeat = null, int maxTrackedMessages = 10_000, CancellationToken stopping = default, IEnumerable<IDeliveryObserver>? observers = null)
     {
         ArgumentNullException.ThrowIfNull(processor);
         _processor = processor;
@@ -37,6 +39,7 @@ public sealed class DeliveryEngine
         _stopping = stopping;
         Gate = new StoreGate(processor.Store, consumer, processor.StoreUnavailableBackoff, _logger, _time, heartbeat, stopping);
         Attempts = new AttemptLedger(maxTrackedMessages);
+        _observers = observers?.Distinct().ToArray() ?? [];
     }
 
     /// <summary>Gets the consumer's store gate: lanes wait on it before taking messages.</summary>
@@ -90,7 +93,30 @@ public sealed class DeliveryEngine
         var attempts = attempt ?? Attempts.NextAttempt(id);
         var decision = _processor.Decide(result, attempts);
         var outcome = await CarryOutAsync(port, delivery, result, decision, id, attempts, cancellationToken).ConfigureAwait(false);
+        if (_observers.Length > 0)
+        {
+            Notify(port, result, decision, outcome == SettleOutcome.Settled, attempts);
+        }
+
         return new Settlement(outcome, decision.Action == DeliveryAction.Retry, decision);
+    }
+
+    private void Notify<TDelivery>(IDeliveryPort<TDelivery> port, ProcessingResult result, DeliveryDecision decision, bool settled, int attempt)
+    {
+        var key = result.Outcome == ProcessingOutcome.InvalidKey ? null : result.Message.Key;
+        var observation = new DeliveryObservation(port.Broker, port.Destination, _processor.HandlerName, key, result.Outcome, decision.Action, settled, attempt, decision.ReasonCode, result.Exception);
+        foreach (var observer in _observers)
+        {
+            try
+            {
+                observer.OnDelivered(observation);
+            }
+            catch (Exception ex)
+            {
+                // An observer is the user's diagnostics: its failure must never change what happens to the message.
+                EngineLog.ObserverFailed(_logger, ex, observer.GetType().Name, _processor.HandlerName);
+            }
+        }
     }
 
     private async ValueTask<SettleOutcome> CarryOutAsync<TDelivery>(IDeliveryPort<TDelivery> port, TDelivery delivery, ProcessingResult result, DeliveryDecision decision, string id, int attempts, CancellationToken cancellationToken)

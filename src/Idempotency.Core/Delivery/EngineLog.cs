@@ -7,4 +7,7 @@ internal static partial class EngineLog
 {
     [LoggerMessage(EventId = 1110, Level = LogLevel.Information, Message = "Handler {Handler} failed on key {Key} from {Destination} (attempt {Attempt}); trying again in {Delay}")]
     public static partial void Retrying(ILogger logger, string handler, string destination, string key, int attempt, TimeSpan delay);
+
+    [LoggerMessage(EventId = 1111, Level = LogLevel.Warning, Message = "Delivery observer {Observer} of handler {Handler} threw; the message's handling is unaffected")]
+    public static partial void ObserverFailed(ILogger logger, Exception exception, string observer, string handler);
 }

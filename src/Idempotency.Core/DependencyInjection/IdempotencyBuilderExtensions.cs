@@ -31,6 +31,7 @@ public static class IdempotencyBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentException.ThrowIfNullOrEmpty(handlerName);
+        builder.Services.AddSingleton(new Idempotency.DependencyInjection.ConfiguredHandlerName(handlerName));
         builder.Services.AddOptions<IdempotencyOptions>(handlerName)
             .Configure(options =>
             {
@@ -51,10 +52,52 @@ public static class IdempotencyBuilderExtensions
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentException.ThrowIfNullOrEmpty(handlerName);
         ArgumentNullException.ThrowIfNull(section);
+        builder.Services.AddSingleton(new Idempotency.DependencyInjection.ConfiguredHandlerName(handlerName));
         builder.Services.AddOptions<IdempotencyOptions>(handlerName)
             .Configure(options => options.HandlerName = handlerName)
             .Bind(section)
             .ValidateOnStart();
+        return builder;
+    }
+
+    /// <summary>
+    /// Registers the pipeline of <typeparamref name="THandler"/> under <paramref name="handlerName"/> for a consume loop you
+    /// keep (the broker packages' drop-in steps take it): resolve it with
+    /// <c>GetRequiredKeyedService&lt;IdempotentProcessor&gt;(handlerName)</c>. The handler is resolved from a fresh scope per
+    /// message; its options come from <c>ConfigureHandler</c> with the same name (or <paramref name="section"/>).
+    /// </summary>
+    /// <typeparam name="THandler">The handler; registered as scoped unless already registered.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="handlerName">The handler name, which scopes its keys.</param>
+    /// <param name="section">Optional configuration section holding the handler's <see cref="IdempotencyOptions"/>.</param>
+    /// <returns>The builder.</returns>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    /// <exception cref="InvalidOperationException">The name is registered already for a consumer.</exception>
+    public static IIdempotencyBuilder AddIdempotentProcessor<THandler>(this IIdempotencyBuilder builder, string handlerName, IConfiguration? section = null)
+        where THandler : class, IIdempotentMessageHandler
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        if (!IdentifierRules.IsValidHandlerName(handlerName))
+        {
+            throw new ArgumentException($"Handler name must be 1 to 200 characters of letters, digits, '.', '-', '_' or ':' (was '{handlerName}').", nameof(handlerName));
+        }
+
+        var existing = Idempotency.DependencyInjection.ConsumerRegistration.Registered(builder.Services).FirstOrDefault(r => r.Name == handlerName);
+        if (existing is not null)
+        {
+            throw new InvalidOperationException($"Handler name '{handlerName}' is registered already ({existing.Kind}); each processor needs its own name.");
+        }
+
+        var options = builder.Services.AddOptions<IdempotencyOptions>(handlerName).Configure(o => o.HandlerName = handlerName);
+        if (section is not null)
+        {
+            options.Bind(section);
+        }
+
+        options.ValidateOnStart();
+        builder.Services.TryAddScoped<THandler>();
+        builder.Services.AddSingleton(new Idempotency.DependencyInjection.RegisteredHandlerName(handlerName, "processor"));
+        builder.Services.AddKeyedSingleton(handlerName, (sp, _) => sp.CreateIdempotentProcessor<THandler>(handlerName));
         return builder;
     }
 

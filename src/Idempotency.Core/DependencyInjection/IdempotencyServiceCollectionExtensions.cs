@@ -19,6 +19,7 @@ public static class IdempotencyServiceCollectionExtensions
         services.TryAddSingleton(TimeProvider.System);
         services.TryAddSingleton<ConsumerHealthRegistry>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<IdempotencyOptions>, IdempotencyOptionsValidator>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<Microsoft.Extensions.Hosting.IHostedService, Idempotency.DependencyInjection.HandlerNameCheck>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<Microsoft.Extensions.Hosting.IHostedService, Idempotency.DependencyInjection.StoreStartupCheck>());
         var builder = new IdempotencyBuilder(services);
         configure?.Invoke(builder);
