@@ -19,7 +19,12 @@ namespace Idempotency.Kafka;
 /// <para>
 /// One thread runs <c>Consume</c> and owns every call on the consumer (commit, pause, resume). Each assigned partition
 /// has its own worker that processes its messages strictly in offset order; up to
-/// <see cref="KafkaIdempotencyOptions.MaxConcurrentPartitions"/> partitions run at once.
+/// <see cref="IdempotentConsumerOptions.Concurrency"/> partitions run at once.
+/// </para>
+/// <para>
+/// Lifecycle (<see cref="IIdempotentConsumer"/>, the same on every broker): <see cref="StartAsync"/>, then
+/// <see cref="StopAsync"/> or <see cref="DisposeAsync"/>; or <c>await consumer.RunAsync(stoppingToken)</c>
+/// (<see cref="IdempotentConsumerExtensions.RunAsync"/>) until the token is cancelled.
 /// </para>
 /// <para>
 /// Offsets are committed explicitly (<c>enable.auto.commit=false</c>) with <c>Commit(offsets)</c>, for each partition
@@ -28,7 +33,7 @@ namespace Idempotency.Kafka;
 /// what a crash leaves uncommitted is redelivered and skipped as a duplicate.
 /// </para>
 /// </remarks>
-public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
+public sealed class IdempotentKafkaConsumer<TKey, TValue> : IIdempotentConsumer, IDisposable
 {
     private readonly IdempotentProcessor _processor;
     private readonly KafkaIdempotencyOptions _options;
@@ -43,8 +48,11 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
 
     /// <summary>The group whose positions go to the store (<see cref="KafkaOffsetStorage.BrokerAndStore"/>); null when they do not.</summary>
     private string? _positionGroup;
+    private readonly CancellationTokenSource _stopping = new();
     private LaneContext<TKey, TValue>? _context;
+    private KafkaConsumeLoop<TKey, TValue>? _loop;
     private RebalanceHandler<TKey, TValue>? _rebalance;
+    private Task _completion = Task.CompletedTask;
     private int _started;
     private bool _disposed;
 
@@ -122,14 +130,24 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         _hasRebalanceHandlers = hasRebalanceHandlers;
     }
 
-    /// <summary>Gets the wrapped consumer. Do not consume, commit, pause or resume through it while <see cref="RunAsync"/> runs.</summary>
+    /// <summary>Gets the wrapped consumer. Do not consume, commit, pause or resume through it while the wrapper runs.</summary>
     public IConsumer<TKey, TValue> Consumer => _consumer;
 
     /// <summary>Gets the pipeline.</summary>
     public IdempotentProcessor Processor => _processor;
 
-    /// <summary>Gets or sets the heartbeat the consume loop beats on every poll, for the consumer health check (set by the DI registration).</summary>
+    /// <summary>Gets or sets the heartbeat the consume loop beats on every poll, for the consumer health check (set by the DI registration; set it before starting).</summary>
     public ConsumerHeartbeat? Heartbeat { get; set; }
+
+    /// <inheritdoc/>
+    public string Name => $"kafka:{_processor.HandlerName}";
+
+    /// <inheritdoc/>
+    public ConsumerHeartbeat? Health => Heartbeat;
+
+    /// <inheritdoc/>
+    /// <remarks>Faults with the <see cref="KafkaException"/> of a fatal consumer error, or an <see cref="InvalidOperationException"/> when a partition's worker failed unexpectedly (both after the same graceful shutdown).</remarks>
+    public Task Completion => _completion;
 
     /// <summary>Gets or sets an observer of every final result (after retries), for tests and diagnostics.</summary>
     internal Action<ProcessingResult>? ResultObserver
@@ -164,7 +182,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     /// <param name="deadLetterProducer">Optional dead-letter producer; by default one is built on the same cluster (acks=all, idempotent).</param>
     /// <param name="logger">Optional logger.</param>
     /// <param name="timeProvider">Optional clock.</param>
-    /// <returns>The wrapper; call <see cref="RunAsync"/>.</returns>
+    /// <returns>The wrapper; start it (<see cref="StartAsync"/>, or <c>RunAsync</c>).</returns>
     /// <exception cref="ArgumentException">The options are invalid.</exception>
     public static IdempotentKafkaConsumer<TKey, TValue> Create(
         ConsumerConfig config,
@@ -218,31 +236,96 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
     }
 
     /// <summary>
-    /// Consumes and processes until <paramref name="cancellationToken"/> is cancelled, then shuts down gracefully:
-    /// stops fetching, lets in-flight messages finish within <see cref="KafkaIdempotencyOptions.ShutdownTimeout"/>
-    /// (then cancels them, which rolls them back), and commits the offsets of what completed.
+    /// Starts consuming: subscribes to <see cref="KafkaIdempotencyOptions.Topics"/> and runs the consume loop on its own
+    /// long-running thread (<c>Consume</c> blocks, and every call on the consumer stays on that thread).
     /// </summary>
-    /// <param name="cancellationToken">Stops the loop.</param>
-    /// <returns>A task that completes after shutdown.</returns>
-    /// <exception cref="InvalidOperationException">Already started.</exception>
-    /// <exception cref="KafkaException">A fatal consumer error stopped the loop (after the same graceful shutdown).</exception>
-    public Task RunAsync(CancellationToken cancellationToken = default)
+    /// <param name="cancellationToken">Cancels starting (the check of the positions table with <see cref="KafkaOffsetStorage.BrokerAndStore"/>).</param>
+    /// <returns>A task that completes once the loop runs.</returns>
+    /// <exception cref="InvalidOperationException">Already started, or the store's positions table cannot be read.</exception>
+    public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (Interlocked.Exchange(ref _started, 1) != 0)
         {
-            throw new InvalidOperationException("RunAsync may be called once.");
+            throw new InvalidOperationException("The consumer may be started once.");
         }
 
-        return RunCheckedAsync(cancellationToken);
+        var engine = new DeliveryEngine(_processor, Name, _logger, _time, Heartbeat, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
+        var reader = new KafkaMessageReader<TKey, TValue>(_options, _positionGroup, _logger);
+        var deadLetters = new KafkaDeadLetterWriter(_deadLetterProducer, _options, _logger, _time);
+        _context = new LaneContext<TKey, TValue>(engine, _options, reader, deadLetters, new OffsetTracker(_options, _time), _hooks, _logger, _time);
+        var loop = new KafkaConsumeLoop<TKey, TValue>(_consumer, _context);
+        _rebalance = new RebalanceHandler<TKey, TValue>(_consumer, loop, _context, _positionGroup);
+        if (!_hasRebalanceHandlers)
+        {
+            loop.LateRevokes = _rebalance;
+        }
+
+        _loop = loop;
+        try
+        {
+            await CheckPositionStoreAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception exception)
+        {
+            _completion = Task.FromException(exception);
+            throw;
+        }
+
+        Action? flush = _ownsDeadLetterProducer ? () => _deadLetterProducer.Flush(TimeSpan.FromSeconds(5)) : null;
+        _completion = Task.Factory.StartNew(() => loop.Run(Heartbeat, _ownsConsumer, flush, _stopping.Token), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>
+    /// Stops gracefully: no more fetching, in-flight messages finish within <see cref="IdempotentConsumerOptions.ShutdownTimeout"/>
+    /// (then they are cancelled, which rolls them back), the settled offsets are committed and a consumer the wrapper
+    /// built is closed. A fault of the loop is not thrown here: it is in <see cref="Completion"/>.
+    /// </summary>
+    /// <param name="cancellationToken">Cuts the drain short: in-flight work is cancelled (rolled back) at once.</param>
+    /// <returns>A task that completes when the loop has stopped.</returns>
+    public async Task StopAsync(CancellationToken cancellationToken = default)
+    {
+        _stopping.Cancel();
+        using var cut = cancellationToken.Register(() => _loop?.AbortDrain());
+        try
+        {
+            await _completion.ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // The loop's fault belongs to Completion; stopping itself succeeded.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
     }
 
     /// <inheritdoc/>
+    public async ValueTask DisposeAsync()
+    {
+        if (!_disposed)
+        {
+            await StopAsync().ConfigureAwait(false);
+        }
+
+        Dispose();
+    }
+
+    /// <summary>Stops the loop if it runs (waiting for its graceful shutdown) and disposes the clients the wrapper built.</summary>
     public void Dispose()
     {
         if (_disposed)
         {
             return;
+        }
+
+        _stopping.Cancel();
+        try
+        {
+            _completion.Wait();
+        }
+#pragma warning disable CA1031 // The loop's fault belongs to Completion.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
         }
 
         _disposed = true;
@@ -257,26 +340,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IDisposable
         }
 
         _context?.Dispose();
-    }
-
-    private async Task RunCheckedAsync(CancellationToken cancellationToken)
-    {
-        var engine = new DeliveryEngine(_processor, $"kafka:{_processor.HandlerName}", _logger, _time, Heartbeat, stopping: cancellationToken);
-        var reader = new KafkaMessageReader<TKey, TValue>(_options, _positionGroup, _logger);
-        var deadLetters = new KafkaDeadLetterWriter(_deadLetterProducer, _options, _logger, _time);
-        _context = new LaneContext<TKey, TValue>(engine, _options, reader, deadLetters, new OffsetTracker(_options, _time), _hooks, _logger, _time);
-        var loop = new KafkaConsumeLoop<TKey, TValue>(_consumer, _context);
-        _rebalance = new RebalanceHandler<TKey, TValue>(_consumer, loop, _context, _positionGroup);
-        if (!_hasRebalanceHandlers)
-        {
-            loop.LateRevokes = _rebalance;
-        }
-
-        await CheckPositionStoreAsync(cancellationToken).ConfigureAwait(false);
-
-        // Consume blocks, and every consumer call stays on this one thread.
-        Action? flush = _ownsDeadLetterProducer ? () => _deadLetterProducer.Flush(TimeSpan.FromSeconds(5)) : null;
-        await Task.Factory.StartNew(() => loop.Run(Heartbeat, _ownsConsumer, flush, cancellationToken), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+        _stopping.Dispose();
     }
 
     /// <summary>

@@ -19,6 +19,8 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     private readonly KafkaIdempotencyOptions _options;
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionLane<TKey, TValue>> _pauseChanges = new();
+    private volatile List<PartitionLane<TKey, TValue>>? _draining;
+    private volatile bool _drainAborted;
 
     /// <summary>Creates the loop of one run.</summary>
     /// <param name="consumer">The consumer.</param>
@@ -76,7 +78,8 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
 
         // Graceful shutdown: no more fetching; in-flight work finishes or is cancelled; what settled is committed.
         var all = Lanes.Values.ToList();
-        StopLanes(all, _options.ShutdownTimeout);
+        _draining = all;
+        StopLanes(all, _drainAborted ? TimeSpan.Zero : _options.ShutdownTimeout);
         var committed = _context.Hooks.CommitOnShutdown && fatal is null && Commit(all);
         Lanes.Clear();
         if (closeConsumer)
@@ -101,6 +104,19 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
         if (fatal is not null)
         {
             throw fatal;
+        }
+    }
+
+    /// <summary>Cuts the shutdown drain short: in-flight work is cancelled (rolled back) at once. Thread-safe.</summary>
+    public void AbortDrain()
+    {
+        _drainAborted = true;
+        if (_draining is { } lanes)
+        {
+            foreach (var lane in lanes)
+            {
+                lane.Abort.Cancel();
+            }
         }
     }
 

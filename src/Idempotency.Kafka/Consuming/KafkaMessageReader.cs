@@ -7,7 +7,7 @@ namespace Idempotency.Kafka.Consuming;
 
 /// <summary>
 /// Maps a Kafka record to the pipeline's <see cref="IncomingMessage"/>: the key from the key selector or the key header
-/// (exact bytes, decoded by <see cref="KafkaIdempotencyOptions.KeyBytesEncoding"/>), the body from the body selector or
+/// (exact bytes, decoded by <see cref="IdempotentConsumerOptions.KeyBytesEncoding"/>), the body from the body selector or
 /// the raw value, the trace headers and, with offsets kept in the store, the message's position.
 /// </summary>
 /// <typeparam name="TKey">The message key type.</typeparam>

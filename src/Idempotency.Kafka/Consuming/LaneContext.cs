@@ -27,7 +27,7 @@ internal sealed class LaneContext<TKey, TValue> : IDisposable
         Hooks = hooks;
         Logger = logger;
         Time = time;
-        Slots = new SemaphoreSlim(options.MaxConcurrentPartitions, options.MaxConcurrentPartitions);
+        Slots = new SemaphoreSlim(options.Concurrency, options.Concurrency);
     }
 
     /// <summary>Gets the consumer's delivery engine (decisions, attempts, store gate).</summary>
