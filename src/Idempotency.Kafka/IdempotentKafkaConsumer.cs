@@ -97,7 +97,7 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IIdempotentConsumer,
         ArgumentNullException.ThrowIfNull(processor);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(deadLetterProducer);
-        var errors = new List<string>(options.GetValidationErrors());
+        var errors = KafkaMessageReader<TKey, TValue>.ValidationErrors(options);
         if (options.OffsetStorage == KafkaOffsetStorage.BrokerAndStore)
         {
             if (processor.Store is not IConsumerPositionStore)
@@ -109,11 +109,6 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IIdempotentConsumer,
             {
                 errors.Add($"{nameof(KafkaIdempotencyOptions.OffsetStorage)} = {nameof(KafkaOffsetStorage.BrokerAndStore)} seeks in the wrapper's assignment handler: build the consumer with {nameof(Create)}, not around a consumer you built.");
             }
-        }
-
-        if (options is not KafkaIdempotencyOptions<TKey, TValue> && !KafkaMessageReader<TKey, TValue>.IsRawValueType)
-        {
-            errors.Add($"BodySelector is required when the value type is {typeof(TValue).Name}: use KafkaIdempotencyOptions<{typeof(TKey).Name}, {typeof(TValue).Name}>.");
         }
 
         if (errors.Count > 0)

@@ -51,12 +51,7 @@ public sealed class KafkaIdempotentStep<TKey, TValue>
     {
         ArgumentNullException.ThrowIfNull(processor);
         _options = options ?? new KafkaIdempotencyOptions<TKey, TValue>();
-        var errors = new List<string>(_options.GetValidationErrors());
-        if (_options is not KafkaIdempotencyOptions<TKey, TValue> && !KafkaMessageReader<TKey, TValue>.IsRawValueType)
-        {
-            errors.Add($"BodySelector is required when the value type is {typeof(TValue).Name}: use KafkaIdempotencyOptions<{typeof(TKey).Name}, {typeof(TValue).Name}>.");
-        }
-
+        var errors = KafkaMessageReader<TKey, TValue>.ValidationErrors(_options);
         if (errors.Count > 0)
         {
             throw new ArgumentException(string.Join(" ", errors), nameof(options));

@@ -161,13 +161,6 @@ public sealed class KafkaIdempotentStepTests(PostgresFixture db) : IClassFixture
         Assert.Equal(unique.Count, settled.Where(o => o.Outcome == ProcessingOutcome.Processed).Select(o => o.Key).Distinct().Count());
     }
 
-    private sealed class RecordingObserver : IDeliveryObserver
-    {
-        public ConcurrentQueue<DeliveryObservation> Seen { get; } = new();
-
-        public void OnDelivered(DeliveryObservation delivery) => Seen.Enqueue(delivery);
-    }
-
     private static ConsumeResult<byte[], byte[]> Record(string key, long offset)
     {
         var bytes = Encoding.UTF8.GetBytes(key);
@@ -179,23 +172,4 @@ public sealed class KafkaIdempotentStepTests(PostgresFixture db) : IClassFixture
     }
 
     private static string Header(ConsumeResult<byte[], byte[]> record, string name) => Encoding.UTF8.GetString(record.Message.Headers.GetLastBytes(name));
-
-    private static List<ConsumeResult<byte[], byte[]>> ReadAll(MockKafkaCluster cluster, string topic, int partitions)
-    {
-        var end = cluster.EndOffsets(topic, partitions).Sum();
-        using var consumer = new ConsumerBuilder<byte[], byte[]>(new ConsumerConfig { BootstrapServers = cluster.BootstrapServers, GroupId = Unique("read"), AutoOffsetReset = AutoOffsetReset.Earliest }).Build();
-        consumer.Subscribe(topic);
-        var records = new List<ConsumeResult<byte[], byte[]>>();
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
-        while (records.Count < end && DateTime.UtcNow < deadline)
-        {
-            if (consumer.Consume(TimeSpan.FromMilliseconds(200)) is { Message: not null } record)
-            {
-                records.Add(record);
-            }
-        }
-
-        consumer.Close();
-        return records;
-    }
 }

@@ -82,19 +82,6 @@ internal sealed class KafkaDeadLetterWriter
         return headers;
     }
 
-    /// <summary>The reason headers of a message the consumer could not deserialize (it never reached the handler: one attempt).</summary>
-    /// <param name="error">The deserialization error.</param>
-    /// <param name="handler">The handler name.</param>
-    /// <returns>The headers.</returns>
-    public static Dictionary<string, string> UnreadableReason(ConsumeException error, string handler) => new(StringComparer.Ordinal)
-    {
-        [DeadLetterHeaders.ReasonCode] = KafkaDeadLetterHeaders.DeserializationFailed,
-        [DeadLetterHeaders.ErrorType] = error.InnerException?.GetType().FullName ?? error.GetType().FullName!,
-        [DeadLetterHeaders.ErrorMessage] = error.Error.Reason,
-        [DeadLetterHeaders.Attempts] = "1",
-        [DeadLetterHeaders.Handler] = handler,
-    };
-
     /// <summary>Produces a dead-letter and waits for the dead-letter topic's acknowledgement, retrying failed produces.</summary>
     /// <param name="source">Where the message came from.</param>
     /// <param name="timestamp">Its timestamp, if it had one.</param>

@@ -37,6 +37,20 @@ internal sealed class KafkaMessageReader<TKey, TValue>
     /// <summary>Gets a value indicating whether values of <typeparamref name="TValue"/> are fingerprinted without a body selector.</summary>
     public static bool IsRawValueType => typeof(TValue) == typeof(byte[]) || typeof(TValue) == typeof(string) || typeof(TValue) == typeof(Ignore) || typeof(TValue) == typeof(Null);
 
+    /// <summary>Returns the options' errors for records of these types: its own, and a value type that needs a body selector the options cannot hold.</summary>
+    /// <param name="options">The options.</param>
+    /// <returns>One message per problem; empty when usable.</returns>
+    public static List<string> ValidationErrors(KafkaIdempotencyOptions options)
+    {
+        var errors = new List<string>(options.GetValidationErrors());
+        if (options is not KafkaIdempotencyOptions<TKey, TValue> && !IsRawValueType)
+        {
+            errors.Add($"BodySelector is required when the value type is {typeof(TValue).Name}: use KafkaIdempotencyOptions<{typeof(TKey).Name}, {typeof(TValue).Name}>.");
+        }
+
+        return errors;
+    }
+
     /// <summary>Builds the pipeline's message for a record.</summary>
     /// <param name="record">The record.</param>
     /// <param name="attempt">The 1-based handler attempt this processing is.</param>
@@ -59,6 +73,31 @@ internal sealed class KafkaMessageReader<TKey, TValue>
             Native = record,
             Position = _positionGroup is null || !withPosition ? null : new ConsumerPosition(_positionGroup, record.Topic, record.Partition.Value, record.Offset.Value),
         };
+
+    /// <summary>
+    /// The result of a message the consumer could not deserialize: it never reaches the handler, and the engine
+    /// dead-letters it at once (<see cref="MessageDeserializationException.ReasonCode"/>), as it does a typed handler's
+    /// body that does not deserialize.
+    /// </summary>
+    /// <param name="raw">The raw record.</param>
+    /// <param name="error">The deserializer's error.</param>
+    /// <returns>A <see cref="ProcessingOutcome.Failed"/> result carrying a <see cref="MessageDeserializationException"/>.</returns>
+    public ProcessingResult Unreadable(ConsumeResult<byte[], byte[]> raw, ConsumeException error)
+    {
+        string? key = null;
+        if (raw.Message.Headers is { } headers && headers.TryGetLastBytes(_options.KeyHeader, out var bytes) && bytes is not null)
+        {
+            IdempotencyKey.TryDecode(bytes, _options.KeyBytesEncoding, out key, out _);
+        }
+
+        var message = new IncomingMessage(key, raw.Message.Value ?? ReadOnlyMemory<byte>.Empty)
+        {
+            Broker = "kafka",
+            Destination = raw.Topic,
+            Native = raw,
+        };
+        return new ProcessingResult(message, ProcessingOutcome.Failed) { Exception = new MessageDeserializationException(typeof(TValue), key, error) };
+    }
 
     /// <summary>Returns a record key's bytes for the dead-letter topic (byte arrays as they are, strings as UTF-8, others none).</summary>
     /// <param name="key">The key.</param>

@@ -1,7 +1,6 @@
 using System.Globalization;
 using Confluent.Kafka;
 using Idempotency.Delivery;
-using Idempotency.Diagnostics;
 
 namespace Idempotency.Kafka.Consuming;
 
@@ -52,22 +51,22 @@ internal sealed class PartitionPort<TKey, TValue> : IDeliveryPort<KafkaDelivery<
         _lane.ResumeAfterStore();
         _context.Hooks.ResultObserver?.Invoke(result);
         var reason = DeadLetterHeaders.Create(result, decision, _context.Processor.HandlerName, attempts);
-        var record = delivery.Result!;
 
         // Returns only once the dead-letter topic took it; a stop of the partition ends the retries by cancellation.
+        if (delivery.IsUnreadable)
+        {
+            // The raw bytes as they were on the topic, and the deserializer's own error rather than its wrapper.
+            var raw = delivery.Raw!;
+            var error = delivery.Error!;
+            reason[DeadLetterHeaders.ErrorType] = error.InnerException?.GetType().FullName ?? error.GetType().FullName!;
+            reason[DeadLetterHeaders.ErrorMessage] = error.Error.Reason;
+            await _context.DeadLetters.WriteAsync(raw.TopicPartitionOffset, delivery.Timestamp, raw.Message.Key, raw.Message.Value, raw.Message.Headers, reason, attempts, _lane.StopTaking.Token).ConfigureAwait(false);
+            return true;
+        }
+
+        var record = delivery.Result!;
         await _context.DeadLetters.WriteAsync(record.TopicPartitionOffset, delivery.Timestamp, KafkaMessageReader<TKey, TValue>.KeyBytes(record.Message.Key), result.Message.Body.ToArray(), record.Message.Headers, reason, attempts, _lane.StopTaking.Token).ConfigureAwait(false);
         return true;
-    }
-
-    /// <summary>Dead-letters a message the consumer could not deserialize: it never reaches the engine, so it is counted here.</summary>
-    /// <param name="delivery">The unreadable message.</param>
-    /// <returns>A task that completes once the dead-letter topic took it.</returns>
-    public async ValueTask DeadLetterUnreadableAsync(KafkaDelivery<TKey, TValue> delivery)
-    {
-        var raw = delivery.Raw!;
-        var reason = KafkaDeadLetterWriter.UnreadableReason(delivery.Error!, _context.Processor.HandlerName);
-        await _context.DeadLetters.WriteAsync(raw.TopicPartitionOffset, delivery.Timestamp, raw.Message.Key, raw.Message.Value, raw.Message.Headers, reason, attempts: 1, _lane.StopTaking.Token).ConfigureAwait(false);
-        IdempotencyMetrics.RecordDeadLettered(Broker, _context.Processor.HandlerName, Destination, KafkaDeadLetterHeaders.DeserializationFailed);
     }
 
     /// <inheritdoc/>

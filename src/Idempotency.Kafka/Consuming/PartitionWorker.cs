@@ -154,7 +154,12 @@ internal sealed class PartitionWorker<TKey, TValue>
     {
         if (delivery.IsUnreadable)
         {
-            await _lane.Port.DeadLetterUnreadableAsync(delivery).ConfigureAwait(false);
+            // It never reaches the handler: the engine dead-letters it at once, counts it and tells the observers.
+            var unreadable = _context.Reader.Unreadable(delivery.Raw!, delivery.Error!);
+            while ((await _engine.SettleAsync(_lane.Port, delivery, unreadable, cancellationToken: _lane.StopTaking.Token).ConfigureAwait(false)).Outcome != SettleOutcome.Settled)
+            {
+            }
+
             return true;
         }
 
