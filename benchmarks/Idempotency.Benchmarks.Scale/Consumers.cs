@@ -1,284 +1,221 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
-using Idempotency;
 using Idempotency.Postgres;
-using Idempotency.RabbitMQ;
 using Npgsql;
-using RabbitMQ.Client;
 
 /// <summary>
-/// 1, 2 and 4 consumer processes on one RabbitMQ queue and one PostgreSQL store: throughput per process count, effects
-/// checked in SQL, and where the CPU went (consumers, PostgreSQL, RabbitMQ).
+/// 1, 2 and 4 consumer processes per broker (RabbitMQ, Kafka, SQS) on one queue or topic and one PostgreSQL store:
+/// throughput per process count, effects checked in SQL, and where the CPU went (consumers, PostgreSQL, broker).
 /// </summary>
 internal static class ConsumersScenario
 {
-    public static async Task<int> RunAsync(string postgres, string rabbit, int unique, int[] counts, int concurrency, string outDir)
+    /// <summary>What the driver needs to know to run the consumers scenario.</summary>
+    public sealed record Settings(string Postgres, string RabbitMq, string Sqs, string[] Brokers, int Unique, int KafkaUnique, int[] Counts, int Concurrency, string OutDir, string CommandLine);
+
+    private sealed record Row(string Broker, int Processes, int Messages, double Seconds, long EffectRows, long EffectTotal, long EffectMax, bool ExactlyOnce, long Left,
+        double ConsumersCpu, double PostgresCpu, double BrokerCpu, double Load, int AssignmentChanges)
     {
-        var messages = unique + unique / 5;
-        var postmasterPid = PostmasterPid(postgres);
-        var rows = new List<string>();
-        var loadBefore = Load();
-        Console.WriteLine($"{Environment.ProcessorCount} cores; {messages} messages ({unique} unique) per run; HandlerConcurrency {concurrency} per process; store {postgres}; postmaster pid {postmasterPid?.ToString(CultureInfo.InvariantCulture) ?? "unknown"}");
-        await using var dataSource = NpgsqlDataSource.Create(postgres);
-        var factory = new ConnectionFactory { Uri = new Uri(rabbit), ClientProvidedName = "scale-bench" };
-        await using var connection = await factory.CreateConnectionAsync();
-        await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
-        foreach (var count in counts)
+        public double Rate => Messages / Seconds;
+
+        public double StoreShare => PostgresCpu / Math.Max(1e-9, ConsumersCpu + PostgresCpu + BrokerCpu);
+
+        public double PostgresCores => PostgresCpu / Seconds;
+
+        public double AllCores => AllCpu / Seconds;
+
+        public double CpuPerMessage => AllCpu / Messages;
+
+        /// <summary>The rate the measured CPU per message allows if every core of the machine were this run's alone.</summary>
+        public double CpuBoundRate => Environment.ProcessorCount / CpuPerMessage;
+
+        private double AllCpu => ConsumersCpu + PostgresCpu + BrokerCpu;
+    }
+
+    public static async Task<int> RunAsync(Settings settings)
+    {
+        var postmasterPid = ProcCpu.PostmasterPid(settings.Postgres);
+        if (postmasterPid is null)
         {
-            var id = Guid.NewGuid().ToString("N")[..8];
-            var schema = "scale_" + id;
-            var queue = "scale-" + id;
-            await ExecAsync(dataSource, $"CREATE SCHEMA {schema}; CREATE TABLE {schema}.effects (id text PRIMARY KEY, applied int NOT NULL)");
-            var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema });
-            await store.EnsureSchemaAsync();
-            await channel.QueueDeclareAsync(queue, durable: true, exclusive: false, autoDelete: false);
-            var keys = Enumerable.Range(0, unique).Select(i => $"m{i}").ToList();
-            var sends = keys.Concat(keys.Where((_, i) => i % 5 == 0)).OrderBy(_ => Random.Shared.Next()).ToList();
-            foreach (var chunk in sends.Chunk(500))
+            Console.Error.WriteLine($"warning: no PostgreSQL process found for {Redact(settings.Postgres)}; PostgreSQL CPU will read 0");
+        }
+
+        var loadBefore = ProcCpu.LoadAverage();
+        Console.WriteLine($"{Environment.ProcessorCount} cores; brokers {string.Join(", ", settings.Brokers)}; processes {string.Join(", ", settings.Counts)}; store {Redact(settings.Postgres)} (postmaster pid {postmasterPid?.ToString(CultureInfo.InvariantCulture) ?? "unknown"})");
+        await using var dataSource = NpgsqlDataSource.Create(settings.Postgres);
+        var rows = new List<Row>();
+        var setups = new List<string>();
+        foreach (var brokerName in settings.Brokers)
+        {
+            await using var broker = await CreateBrokerAsync(brokerName, settings);
+            setups.Add($"- **{broker.Name}** ({broker.Unique} keys + 20 % re-sent copies per run): {broker.Setup}. Broker CPU: {broker.CpuSource}.");
+            foreach (var count in settings.Counts)
             {
-                await Task.WhenAll(chunk.Select(k => channel.BasicPublishAsync("", queue, true, new BasicProperties { MessageId = k, DeliveryMode = DeliveryModes.Persistent }, Encoding.UTF8.GetBytes("{\"amount\":5}")).AsTask()));
+                var row = await RunOnceAsync(broker, count, settings, dataSource, postmasterPid);
+                Console.WriteLine(Format(row, rows.FirstOrDefault(r => r.Broker == row.Broker && r.Processes == 1)));
+                rows.Add(row);
             }
 
-            var children = new List<Process>();
+            if (broker is KafkaUnderTest kafka)
+            {
+                var changes = rows.Where(r => r.Broker == broker.Name).Select(r => r.AssignmentChanges).ToList();
+                setups.Add($"  The host produced each run's messages in {string.Join(", ", kafka.ProductionTimes)} (processes {string.Join(", ", settings.Counts)}), while the consumers consumed. Partition assignment changes (rebalances) during the runs: {string.Join(", ", changes)}.");
+            }
+        }
+
+        Directory.CreateDirectory(settings.OutDir);
+        await File.WriteAllTextAsync(Path.Combine(settings.OutDir, "scale-consumers.md"), Markdown(rows, setups, settings, loadBefore));
+        await File.WriteAllTextAsync(Path.Combine(settings.OutDir, "scale-consumers.dat"), ChartData(rows));
+        Console.WriteLine($"wrote {Path.Combine(settings.OutDir, "scale-consumers.md")} and scale-consumers.dat (chart: cd {settings.OutDir} && gnuplot scale-consumers.gp)");
+        return rows.All(r => r.ExactlyOnce && r.Left == 0) ? 0 : 1;
+    }
+
+    /// <summary>A consumer process of any broker (the "consumer-child" scenario).</summary>
+    public static async Task<int> RunConsumerAsync(Func<string, string?> arg)
+    {
+        var schema = arg("--schema")!;
+        await using var dataSource = NpgsqlDataSource.Create(arg("--postgres")!);
+        // Open the pool before the clock starts.
+        await new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema }).PingAsync();
+        return arg("--broker") switch
+        {
+            "rabbitmq" => await RabbitMqUnderTest.RunConsumerAsync(dataSource, schema, arg("--rabbitmq")!, arg("--queue")!, int.Parse(arg("--concurrency")!, CultureInfo.InvariantCulture)),
+            "kafka" => await KafkaUnderTest.RunConsumerAsync(dataSource, schema, arg("--kafka")!, arg("--topic")!, arg("--group")!),
+            "sqs" => await SqsUnderTest.RunConsumerAsync(dataSource, schema, arg("--sqs")!, arg("--queue")!),
+            var other => throw new ArgumentException($"unknown broker '{other}'"),
+        };
+    }
+
+    private static async Task<IBrokerUnderTest> CreateBrokerAsync(string name, Settings settings) => name switch
+    {
+        "rabbitmq" => await RabbitMqUnderTest.CreateAsync(settings.RabbitMq, settings.Unique, settings.Concurrency),
+        "kafka" => await KafkaUnderTest.StartAsync(settings.KafkaUnique),
+        "sqs" => SqsUnderTest.Create(settings.Sqs, settings.Unique),
+        _ => throw new ArgumentException($"unknown broker '{name}' (rabbitmq, kafka, sqs)"),
+    };
+
+    private static async Task<Row> RunOnceAsync(IBrokerUnderTest broker, int count, Settings settings, NpgsqlDataSource dataSource, int? postmasterPid)
+    {
+        var runId = Guid.NewGuid().ToString("N")[..8];
+        var schema = "scale_" + runId;
+        await ExecAsync(dataSource, $"CREATE SCHEMA {schema}; CREATE TABLE {schema}.effects (id text PRIMARY KEY, applied int NOT NULL)");
+        await new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema }).EnsureSchemaAsync();
+        var sends = Workload.Sends(broker.Unique);
+        await broker.PrepareAsync(runId, sends);
+        var consumers = new List<ChildProcess>();
+        try
+        {
             for (var i = 0; i < count; i++)
             {
-                children.Add(StartChild(["consumer-child", "--queue", queue, "--schema", schema, "--postgres", postgres, "--rabbitmq", rabbit, "--concurrency", concurrency.ToString(CultureInfo.InvariantCulture)]));
+                consumers.Add(ChildProcess.Start(["consumer-child", "--broker", broker.Name.ToLowerInvariant(), "--schema", schema, "--postgres", settings.Postgres, .. broker.ConsumerArguments(runId)]));
             }
 
-            foreach (var child in children)
-            {
-                var line = await child.StandardOutput.ReadLineAsync();
-                if (line != "ready")
-                {
-                    throw new InvalidOperationException($"child said '{line}': {await child.StandardError.ReadToEndAsync()}");
-                }
-            }
-
-            var pgBefore = ProcessTreeCpu(postmasterPid);
-            var rabbitBefore = BeamCpu();
+            await broker.WaitForConsumersAsync(consumers);
+            var consumersBefore = consumers.Sum(c => c.CpuSeconds);
+            var postgresBefore = ProcCpu.OfTree(postmasterPid);
+            var brokerBefore = broker.CpuSeconds();
             var clock = Stopwatch.StartNew();
-            foreach (var child in children)
-            {
-                await child.StandardInput.WriteLineAsync("go");
-                await child.StandardInput.FlushAsync();
-            }
-
-            long processed;
+            await broker.StartAsync(runId, consumers);
             while (true)
             {
                 await Task.Delay(100);
-                processed = await ScalarAsync(dataSource, $"SELECT count(*) FROM {schema}.processed_messages");
-                var ready = (await channel.QueueDeclarePassiveAsync(queue)).MessageCount;
-                if (processed == unique && ready == 0)
+                var processed = await ScalarAsync(dataSource, $"SELECT count(*) FROM {schema}.processed_messages");
+                if (processed == broker.Unique && await broker.PendingAsync(runId) == 0)
                 {
                     break;
                 }
 
-                if (clock.Elapsed > TimeSpan.FromMinutes(8))
+                if (clock.Elapsed > TimeSpan.FromMinutes(10))
                 {
-                    throw new TimeoutException($"{count} consumers: {processed} of {unique} keys after 8 minutes");
+                    throw new TimeoutException($"{broker.Name}, {count} processes: {processed} of {broker.Unique} keys, {await broker.PendingAsync(runId)} messages pending after 10 minutes");
                 }
             }
 
-            var elapsed = clock.Elapsed.TotalSeconds;
-            var pgCpu = ProcessTreeCpu(postmasterPid) - pgBefore;
-            var rabbitCpu = BeamCpu() - rabbitBefore;
-            double consumersCpu = 0;
-            foreach (var child in children)
+            var seconds = clock.Elapsed.TotalSeconds;
+            var consumersCpu = consumers.Sum(c => c.CpuSeconds) - consumersBefore;
+            var postgresCpu = ProcCpu.OfTree(postmasterPid) - postgresBefore;
+            var brokerCpu = broker.CpuSeconds() - brokerBefore;
+            var load = ProcCpu.Load1();
+            // A Kafka consumer process reports every change of its assignment: any during the run was a rebalance.
+            var assignmentChanges = 0;
+            foreach (var consumer in consumers)
             {
-                await child.StandardInput.WriteLineAsync("stop");
-                await child.StandardInput.FlushAsync();
+                while (consumer.TryReadLine(out var line))
+                {
+                    assignmentChanges += line.StartsWith("assigned ", StringComparison.Ordinal) ? 1 : 0;
+                }
             }
 
-            foreach (var child in children)
+            foreach (var consumer in consumers)
             {
-                var line = await child.StandardOutput.ReadLineAsync();
-                consumersCpu += double.Parse(line ?? "0", CultureInfo.InvariantCulture);
-                await child.WaitForExitAsync();
-                child.Dispose();
+                await consumer.StopAsync();
             }
 
-            var left = (await channel.QueueDeclarePassiveAsync(queue)).MessageCount;
+            var left = await broker.PendingAsync(runId);
             var (effectRows, total, max) = await EffectsAsync(dataSource, schema);
-            var total3 = pgCpu + rabbitCpu + consumersCpu;
-            var row = $"| {count} | {messages} | {elapsed:0.0} | {messages / elapsed:N0} | {effectRows} / {total} / {max} | {(effectRows == unique && total == unique && max == 1 ? "yes" : "NO")} | {left} | {consumersCpu:0.0} | {pgCpu:0.0} | {rabbitCpu:0.0} | {(total3 > 0 ? pgCpu / total3 : 0):P0} |";
-            Console.WriteLine(row);
-            rows.Add(row);
-            await channel.QueueDeleteAsync(queue);
+            return new Row(broker.Name, count, sends.Count, seconds, effectRows, total, max, effectRows == broker.Unique && total == broker.Unique && max == 1, left,
+                consumersCpu, postgresCpu, brokerCpu, load, assignmentChanges);
+        }
+        finally
+        {
+            foreach (var consumer in consumers)
+            {
+                consumer.Dispose();
+            }
+
+            await broker.CleanupAsync(runId);
             await ExecAsync(dataSource, $"DROP SCHEMA {schema} CASCADE");
         }
+    }
 
+    private static string Format(Row row, Row? single) => string.Create(CultureInfo.InvariantCulture,
+        $"| {row.Broker} | {row.Processes} | {row.Messages} | {row.Seconds:0.0} | {row.Rate:N0} | {(single is null ? 1 : row.Rate / single.Rate):0.00}x | {row.EffectRows} / {row.EffectTotal} / {row.EffectMax} | {(row.ExactlyOnce ? "yes" : "NO")} | {row.Left} | {row.ConsumersCpu:0.0} | {row.PostgresCpu:0.0} | {row.BrokerCpu:0.0} | {row.StoreShare * 100:0} % | {row.PostgresCores:0.00} | {row.AllCores:0.00} | {row.Load:0.0} | {row.CpuPerMessage * 1e6:0} | {row.CpuBoundRate:N0} |");
+
+    private static string Markdown(List<Row> rows, List<string> setups, Settings settings, string loadBefore)
+    {
         var md = new StringBuilder();
-        md.AppendLine($"# 1, 2 and 4 consumer processes on one queue and one store ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
+        md.AppendLine(CultureInfo.InvariantCulture, $"# 1, 2 and 4 consumer processes on one queue or topic and one store ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
         md.AppendLine();
-        md.AppendLine($"`dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers --unique {unique} --concurrency {concurrency}`; {Environment.ProcessorCount} cores shared by the consumers, PostgreSQL and RabbitMQ (loopback).");
-        md.AppendLine($"Load average (/proc/loadavg) before: {loadBefore}; after: {Load()} (other builds share the machine).");
-        md.AppendLine($"One classic durable queue, persistent messages ({unique} keys + 20% re-sent copies, shuffled); each process an IdempotentRabbitMqConsumer (HandlerConcurrency {concurrency}, PrefetchCount 100, per message), the handler upserting one business row in the claim's transaction; store `{Redact(postgres)}`.");
-        md.AppendLine("Time: from the go signal (every process connected) until the store holds every key and the queue has no ready message. CPU seconds over that time: the consumer processes (their own TotalProcessorTime from go to stop), PostgreSQL (the postmaster and its children, /proc), RabbitMQ (beam.smp, shared with other users of the broker); store share = PostgreSQL / (all three).");
+        md.AppendLine(CultureInfo.InvariantCulture, $"`{settings.CommandLine}`; {Environment.ProcessorCount} cores shared by the consumer processes, PostgreSQL and the broker (loopback), and by other builds on the machine.");
+        md.AppendLine(CultureInfo.InvariantCulture, $"Load average (/proc/loadavg) before: {loadBefore}; after: {ProcCpu.LoadAverage()}. Store `{Redact(settings.Postgres)}`; every run has its own schema, queue or topic.");
         md.AppendLine();
-        md.AppendLine("| processes | messages | s | msg/s | effects rows / total / max | effects == unique | left in queue | consumers CPU s | PostgreSQL CPU s | RabbitMQ CPU s | store share |");
-        md.AppendLine("|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|");
+        foreach (var setup in setups)
+        {
+            md.AppendLine(setup);
+        }
+
+        md.AppendLine();
+        md.AppendLine("Every message's handler upserts one business row (`effects`, `applied` + 1) in the claim's transaction. Time: from the start signal (every process connected; for Kafka, every process holding its share of the partitions, and the clock includes producing) until the store holds every key and the broker has nothing unsettled (no ready message, every offset committed). CPU seconds over that time, from /proc: the consumer processes, PostgreSQL (the postmaster and its children), the broker. Store share = PostgreSQL / (consumers + PostgreSQL + broker); cores busy = CPU seconds / run seconds (the machine has " + Environment.ProcessorCount.ToString(CultureInfo.InvariantCulture) + "); load = 1-minute load average at the end of the run; CPU µs/msg = (consumers + PostgreSQL + broker) CPU / messages, which other builds on the machine change far less than msg/s; CPU-bound rate = cores / CPU per message, the rate if the run had every core to itself (where the curve would flatten on this machine with no other load).");
+        md.AppendLine();
+        md.AppendLine("| broker | processes | messages | s | msg/s | vs 1 process | effects rows / total / max | effects == unique | unsettled | consumers CPU s | PostgreSQL CPU s | broker CPU s | store share | PostgreSQL cores busy | all three cores busy | load | CPU µs/msg | CPU-bound msg/s |");
+        md.AppendLine("|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var row in rows)
         {
-            md.AppendLine(row);
+            md.AppendLine(Format(row, rows.FirstOrDefault(r => r.Broker == row.Broker && r.Processes == 1)));
         }
 
-        Directory.CreateDirectory(outDir);
-        var path = Path.Combine(outDir, "scale-consumers.md");
-        await File.WriteAllTextAsync(path, md.ToString());
-        Console.WriteLine($"wrote {path}");
-        return rows.All(r => r.Contains("| yes |", StringComparison.Ordinal)) ? 0 : 1;
+        return md.ToString();
     }
 
-    public static async Task<int> RunChildAsync(string queue, string schema, string postgres, string rabbit, int concurrency)
+    /// <summary>One gnuplot data block per broker (plotted with <c>index</c>): processes, msg/s, ratio to 1 process, store share %, PostgreSQL cores, all cores, load, CPU µs/msg, CPU-bound msg/s.</summary>
+    private static string ChartData(List<Row> rows)
     {
-        await using var dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(postgres) { MaxPoolSize = concurrency + 4 }.ConnectionString);
-        var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema });
-        var processor = new IdempotentProcessor(store, IdempotentHandler.Create(async (context, ct) =>
+        var data = new StringBuilder();
+        data.AppendLine("# processes msg/s vs_1_process store_share_% postgres_cores all_cores load cpu_us_per_msg cpu_bound_msg/s; one block per broker (gnuplot index 0, 1, ...)");
+        foreach (var broker in rows.Select(r => r.Broker).Distinct())
         {
-            await using var command = new NpgsqlCommand($"INSERT INTO {schema}.effects (id, applied) VALUES (@id, 1) ON CONFLICT (id) DO UPDATE SET applied = {schema}.effects.applied + 1", context.GetNpgsqlConnection(), context.GetNpgsqlTransaction());
-            command.Parameters.AddWithValue("id", context.Key);
-            await command.ExecuteNonQueryAsync(ct);
-        }), new IdempotencyOptions { HandlerName = "scale" });
-        var factory = new ConnectionFactory { Uri = new Uri(rabbit), AutomaticRecoveryEnabled = true, ClientProvidedName = "scale-bench-consumer" };
-        await using var connection = await factory.CreateConnectionAsync();
-        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, new RabbitMqIdempotencyOptions { Queue = queue, HandlerConcurrency = concurrency, PrefetchCount = 100 });
-        await store.PingAsync(); // open the pool before the clock starts
-        Console.WriteLine("ready");
-        if (Console.ReadLine() != "go")
-        {
-            return 1;
-        }
-
-        using var self = Process.GetCurrentProcess();
-        var cpuAtGo = self.TotalProcessorTime;
-        await consumer.StartAsync();
-        _ = Console.ReadLine(); // "stop"
-        self.Refresh();
-        var cpu = self.TotalProcessorTime - cpuAtGo; // the run only, not start-up and JIT before it
-        await consumer.StopAsync();
-        Console.WriteLine(cpu.TotalSeconds.ToString(CultureInfo.InvariantCulture));
-        return 0;
-    }
-
-    private static Process StartChild(string[] args)
-    {
-        var path = Environment.ProcessPath!;
-        var info = Path.GetFileNameWithoutExtension(path) == "dotnet"
-            ? new ProcessStartInfo(path, [Path.Combine(AppContext.BaseDirectory, "Idempotency.Benchmarks.Scale.dll"), .. args])
-            : new ProcessStartInfo(path, args);
-        info.RedirectStandardInput = info.RedirectStandardOutput = info.RedirectStandardError = true;
-        info.UseShellExecute = false;
-        return Process.Start(info) ?? throw new InvalidOperationException("could not start a consumer process");
-    }
-
-    /// <summary>The pid of the PostgreSQL server on the connection string's port, from its data directory's postmaster.pid (via the server's own data_directory is not readable by app: the port's listener is looked up in /proc).</summary>
-    private static int? PostmasterPid(string postgres)
-    {
-        var port = new NpgsqlConnectionStringBuilder(postgres).Port;
-        foreach (var dir in Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _)))
-        {
-            try
+            data.AppendLine("# " + broker);
+            var single = rows.First(r => r.Broker == broker);
+            foreach (var row in rows.Where(r => r.Broker == broker))
             {
-                var cmdline = File.ReadAllText(Path.Combine(dir, "cmdline")).Replace('\0', ' ');
-                var pid = int.Parse(Path.GetFileName(dir), CultureInfo.InvariantCulture);
-                if (cmdline.Contains("postgres", StringComparison.Ordinal) && ParentOf(pid) is var parent && !IsPostgres(parent)
-                    && File.Exists(Path.Combine(DataDirectory(cmdline) ?? "/nonexistent", "postmaster.pid"))
-                    && File.ReadAllLines(Path.Combine(DataDirectory(cmdline)!, "postmaster.pid")) is { Length: > 3 } lines && lines[3].Trim() == port.ToString(CultureInfo.InvariantCulture))
-                {
-                    return pid;
-                }
+                data.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{row.Processes} {row.Rate:0} {row.Rate / single.Rate:0.00} {row.StoreShare * 100:0} {row.PostgresCores:0.00} {row.AllCores:0.00} {row.Load:0.0} {row.CpuPerMessage * 1e6:0} {row.CpuBoundRate:0}"));
             }
-            catch (IOException)
-            {
-            }
-            catch (UnauthorizedAccessException)
-            {
-            }
+
+            data.AppendLine();
+            data.AppendLine();
         }
 
-        return null;
-    }
-
-    private static string? DataDirectory(string cmdline)
-    {
-        var parts = cmdline.Split(' ', StringSplitOptions.RemoveEmptyEntries);
-        var i = Array.IndexOf(parts, "-D");
-        return i >= 0 && i + 1 < parts.Length ? parts[i + 1] : null;
-    }
-
-    private static bool IsPostgres(int pid)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/comm").Trim().StartsWith("postgres", StringComparison.Ordinal);
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
-
-    private static int ParentOf(int pid)
-    {
-        var stat = File.ReadAllText($"/proc/{pid}/stat");
-        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return int.Parse(fields[1], CultureInfo.InvariantCulture);
-    }
-
-    /// <summary>CPU seconds (user + system) of a process and its children that are alive now.</summary>
-    private static double ProcessTreeCpu(int? root)
-    {
-        if (root is null)
-        {
-            return 0;
-        }
-
-        double ticks = 0;
-        foreach (var dir in Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _)))
-        {
-            try
-            {
-                var pid = int.Parse(Path.GetFileName(dir), CultureInfo.InvariantCulture);
-                if (pid == root || ParentOf(pid) == root)
-                {
-                    ticks += CpuTicks(pid);
-                }
-            }
-            catch (IOException)
-            {
-            }
-        }
-
-        return ticks / 100.0; // USER_HZ
-    }
-
-    private static double BeamCpu()
-    {
-        double ticks = 0;
-        foreach (var dir in Directory.EnumerateDirectories("/proc").Where(d => int.TryParse(Path.GetFileName(d), out _)))
-        {
-            try
-            {
-                if (File.ReadAllText(Path.Combine(dir, "comm")).Trim() == "beam.smp")
-                {
-                    ticks += CpuTicks(int.Parse(Path.GetFileName(dir), CultureInfo.InvariantCulture));
-                }
-            }
-            catch (IOException)
-            {
-            }
-        }
-
-        return ticks / 100.0;
-    }
-
-    private static double CpuTicks(int pid)
-    {
-        var stat = File.ReadAllText($"/proc/{pid}/stat");
-        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-        return double.Parse(fields[11], CultureInfo.InvariantCulture) + double.Parse(fields[12], CultureInfo.InvariantCulture); // utime, stime
+        return data.ToString();
     }
 
     private static async Task ExecAsync(NpgsqlDataSource dataSource, string sql)
@@ -301,11 +238,5 @@ internal static class ConsumersScenario
         return (reader.GetInt64(0), reader.GetInt64(1), reader.GetInt32(2));
     }
 
-    private static string Load() => File.Exists("/proc/loadavg") ? File.ReadAllText("/proc/loadavg").Trim() : "?";
-
-    private static string Redact(string connectionString)
-    {
-        var builder = new NpgsqlConnectionStringBuilder(connectionString) { Password = null };
-        return builder.ConnectionString;
-    }
+    private static string Redact(string connectionString) => new NpgsqlConnectionStringBuilder(connectionString) { Password = null }.ConnectionString;
 }

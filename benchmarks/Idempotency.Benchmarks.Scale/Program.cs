@@ -7,11 +7,16 @@
 //
 // IDEMPOTENCY_REDIS_CLUSTER gives the cluster's seed nodes, IDEMPOTENCY_REDIS the single server.
 //
-// consumers: 1, 2 and 4 consumer processes (IdempotentRabbitMqConsumer) on one queue and one PostgreSQL store:
+// consumers: 1, 2 and 4 consumer processes per broker on one queue or topic and one PostgreSQL store (RabbitMQ:
+// IdempotentRabbitMqConsumer; Kafka: IdempotentKafkaConsumer in one group on a 16-partition topic of librdkafka's mock
+// cluster, hosted by a process of its own; SQS: IdempotentSqsWorker on one fauxqs queue):
 //   scripts/services.sh pg-ha-up && scripts/services.sh pg-ha-async     # a private store on :5433 whose CPU is ours alone
-//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers [--unique 20000] [--concurrency 4] [--counts 1,2,4]
+//   eval "$(scripts/services.sh env)"
+//   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers [--brokers rabbitmq,kafka,sqs]
+//       [--unique 10000] [--kafka-unique 100000] [--concurrency 4] [--counts 1,2,4]
 //   scripts/services.sh pg-ha-up                                          # synchronous again
-//   (--postgres defaults to Host=127.0.0.1;Port=5433;Username=app;Password=app;Database=appdb, --rabbitmq to IDEMPOTENCY_RABBITMQ)
+//   (--postgres defaults to Host=127.0.0.1;Port=5433;Username=app;Password=app;Database=appdb, --rabbitmq to
+//   IDEMPOTENCY_RABBITMQ, --sqs to IDEMPOTENCY_SQS; --unique is per run for RabbitMQ and SQS, --kafka-unique for Kafka)
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -24,18 +29,32 @@ var seconds = double.Parse(Arg("--seconds") ?? "5", CultureInfo.InvariantCulture
 var outDir = Arg("--out") ?? Path.Combine(FindRepoRoot(), "benchmarks", "results");
 if (scenario == "consumer-child")
 {
-    return await ConsumersScenario.RunChildAsync(Arg("--queue")!, Arg("--schema")!, Arg("--postgres")!, Arg("--rabbitmq")!, int.Parse(Arg("--concurrency")!, CultureInfo.InvariantCulture));
+    return await ConsumersScenario.RunConsumerAsync(Arg);
+}
+
+if (scenario == "kafka-host")
+{
+    return KafkaUnderTest.RunHost();
 }
 
 if (scenario == "consumers")
 {
-    return await ConsumersScenario.RunAsync(
+    var unique = Arg("--unique") ?? "10000";
+    var kafkaUnique = Arg("--kafka-unique") ?? "100000";
+    var concurrency = Arg("--concurrency") ?? "4";
+    var brokers = Arg("--brokers") ?? "rabbitmq,kafka,sqs";
+    var counts = Arg("--counts") ?? "1,2,4";
+    return await ConsumersScenario.RunAsync(new ConsumersScenario.Settings(
         Arg("--postgres") ?? "Host=127.0.0.1;Port=5433;Username=app;Password=app;Database=appdb",
         Arg("--rabbitmq") ?? Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/",
-        int.Parse(Arg("--unique") ?? "20000", CultureInfo.InvariantCulture),
-        [.. (Arg("--counts") ?? "1,2,4").Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture))],
-        int.Parse(Arg("--concurrency") ?? "4", CultureInfo.InvariantCulture),
-        outDir);
+        Arg("--sqs") ?? Environment.GetEnvironmentVariable("IDEMPOTENCY_SQS") ?? "http://127.0.0.1:4566",
+        brokers.Split(','),
+        int.Parse(unique, CultureInfo.InvariantCulture),
+        int.Parse(kafkaUnique, CultureInfo.InvariantCulture),
+        [.. counts.Split(',').Select(c => int.Parse(c, CultureInfo.InvariantCulture))],
+        int.Parse(concurrency, CultureInfo.InvariantCulture),
+        outDir,
+        $"dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Scale -- consumers --brokers {brokers} --unique {unique} --kafka-unique {kafkaUnique} --concurrency {concurrency} --counts {counts}"));
 }
 
 if (scenario != "redis-cluster")

@@ -166,9 +166,9 @@ internal static class Scenarios
         {
             QueueUrl = queue,
             WaitTimeSeconds = 1,
-            Pollers = pollers,
+            Concurrency = pollers,
             VisibilityTimeout = TimeSpan.FromSeconds(30),
-            BatchProcessing = batch,
+            BatchSize = batch ? 10 : 1,
         });
         await worker.RunAsync(stop);
     }

@@ -2,8 +2,8 @@ using Microsoft.Extensions.Hosting;
 
 namespace Idempotency.Sqs;
 
-/// <summary>The hosted-service form of an <see cref="IdempotentSqsWorker"/>: runs it for the host's lifetime and stops it gracefully.</summary>
-/// <remarks>Usable without DI (<c>new IdempotentSqsBackgroundService(worker)</c> then <c>StartAsync</c>/<c>StopAsync</c>). Give the host a shutdown timeout longer than <see cref="SqsIdempotencyOptions.ShutdownTimeout"/>.</remarks>
+/// <summary>The hosted-service form of an <see cref="IdempotentSqsWorker"/>: runs it for the host's lifetime and stops it gracefully (draining within its shutdown timeout).</summary>
+/// <remarks>Usable without DI (<c>new IdempotentSqsBackgroundService(worker)</c> then <c>StartAsync</c>/<c>StopAsync</c>). Give the host a shutdown timeout longer than <see cref="IdempotentConsumerOptions.ShutdownTimeout"/>.</remarks>
 public sealed class IdempotentSqsBackgroundService : BackgroundService
 {
     /// <summary>Creates the hosted service.</summary>

@@ -5,8 +5,8 @@ namespace Idempotency.Sqs;
 /// <summary>Source-generated log messages of the SQS adapter (event ids 4000-4099). Payloads are never logged.</summary>
 internal static partial class Log
 {
-    [LoggerMessage(EventId = 4000, Level = LogLevel.Information, Message = "SQS worker for handler {Handler} started on {Queue} with {Pollers} pollers (batch processing {Batch})")]
-    public static partial void Started(ILogger logger, string handler, string queue, int pollers, bool batch);
+    [LoggerMessage(EventId = 4000, Level = LogLevel.Information, Message = "SQS worker for handler {Handler} started on {Queue} with {Pollers} pollers (up to {BatchSize} messages per store transaction)")]
+    public static partial void Started(ILogger logger, string handler, string queue, int pollers, int batchSize);
 
     [LoggerMessage(EventId = 4001, Level = LogLevel.Information, Message = "SQS worker for handler {Handler} stopped: {Statistics}")]
     public static partial void Stopped(ILogger logger, string handler, SqsWorkerStatistics statistics);
@@ -38,9 +38,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 4013, Level = LogLevel.Warning, Message = "Message {MessageId} on {Queue} is to be dead-lettered ({ReasonCode}); no DeadLetterQueueUrl is set, so it is left to the queue's RedrivePolicy")]
     public static partial void LeftToRedrive(ILogger logger, string messageId, string queue, string reasonCode);
 
-    [LoggerMessage(EventId = 4014, Level = LogLevel.Information, Message = "Stop requested: {Count} in-flight batches on {Queue} get {Timeout} to finish")]
+    [LoggerMessage(EventId = 4014, Level = LogLevel.Information, Message = "Stop requested: {Count} in-flight receives on {Queue} get {Timeout} to finish")]
     public static partial void Draining(ILogger logger, int count, string queue, TimeSpan timeout);
 
-    [LoggerMessage(EventId = 4015, Level = LogLevel.Error, Message = "Unexpected failure handling a batch of {Count} messages on {Queue}; they are released for redelivery")]
+    [LoggerMessage(EventId = 4015, Level = LogLevel.Error, Message = "Unexpected failure handling a receive of {Count} messages on {Queue}; they are released for redelivery")]
     public static partial void BatchCrashed(ILogger logger, Exception exception, int count, string queue);
 }

@@ -1,11 +1,11 @@
 using Amazon.SQS;
 using Idempotency;
-using Idempotency.Health;
+using Idempotency.DependencyInjection;
 using Idempotency.Sqs;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.DependencyInjection;
 
@@ -15,7 +15,8 @@ public static class SqsIdempotencyBuilderExtensions
     /// <summary>
     /// Adds a hosted <see cref="IdempotentSqsWorker"/> that consumes one queue with <typeparamref name="THandler"/>
     /// (resolved from a fresh scope per message or batch). Options are named after the handler and validated at start-up.
-    /// Calling it again with the same handler name only adds configuration; it never adds a second worker.
+    /// Calling it again with the same handler name only adds configuration; it never adds a second worker. A name used by
+    /// another broker's consumer is refused.
     /// </summary>
     /// <typeparam name="THandler">The handler; registered as scoped unless already registered.</typeparam>
     /// <param name="builder">The idempotency builder.</param>
@@ -23,6 +24,8 @@ public static class SqsIdempotencyBuilderExtensions
     /// <param name="configure">Sets the worker's options (at least <see cref="SqsIdempotencyOptions.QueueUrl"/>).</param>
     /// <param name="clientFactory">Creates the SQS client; defaults to the <see cref="IAmazonSQS"/> registered in the container.</param>
     /// <returns>The builder.</returns>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    /// <exception cref="InvalidOperationException">The handler name is registered already for another broker.</exception>
     public static IIdempotencyBuilder AddSqsConsumer<THandler>(
         this IIdempotencyBuilder builder,
         string handlerName,
@@ -30,48 +33,59 @@ public static class SqsIdempotencyBuilderExtensions
         Func<IServiceProvider, IAmazonSQS>? clientFactory = null)
         where THandler : class, IIdempotentMessageHandler
     {
-        ArgumentNullException.ThrowIfNull(builder);
-        ArgumentException.ThrowIfNullOrEmpty(handlerName);
         ArgumentNullException.ThrowIfNull(configure);
-        var services = builder.Services;
-        services.AddOptions<IdempotencyOptions>(handlerName).Configure(options => options.HandlerName = handlerName).ValidateOnStart();
-        services.AddOptions<SqsIdempotencyOptions>(handlerName).Configure(configure).ValidateOnStart();
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SqsIdempotencyOptions>, SqsOptionsValidator>());
-        services.TryAddScoped<THandler>();
-        if (services.Any(d => d.ServiceType == typeof(SqsConsumerMarker) && Equals(d.ServiceKey, handlerName)))
+        return Add<THandler>(builder, handlerName, configure, section: null, clientFactory);
+    }
+
+    /// <summary>
+    /// Adds a hosted <see cref="IdempotentSqsWorker"/> whose options bind from a configuration section (such as
+    /// <c>Idempotency:Consumers:orders</c> of appsettings.json), with the handler's <see cref="IdempotencyOptions"/> from
+    /// its <c>Handler</c> child; <paramref name="configure"/> runs after binding. Same-name semantics as the other overload.
+    /// </summary>
+    /// <typeparam name="THandler">The handler; registered as scoped unless already registered.</typeparam>
+    /// <param name="builder">The idempotency builder.</param>
+    /// <param name="handlerName">The handler name.</param>
+    /// <param name="section">The consumer's configuration section (<c>QueueUrl</c>, <c>Concurrency</c>, <c>BatchSize</c>..., and <c>Handler</c>).</param>
+    /// <param name="configure">Sets options in code after binding (a <see cref="SqsIdempotencyOptions.KeySelector"/>, say).</param>
+    /// <param name="clientFactory">Creates the SQS client; defaults to the <see cref="IAmazonSQS"/> registered in the container.</param>
+    /// <returns>The builder.</returns>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    /// <exception cref="InvalidOperationException">The handler name is registered already for another broker.</exception>
+    public static IIdempotencyBuilder AddSqsConsumer<THandler>(
+        this IIdempotencyBuilder builder,
+        string handlerName,
+        IConfiguration section,
+        Action<SqsIdempotencyOptions>? configure = null,
+        Func<IServiceProvider, IAmazonSQS>? clientFactory = null)
+        where THandler : class, IIdempotentMessageHandler
+    {
+        ArgumentNullException.ThrowIfNull(section);
+        return Add<THandler>(builder, handlerName, configure, section, clientFactory);
+    }
+
+    private static IIdempotencyBuilder Add<THandler>(IIdempotencyBuilder builder, string handlerName, Action<SqsIdempotencyOptions>? configure, IConfiguration? section, Func<IServiceProvider, IAmazonSQS>? clientFactory)
+        where THandler : class, IIdempotentMessageHandler
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        builder.Services.TryAddScoped<THandler>();
+        if (!ConsumerRegistration.Register(builder, "sqs", handlerName, configure, section))
         {
             return builder;
         }
 
-        services.AddKeyedSingleton(handlerName, new SqsConsumerMarker());
-        services.AddSingleton<IHostedService>(sp =>
+        builder.Services.AddSingleton<IHostedService>(sp =>
         {
-            var time = sp.GetService<TimeProvider>() ?? TimeProvider.System;
-            var sqs = clientFactory?.Invoke(sp) ?? sp.GetRequiredService<IAmazonSQS>();
             var worker = new IdempotentSqsWorker(
-                sqs,
+                clientFactory?.Invoke(sp) ?? sp.GetRequiredService<IAmazonSQS>(),
                 sp.CreateIdempotentProcessor<THandler>(handlerName),
-                sp.GetRequiredService<IOptionsMonitor<SqsIdempotencyOptions>>().Get(handlerName),
+                ConsumerRegistration.GetOptions<SqsIdempotencyOptions>(sp, handlerName),
                 sp.GetService<ILoggerFactory>()?.CreateLogger($"Idempotency.Sqs.{handlerName}"),
-                time)
+                sp.GetService<TimeProvider>() ?? TimeProvider.System)
             {
-                Health = sp.GetService<ConsumerHealthRegistry>()?.Register($"sqs:{handlerName}", time),
+                Health = ConsumerRegistration.Heartbeat(sp, $"sqs:{handlerName}"),
             };
             return new IdempotentSqsBackgroundService(worker);
         });
         return builder;
-    }
-
-    private sealed class SqsConsumerMarker;
-
-    private sealed class SqsOptionsValidator : IValidateOptions<SqsIdempotencyOptions>
-    {
-        public ValidateOptionsResult Validate(string? name, SqsIdempotencyOptions options)
-        {
-            var errors = options.GetValidationErrors();
-            return errors.Count == 0
-                ? ValidateOptionsResult.Success
-                : ValidateOptionsResult.Fail(errors.Select(error => $"SQS consumer '{name}': {error}"));
-        }
     }
 }

@@ -3,13 +3,23 @@ using Amazon.SQS.Model;
 
 namespace Idempotency.Sqs;
 
-/// <summary>Options of an <see cref="IdempotentSqsWorker"/>: the queue, how it is polled, visibility and dead-lettering.</summary>
+/// <summary>
+/// Options of an <see cref="IdempotentSqsWorker"/>: the queue, how it is polled, visibility and dead-lettering, plus the
+/// settings every consumer shares (<see cref="IdempotentConsumerOptions.Concurrency"/> is the number of pollers,
+/// <see cref="IdempotentConsumerOptions.BatchSize"/> how many messages of one receive share a store transaction).
+/// </summary>
 /// <remarks>
-/// Mutable; validated when the worker is created (<see cref="Validate"/>), and every error names the setting.
-/// The handler's own options (retries, missing-key and payload-mismatch policies) live in <see cref="IdempotencyOptions"/>.
+/// Mutable; validated when the worker is created (<see cref="IdempotentConsumerOptions.Validate"/>), and every error names
+/// the setting. The handler's own options (retries, missing-key and payload-mismatch policies) live in <see cref="IdempotencyOptions"/>.
 /// </remarks>
-public sealed class SqsIdempotencyOptions
+public sealed class SqsIdempotencyOptions : IdempotentConsumerOptions
 {
+    /// <summary>The most messages one SQS receive returns, hence the largest <see cref="IdempotentConsumerOptions.BatchSize"/>.</summary>
+    public const int MaxReceiveMessages = 10;
+
+    /// <summary>The largest number of pollers (<see cref="IdempotentConsumerOptions.Concurrency"/>).</summary>
+    public const int MaxPollers = 100;
+
     /// <summary>The default message attribute that carries the idempotency key.</summary>
     public const string DefaultKeyAttributeName = "IdempotencyKey";
 
@@ -24,13 +34,24 @@ public sealed class SqsIdempotencyOptions
     /// <value>Defaults to 20 seconds; between 0 and 20.</value>
     public int WaitTimeSeconds { get; set; } = 20;
 
+    /// <summary>Creates options with the SQS defaults: two pollers, and up to ten messages (a whole receive) per store transaction.</summary>
+    public SqsIdempotencyOptions()
+    {
+        Concurrency = 2;
+        BatchSize = MaxReceiveMessages;
+    }
+
     /// <summary>Gets or sets how many messages one receive asks for.</summary>
     /// <value>Defaults to 10; between 1 and 10 (the SQS limit).</value>
-    public int MaxMessages { get; set; } = 10;
+    public int MaxMessages { get; set; } = MaxReceiveMessages;
 
-    /// <summary>Gets or sets how many receive loops run concurrently; each handles its own batch.</summary>
-    /// <value>Defaults to 2; between 1 and 100.</value>
-    public int Pollers { get; set; } = 2;
+    /// <summary>Gets or sets how many receive loops run concurrently; an alias of <see cref="IdempotentConsumerOptions.Concurrency"/>.</summary>
+    [Obsolete("Use Concurrency (the same setting under the name every consumer shares).")]
+    public int Pollers
+    {
+        get => Concurrency;
+        set => Concurrency = value;
+    }
 
     /// <summary>Gets or sets the visibility timeout requested on receive and renewed by the heartbeat.</summary>
     /// <value>Defaults to 30 seconds; between 1 second and 12 hours, rounded up to whole seconds.</value>
@@ -40,9 +61,16 @@ public sealed class SqsIdempotencyOptions
     /// <value>Defaults to 0.5; between 0.1 and 0.9.</value>
     public double HeartbeatFraction { get; set; } = 0.5;
 
-    /// <summary>Gets or sets a value indicating whether each received batch is processed in one store transaction (Core's batch path) instead of one transaction per message.</summary>
-    /// <value>Defaults to <see langword="true"/> (measured faster; see docs/sqs.md).</value>
-    public bool BatchProcessing { get; set; } = true;
+    /// <summary>
+    /// Gets or sets a value indicating whether the messages of one receive share a store transaction; an alias of
+    /// <see cref="IdempotentConsumerOptions.BatchSize"/> greater than 1 (<see langword="false"/> sets it to 1, <see langword="true"/> to 10).
+    /// </summary>
+    [Obsolete("Use BatchSize (1 turns natural batching off).")]
+    public bool BatchProcessing
+    {
+        get => BatchSize > 1;
+        set => BatchSize = value ? MaxReceiveMessages : 1;
+    }
 
     /// <summary>Gets or sets the URL of the queue dead-lettered messages are sent to, with the reason in their attributes, before they are deleted.</summary>
     /// <value>Defaults to <see langword="null"/>: dead-lettering is left to the queue's <c>RedrivePolicy</c> (the message is made visible again until SQS moves it after <c>maxReceiveCount</c> receives).</value>
@@ -64,10 +92,6 @@ public sealed class SqsIdempotencyOptions
     /// <value>Defaults to <see langword="false"/>: a producer that sends the same thing twice gets two message ids, so this only removes redeliveries of one send.</value>
     public bool UseMessageIdAsKey { get; set; }
 
-    /// <summary>Gets or sets how long in-flight batches may run after stop is requested before they are cancelled and their messages released.</summary>
-    /// <value>Defaults to 30 seconds; between 0 and 1 hour.</value>
-    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(30);
-
     /// <summary>Gets or sets how long a poller waits after a failed receive before trying again.</summary>
     /// <value>Defaults to 1 second; between 0 and 5 minutes.</value>
     public TimeSpan ReceiveErrorDelay { get; set; } = TimeSpan.FromSeconds(1);
@@ -77,22 +101,25 @@ public sealed class SqsIdempotencyOptions
 
     internal int VisibilityTimeoutSeconds => (int)Math.Ceiling(VisibilityTimeout.TotalSeconds);
 
-    /// <summary>Checks every option and throws with the names of the bad ones.</summary>
-    /// <exception cref="ArgumentException">An option is invalid; the message names it.</exception>
-    public void Validate()
+    /// <inheritdoc/>
+    protected override void AddValidationErrors(IList<string> errors)
     {
-        var errors = GetValidationErrors();
-        if (errors.Count > 0)
+        base.AddValidationErrors(errors);
+        if (Concurrency > MaxPollers)
         {
-            throw new ArgumentException(string.Join(" ", errors));
+            errors.Add(Range(nameof(Concurrency), $"between 1 and {MaxPollers} pollers", Concurrency));
         }
-    }
 
-    /// <summary>Returns one message per invalid option, each naming the option.</summary>
-    /// <returns>An empty list when the options are valid.</returns>
-    public IReadOnlyList<string> GetValidationErrors()
-    {
-        var errors = new List<string>();
+        if (BatchSize > MaxReceiveMessages)
+        {
+            errors.Add(Range(nameof(BatchSize), $"between 1 and {MaxReceiveMessages} (an SQS receive holds at most {MaxReceiveMessages} messages)", BatchSize));
+        }
+
+        if (BatchMaxWait != TimeSpan.Zero)
+        {
+            errors.Add($"{nameof(BatchMaxWait)} must be zero on SQS: a receive is the batch, and {nameof(WaitTimeSeconds)} (long polling) already waits for messages (was {BatchMaxWait}).");
+        }
+
         if (!IsAbsoluteUrl(QueueUrl))
         {
             errors.Add($"{nameof(QueueUrl)} must be an absolute http(s) queue URL as returned by CreateQueue or GetQueueUrl (was '{QueueUrl}').");
@@ -106,11 +133,6 @@ public sealed class SqsIdempotencyOptions
         if (MaxMessages is < 1 or > 10)
         {
             errors.Add(Range(nameof(MaxMessages), "between 1 and 10", MaxMessages));
-        }
-
-        if (Pollers is < 1 or > 100)
-        {
-            errors.Add(Range(nameof(Pollers), "between 1 and 100", Pollers));
         }
 
         if (VisibilityTimeout < TimeSpan.FromSeconds(1) || VisibilityTimeout > MaxVisibilityTimeout)
@@ -146,17 +168,10 @@ public sealed class SqsIdempotencyOptions
             errors.Add($"No key source: set {nameof(KeyAttributeName)}, {nameof(KeySelector)} or {nameof(UseMessageIdAsKey)} (or {nameof(UseDeduplicationIdOnFifo)} on a FIFO queue).");
         }
 
-        if (ShutdownTimeout < TimeSpan.Zero || ShutdownTimeout > TimeSpan.FromHours(1))
-        {
-            errors.Add(Range(nameof(ShutdownTimeout), "between 0 and 1 hour", ShutdownTimeout));
-        }
-
         if (ReceiveErrorDelay < TimeSpan.Zero || ReceiveErrorDelay > TimeSpan.FromMinutes(5))
         {
             errors.Add(Range(nameof(ReceiveErrorDelay), "between 0 and 5 minutes", ReceiveErrorDelay));
         }
-
-        return errors;
     }
 
     private static string Range(string name, string range, IFormattable value) =>

@@ -1,3 +1,5 @@
+using Idempotency.Delivery;
+
 namespace Idempotency.Sqs;
 
 /// <summary>Running totals of what an <see cref="IdempotentSqsWorker"/> did with the queue; thread-safe to read at any time.</summary>
@@ -12,7 +14,6 @@ public sealed class SqsWorkerStatistics
     private long _released;
     private long _visibilityExtensions;
     private long _visibilityExtensionFailures;
-    private long _storeOutages;
     private long _receiveErrors;
 
     /// <summary>Gets how many messages were received.</summary>
@@ -42,8 +43,8 @@ public sealed class SqsWorkerStatistics
     /// <summary>Gets how many visibility extensions failed (another worker may then receive a copy; the store keeps one effect).</summary>
     public long VisibilityExtensionFailures => Interlocked.Read(ref _visibilityExtensionFailures);
 
-    /// <summary>Gets how many times polling paused because the store was unreachable.</summary>
-    public long StoreOutages => Interlocked.Read(ref _storeOutages);
+    /// <summary>Gets how many times polling paused because the store was unreachable or misconfigured (the store gate's closures).</summary>
+    public long StoreOutages => Gate?.Closures ?? 0;
 
     /// <summary>Gets how many receive calls failed.</summary>
     public long ReceiveErrors => Interlocked.Read(ref _receiveErrors);
@@ -66,7 +67,8 @@ public sealed class SqsWorkerStatistics
 
     internal void AddVisibilityExtensionFailures(int count) => Interlocked.Add(ref _visibilityExtensionFailures, count);
 
-    internal void AddStoreOutage() => Interlocked.Increment(ref _storeOutages);
+    /// <summary>Gets or sets the worker's store gate, which counts its own closures.</summary>
+    internal StoreGate? Gate { get; set; }
 
     internal void AddReceiveError() => Interlocked.Increment(ref _receiveErrors);
 

@@ -35,9 +35,9 @@ var worker = new IdempotentSqsWorker(sqs, processor, new SqsIdempotencyOptions
 {
     QueueUrl = Env("SQS_QUEUE_URL"),
     WaitTimeSeconds = 1,
-    Pollers = 2,
+    Concurrency = 2,
     VisibilityTimeout = TimeSpan.FromSeconds(int.Parse(Environment.GetEnvironmentVariable("VISIBILITY_SECONDS") ?? "2")),
-    BatchProcessing = Environment.GetEnvironmentVariable("BATCH") != "0",
+    BatchSize = Environment.GetEnvironmentVariable("BATCH") != "0" ? 10 : 1,
 });
 
 using var stop = new CancellationTokenSource();

@@ -49,7 +49,7 @@ public sealed class SqsDeliveryTests(SqsFixture sqs, PostgresFixture db, RedisFi
             await release.Task.WaitAsync(TimeSpan.FromSeconds(20), ct);
         });
         var optionsA = Fast(queue, visibilitySeconds: 1);
-        optionsA.Pollers = 1;
+        optionsA.Concurrency = 1;
         await using var workerA = Start(faulty.Client, store, slow, Handler("expiry"), optionsA);
         await SqsFixture.WaitUntilAsync(() => Task.FromResult(Volatile.Read(ref firstRuns) == 1), Long, "worker A's handler to start");
 
@@ -84,7 +84,7 @@ public sealed class SqsDeliveryTests(SqsFixture sqs, PostgresFixture db, RedisFi
             await Task.Delay(TimeSpan.FromSeconds(3), ct);
         });
         var options = Fast(queue, visibilitySeconds: 1);
-        options.Pollers = 1;
+        options.Concurrency = 1;
         await using var workerA = Start(sqs.CreateClient(), store, slow, Handler("heartbeat"), options);
         await SqsFixture.WaitUntilAsync(() => Task.FromResult(Volatile.Read(ref runs) == 1), Long, "the handler to start");
         await using var workerB = Start(sqs.CreateClient(), store, Credit(table), Handler("heartbeat"), Fast(queue));
@@ -122,7 +122,7 @@ public sealed class SqsDeliveryTests(SqsFixture sqs, PostgresFixture db, RedisFi
             return PartialDeleteAsync(inner, request);
         };
         var options = Fast(queue, visibilitySeconds: 1);
-        options.Pollers = 1;
+        options.Concurrency = 1;
         await using var worker = Start(faulty.Client, store, Credit(table, (_, _) => { Interlocked.Increment(ref runs); return Task.CompletedTask; }), Handler("partial"), options);
 
         await SqsFixture.WaitUntilAsync(async () => worker.Statistics.Deleted == 5 && await sqs.DrainedAsync(queue), Long, "all five deleted in the end",

@@ -8,10 +8,12 @@ namespace Idempotency.Sqs.Tests;
 public sealed class SqsFifoTests(SqsFixture sqs, PostgresFixture db) : IClassFixture<SqsFixture>, IClassFixture<PostgresFixture>
 {
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public async Task Fifo_messages_of_each_group_are_applied_in_order_while_groups_run_concurrently(bool batchProcessing)
+    [InlineData(10)]
+    [InlineData(3)]
+    [InlineData(1)]
+    public async Task Fifo_messages_of_each_group_are_applied_in_order_while_groups_run_concurrently(int batchSize)
     {
+        var batchProcessing = batchSize > 1;
         const int groups = 8;
         const int perGroup = 15;
         var ct = TestContext.Current.CancellationToken;
@@ -61,8 +63,8 @@ public sealed class SqsFifoTests(SqsFixture sqs, PostgresFixture db) : IClassFix
         }));
 
         var options = Fast(queue);
-        options.Pollers = 3;
-        options.BatchProcessing = batchProcessing;
+        options.Concurrency = 3;
+        options.BatchSize = batchSize;
         await using var worker = Start(sqs.CreateClient(), store, handler, Handler("fifo"), options);
         await sqs.WaitProcessedAsync(queue, db, log, groups * perGroup, Long, worker);
         await worker.StopAsync();
@@ -82,6 +84,10 @@ public sealed class SqsFifoTests(SqsFixture sqs, PostgresFixture db) : IClassFix
             // Waves: several groups' messages in one transaction.
             var groupsPerTransaction = await read.ExecuteScalarAsync<long>($"SELECT max(c) FROM (SELECT count(DISTINCT grp) AS c FROM {log} GROUP BY tx) x");
             Assert.True(groupsPerTransaction > 1, $"several groups in one transaction (max {groupsPerTransaction})");
+            var perTransaction = await read.ExecuteScalarAsync<long>($"SELECT max(c) FROM (SELECT count(*) AS c FROM {log} GROUP BY tx) x");
+            Assert.True(perTransaction <= batchSize, $"at most BatchSize messages in one transaction (max {perTransaction})");
+            var sameGroupInOneTransaction = await read.ExecuteScalarAsync<long>($"SELECT count(*) FROM (SELECT tx, grp FROM {log} GROUP BY tx, grp HAVING count(*) > 1) x");
+            Assert.Equal(0, sameGroupInOneTransaction); // a group's messages never share a transaction: a failure could not hold back a later one
         }
         else
         {

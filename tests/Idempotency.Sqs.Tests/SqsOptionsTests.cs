@@ -14,11 +14,18 @@ public sealed class SqsOptionsTests
     private static IdempotentSqsWorker Worker(SqsIdempotencyOptions options) =>
         new(new ThrowingSqs().Client, Processor(), options);
 
+    private static SqsMessageReader Reader(SqsIdempotencyOptions options) =>
+        new(options, "orders", Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+
+    private static string? Key(SqsMessageReader reader, Message message) => reader.SelectKey(message, out _);
+
     [Theory]
     [InlineData(nameof(SqsIdempotencyOptions.QueueUrl))]
     [InlineData(nameof(SqsIdempotencyOptions.WaitTimeSeconds))]
     [InlineData(nameof(SqsIdempotencyOptions.MaxMessages))]
-    [InlineData(nameof(SqsIdempotencyOptions.Pollers))]
+    [InlineData(nameof(SqsIdempotencyOptions.Concurrency))]
+    [InlineData(nameof(SqsIdempotencyOptions.BatchSize))]
+    [InlineData(nameof(SqsIdempotencyOptions.BatchMaxWait))]
     [InlineData(nameof(SqsIdempotencyOptions.VisibilityTimeout))]
     [InlineData(nameof(SqsIdempotencyOptions.HeartbeatFraction))]
     [InlineData(nameof(SqsIdempotencyOptions.DeadLetterQueueUrl))]
@@ -33,7 +40,9 @@ public sealed class SqsOptionsTests
             case nameof(SqsIdempotencyOptions.QueueUrl): options.QueueUrl = "orders"; break;
             case nameof(SqsIdempotencyOptions.WaitTimeSeconds): options.WaitTimeSeconds = 21; break;
             case nameof(SqsIdempotencyOptions.MaxMessages): options.MaxMessages = 11; break;
-            case nameof(SqsIdempotencyOptions.Pollers): options.Pollers = 0; break;
+            case nameof(SqsIdempotencyOptions.Concurrency): options.Concurrency = SqsIdempotencyOptions.MaxPollers + 1; break;
+            case nameof(SqsIdempotencyOptions.BatchSize): options.BatchSize = 11; break;
+            case nameof(SqsIdempotencyOptions.BatchMaxWait): options.BatchMaxWait = TimeSpan.FromMilliseconds(50); break;
             case nameof(SqsIdempotencyOptions.VisibilityTimeout): options.VisibilityTimeout = TimeSpan.FromMilliseconds(500); break;
             case nameof(SqsIdempotencyOptions.HeartbeatFraction): options.HeartbeatFraction = 1.0; break;
             case nameof(SqsIdempotencyOptions.DeadLetterQueueUrl): options.DeadLetterQueueUrl = Queue; break;
@@ -56,7 +65,8 @@ public sealed class SqsOptionsTests
         Assert.Empty(options.GetValidationErrors());
         Assert.Equal(10, options.MaxMessages);
         Assert.Equal(20, options.WaitTimeSeconds);
-        Assert.True(options.BatchProcessing);
+        Assert.Equal(2, options.Concurrency);
+        Assert.Equal(10, options.BatchSize); // natural batching on: a whole receive per store transaction
         Assert.Equal("IdempotencyKey", options.KeyAttributeName);
         Assert.False(options.UseMessageIdAsKey);
     }
@@ -84,23 +94,23 @@ public sealed class SqsOptionsTests
             Attributes = dedup is null ? null : new() { ["MessageDeduplicationId"] = dedup },
         };
 
-        var fifo = Worker(new SqsIdempotencyOptions { QueueUrl = Queue + ".fifo", KeySelector = m => m.Body.Contains("from-body", StringComparison.Ordinal) ? "selected" : null });
-        Assert.Equal("attr", fifo.SelectKey(M("attr", "dedup")));
-        Assert.Equal("dedup", fifo.SelectKey(M(null, "dedup")));
-        Assert.Equal("selected", fifo.SelectKey(M(null, null)));
+        var fifo = Reader(new SqsIdempotencyOptions { QueueUrl = Queue + ".fifo", KeySelector = m => m.Body.Contains("from-body", StringComparison.Ordinal) ? "selected" : null });
+        Assert.Equal("attr", Key(fifo, M("attr", "dedup")));
+        Assert.Equal("dedup", Key(fifo, M(null, "dedup")));
+        Assert.Equal("selected", Key(fifo, M(null, null)));
 
-        var standard = Worker(new SqsIdempotencyOptions { QueueUrl = Queue });
-        Assert.Null(standard.SelectKey(M(null, "dedup"))); // deduplication ids only count on FIFO queues
-        Assert.Null(standard.SelectKey(M(null, null)));    // MessageId is not used unless asked for
+        var standard = Reader(new SqsIdempotencyOptions { QueueUrl = Queue });
+        Assert.Null(Key(standard, M(null, "dedup"))); // deduplication ids only count on FIFO queues
+        Assert.Null(Key(standard, M(null, null)));    // MessageId is not used unless asked for
 
-        var optIn = Worker(new SqsIdempotencyOptions { QueueUrl = Queue, UseMessageIdAsKey = true, KeySelector = _ => throw new FormatException("bad body") });
-        Assert.Equal("mid-1", optIn.SelectKey(M(null, null)));
+        var optIn = Reader(new SqsIdempotencyOptions { QueueUrl = Queue, UseMessageIdAsKey = true, KeySelector = _ => throw new FormatException("bad body") });
+        Assert.Equal("mid-1", Key(optIn, M(null, null)));
     }
 
     [Fact]
     public void Message_maps_attempt_timestamp_headers_and_native_message()
     {
-        var worker = Worker(new SqsIdempotencyOptions { QueueUrl = Queue });
+        var worker = Reader(new SqsIdempotencyOptions { QueueUrl = Queue });
         var message = new Message
         {
             MessageId = "m",
@@ -129,7 +139,7 @@ public sealed class SqsOptionsTests
     [Fact]
     public async Task Dead_letter_attributes_keep_the_key_and_reason_and_stay_within_the_sqs_limit_of_ten()
     {
-        var worker = Worker(new SqsIdempotencyOptions { QueueUrl = Queue, DeadLetterQueueUrl = Queue + "-dlq" });
+        var worker = Reader(new SqsIdempotencyOptions { QueueUrl = Queue, DeadLetterQueueUrl = Queue + "-dlq" });
         var attributes = new Dictionary<string, MessageAttributeValue> { ["IdempotencyKey"] = new() { DataType = "String", StringValue = "k-9" } };
         for (var i = 0; i < 9; i++)
         {
@@ -141,7 +151,7 @@ public sealed class SqsOptionsTests
         var result = await processor.ProcessAsync(worker.ToIncoming(message), TestContext.Current.CancellationToken);
         var decision = DeliveryPolicy.Decide(result, 5, processor.Options);
 
-        var dead = worker.CreateDeadLetterAttributes(message, result, decision, 5);
+        var dead = worker.DeadLetterAttributes(message, DeadLetterHeaders.Create(result, decision, "orders", 5));
 
         Assert.Equal(DeliveryAction.DeadLetter, decision.Action);
         Assert.Equal(SqsDeadLetterAttributes.MaxAttributes, dead.Count);
@@ -151,5 +161,46 @@ public sealed class SqsOptionsTests
         Assert.Equal(Queue, dead[SqsDeadLetterAttributes.SourceQueue].StringValue);
         Assert.Equal("m-9", dead[SqsDeadLetterAttributes.MessageId].StringValue);
         Assert.Contains("boom", dead[DeadLetterHeaders.ErrorMessage].StringValue, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(KeyBytesEncoding.Utf8, new byte[] { 0x6b, 0x2d, 0x31 }, "k-1", null)]
+    [InlineData(KeyBytesEncoding.Utf8, new byte[] { 0xff, 0xfe }, null, "not valid UTF-8")]
+    [InlineData(KeyBytesEncoding.Hex, new byte[] { 0xff, 0xfe }, "fffe", null)]
+    [InlineData(KeyBytesEncoding.Base64, new byte[] { 0xff, 0xfe }, "//4=", null)]
+    public void A_binary_key_attribute_is_decoded_exactly_or_refused_never_lossily(KeyBytesEncoding encoding, byte[] bytes, string? key, string? error)
+    {
+        var reader = Reader(new SqsIdempotencyOptions { QueueUrl = Queue, KeyBytesEncoding = encoding });
+        var message = new Message
+        {
+            MessageId = "m",
+            Body = "b",
+            MessageAttributes = new() { ["IdempotencyKey"] = new MessageAttributeValue { DataType = "Binary", BinaryValue = new MemoryStream(bytes) } },
+        };
+
+        var incoming = reader.ToIncoming(message);
+
+        Assert.Equal(key, incoming.Key);
+        if (error is null)
+        {
+            Assert.Null(incoming.KeyError);
+        }
+        else
+        {
+            Assert.Contains(error, incoming.KeyError, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void Obsolete_names_forward_to_the_shared_ones()
+    {
+#pragma warning disable CS0618 // The aliases under test.
+        var options = new SqsIdempotencyOptions { QueueUrl = Queue, Pollers = 7, BatchProcessing = false };
+        Assert.Equal(7, options.Concurrency);
+        Assert.Equal(1, options.BatchSize);
+        options.BatchSize = 4;
+        Assert.True(options.BatchProcessing);
+        Assert.Equal(7, options.Pollers);
+#pragma warning restore CS0618
     }
 }

@@ -16,7 +16,7 @@ public sealed class SqsShutdownTests(SqsFixture sqs, PostgresFixture db) : IClas
         var slow = Credit(table, (_, ct) => Task.Delay(100, ct));
 
         var options = Fast(queue, visibilitySeconds: 3);
-        options.Pollers = 1; // batches of 10 taking about 1 s each: the stop lands while one is in flight
+        options.Concurrency = 1; // batches of 10 taking about 1 s each: the stop lands while one is in flight
         var worker = Start(sqs.CreateClient(), store, slow, Handler("shutdown"), options);
         await SqsFixture.WaitUntilAsync(async () => await db.RowsAsync(table) >= 5, Long, "some messages processed");
         await worker.StopAsync(TimeSpan.FromSeconds(15));
@@ -54,7 +54,7 @@ public sealed class SqsShutdownTests(SqsFixture sqs, PostgresFixture db) : IClas
 
         // A 30 s visibility timeout: only an explicit release makes the messages visible within the test.
         var options = Fast(queue, visibilitySeconds: 30);
-        options.Pollers = 1;
+        options.Concurrency = 1;
         options.ShutdownTimeout = TimeSpan.FromMilliseconds(300);
         var worker = Start(sqs.CreateClient(), store, stuck, Handler("stuck"), options);
         await SqsFixture.WaitUntilAsync(async () => Volatile.Read(ref entered) >= 1 && (await sqs.CountsAsync(queue)).Visible == 0, Long, "all three received and a handler stuck");

@@ -38,7 +38,7 @@ internal static class SqsTestKit
     {
         QueueUrl = queueUrl,
         WaitTimeSeconds = 1,
-        Pollers = 2,
+        Concurrency = 2,
         VisibilityTimeout = TimeSpan.FromSeconds(visibilitySeconds),
         ShutdownTimeout = TimeSpan.FromSeconds(10),
         ReceiveErrorDelay = TimeSpan.FromMilliseconds(200),

@@ -57,7 +57,7 @@ internal sealed class SqsScenario(string serviceUrl) : BrokerScenario
         {
             QueueUrl = _queueUrl!,
             WaitTimeSeconds = 1,
-            Pollers = 3,
+            Concurrency = 3,
             VisibilityTimeout = Visibility,
             ShutdownTimeout = TimeSpan.FromSeconds(2),
         });

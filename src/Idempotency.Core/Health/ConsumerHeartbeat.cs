@@ -27,4 +27,20 @@ public sealed class ConsumerHeartbeat
 
     /// <summary>Records that the loop is alive; call it on every iteration (including empty polls).</summary>
     public void Beat() => Interlocked.Exchange(ref _lastBeatTicks, _time.GetUtcNow().UtcTicks);
+
+    /// <summary>Marks a consumer that started (or started again): running, no detail, beating now. Every adapter calls it on start.</summary>
+    internal void MarkStarted()
+    {
+        State = ConsumerState.Running;
+        Detail = null;
+        Beat();
+    }
+
+    /// <summary>Marks a consumer that stopped: health reports it, with the failure that stopped it or "stopped".</summary>
+    /// <param name="failure">What stopped it, or <see langword="null"/> for a requested stop.</param>
+    internal void MarkStopped(Exception? failure = null)
+    {
+        State = ConsumerState.Stopped;
+        Detail = failure is null ? "stopped" : $"stopped: {failure.GetType().Name}: {failure.Message}";
+    }
 }
