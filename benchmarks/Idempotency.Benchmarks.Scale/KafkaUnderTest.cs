@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using Confluent.Kafka;
 using Confluent.Kafka.Admin;
+using Idempotency;
 using Idempotency.Kafka;
 using Idempotency.Kafka.Tests;
 using Npgsql;
