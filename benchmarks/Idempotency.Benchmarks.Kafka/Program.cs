@@ -407,7 +407,7 @@ async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int co
     // batchSize 0: every option at the library's default.
     var options = batchSize == 0
         ? new KafkaIdempotencyOptions<byte[], byte[]>()
-        : new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, MaxConcurrentPartitions = concurrency, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
+        : new KafkaIdempotencyOptions<byte[], byte[]> { BatchSize = batchSize, Concurrency = concurrency, CommitEveryMessages = 1000, CommitInterval = TimeSpan.FromSeconds(1), MaxBufferedMessagesPerPartition = 5000 };
     options.Topics.Add(topic);
     using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, "ours-" + Guid.NewGuid().ToString("N")[..8]), processor, options);
     var latencies = new ConcurrentBag<double>();

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.Text;
 using Confluent.Kafka;
 using Confluent.Kafka.Admin;
+using Idempotency;
 using Idempotency.Kafka;
 using Idempotency.Kafka.Tests;
 using Npgsql;
@@ -25,7 +26,7 @@ internal sealed class KafkaUnderTest(int unique, ChildProcess host, string boots
 
     public int Unique => unique;
 
-    public string Setup => $"a {Partitions}-partition topic on librdkafka's mock cluster (3 brokers) in a host process of its own, which produces the messages (Kafka key and idempotency-key header = the key, so a copy lands on its original's partition) once every consumer process has its partitions; the processes are one consumer group, each an IdempotentKafkaConsumer with default options (MaxConcurrentPartitions 16, natural batching: up to 100 fetched messages of a partition per transaction, per-message handler; offsets committed every 500 messages or 1 s)";
+    public string Setup => $"a {Partitions}-partition topic on librdkafka's mock cluster (3 brokers) in a host process of its own, which produces the messages (Kafka key and idempotency-key header = the key, so a copy lands on its original's partition) once every consumer process has its partitions; the processes are one consumer group, each an IdempotentKafkaConsumer with default options (Concurrency 16, natural batching: up to 100 fetched messages of a partition per transaction, per-message handler; offsets committed every 500 messages or 1 s)";
 
     public string CpuSource => "the mock cluster's host process: its 3 brokers and the producer";
 

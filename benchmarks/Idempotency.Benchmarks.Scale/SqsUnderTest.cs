@@ -1,6 +1,7 @@
 using Amazon.Runtime;
 using Amazon.SQS;
 using Amazon.SQS.Model;
+using Idempotency;
 using Idempotency.Sqs;
 using Npgsql;
 

@@ -2,7 +2,9 @@ using Confluent.Kafka;
 using Idempotency;
 using Idempotency.Health;
 using Idempotency.Kafka;
+using Idempotency.DependencyInjection;
 using Idempotency.Kafka.Transactions;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
@@ -14,18 +16,22 @@ public static class KafkaIdempotencyBuilderExtensions
 {
     /// <summary>
     /// Adds a hosted <see cref="KafkaIdempotentConsumerService{TKey, TValue}"/> that runs <typeparamref name="THandler"/>
-    /// (resolved from a fresh scope per message or batch) for every message of the configured topics. Each call adds one
-    /// more consumer, so two handlers (or two groups) can consume side by side.
+    /// (resolved from a fresh scope per message or batch) for every message of the configured topics. One call per
+    /// consumer: <paramref name="handlerName"/> names the consumer, its options and the handler's
+    /// <see cref="IdempotencyOptions"/> (set them with <c>ConfigureHandler</c> under the same name). Calling again with
+    /// the same name adds option configuration to that consumer, never a second one.
     /// </summary>
     /// <typeparam name="THandler">The handler; registered as scoped here unless it is registered already.</typeparam>
     /// <typeparam name="TKey">The message key type.</typeparam>
     /// <typeparam name="TValue">The message value type.</typeparam>
     /// <param name="builder">The idempotency builder (with a store).</param>
-    /// <param name="handlerName">The handler name that scopes keys; its <see cref="IdempotencyOptions"/> come from <c>ConfigureHandler</c>.</param>
+    /// <param name="handlerName">The handler name that scopes keys and names the consumer.</param>
     /// <param name="consumerConfig">Consumer configuration (bootstrap servers, group id...); auto-commit is turned off.</param>
     /// <param name="configure">Sets the Kafka options; at least <see cref="KafkaIdempotencyOptions.Topics"/>.</param>
     /// <returns>The builder.</returns>
-    /// <exception cref="ArgumentException">The Kafka options are invalid (checked here, at registration).</exception>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    /// <exception cref="InvalidOperationException">The name is registered already for another broker, or with another handler or message types.</exception>
+    /// <remarks>The options are validated when the host starts; every error names the setting.</remarks>
     public static IIdempotencyBuilder AddKafkaConsumer<THandler, TKey, TValue>(
         this IIdempotencyBuilder builder,
         string handlerName,
@@ -33,39 +39,85 @@ public static class KafkaIdempotencyBuilderExtensions
         Action<KafkaIdempotencyOptions<TKey, TValue>> configure)
         where THandler : class, IIdempotentMessageHandler
     {
-        ArgumentNullException.ThrowIfNull(builder);
-        ArgumentException.ThrowIfNullOrEmpty(handlerName);
-        ArgumentNullException.ThrowIfNull(consumerConfig);
         ArgumentNullException.ThrowIfNull(configure);
-        var options = new KafkaIdempotencyOptions<TKey, TValue>();
-        configure(options);
-        options.Validate();
-        if (options.Topics.Count == 0)
+        return AddKafkaConsumerCore<THandler, TKey, TValue>(builder, handlerName, consumerConfig, configure, section: null);
+    }
+
+    /// <summary>
+    /// Adds a hosted Kafka consumer whose options bind from <paramref name="section"/> (such as
+    /// <c>Idempotency:Consumers:orders</c>), its <c>Handler</c> child binding the handler's <see cref="IdempotencyOptions"/>;
+    /// <paramref name="configure"/> runs after the binding. Otherwise as
+    /// <see cref="AddKafkaConsumer{THandler, TKey, TValue}(IIdempotencyBuilder, string, ConsumerConfig, Action{KafkaIdempotencyOptions{TKey, TValue}})"/>.
+    /// </summary>
+    /// <typeparam name="THandler">The handler; registered as scoped here unless it is registered already.</typeparam>
+    /// <typeparam name="TKey">The message key type.</typeparam>
+    /// <typeparam name="TValue">The message value type.</typeparam>
+    /// <param name="builder">The idempotency builder (with a store).</param>
+    /// <param name="handlerName">The handler name that scopes keys and names the consumer.</param>
+    /// <param name="consumerConfig">Consumer configuration (bootstrap servers, group id...); auto-commit is turned off.</param>
+    /// <param name="section">The consumer's configuration section (<c>Topics</c>, <c>Concurrency</c>, <c>BatchSize</c>..., and <c>Handler</c>).</param>
+    /// <param name="configure">Optional code configuration, applied after the section (selectors, observers).</param>
+    /// <returns>The builder.</returns>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    /// <exception cref="InvalidOperationException">The name is registered already for another broker, or with another handler or message types.</exception>
+    public static IIdempotencyBuilder AddKafkaConsumer<THandler, TKey, TValue>(
+        this IIdempotencyBuilder builder,
+        string handlerName,
+        ConsumerConfig consumerConfig,
+        IConfiguration section,
+        Action<KafkaIdempotencyOptions<TKey, TValue>>? configure = null)
+        where THandler : class, IIdempotentMessageHandler
+    {
+        ArgumentNullException.ThrowIfNull(section);
+        return AddKafkaConsumerCore<THandler, TKey, TValue>(builder, handlerName, consumerConfig, configure, section);
+    }
+
+    private static IIdempotencyBuilder AddKafkaConsumerCore<THandler, TKey, TValue>(
+        IIdempotencyBuilder builder,
+        string handlerName,
+        ConsumerConfig consumerConfig,
+        Action<KafkaIdempotencyOptions<TKey, TValue>>? configure,
+        IConfiguration? section)
+        where THandler : class, IIdempotentMessageHandler
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(consumerConfig);
+        var registration = new KafkaConsumerRegistration(handlerName, typeof(THandler), typeof(TKey), typeof(TValue));
+        var earlier = builder.Services.Select(d => d.ImplementationInstance).OfType<KafkaConsumerRegistration>().FirstOrDefault(r => r.HandlerName == handlerName);
+        if (earlier is not null && earlier != registration)
         {
-            throw new ArgumentException($"{nameof(KafkaIdempotencyOptions.Topics)} must name at least one topic for a hosted consumer.", nameof(configure));
+            throw new InvalidOperationException(
+                $"Kafka consumer '{handlerName}' is registered already with handler {earlier.Handler.Name} over <{earlier.Key.Name}, {earlier.Value.Name}>; a second call with the same name may only add option configuration.");
         }
 
-        builder.ConfigureHandler(handlerName);
+        if (!ConsumerRegistration.Register(builder, "kafka", handlerName, configure, section))
+        {
+            return builder;
+        }
+
+        builder.Services.AddSingleton(registration);
+        builder.Services.AddOptions<KafkaIdempotencyOptions<TKey, TValue>>(handlerName)
+            .Validate(o => o.Topics.Count > 0, $"Consumer '{handlerName}': {nameof(KafkaIdempotencyOptions.Topics)} must name at least one topic for a hosted consumer.");
         builder.Services.TryAddScoped<THandler>();
         builder.Services.AddSingleton<IHostedService>(sp => new KafkaIdempotentConsumerService<TKey, TValue>(() =>
         {
-            var consumer = IdempotentKafkaConsumer<TKey, TValue>.Create(
-                consumerConfig,
-                sp.CreateIdempotentProcessor<THandler>(handlerName),
-                options,
-                logger: sp.GetService<ILoggerFactory>()?.CreateLogger("Idempotency.Kafka." + handlerName),
-                timeProvider: sp.GetService<TimeProvider>());
-            var processorLogger = sp.GetService<ILoggerFactory>()?.CreateLogger("Idempotency.Kafka." + handlerName);
-            if (processorLogger is not null)
+            var options = ConsumerRegistration.GetOptions<KafkaIdempotencyOptions<TKey, TValue>>(sp, handlerName);
+            var logger = sp.GetService<ILoggerFactory>()?.CreateLogger("Idempotency.Kafka." + handlerName);
+            var processor = sp.CreateIdempotentProcessor<THandler>(handlerName);
+            var consumer = IdempotentKafkaConsumer<TKey, TValue>.Create(consumerConfig, processor, options, logger: logger, timeProvider: sp.GetService<TimeProvider>());
+            if (logger is not null)
             {
-                _ = KafkaRetentionCheck.WarnIfRetentionTooShortAsync(consumerConfig, options.Topics, sp.CreateIdempotentProcessor<THandler>(handlerName).Options, processorLogger);
+                _ = KafkaRetentionCheck.WarnIfRetentionTooShortAsync(consumerConfig, options.Topics, processor.Options, logger);
             }
 
-            consumer.Heartbeat = sp.GetService<ConsumerHealthRegistry>()?.Register($"kafka:{handlerName}:{consumerConfig.GroupId}", sp.GetService<TimeProvider>() ?? TimeProvider.System);
+            consumer.Heartbeat = ConsumerRegistration.Heartbeat(sp, consumer.Name);
             return consumer;
         }));
         return builder;
     }
+
+    /// <summary>What the first registration of a Kafka consumer name fixed: a later call with that name may only add configuration.</summary>
+    private sealed record KafkaConsumerRegistration(string HandlerName, Type Handler, Type Key, Type Value);
 
     /// <summary>
     /// Adds a hosted <see cref="KafkaTransactionalProcessorService"/>: the Kafka transactions mode (consume-transform-produce,

@@ -1,18 +1,28 @@
+using System.ComponentModel;
 using System.Globalization;
 using Confluent.Kafka;
 
 namespace Idempotency.Kafka;
 
 /// <summary>
-/// Options of an <see cref="IdempotentKafkaConsumer{TKey, TValue}"/>: where the key comes from, how offsets are
-/// committed, how many partitions run at once, batching, dead-letter topics and time-outs.
+/// Options of an <see cref="IdempotentKafkaConsumer{TKey, TValue}"/>: the settings every consumer shares
+/// (<see cref="IdempotentConsumerOptions.Concurrency"/> is how many partitions are processed at once, batching, shutdown,
+/// key encoding, observers) plus Kafka's own: where the key comes from, how offsets are committed, dead-letter topics
+/// and time-outs.
 /// </summary>
 /// <remarks>
-/// Mutable; validated once when the consumer is created (<see cref="Validate"/>). Use
-/// <see cref="KafkaIdempotencyOptions{TKey, TValue}"/> to set a key or body selector.
+/// Mutable; validated once when the consumer is created (<see cref="IdempotentConsumerOptions.Validate"/>). Binds from
+/// configuration (<c>AddKafkaConsumer</c> with a section). Use <see cref="KafkaIdempotencyOptions{TKey, TValue}"/> to
+/// set a key or body selector.
 /// </remarks>
-public class KafkaIdempotencyOptions
+public class KafkaIdempotencyOptions : IdempotentConsumerOptions
 {
+    /// <summary>Initializes a new instance with Kafka's defaults (16 partitions at once, batches of up to 100).</summary>
+    public KafkaIdempotencyOptions()
+    {
+        Concurrency = 16;
+    }
+
     /// <summary>The default header that carries the idempotency key.</summary>
     public const string DefaultKeyHeader = "idempotency-key";
 
@@ -24,10 +34,6 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to <c>idempotency-key</c>.</value>
     public string KeyHeader { get; set; } = DefaultKeyHeader;
 
-    /// <summary>Gets or sets how a key header's bytes become the key: exact UTF-8 (other bytes make the key invalid), hex or Base64.</summary>
-    /// <value>Defaults to <see cref="KeyBytesEncoding.Utf8"/>.</value>
-    public KeyBytesEncoding KeyBytesEncoding { get; set; } = KeyBytesEncoding.Utf8;
-
     /// <summary>Gets or sets the suffix appended to a message's topic to name its dead-letter topic.</summary>
     /// <value>Defaults to <c>.dlq</c>; ignored when <see cref="DeadLetterTopic"/> is set.</value>
     public string DeadLetterTopicSuffix { get; set; } = ".dlq";
@@ -36,25 +42,19 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to <see langword="null"/>: <c>&lt;topic&gt;</c> + <see cref="DeadLetterTopicSuffix"/>.</value>
     public string? DeadLetterTopic { get; set; }
 
-    /// <summary>Gets or sets how many partitions are processed at the same time (store transactions in flight).</summary>
-    /// <value>Defaults to 16; between 1 and 1024. Within one partition messages are always processed one after another, in offset order.</value>
-    public int MaxConcurrentPartitions { get; set; } = 16;
+    /// <summary>Gets or sets how many partitions are processed at the same time: the same as <see cref="IdempotentConsumerOptions.Concurrency"/>.</summary>
+    /// <value>Forwards to <see cref="IdempotentConsumerOptions.Concurrency"/> (16 by default).</value>
+    [Obsolete("Use Concurrency, the name every consumer shares.")]
+    [EditorBrowsable(EditorBrowsableState.Never)]
+    public int MaxConcurrentPartitions
+    {
+        get => Concurrency;
+        set => Concurrency = value;
+    }
 
     /// <summary>Gets or sets how many fetched messages a partition may have waiting before it is paused at the broker.</summary>
     /// <value>Defaults to 1000; between 1 and 1,000,000. It is resumed when half of them are processed.</value>
     public int MaxBufferedMessagesPerPartition { get; set; } = 1000;
-
-    /// <summary>
-    /// Gets or sets the largest batch (natural batching): when several messages of one partition are ready, up to this
-    /// many share one store transaction, each through the ordinary handler, in offset order; a single ready message
-    /// takes the one-message path. 1 turns batching off (one transaction per message).
-    /// </summary>
-    /// <value>Defaults to 100; between 1 and 10,000.</value>
-    public int BatchSize { get; set; } = 100;
-
-    /// <summary>Gets or sets how long a batch waits for more messages after its first one (linger), for fuller batches.</summary>
-    /// <value>Defaults to zero: take what is ready, never wait. Between 0 and 1 minute. Used only when <see cref="BatchSize"/> is above 1.</value>
-    public TimeSpan BatchMaxWait { get; set; } = TimeSpan.Zero;
 
     /// <summary>Gets or sets after how many completed messages the offsets are committed (one commit for all partitions).</summary>
     /// <value>
@@ -71,10 +71,6 @@ public class KafkaIdempotencyOptions
     /// <value>Defaults to 10 s; between 0 and 5 minutes. Keep it well under the group's <c>max.poll.interval.ms</c>.</value>
     public TimeSpan RevokeTimeout { get; set; } = TimeSpan.FromSeconds(10);
 
-    /// <summary>Gets or sets how long a graceful shutdown lets in-flight messages finish before cancelling (rolling back) them.</summary>
-    /// <value>Defaults to 30 s; between 0 and 10 minutes.</value>
-    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(30);
-
     /// <summary>Gets or sets how long one <c>Consume</c> call waits for a message; commits and pauses happen between calls.</summary>
     /// <value>Defaults to 100 ms; between 1 ms and 10 s.</value>
     public TimeSpan PollTimeout { get; set; } = TimeSpan.FromMilliseconds(100);
@@ -90,22 +86,10 @@ public class KafkaIdempotencyOptions
     /// <summary>Gets or sets how dead-letter produce failures are retried (the message's offset waits until the dead-letter is acknowledged).</summary>
     public BackoffOptions DeadLetterProduceBackoff { get; set; } = new() { InitialDelay = TimeSpan.FromMilliseconds(200), MaxDelay = TimeSpan.FromSeconds(10) };
 
-    /// <summary>Checks every option and throws with the name of each bad one.</summary>
-    /// <exception cref="ArgumentException">An option is out of range; the message names it.</exception>
-    public void Validate()
+    /// <inheritdoc/>
+    protected override void AddValidationErrors(IList<string> errors)
     {
-        var errors = GetValidationErrors();
-        if (errors.Count > 0)
-        {
-            throw new ArgumentException(string.Join(" ", errors));
-        }
-    }
-
-    /// <summary>Returns one message per invalid option, each naming the option.</summary>
-    /// <returns>An empty list when the options are valid.</returns>
-    public virtual IReadOnlyList<string> GetValidationErrors()
-    {
-        var errors = new List<string>();
+        base.AddValidationErrors(errors);
         for (var i = 0; i < Topics.Count; i++)
         {
             if (string.IsNullOrWhiteSpace(Topics[i]))
@@ -129,14 +113,10 @@ public class KafkaIdempotencyOptions
             errors.Add($"{nameof(DeadLetterTopic)} must be null or a topic name.");
         }
 
-        Range(errors, nameof(MaxConcurrentPartitions), MaxConcurrentPartitions, 1, 1024);
         Range(errors, nameof(MaxBufferedMessagesPerPartition), MaxBufferedMessagesPerPartition, 1, 1_000_000);
-        Range(errors, nameof(BatchSize), BatchSize, 1, 10_000);
         Range(errors, nameof(CommitEveryMessages), CommitEveryMessages, 1, int.MaxValue);
-        Range(errors, nameof(BatchMaxWait), BatchMaxWait, TimeSpan.Zero, TimeSpan.FromMinutes(1));
         Range(errors, nameof(CommitInterval), CommitInterval, TimeSpan.FromMilliseconds(1), TimeSpan.FromHours(1));
         Range(errors, nameof(RevokeTimeout), RevokeTimeout, TimeSpan.Zero, TimeSpan.FromMinutes(5));
-        Range(errors, nameof(ShutdownTimeout), ShutdownTimeout, TimeSpan.Zero, TimeSpan.FromMinutes(10));
         Range(errors, nameof(PollTimeout), PollTimeout, TimeSpan.FromMilliseconds(1), TimeSpan.FromSeconds(10));
         if (!Enum.IsDefined(OffsetStorage))
         {
@@ -149,10 +129,11 @@ public class KafkaIdempotencyOptions
         }
         else
         {
-            errors.AddRange(DeadLetterProduceBackoff.GetValidationErrors(nameof(DeadLetterProduceBackoff)));
+            foreach (var error in DeadLetterProduceBackoff.GetValidationErrors(nameof(DeadLetterProduceBackoff)))
+            {
+                errors.Add(error);
+            }
         }
-
-        return errors;
     }
 
     /// <summary>Gets the dead-letter topic for a source topic.</summary>
@@ -160,7 +141,7 @@ public class KafkaIdempotencyOptions
     /// <returns>The dead-letter topic.</returns>
     public string GetDeadLetterTopic(string topic) => DeadLetterTopic ?? topic + DeadLetterTopicSuffix;
 
-    private static void Range(List<string> errors, string name, int value, int min, int max)
+    private static void Range(IList<string> errors, string name, int value, int min, int max)
     {
         if (value < min || value > max)
         {
@@ -168,7 +149,7 @@ public class KafkaIdempotencyOptions
         }
     }
 
-    private static void Range(List<string> errors, string name, TimeSpan value, TimeSpan min, TimeSpan max)
+    private static void Range(IList<string> errors, string name, TimeSpan value, TimeSpan min, TimeSpan max)
     {
         if (value < min || value > max)
         {
@@ -198,14 +179,12 @@ public sealed class KafkaIdempotencyOptions<TKey, TValue> : KafkaIdempotencyOpti
     public Func<ConsumeResult<TKey, TValue>, ReadOnlyMemory<byte>>? BodySelector { get; set; }
 
     /// <inheritdoc/>
-    public override IReadOnlyList<string> GetValidationErrors()
+    protected override void AddValidationErrors(IList<string> errors)
     {
-        var errors = new List<string>(base.GetValidationErrors());
+        base.AddValidationErrors(errors);
         if (BodySelector is null && typeof(TValue) != typeof(byte[]) && typeof(TValue) != typeof(string) && typeof(TValue) != typeof(Ignore) && typeof(TValue) != typeof(Null))
         {
             errors.Add($"{nameof(BodySelector)} is required when the value type is {typeof(TValue).Name} (only byte[] and string values are fingerprinted without one).");
         }
-
-        return errors;
     }
 }

@@ -24,7 +24,10 @@ public sealed class KafkaIdempotentConsumerService<TKey, TValue> : BackgroundSer
     /// <inheritdoc/>
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var consumer = _factory();
-        await consumer.RunAsync(stoppingToken).ConfigureAwait(false);
+        var consumer = _factory();
+        await using (consumer.ConfigureAwait(false))
+        {
+            await consumer.RunAsync(stoppingToken).ConfigureAwait(false);
+        }
     }
 }

@@ -129,6 +129,8 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
         var group = Unique("g");
         var options = new KafkaIdempotencyOptions<byte[], string> { CommitEveryMessages = 5, CommitInterval = TimeSpan.FromMilliseconds(200), PollTimeout = TimeSpan.FromMilliseconds(50) };
         options.Topics.Add(topic);
+        var observer = new RecordingObserver();
+        options.Observers.Add(observer);
 
         var outcomes = new ConcurrentBag<ProcessingResult>();
         using (var wrapper = IdempotentKafkaConsumer<byte[], string>.Create(ConsumerConfig(cluster, group), processor, options, b => b.SetValueDeserializer(new JsonOnly())))
@@ -155,6 +157,9 @@ public sealed class KafkaEdgePathTests(PostgresFixture db) : IClassFixture<Postg
         Assert.Equal(0L, await db.ScalarAsync<long>($"SELECT count(*) FROM {table} WHERE id = 'u-4'"));
         Assert.Equal(9, outcomes.Count(r => r.Outcome == ProcessingOutcome.Processed));
         Assert.Equal(10L, (await cluster.CommittedOffsetsAsync(group, topic, 1))[0]);
+        var unreadable = Assert.Single(observer.Seen, o => o.Outcome == ProcessingOutcome.Failed);
+        Assert.Equal(("u-4", DeliveryAction.DeadLetter, true, KafkaDeadLetterHeaders.DeserializationFailed), (unreadable.Key, unreadable.Action, unreadable.Settled, unreadable.ReasonCode));
+        Assert.Equal(10, observer.Seen.Count(o => o.Settled));
 
         var dead = ReadDeadLetters(cluster, topic + ".dlq", expected: 1).Single();
         string Header(string name) => Encoding.UTF8.GetString(dead.Message.Headers.GetLastBytes(name));

@@ -11,7 +11,8 @@ namespace Idempotency.Kafka.Tests;
 /// </summary>
 public sealed class KafkaReplayTests(PostgresFixture db, RedisFixture redis) : IClassFixture<PostgresFixture>, IClassFixture<RedisFixture>
 {
-    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(60);
+    // 10,000 messages one transaction each: generous, so that a machine at load 50+ still meets it (it only bounds a wait).
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(180);
 
     [Theory]
     [InlineData(ClaimTiming.BeforeHandler)]

@@ -115,6 +115,26 @@ internal static class KafkaTestKit
 
     public static async Task<long> AppliedAsync(PostgresFixture db, string table) => await db.ScalarAsync<long?>($"SELECT coalesce(sum(applied), 0) FROM {table}") ?? 0;
 
+    /// <summary>Reads every message of a topic from the beginning (up to its end offsets, within 20 s).</summary>
+    public static List<ConsumeResult<byte[], byte[]>> ReadAll(MockKafkaCluster cluster, string topic, int partitions)
+    {
+        var end = cluster.EndOffsets(topic, partitions).Sum();
+        using var consumer = new ConsumerBuilder<byte[], byte[]>(new ConsumerConfig { BootstrapServers = cluster.BootstrapServers, GroupId = Unique("read"), AutoOffsetReset = AutoOffsetReset.Earliest }).Build();
+        consumer.Subscribe(topic);
+        var results = new List<ConsumeResult<byte[], byte[]>>();
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (results.Count < end && DateTime.UtcNow < deadline)
+        {
+            if (consumer.Consume(TimeSpan.FromMilliseconds(200)) is { IsPartitionEOF: false } result)
+            {
+                results.Add(result);
+            }
+        }
+
+        consumer.Close();
+        return results;
+    }
+
     /// <summary>Waits until the group's committed offsets equal the end offsets of every partition.</summary>
     public static Task WaitForCommittedToEndAsync(MockKafkaCluster cluster, string group, string topic, int partitions, TimeSpan timeout)
     {
@@ -165,4 +185,12 @@ internal sealed class RunningConsumer : IAsyncDisposable
         Consumer.Dispose();
         _stop.Dispose();
     }
+}
+
+/// <summary>Remembers every delivery a consumer reports.</summary>
+internal sealed class RecordingObserver : IDeliveryObserver
+{
+    public ConcurrentQueue<DeliveryObservation> Seen { get; } = new();
+
+    public void OnDelivered(DeliveryObservation delivery) => Seen.Enqueue(delivery);
 }

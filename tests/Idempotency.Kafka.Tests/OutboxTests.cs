@@ -123,25 +123,6 @@ public sealed class OutboxTests(PostgresFixture db) : IClassFixture<PostgresFixt
 
     private Task<long> PendingAsync(PostgresIdempotencyStore store) => db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedOutboxTableName} WHERE sent_at IS NULL");
 
-    private static List<ConsumeResult<byte[], byte[]>> ReadAll(MockKafkaCluster cluster, string topic, int partitions)
-    {
-        var end = cluster.EndOffsets(topic, partitions).Sum();
-        using var consumer = new ConsumerBuilder<byte[], byte[]>(new ConsumerConfig { BootstrapServers = cluster.BootstrapServers, GroupId = Unique("read"), AutoOffsetReset = AutoOffsetReset.Earliest }).Build();
-        consumer.Subscribe(topic);
-        var results = new List<ConsumeResult<byte[], byte[]>>();
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (results.Count < end && DateTime.UtcNow < deadline)
-        {
-            if (consumer.Consume(TimeSpan.FromMilliseconds(200)) is { IsPartitionEOF: false } result)
-            {
-                results.Add(result);
-            }
-        }
-
-        consumer.Close();
-        return results;
-    }
-
     internal sealed class CountingPublisher(IOutboxPublisher inner) : IOutboxPublisher
     {
         private int _failures;
