@@ -267,32 +267,14 @@ internal sealed class PartitionWorker<TKey, TValue>
 
     private async ValueTask FillBatchAsync(List<KafkaDelivery<TKey, TValue>> batch)
     {
-        var reader = _lane.Queue.Reader;
-        while (batch.Count < _options.BatchSize && reader.TryRead(out var delivery))
-        {
-            batch.Add(delivery);
-        }
+        var stop = _lane.StopTaking.Token;
+        await ReadyBatch.FillAsync(_lane.Queue.Reader, batch, _options.BatchSize, _options.BatchMaxWait, _context.Time, stop).ConfigureAwait(false);
 
-        if (batch.Count == 0 || batch.Count >= _options.BatchSize || _options.BatchMaxWait <= TimeSpan.Zero)
+        // A partition that stops while its batch lingers leaves the batch unprocessed: its messages are not settled,
+        // so the next owner (or this consumer after the assignment) reads them again from the committed position.
+        if (stop.IsCancellationRequested && _options.BatchMaxWait > TimeSpan.Zero && batch.Count < _options.BatchSize)
         {
-            return;
-        }
-
-        using var wait = CancellationTokenSource.CreateLinkedTokenSource(_lane.StopTaking.Token);
-        wait.CancelAfter(_options.BatchMaxWait);
-        try
-        {
-            while (batch.Count < _options.BatchSize && await reader.WaitToReadAsync(wait.Token).ConfigureAwait(false))
-            {
-                while (batch.Count < _options.BatchSize && reader.TryRead(out var delivery))
-                {
-                    batch.Add(delivery);
-                }
-            }
-        }
-        catch (OperationCanceledException) when (!_lane.StopTaking.IsCancellationRequested)
-        {
-            // The batch's time is up.
+            throw new OperationCanceledException(stop);
         }
     }
 
