@@ -50,6 +50,9 @@ internal abstract class BrokerRig : IAsyncDisposable
 
     public abstract Task SetupAsync(string runId);
 
+    /// <summary>Called when the kill phase ends: undoes what a fault left behind (Kafka: queued request errors).</summary>
+    public virtual Task EndFaultsAsync() => Task.CompletedTask;
+
     public abstract Task ProduceAsync(IReadOnlyList<ChaosMessage> messages);
 
     public abstract void AddChildArgs(IDictionary<string, string> args);

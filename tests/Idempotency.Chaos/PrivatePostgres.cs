@@ -57,6 +57,7 @@ internal sealed class PrivatePostgres : IAsyncDisposable
     {
         var dir = PrivateServer.CreateDirectory("pg", runId);
         var server = new PrivatePostgres(dir, PrivateServer.ReservePort());
+        PrivateServer.Track(server, server.Pids, dir);
         try
         {
             // The data directory must belong to postgres (mode 700), as must the log and socket directory.
@@ -97,6 +98,7 @@ internal sealed class PrivatePostgres : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        PrivateServer.Untrack(this);
         if (PrivateServer.ReadPid(Path.Combine(Data, "postmaster.pid")) is { } postmaster && PrivateServer.IsAlive(postmaster))
         {
             try
@@ -116,6 +118,10 @@ internal sealed class PrivatePostgres : IAsyncDisposable
 
         PrivateServer.DeleteDirectory(_dir);
     }
+
+    private IEnumerable<int> Pids() => PrivateServer.ReadPid(Path.Combine(Data, "postmaster.pid")) is { } postmaster
+        ? [postmaster, .. PrivateServer.ChildrenOf(postmaster)]
+        : [];
 
     private Task LaunchAsync()
     {

@@ -55,6 +55,7 @@ internal sealed class PrivateRabbitMq : IAsyncDisposable
     {
         var dir = PrivateServer.CreateDirectory("rabbitmq", runId);
         var node = new PrivateRabbitMq(dir, runId);
+        PrivateServer.Track(node, () => PrivateServer.ReadPid(node.PidFile) is { } pid ? [pid] : [], dir);
         try
         {
             await File.WriteAllTextAsync(Path.Combine(dir, "enabled_plugins"), "[].\n").ConfigureAwait(false);
@@ -82,6 +83,7 @@ internal sealed class PrivateRabbitMq : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        PrivateServer.Untrack(this);
         if (PrivateServer.ReadPid(PidFile) is { } pid)
         {
             await PrivateServer.SigKillAsync(pid, TimeSpan.FromSeconds(30)).ConfigureAwait(false);

@@ -41,6 +41,7 @@ internal sealed class PrivateRedis : IAsyncDisposable
         var dir = Path.Combine(root, "redis-" + runId);
         Directory.CreateDirectory(dir);
         var server = new PrivateRedis(dir, PrivateServer.ReservePort(), fsync);
+        PrivateServer.Track(server, () => server._process is { HasExited: false } p ? [p.Id] : [], dir);
         await server.LaunchAsync().ConfigureAwait(false);
         return server;
     }
@@ -62,6 +63,7 @@ internal sealed class PrivateRedis : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        PrivateServer.Untrack(this);
         if (_process is { HasExited: false })
         {
             _process.Kill();

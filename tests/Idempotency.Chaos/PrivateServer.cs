@@ -14,6 +14,42 @@ namespace Idempotency.Chaos;
 internal static class PrivateServer
 {
     private static readonly ConcurrentDictionary<int, byte> Reserved = new();
+    private static readonly ConcurrentDictionary<object, (Func<IEnumerable<int>> Pids, string Dir)> Live = new();
+
+    /// <summary>Registers a running private server, so an aborted run (Ctrl+C, SIGTERM) still kills it by PID.</summary>
+    public static void Track(object server, Func<IEnumerable<int>> pids, string dir) => Live[server] = (pids, dir);
+
+    public static void Untrack(object server) => Live.TryRemove(server, out _);
+
+    /// <summary>SIGKILLs every private server still registered (on exit, Ctrl+C, SIGTERM) and removes its directory.</summary>
+    public static void KillAll()
+    {
+        foreach (var (server, (pids, dir)) in Live)
+        {
+            try
+            {
+                foreach (var pid in pids().ToList())
+                {
+                    try
+                    {
+                        using var process = Process.GetProcessById(pid);
+                        process.Kill();
+                    }
+                    catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception)
+                    {
+                    }
+                }
+
+                DeleteDirectory(dir);
+            }
+            catch (Exception e)
+            {
+                Console.Error.WriteLine($"chaos: could not stop a private server in {dir}: {e.Message}");
+            }
+
+            Live.TryRemove(server, out _);
+        }
+    }
 
     /// <summary>
     /// A free loopback port below the kernel's ephemeral range (32768-60999 here): a crashed server restarts on the

@@ -43,10 +43,10 @@ internal static class Report
         return sb.ToString();
     }
 
-    public static string Markdown(IReadOnlyList<ScenarioResult> results, ChaosOptions options, TimeSpan total)
+    public static string Markdown(IReadOnlyList<ScenarioResult> results, ChaosOptions options, TimeSpan total, bool partial = false)
     {
         var sb = new StringBuilder();
-        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")}{(options.UnderLoad ? ", under load" : "")})");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")}{(options.UnderLoad ? ", under load" : "")}){(partial ? $": in progress, {results.Count(r => !r.IsCheck)} of {options.Scenarios.Count} scenarios done" : "")}");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"Seed {options.Seed}, {options.Messages} messages, {options.Kills} kills, {options.Poison} poison per scenario, {options.DuplicateShare:P0} re-sends; {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, total {total.TotalSeconds:0} s.");
         if (options.LoadSummary is not null)

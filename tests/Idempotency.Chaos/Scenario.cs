@@ -91,6 +91,15 @@ internal sealed class ScenarioResult
     public string Name => $"{Broker} + {Store}";
 }
 
+/// <summary>The machine's 1-minute load average, and how much longer than on a quiet machine a bound should be.</summary>
+internal static class MachineLoad
+{
+    public static double Current => double.Parse(File.ReadAllText("/proc/loadavg").Split(' ')[0], CultureInfo.InvariantCulture);
+
+    /// <summary>Load per core over 2, between 1 and 4 (2 cores at load 8: 2; at load 16 or more: 4).</summary>
+    public static double Factor() => Math.Clamp(Current / Environment.ProcessorCount / 2, 1, 4);
+}
+
 /// <summary>Runs one scenario: produce, run the consumer child under SIGKILLs and faults, let it settle, verify.</summary>
 internal sealed class Scenario(ChaosOptions options, string broker, string store)
 {
@@ -145,7 +154,8 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             var faultTask = InjectFaultsAsync(faults, new Random(rng.Next()), result, killPhase.Token);
             var perKill = Math.Max(2, (result.Unique + result.Poison) / Math.Max(1, options.Kills));
             // A CPU-starved child starts (JIT, connections) seconds later: under load a kill point waits 10 s longer.
-            var killPointWait = brokerRig.KillPointWait + (options.UnderLoad ? TimeSpan.FromSeconds(10) : TimeSpan.Zero);
+            // The same when the machine is busy without our CPU hog (other work: a load average above 4 per core).
+            var killPointWait = brokerRig.KillPointWait + (options.UnderLoad || MachineLoad.Factor() > 2 ? TimeSpan.FromSeconds(10) : TimeSpan.Zero);
             for (var k = 0; k < options.Kills; k++)
             {
                 if (k + 1 < chunks.Count)
@@ -172,6 +182,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
 
             killPhase.Cancel();
             await faultTask;
+            await brokerRig.EndFaultsAsync();
             Note(result, $"{result.Kills} kills in {clock.Elapsed.TotalSeconds:0} s");
 
             foreach (var rest in chunks.Skip(options.Kills + 1))
@@ -182,7 +193,10 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
             // Settle: one last child runs without kills until every key has its effect and the DLQ its poison.
             child = ChildProcess.Start(childArgs);
             result.Restarts++;
-            var complete = await WaitCompleteAsync(storeRig, brokerRig, result, options.SettleTimeout);
+            // The settle bound stretches with the machine's load (up to 4 times): it ends as soon as everything settled,
+            // so it costs a healthy run nothing, and a consumer starved by other work is not called stalled too early.
+            var settleTimeout = options.SettleTimeout * MachineLoad.Factor();
+            var complete = await WaitCompleteAsync(storeRig, brokerRig, result, settleTimeout);
             if (complete)
             {
                 // A little longer, so a stray redelivery after completion would show as a second effect.
@@ -200,7 +214,7 @@ internal sealed class Scenario(ChaosOptions options, string broker, string store
                     result.DeadlineSnapshot = $"(could not read the broker: {e.GetType().Name}: {e.Message})";
                 }
 
-                Note(result, $"did not settle within {options.SettleTimeout.TotalSeconds:0} s; broker at the deadline: {result.DeadlineSnapshot}; child stderr tail:{Environment.NewLine}{child.StderrTail}");
+                Note(result, $"did not settle within {settleTimeout.TotalSeconds:0} s (load average {MachineLoad.Current:0.0}); broker at the deadline: {result.DeadlineSnapshot}; child stderr tail:{Environment.NewLine}{child.StderrTail}");
             }
 
             await child.StopAsync(TimeSpan.FromSeconds(15));
