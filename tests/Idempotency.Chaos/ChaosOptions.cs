@@ -104,13 +104,12 @@ internal sealed class ChaosOptions
         string[] defaultBrokers = o.Quick ? ["kafka", "rabbitmq", "sqs"] : ["kafka", "rabbitmq", "sqs", "sqs-fifo"];
         string[] defaultStores = o.Quick ? ["postgres", "redis"] : AllStores;
         var pairs = (brokers ?? defaultBrokers).SelectMany(b => (stores ?? defaultStores).Select(s => (b, s))).ToList();
-        if (brokers is null && stores is null)
+        if (!o.Quick && brokers is null && stores is null)
         {
             // Real server crashes: the full run crashes a private RabbitMQ node (quorum and classic queues) over
-            // PostgreSQL, Redis and a crashing private PostgreSQL; --quick crashes a RabbitMQ node and PostgreSQL once.
-            pairs.AddRange(o.Quick
-                ? [("rabbitmq-crash", "postgres-crash")]
-                : new[] { "rabbitmq-crash", "rabbitmq-crash-classic" }.SelectMany(b => new[] { "postgres", "redis", "postgres-crash" }.Select(s => (b, s))));
+            // PostgreSQL, Redis and a crashing private PostgreSQL. Not in --quick: on a busy machine the node restarts
+            // made rabbitmq-crash x postgres-crash its longest scenario (731 s at load 75, against 618 s for Kafka).
+            pairs.AddRange(new[] { "rabbitmq-crash", "rabbitmq-crash-classic" }.SelectMany(b => new[] { "postgres", "redis", "postgres-crash" }.Select(s => (b, s))));
         }
 
         o.Scenarios = pairs;
@@ -130,7 +129,7 @@ internal sealed class ChaosOptions
     public const string Usage = """
         usage: dotnet run --project tests/Idempotency.Chaos -c Release -- [options]
           --quick             reduced run for CI (600 messages, 20 kills, 4 poison per scenario; kafka,rabbitmq,sqs x
-                              postgres,redis, and rabbitmq-crash x postgres-crash)
+                              postgres,redis; the crashes: --quick --broker rabbitmq-crash --store postgres-crash)
           --full              full run (default: 2000 messages, 24 kills, 8 poison per scenario; kafka,rabbitmq,sqs,
                               sqs-fifo x every store, and rabbitmq-crash,rabbitmq-crash-classic x postgres,redis,
                               postgres-crash)
