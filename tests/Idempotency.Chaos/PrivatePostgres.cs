@@ -78,7 +78,10 @@ internal sealed class PrivatePostgres : IAsyncDisposable
     public async Task CrashAsync(TimeSpan down, CancellationToken ct)
     {
         var postmaster = PrivateServer.ReadPid(Path.Combine(Data, "postmaster.pid")) ?? throw new InvalidOperationException("the private PostgreSQL has no postmaster.pid");
-        // The children first listed, then the postmaster killed (it cannot start new ones), then its children.
+        // The postmaster frozen first (it can start no backend meanwhile), its children listed, then all SIGKILLed; and
+        // every process still running in the data directory (a backend that outlived its postmaster keeps the shared
+        // memory attached, and the next start would refuse: "pre-existing shared memory block is still in use").
+        PrivateServer.Stop(postmaster);
         var children = PrivateServer.ChildrenOf(postmaster);
         lock (CrashTimes)
         {
@@ -86,7 +89,7 @@ internal sealed class PrivatePostgres : IAsyncDisposable
         }
 
         await PrivateServer.SigKillAsync(postmaster, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
-        foreach (var child in children.Concat(PrivateServer.ChildrenOf(postmaster)).Distinct())
+        foreach (var child in children.Concat(PrivateServer.ProcessesIn(Data)).Distinct())
         {
             await PrivateServer.SigKillAsync(child, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
         }
@@ -120,8 +123,8 @@ internal sealed class PrivatePostgres : IAsyncDisposable
     }
 
     private IEnumerable<int> Pids() => PrivateServer.ReadPid(Path.Combine(Data, "postmaster.pid")) is { } postmaster
-        ? [postmaster, .. PrivateServer.ChildrenOf(postmaster)]
-        : [];
+        ? [postmaster, .. PrivateServer.ChildrenOf(postmaster), .. PrivateServer.ProcessesIn(Data)]
+        : PrivateServer.ProcessesIn(Data);
 
     private Task LaunchAsync()
     {

@@ -173,6 +173,41 @@ internal static class PrivateServer
         }
     }
 
+    /// <summary>Freezes a process (SIGSTOP): a stopped PostgreSQL postmaster can start no backend while it is killed.</summary>
+    public static void Stop(int pid) => _ = kill(pid, 19);
+
+    /// <summary>The PIDs whose working directory is <paramref name="dir"/> (every PostgreSQL backend runs in its data directory).</summary>
+    public static List<int> ProcessesIn(string dir)
+    {
+        var found = new List<int>();
+        foreach (var proc in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(proc), NumberStyles.None, CultureInfo.InvariantCulture, out var pid))
+            {
+                try
+                {
+                    if (new DirectoryInfo(Path.Combine(proc, "cwd")).LinkTarget is { } cwd && cwd.TrimEnd('/') == dir.TrimEnd('/') && IsAlive(pid))
+                    {
+                        found.Add(pid);
+                    }
+                }
+                catch (IOException)
+                {
+                }
+                catch (UnauthorizedAccessException)
+                {
+                }
+            }
+        }
+
+        return found;
+    }
+
+#pragma warning disable SYSLIB1054, CA5392 // A plain libc kill(2): the one signal .NET has no API for.
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
+#pragma warning restore SYSLIB1054, CA5392
+
     /// <summary>The PIDs whose parent is <paramref name="pid"/> (a PostgreSQL postmaster's backends and workers).</summary>
     public static List<int> ChildrenOf(int pid)
     {
