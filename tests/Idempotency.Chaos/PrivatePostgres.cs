@@ -94,6 +94,10 @@ internal sealed class PrivatePostgres : IAsyncDisposable
             await PrivateServer.SigKillAsync(child, TimeSpan.FromSeconds(30)).ConfigureAwait(false);
         }
 
+        // The killed postmaster's parent is the machine's init, which may leave it a zombie for a while; a zombie's PID
+        // still answers kill(pid, 0), and the next postmaster would take its lock file for a live server ("lock file
+        // postmaster.pid already exists"). Every process of this cluster is dead now: the lock file is stale.
+        File.Delete(Path.Combine(Data, "postmaster.pid"));
         Crashes++;
         await Task.Delay(down, ct).ConfigureAwait(false);
         await LaunchAsync().ConfigureAwait(false);
@@ -126,10 +130,19 @@ internal sealed class PrivatePostgres : IAsyncDisposable
         ? [postmaster, .. PrivateServer.ChildrenOf(postmaster), .. PrivateServer.ProcessesIn(Data)]
         : PrivateServer.ProcessesIn(Data);
 
-    private Task LaunchAsync()
+    private async Task LaunchAsync()
     {
         // -w waits until it accepts connections (after crash recovery). Loopback only, its own socket directory.
         var options = string.Create(CultureInfo.InvariantCulture, $"-p {Port} -k {_dir}/sock -c listen_addresses=127.0.0.1 -c max_connections=60 -c shared_buffers=16MB");
-        return PrivateServer.RunAsync($"runuser -u postgres -- '{Bin}/pg_ctl' -D '{Data}' -l '{Log}' -w -t 300 -s -o '{options}' start", Path.Combine(_dir, "setup.log"), null, TimeSpan.FromMinutes(6));
+        try
+        {
+            await PrivateServer.RunAsync($"runuser -u postgres -- '{Bin}/pg_ctl' -D '{Data}' -l '{Log}' -w -t 300 -s -o '{options}' start", Path.Combine(_dir, "setup.log"), null, TimeSpan.FromMinutes(6)).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is InvalidOperationException or TimeoutException)
+        {
+            // The reason is in the server's own log (the directory goes with the scenario).
+            var tail = File.Exists(Log) ? string.Join(Environment.NewLine, File.ReadLines(Log).TakeLast(12)) : "(no pg.log)";
+            throw new InvalidOperationException($"{e.Message}{Environment.NewLine}pg.log:{Environment.NewLine}{tail}", e);
+        }
     }
 }
