@@ -96,8 +96,11 @@ internal sealed class PrivatePostgres : IAsyncDisposable
 
         // The killed postmaster's parent is the machine's init, which may leave it a zombie for a while; a zombie's PID
         // still answers kill(pid, 0), and the next postmaster would take its lock file for a live server ("lock file
-        // postmaster.pid already exists"). Every process of this cluster is dead now: the lock file is stale.
+        // postmaster.pid already exists", and the same for the socket's lock file). Every process of this cluster is dead now:
+        // the lock files are stale.
         File.Delete(Path.Combine(Data, "postmaster.pid"));
+        File.Delete(string.Create(CultureInfo.InvariantCulture, $"{_dir}/sock/.s.PGSQL.{Port}.lock"));
+        File.Delete(string.Create(CultureInfo.InvariantCulture, $"{_dir}/sock/.s.PGSQL.{Port}"));
         Crashes++;
         await Task.Delay(down, ct).ConfigureAwait(false);
         await LaunchAsync().ConfigureAwait(false);
