@@ -30,6 +30,8 @@ internal abstract class BrokerRig : IAsyncDisposable
     {
         "kafka" => new KafkaRig(),
         "rabbitmq" => new RabbitMqRig(),
+        "rabbitmq-crash" => new RabbitMqRig(crash: true),
+        "rabbitmq-crash-classic" => new RabbitMqRig(crash: true, Idempotency.RabbitMQ.RabbitMqQueueType.Classic),
         "sqs" => new SqsRig(),
         "sqs-fifo" => new SqsRig(fifo: true),
         _ => throw new NotSupportedException($"broker '{name}' is not wired into the chaos suite yet"),
@@ -38,7 +40,7 @@ internal abstract class BrokerRig : IAsyncDisposable
     public static Task RunChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop) => args.Broker switch
     {
         "kafka" => KafkaRig.RunKafkaChildAsync(args, processor, ready, stop),
-        "rabbitmq" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
+        "rabbitmq" or "rabbitmq-crash" or "rabbitmq-crash-classic" => RabbitMqRig.RunRabbitChildAsync(args, processor, ready, stop),
         "sqs" or "sqs-fifo" => SqsRig.RunSqsChildAsync(args, processor, ready, stop),
         _ => throw new NotSupportedException(args.Broker),
     };
@@ -47,6 +49,9 @@ internal abstract class BrokerRig : IAsyncDisposable
     public virtual string? OrderGroup(string key) => null;
 
     public abstract Task SetupAsync(string runId);
+
+    /// <summary>Called when the kill phase ends: undoes what a fault left behind (Kafka: queued request errors).</summary>
+    public virtual Task EndFaultsAsync() => Task.CompletedTask;
 
     public abstract Task ProduceAsync(IReadOnlyList<ChaosMessage> messages);
 

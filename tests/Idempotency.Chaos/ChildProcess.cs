@@ -31,6 +31,9 @@ internal sealed class ChildProcess : IDisposable
     /// <summary>Gets the lease-mode journal lines (<c>E key</c>, <c>K key</c>, <c>S key</c>) in the order the child wrote them.</summary>
     public ConcurrentQueue<string> Journal { get; } = new();
 
+    /// <summary>Gets, per key, when its last <c>E key</c> line (the handler applying its effect) arrived (<see cref="Stopwatch.GetTimestamp"/>).</summary>
+    public ConcurrentDictionary<string, long> EffectTimes { get; } = new(StringComparer.Ordinal);
+
     public bool HasExited => _process.HasExited;
 
     public int Pid => _process.Id;
@@ -206,6 +209,11 @@ internal sealed class ChildProcess : IDisposable
         if (line.Length > 2 && line[1] == ' ' && line[0] is 'E' or 'K' or 'S')
         {
             Journal.Enqueue(line);
+            if (line[0] == 'E')
+            {
+                EffectTimes[line[2..]] = Stopwatch.GetTimestamp();
+            }
+
             if (line[0] != 'S')
             {
                 return;

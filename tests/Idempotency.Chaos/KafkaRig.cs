@@ -62,12 +62,34 @@ internal sealed class KafkaRig(int partitions = 3) : BrokerRig
         }),
         new("kafka-request-errors", (rng, _) =>
         {
+            // Errors a request has not taken yet stay queued on the cluster: at most one round at a time, or a consumer
+            // starved of CPU for a while meets a backlog of them (a stall the suite made, not the consumer).
+            ClearRequestErrors();
             Cluster.PushRequestErrors(MockKafkaCluster.ApiOffsetCommit, ErrorCode.NotCoordinatorForGroup, ErrorCode.RequestTimedOut, ErrorCode.GroupLoadInProgress);
             Cluster.PushRequestErrors(MockKafkaCluster.ApiFetch, ErrorCode.NotLeaderForPartition, ErrorCode.RequestTimedOut, ErrorCode.NotLeaderForPartition);
             Cluster.PushRequestErrors(MockKafkaCluster.ApiHeartbeat, ErrorCode.NotCoordinatorForGroup);
             return Task.CompletedTask;
         }),
     ];
+
+    /// <summary>The kill phase is over: no injected error or stall outlives it into the settle phase.</summary>
+    public override Task EndFaultsAsync()
+    {
+        ClearRequestErrors();
+        for (var id = 1; id <= Cluster.BrokerCount; id++)
+        {
+            Cluster.SetBrokerRtt(id, 0);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    private void ClearRequestErrors()
+    {
+        Cluster.ClearRequestErrors(MockKafkaCluster.ApiOffsetCommit);
+        Cluster.ClearRequestErrors(MockKafkaCluster.ApiFetch);
+        Cluster.ClearRequestErrors(MockKafkaCluster.ApiHeartbeat);
+    }
 
     public override Task SetupAsync(string runId)
     {

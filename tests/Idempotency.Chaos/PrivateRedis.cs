@@ -7,32 +7,41 @@ using System.Text;
 namespace Idempotency.Chaos;
 
 /// <summary>
-/// A redis-server of the suite's own (store <c>redis-crash</c>): its own port and data directory under
-/// <c>.services-private/</c> (git-ignored; <c>$CHAOS_PRIVATE_DIR</c> overrides it), append-only file with
-/// <c>appendfsync always</c> (docs/redis.md: no committed write lost on a server crash). The <c>redis-crash</c> fault
-/// SIGKILLs it by PID and starts it again on the same port and directory. Only this process is ever killed.
+/// A redis-server of the suite's own (stores <c>redis-crash</c> and <c>redis-crash-everysec</c>): its own port and data
+/// directory under <c>.services-private/</c> (git-ignored; <c>$CHAOS_PRIVATE_DIR</c> overrides it), append-only file
+/// with <c>appendfsync always</c> (docs/redis.md: no committed write lost on a server crash) or <c>everysec</c> (the
+/// last second or so of acknowledged writes may be lost). The crash fault SIGKILLs it by PID and starts it again on
+/// the same port and directory. Only this process is ever killed.
 /// </summary>
 internal sealed class PrivateRedis : IAsyncDisposable
 {
     private readonly string _dir;
     private Process? _process;
 
-    private PrivateRedis(string dir, int port)
+    private readonly string _fsync;
+
+    private PrivateRedis(string dir, int port, string fsync)
     {
         _dir = dir;
         Port = port;
+        _fsync = fsync;
     }
 
     public int Port { get; }
 
     public int Crashes { get; private set; }
 
-    public static async Task<PrivateRedis> StartAsync(string runId)
+    /// <summary>Gets when each SIGKILL happened (<see cref="Stopwatch.GetTimestamp"/>).</summary>
+    public List<long> CrashTimes { get; } = [];
+
+    /// <summary>Starts a private redis-server; <paramref name="fsync"/> is its <c>appendfsync</c> (always or everysec).</summary>
+    public static async Task<PrivateRedis> StartAsync(string runId, string fsync = "always")
     {
         var root = Environment.GetEnvironmentVariable("CHAOS_PRIVATE_DIR") is { Length: > 0 } d ? d : Path.Combine(Directory.GetCurrentDirectory(), ".services-private");
         var dir = Path.Combine(root, "redis-" + runId);
         Directory.CreateDirectory(dir);
-        var server = new PrivateRedis(dir, FreePort());
+        var server = new PrivateRedis(dir, PrivateServer.ReservePort(), fsync);
+        PrivateServer.Track(server, () => server._process is { HasExited: false } p ? [p.Id] : [], dir);
         await server.LaunchAsync().ConfigureAwait(false);
         return server;
     }
@@ -40,6 +49,11 @@ internal sealed class PrivateRedis : IAsyncDisposable
     /// <summary>SIGKILL, a pause, and a restart on the same port and data (the AOF is replayed).</summary>
     public async Task CrashAsync(TimeSpan down, CancellationToken ct)
     {
+        lock (CrashTimes)
+        {
+            CrashTimes.Add(Stopwatch.GetTimestamp());
+        }
+
         _process?.Kill();
         await (_process?.WaitForExitAsync(ct) ?? Task.CompletedTask).ConfigureAwait(false);
         Crashes++;
@@ -49,6 +63,7 @@ internal sealed class PrivateRedis : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        PrivateServer.Untrack(this);
         if (_process is { HasExited: false })
         {
             _process.Kill();
@@ -65,20 +80,13 @@ internal sealed class PrivateRedis : IAsyncDisposable
         }
     }
 
-    private static int FreePort()
-    {
-        using var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        return ((IPEndPoint)listener.LocalEndpoint).Port;
-    }
-
     private async Task LaunchAsync()
     {
         var info = new ProcessStartInfo("redis-server") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[]
         {
             "--bind", "127.0.0.1", "--port", Port.ToString(CultureInfo.InvariantCulture), "--dir", _dir, "--daemonize", "no",
-            "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--logfile", Path.Combine(_dir, "redis.log"),
+            "--appendonly", "yes", "--appendfsync", _fsync, "--save", "", "--logfile", Path.Combine(_dir, "redis.log"),
         })
         {
             info.ArgumentList.Add(a);

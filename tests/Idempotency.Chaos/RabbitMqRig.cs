@@ -12,18 +12,30 @@ namespace Idempotency.Chaos;
 /// child's connection force-closed by the server (<c>rabbitmqctl close_connection</c>, when
 /// <c>$IDEMPOTENCY_RABBITMQCTL</c> is set).
 /// </summary>
-internal sealed class RabbitMqRig : BrokerRig
+/// <remarks>
+/// With <c>crash</c> (brokers <c>rabbitmq-crash</c>, quorum queues, and <c>rabbitmq-crash-classic</c>, durable classic
+/// queues with persistent messages): on a <see cref="PrivateRabbitMq"/> node of the suite's own, which the
+/// <c>rabbitmq-node-crash</c> fault SIGKILLs and starts again while the consumer runs; the producer re-publishes a
+/// chunk whose confirms a crash cut off (re-sends of the same keys, which the store skips).
+/// </remarks>
+internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueType = RabbitMqQueueType.Quorum) : BrokerRig
 {
-    private readonly Uri _uri = new(Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") is { Length: > 0 } v
+    private Uri _uri = crash ? new Uri("amqp://127.0.0.1/") : new(Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") is { Length: > 0 } v
         ? v
         : throw new InvalidOperationException("$IDEMPOTENCY_RABBITMQ is not set: run ./build.sh chaos (it starts the services and exports it)."));
 
+    private readonly SemaphoreSlim _connect = new(1, 1);
+    private PrivateRabbitMq? _node;
     private TcpProxy? _proxy;
     private IConnection? _connection;
     private RabbitMqQueueTopology? _topology;
     private string _clientName = "";
+    private string _runId = "";
 
-    public override string Name => "rabbitmq";
+    public override string Name => !crash ? "rabbitmq" : queueType == RabbitMqQueueType.Quorum ? "rabbitmq-crash" : "rabbitmq-crash-classic";
+
+    /// <summary>A node restart takes 10-30 s on a busy machine: a kill point may wait for the restarted node.</summary>
+    public override TimeSpan KillPointWait => crash ? TimeSpan.FromSeconds(15) : base.KillPointWait;
 
     private IConnection Connection => _connection ?? throw new InvalidOperationException("not set up");
 
@@ -42,7 +54,11 @@ internal sealed class RabbitMqRig : BrokerRig
                     finally { _proxy.Start(); }
                 }),
             };
-            if (Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
+            if (_node is not null)
+            {
+                faults.Add(new("rabbitmq-node-crash", (rng, ct) => _node.CrashAsync(TimeSpan.FromMilliseconds(rng.Next(200, 1500)), ct)));
+            }
+            else if (Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
             {
                 faults.Add(new("rabbitmq-close-connection", (_, ct) => CloseConnectionAsync(ctl, ct)));
             }
@@ -53,14 +69,77 @@ internal sealed class RabbitMqRig : BrokerRig
 
     public override async Task SetupAsync(string runId)
     {
+        if (crash)
+        {
+            _node = await PrivateRabbitMq.StartAsync(runId);
+            _uri = _node.Uri;
+        }
+
+        _runId = runId;
         _proxy = new TcpProxy(_uri.Host is "localhost" ? "127.0.0.1" : _uri.Host, _uri.Port > 0 ? _uri.Port : 5672);
         _clientName = "chaos-child-" + runId;
         _connection = await new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + runId }.CreateConnectionAsync();
         await using var channel = await Connection.CreateChannelAsync();
-        _topology = await RabbitMqTopology.DeclareAsync(channel, "chaos-" + runId, RabbitMqQueueType.Quorum);
+        _topology = await RabbitMqTopology.DeclareAsync(channel, "chaos-" + runId, queueType);
     }
 
     public override async Task ProduceAsync(IReadOnlyList<ChaosMessage> messages)
+    {
+        if (_node is null)
+        {
+            await PublishAsync(messages);
+            return;
+        }
+
+        // The private node may be down (crashed) or go down mid-chunk: publish the whole chunk again until every
+        // message of one attempt was confirmed. Messages confirmed before the crash are then sent twice: re-sends.
+        var clock = Stopwatch.StartNew();
+        for (var attempt = 1; ; attempt++)
+        {
+            try
+            {
+                await EnsureConnectedAsync();
+                await PublishAsync(messages);
+                return;
+            }
+            catch (Exception e) when (clock.Elapsed < TimeSpan.FromMinutes(5))
+            {
+                Console.Error.WriteLine($"    [{Name}] publish attempt {attempt} failed ({e.GetType().Name}: {e.Message}); publishing the chunk again");
+                await Task.Delay(1000);
+            }
+        }
+    }
+
+    /// <summary>Reconnects the orchestrator's connection when a node crash closed it (private node only).</summary>
+    private async Task EnsureConnectedAsync()
+    {
+        if (_connection is { IsOpen: true })
+        {
+            return;
+        }
+
+        await _connect.WaitAsync();
+        try
+        {
+            if (_connection is { IsOpen: true })
+            {
+                return;
+            }
+
+            if (_connection is not null)
+            {
+                try { await _connection.DisposeAsync(); } catch (Exception) { }
+            }
+
+            _connection = await new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + _runId }.CreateConnectionAsync();
+        }
+        finally
+        {
+            _connect.Release();
+        }
+    }
+
+    private async Task PublishAsync(IReadOnlyList<ChaosMessage> messages)
     {
         await using var channel = await Connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true));
         var pending = new List<ValueTask>(256);
@@ -91,6 +170,7 @@ internal sealed class RabbitMqRig : BrokerRig
     public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
     {
         // basic.get without ack, then close the channel: every message goes back to the queue (a non-destructive read).
+        await EnsureConnectedAsync();
         var keys = new List<string>();
         await using (var channel = await Connection.CreateChannelAsync())
         {
@@ -107,10 +187,11 @@ internal sealed class RabbitMqRig : BrokerRig
 
     public override async Task<string> SnapshotAsync()
     {
+        await EnsureConnectedAsync();
         await using var channel = await Connection.CreateChannelAsync();
         var ok = await channel.QueueDeclarePassiveAsync(_topology!.Queue);
         var unacked = "";
-        if (Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
+        if (_node is null && Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQCTL") is { Length: > 0 } ctl)
         {
             // Unacknowledged deliveries are only visible to the server's own tools.
             try
@@ -125,7 +206,8 @@ internal sealed class RabbitMqRig : BrokerRig
             }
         }
 
-        return $"queue {_topology.Queue}: {ok.MessageCount} ready{unacked}, {ok.ConsumerCount} consumers";
+        var node = _node is null ? "" : $" (private node {_node.NodeName}, {_node.Crashes} crashes)";
+        return $"queue {_topology.Queue}{node}: {ok.MessageCount} ready{unacked}, {ok.ConsumerCount} consumers";
     }
 
     public override async Task<BrokerInspection> InspectAsync(IReadOnlyCollection<string> keys)
@@ -158,6 +240,7 @@ internal sealed class RabbitMqRig : BrokerRig
     public override async Task SimulateLossAsync(ChaosMessage lost, ChaosMessage kept)
     {
         await ProduceAsync([lost, kept]);
+        await EnsureConnectedAsync();
         await using var channel = await Connection.CreateChannelAsync();
         var got = await channel.BasicGetAsync(_topology!.Queue, autoAck: false) ?? throw new InvalidOperationException("the queue is empty");
         if (got.BasicProperties.MessageId != lost.Key)
@@ -180,7 +263,7 @@ internal sealed class RabbitMqRig : BrokerRig
         {
             try
             {
-                if (_topology is not null)
+                if (_topology is not null && _node is null)
                 {
                     await using var channel = await _connection.CreateChannelAsync();
                     await channel.QueueDeleteAsync(_topology.Queue);
@@ -195,6 +278,13 @@ internal sealed class RabbitMqRig : BrokerRig
 
             await _connection.DisposeAsync();
         }
+
+        if (_node is not null)
+        {
+            await _node.DisposeAsync();
+        }
+
+        _connect.Dispose();
     }
 
     public static async Task RunRabbitChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
@@ -234,14 +324,32 @@ internal sealed class RabbitMqRig : BrokerRig
 
     private async Task CloseConnectionAsync(string ctl, CancellationToken ct)
     {
-        // The child names its connection; rabbitmqctl finds it by that name and the server closes it.
-        var list = await RunAsync(ctl, ["list_connections", "-q", "--no-table-headers", "name", "user_provided_name"], ct);
+        // The child names its connection; rabbitmqctl finds it by that name and the server closes it. On a starved
+        // machine rabbitmqctl (an Erlang VM of its own) may not answer in time: then this fault did not happen.
+        string list;
+        try
+        {
+            list = await RunAsync(ctl, ["list_connections", "-q", "--no-table-headers", "name", "user_provided_name"], ct);
+        }
+        catch (TimeoutException e)
+        {
+            Console.Error.WriteLine($"    [{Name}] rabbitmq-close-connection skipped: {e.Message}");
+            return;
+        }
+
         foreach (var line in list.Split('\n', StringSplitOptions.RemoveEmptyEntries))
         {
             var parts = line.Split('\t');
             if (parts.Length >= 2 && parts[1].Trim() == _clientName)
             {
-                await RunAsync(ctl, ["close_connection", parts[0].Trim(), "chaos: forced close"], ct);
+                try
+                {
+                    await RunAsync(ctl, ["close_connection", parts[0].Trim(), "chaos: forced close"], ct);
+                }
+                catch (TimeoutException e)
+                {
+                    Console.Error.WriteLine($"    [{Name}] rabbitmq-close-connection skipped: {e.Message}");
+                }
             }
         }
     }
@@ -257,7 +365,7 @@ internal sealed class RabbitMqRig : BrokerRig
         using var process = Process.Start(info)!;
         var output = process.StandardOutput.ReadToEndAsync(ct);
         _ = process.StandardError.ReadToEndAsync(ct);
-        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(30));
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         try
         {
             await process.WaitForExitAsync(timeout.Token);
@@ -265,7 +373,7 @@ internal sealed class RabbitMqRig : BrokerRig
         catch (OperationCanceledException)
         {
             process.Kill(entireProcessTree: true);
-            throw new TimeoutException($"{ctl} {string.Join(' ', arguments)} did not finish in 30 s");
+            throw new TimeoutException($"{ctl} {string.Join(' ', arguments)} did not finish in 60 s");
         }
 
         return await output;

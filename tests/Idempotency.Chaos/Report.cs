@@ -8,14 +8,16 @@ namespace Idempotency.Chaos;
 /// <summary>The console table, the markdown summary and the TRX file (one UnitTestResult per scenario).</summary>
 internal static class Report
 {
-    private static readonly string[] Header = ["broker", "store", "produced", "unique", "kills", "faults", "effects", "duplicates skipped", "lost", "unsettled", "dead-lettered", "verdict"];
+    private static readonly string[] Header = ["broker", "store", "produced", "unique", "consumer kills (landed)", "server crashes", "faults", "effects", "duplicates skipped", "lost", "unsettled", "extra", "dead-lettered", "load", "verdict"];
 
     public static string[] Row(ScenarioResult r) =>
     [
-        r.Broker, r.Store, N(r.Produced), N(r.Unique), N(r.Kills), N(r.FaultCount),
+        r.Broker, r.Store, N(r.Produced), N(r.Unique), $"{N(r.Kills)} ({N(r.KillsLanded)})", N(r.ServerCrashes), N(r.FaultCount),
         r.DuplicateEffects > 0 ? $"{N(r.Effects)} (+{r.DuplicateEffects} extra)" : N(r.Effects),
-        N(r.DuplicatesSkipped), N(r.Lost), N(r.Unsettled),
+        N(r.DuplicatesSkipped), r.WindowLosses.Count > 0 ? $"{N(r.Lost)} (+{r.WindowLosses.Count} in window)" : N(r.Lost), N(r.Unsettled),
+        N(r.Verdicts.Count(v => v.Kind is VerdictKind.Extra or VerdictKind.Unexpected)),
         r.DeadLetterMessages != r.DeadLettered ? $"{r.DeadLettered}/{r.Poison} ({r.DeadLetterMessages} msgs)" : $"{r.DeadLettered}/{r.Poison}",
+        r.LoadAverage,
         r.Passed ? "PASS" : r.OnlyStalled ? "FAIL (stall)" : "FAIL",
     ];
 
@@ -41,10 +43,10 @@ internal static class Report
         return sb.ToString();
     }
 
-    public static string Markdown(IReadOnlyList<ScenarioResult> results, ChaosOptions options, TimeSpan total)
+    public static string Markdown(IReadOnlyList<ScenarioResult> results, ChaosOptions options, TimeSpan total, bool partial = false)
     {
         var sb = new StringBuilder();
-        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")}{(options.UnderLoad ? ", under load" : "")})");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"# Chaos run ({(options.Quick ? "quick" : "full")}{(options.UnderLoad ? ", under load" : "")}){(partial ? $": in progress, {results.Count(r => !r.IsCheck)} of {options.Scenarios.Count} scenarios done" : "")}");
         sb.AppendLine();
         sb.AppendLine(CultureInfo.InvariantCulture, $"Seed {options.Seed}, {options.Messages} messages, {options.Kills} kills, {options.Poison} poison per scenario, {options.DuplicateShare:P0} re-sends; {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, total {total.TotalSeconds:0} s.");
         if (options.LoadSummary is not null)
@@ -52,7 +54,7 @@ internal static class Report
             sb.AppendLine(CultureInfo.InvariantCulture, $"Under load: {options.LoadSummary}.");
         }
 
-        sb.AppendLine(CultureInfo.InvariantCulture, $"Repeat: `./build.sh chaos {(options.Quick ? "--quick " : "")}{(options.UnderLoad ? "--under-load " : "")}--seed {options.Seed} --broker {string.Join(',', options.Brokers)} --store {string.Join(',', options.Stores)}`");
+        sb.AppendLine(CultureInfo.InvariantCulture, $"Command: `{options.Command.TrimEnd()}`; load average at the end {File.ReadAllText("/proc/loadavg").Trim()}. The load column is the 1-minute load average when the scenario ended; consumer kills (landed) counts the SIGKILLs whose aimed point was reached.");
         sb.AppendLine();
         sb.AppendLine("| " + string.Join(" | ", Header) + " |");
         sb.AppendLine("|" + string.Concat(Header.Select((_, i) => i < 2 ? "---|" : "---:|")));
@@ -78,6 +80,11 @@ internal static class Report
             if (r.OrderNote is not null)
             {
                 sb.AppendLine(CultureInfo.InvariantCulture, $"- order: {r.OrderNote}");
+            }
+
+            if (r.WindowLosses.Count > 0)
+            {
+                sb.AppendLine(CultureInfo.InvariantCulture, $"- lost within the everysec window (allowed): {string.Join(", ", r.WindowLosses)}");
             }
 
             if (r.LeaseNote is not null)

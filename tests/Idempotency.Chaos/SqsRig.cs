@@ -30,6 +30,9 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
     private string _queueUrl = "";
     private string _dlqUrl = "";
 
+    /// <summary>FIFO: what the drained DLQ held (see <see cref="ReadDeadLettersAsync"/>).</summary>
+    private readonly List<string> _drainedDeadLetters = [];
+
     public override string Name => fifo ? "sqs-fifo" : "sqs";
 
     public override string? OrderGroup(string key)
@@ -105,6 +108,11 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
 
     public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
     {
+        if (fifo)
+        {
+            return await DrainFifoDeadLettersAsync();
+        }
+
         // Receive everything (hidden for a while), then make it visible again: a non-destructive read.
         var keys = new List<string>();
         var handles = new List<string>();
@@ -130,6 +138,37 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
 
         await MakeVisibleAsync(_dlqUrl, handles);
         return keys;
+    }
+
+    /// <summary>
+    /// A FIFO receive shows only the head of each message group while it is in flight, so a non-destructive read sees
+    /// one dead letter per group (the DLQ keeps its poison messages' groups): the FIFO DLQ is drained instead, each
+    /// message received, recorded and deleted, and the rig returns everything it ever drained. Only the consumer writes
+    /// to the DLQ and only this reads it.
+    /// </summary>
+    private async Task<IReadOnlyList<string>> DrainFifoDeadLettersAsync()
+    {
+        for (var empty = 0; empty < 2;)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = _dlqUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
+                MessageAttributeNames = ["All"],
+            });
+            if (response.Messages is not { Count: > 0 })
+            {
+                empty++;
+                continue;
+            }
+
+            foreach (var m in response.Messages)
+            {
+                _drainedDeadLetters.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
+                await Sqs.DeleteMessageAsync(_dlqUrl, m.ReceiptHandle);
+            }
+        }
+
+        return [.. _drainedDeadLetters];
     }
 
     public override async Task<string> SnapshotAsync()

@@ -26,20 +26,23 @@ internal abstract class StoreRig : IAsyncDisposable
     public static StoreRig Create(string name) => name switch
     {
         "postgres" => new PostgresRig(),
+        "postgres-crash" => new PostgresRig(crash: true),
         "redis" => new RedisRig(),
         "layered" => new LayeredRig(),
         "redis-lease" => new RedisRig(lease: true),
         "redis-crash" => new RedisRig(crash: true),
+        "redis-crash-everysec" => new RedisRig(crash: true, fsync: "everysec"),
         _ => throw new ArgumentException(name),
     };
 
     public static async Task<ChildStore> CreateChildStoreAsync(ChildArgs args) => args.StoreKind switch
     {
-        "postgres" => PostgresRig.CreateChild(args),
+        "postgres" or "postgres-crash" => PostgresRig.CreateChild(args),
         "redis" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
         "layered" => await LayeredRig.CreateChildAsync(args).ConfigureAwait(false),
         "redis-lease" => await RedisRig.CreateLeaseChildAsync(args).ConfigureAwait(false),
         "redis-crash" => await RedisRig.CreateChildAsync(args).ConfigureAwait(false),
+        "redis-crash-everysec" => await RedisRig.CreateChildAsync(args, reportEffects: true).ConfigureAwait(false),
         _ => throw new ArgumentException(args.StoreKind),
     };
 
@@ -66,6 +69,12 @@ internal abstract class StoreRig : IAsyncDisposable
 
     /// <summary>Reads every business effect: key -> how many times it was applied.</summary>
     public abstract Task<Dictionary<string, long>> ReadEffectsAsync();
+
+    /// <summary>
+    /// Gets the window before a server crash in which acknowledged writes may be lost by design (Redis with
+    /// <c>appendfsync everysec</c>), or null when every acknowledged write must survive.
+    /// </summary>
+    public virtual LossWindow? CrashLossWindow => null;
 
     /// <summary>Reads the order in which keys got their first effect (key -> sequence), or null when the store keeps none.</summary>
     public virtual Task<Dictionary<string, long>?> ReadFirstEffectOrderAsync() => Task.FromResult<Dictionary<string, long>?>(null);
@@ -108,13 +117,42 @@ internal sealed class ChildStore(IIdempotencyStore store, Func<MessageContext, C
     public ValueTask DisposeAsync() => dispose();
 }
 
-/// <summary>PostgreSQL: an own schema with the store's tables and a business table <c>effects(key, applied)</c>.</summary>
-internal sealed class PostgresRig : StoreRig
+/// <summary>
+/// PostgreSQL: an own schema with the store's tables and a business table <c>effects(key, applied)</c>. With
+/// <c>crash</c> (store <c>postgres-crash</c>): on a <see cref="PrivatePostgres"/> cluster of the suite's own, which the
+/// <c>postgres-crash</c> fault SIGKILLs (postmaster and backends) and restarts with pg_ctl: counts stay exact.
+/// </summary>
+internal sealed class PostgresRig(bool crash = false) : StoreRig
 {
-    private readonly NpgsqlConnectionStringBuilder _direct = new(Env("IDEMPOTENCY_POSTGRES"));
+    private NpgsqlConnectionStringBuilder _direct = crash ? new() : new(Env("IDEMPOTENCY_POSTGRES"));
+    private PrivatePostgres? _server;
     private string _schema = "";
 
-    public override string Name => "postgres";
+    public override string Name => crash ? "postgres-crash" : "postgres";
+
+    public override IReadOnlyList<FaultKind> Faults => _server is null
+        ? []
+        : [new("postgres-crash", (rng, ct) => _server.CrashAsync(TimeSpan.FromMilliseconds(rng.Next(200, 1500)), ct))];
+
+    public override async Task SetupAsync(string runId)
+    {
+        if (crash)
+        {
+            _server = await PrivatePostgres.StartAsync(runId);
+            _direct = new NpgsqlConnectionStringBuilder(_server.ConnectionString);
+        }
+
+        await base.SetupAsync(runId);
+    }
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_server is not null)
+        {
+            await _server.DisposeAsync();
+        }
+    }
 
     public string Schema => _schema;
 
@@ -142,6 +180,7 @@ internal sealed class PostgresRig : StoreRig
             Timeout = 3,
             CommandTimeout = 10,
             MaxPoolSize = 8,
+            Pooling = true,
         };
         args["pg"] = viaProxy.ConnectionString;
         args["schema"] = _schema;
@@ -199,7 +238,7 @@ internal sealed class PostgresRig : StoreRig
 /// With <c>crash</c> (store <c>redis-crash</c>): Redis-held state on a <see cref="PrivateRedis"/> server of the suite's
 /// own, which the <c>redis-crash</c> fault SIGKILLs and restarts (AOF, <c>appendfsync always</c>): counts stay exact.
 /// </remarks>
-internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRig
+internal sealed class RedisRig(bool lease = false, bool crash = false, string fsync = "always") : StoreRig
 {
     /// <summary>How long a lease-mode handler stalls after its effect when told to: past the 2 s lease.</summary>
     public static readonly TimeSpan LeaseStall = TimeSpan.FromMilliseconds(3500);
@@ -209,17 +248,26 @@ internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRi
     private PrivateRedis? _server;
     private string _prefix = "";
 
-    public override string Name => lease ? "redis-lease" : crash ? "redis-crash" : "redis";
+    public override string Name => lease ? "redis-lease" : crash ? (fsync == "always" ? "redis-crash" : "redis-crash-" + fsync) : "redis";
 
     public override IReadOnlyList<FaultKind> Faults => _server is null
         ? []
         : [new("redis-crash", (rng, ct) => _server.CrashAsync(TimeSpan.FromMilliseconds(rng.Next(200, 1500)), ct))];
 
+    /// <summary>
+    /// Gets the loss window of <c>appendfsync everysec</c>: Redis documents that about the last second of writes may be
+    /// lost, and up to 2 s when a background fsync is slow (the AOF write is postponed while replies still go out);
+    /// a second more covers how late the child's report of a commit reaches the orchestrator on a busy machine.
+    /// </summary>
+    public override LossWindow? CrashLossWindow => _server is not null && fsync != "always"
+        ? new LossWindow(TimeSpan.FromSeconds(3), TimeSpan.FromSeconds(1), [.. _server.CrashTimes])
+        : null;
+
     public override async Task SetupAsync(string runId)
     {
         if (crash)
         {
-            _server = await PrivateRedis.StartAsync(runId);
+            _server = await PrivateRedis.StartAsync(runId, fsync);
             _direct = ConfigurationOptions.Parse($"127.0.0.1:{_server.Port}");
             _direct.AbortOnConnectFail = false;
         }
@@ -270,7 +318,12 @@ internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRi
             async () => await connection.DisposeAsync().ConfigureAwait(false));
     }
 
-    public static async Task<ChildStore> CreateChildAsync(ChildArgs args)
+    /// <summary>
+    /// Redis-held state, child side; with <paramref name="reportEffects"/> the handler writes <c>E key</c> when it
+    /// applies its effect (just before the commit), so a key lost in an <c>everysec</c> crash window can be matched to
+    /// when its write reached Redis.
+    /// </summary>
+    public static async Task<ChildStore> CreateChildAsync(ChildArgs args, bool reportEffects = false)
     {
         var config = ConfigurationOptions.Parse(args["redis"]);
         config.AbortOnConnectFail = false;
@@ -286,6 +339,11 @@ internal sealed class RedisRig(bool lease = false, bool crash = false) : StoreRi
             store,
             (context, ct) =>
             {
+                if (reportEffects)
+                {
+                    ChildHost.Output.WriteLine("E " + context.Key);
+                }
+
                 _ = context.GetRedisTransaction().HashIncrementAsync(effects, context.Key, 1);
                 return ValueTask.CompletedTask;
             },

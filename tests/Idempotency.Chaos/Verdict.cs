@@ -16,6 +16,31 @@ internal sealed record BrokerInspection(IReadOnlyDictionary<string, KeyPosition>
     public KeyPosition this[string key] => Keys.TryGetValue(key, out var p) ? p : new KeyPosition(false, "not found on the broker");
 }
 
+/// <summary>
+/// A documented window in which a server crash may lose acknowledged writes (Redis <c>appendfsync everysec</c>): a key
+/// whose write reached the server from <paramref name="Before"/> before a crash to <paramref name="After"/> after it.
+/// </summary>
+/// <param name="Before">How long before a crash a write may be lost.</param>
+/// <param name="After">Slack after the crash (the child's report of a write arrives a little after the write).</param>
+/// <param name="Crashes">When the crashes happened (<see cref="System.Diagnostics.Stopwatch.GetTimestamp"/>).</param>
+internal sealed record LossWindow(TimeSpan Before, TimeSpan After, IReadOnlyList<long> Crashes)
+{
+    /// <summary>The crash whose window holds <paramref name="timestamp"/>, as seconds from the write to it; null when none.</summary>
+    public double? SecondsBeforeCrash(long timestamp)
+    {
+        foreach (var crash in Crashes)
+        {
+            var before = System.Diagnostics.Stopwatch.GetElapsedTime(timestamp, crash);
+            if (before <= Before && before >= -After)
+            {
+                return before.TotalSeconds;
+            }
+        }
+
+        return null;
+    }
+}
+
 internal enum VerdictKind
 {
     /// <summary>No effect (or a poison message not dead-lettered) and the broker's position or ack passed it: gone for good.</summary>

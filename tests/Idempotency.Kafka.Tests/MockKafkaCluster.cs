@@ -145,6 +145,10 @@ public sealed class MockKafkaCluster : IDisposable
         rd_kafka_mock_push_request_errors_array(RequireMock(), apiKey, (UIntPtr)codes.Length, codes);
     }
 
+    /// <summary>Drops the errors pushed for one API that no request has taken yet.</summary>
+    /// <param name="apiKey">The API key.</param>
+    public void ClearRequestErrors(short apiKey) => rd_kafka_mock_clear_request_errors(RequireMock(), apiKey);
+
     /// <summary>Builds a producer for this cluster.</summary>
     /// <returns>The producer.</returns>
     public IProducer<byte[]?, byte[]?> CreateProducer() =>
@@ -236,6 +240,9 @@ public sealed class MockKafkaCluster : IDisposable
 
     [DllImport(Lib)]
     private static extern void rd_kafka_mock_push_request_errors_array(IntPtr mcluster, short apiKey, UIntPtr count, int[] errors);
+
+    [DllImport(Lib)]
+    private static extern void rd_kafka_mock_clear_request_errors(IntPtr mcluster, short apiKey);
 
     [DllImport(Lib)]
     private static extern int rd_kafka_mock_broker_set_down(IntPtr mcluster, int brokerId);
