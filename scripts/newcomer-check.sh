@@ -78,6 +78,7 @@ write_trx() {
 cleanup() {
   [ -n "${app_pid:-}" ] && kill -0 "$app_pid" 2>/dev/null && kill -KILL "$app_pid" 2>/dev/null
   sql "DROP SCHEMA IF EXISTS $SCHEMA CASCADE" >/dev/null 2>&1 || true
+  sql "DROP SCHEMA IF EXISTS ${SCHEMA}_tests CASCADE" >/dev/null 2>&1 || true
   timeout 60 "$RABBITMQCTL" -q delete_queue "$QUEUE" >/dev/null 2>&1 || true
   timeout 60 "$RABBITMQCTL" -q delete_queue "$QUEUE.dlq" >/dev/null 2>&1 || true
   # The packages of this run only: the global package cache keeps nothing of it.
@@ -172,6 +173,16 @@ if [ "$dead" = "1" ] && [ "$poison" = "0" ]; then
   record Malformed_body_dead_lettered_not_stored Passed 0
 else
   record Malformed_body_dead_lettered_not_stored Failed 0 "messages in $QUEUE.dlq: '${dead:-?}' (expected 1); processed rows for poison-1: '$poison' (expected 0)"
+fi
+
+# 5. The newcomer's unit test of the handler, written with the kit (Idempotency.Testing), against the packages.
+t0=$SECONDS
+if IDEMPOTENCY_POSTGRES="$IDEMPOTENCY_POSTGRES" NEWCOMER_TEST_SCHEMA="${SCHEMA}_tests" \
+     dotnet test --project "$ROOT/samples/Idempotency.Newcomer.Tests" -c Release -p:IdempotencyVersion="$VERSION" \
+     -p:RestoreAdditionalProjectSources="$FEED" </dev/null >"$log/unit-test.log" 2>&1; then
+  record Handler_unit_test_with_the_kit Passed $((SECONDS - t0))
+else
+  record Handler_unit_test_with_the_kit Failed $((SECONDS - t0)) "$(grep -m3 -E 'error|failed|Exception' "$log/unit-test.log" | tr '\n' ' ')"
 fi
 
 write_trx

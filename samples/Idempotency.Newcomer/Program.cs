@@ -36,16 +36,15 @@ builder.Services.AddSingleton(rabbit);
 builder.Services.AddIdempotency()
     .UsePostgres(builder.Configuration.GetSection("Idempotency:Postgres"))
     .ApplyPostgresSchemaOnStart()
-    .ConfigureHandler("orders", builder.Configuration.GetSection("Idempotency:Handlers:orders"))
-    .AddRabbitMqConsumer<OrderPlacedHandler>("orders", o => topology.ApplyTo(o).Concurrency = 4);
+    .AddRabbitMqConsumer<OrderPlacedHandler>("orders", builder.Configuration.GetSection("Idempotency:Consumers:orders"), o => topology.ApplyTo(o));
 
 await builder.Build().RunAsync();
 
 /// <summary>An order as producers publish it (JSON, camelCase).</summary>
-internal sealed record OrderPlaced(string Id, decimal Total);
+public sealed record OrderPlaced(string Id, decimal Total);
 
 /// <summary>Stores each order once: the insert joins the idempotency transaction, so it commits with the key or not at all.</summary>
-internal sealed class OrderPlacedHandler(IConfiguration configuration, ILogger<OrderPlacedHandler> logger) : JsonMessageHandler<OrderPlaced>
+public sealed class OrderPlacedHandler(IConfiguration configuration, ILogger<OrderPlacedHandler> logger) : JsonMessageHandler<OrderPlaced>
 {
     protected override async ValueTask HandleAsync(OrderPlaced order, MessageContext context, CancellationToken cancellationToken)
     {
