@@ -3,7 +3,7 @@ using Idempotency.Delivery;
 namespace Idempotency;
 
 /// <summary>What a consumer did with one message, as told to an <see cref="IDeliveryObserver"/>.</summary>
-/// <param name="Broker">The broker: <c>kafka</c>, <c>rabbitmq</c>, <c>sqs</c> (or the name a loop the user keeps gave).</param>
+/// <param name="Broker">The broker, as in the metrics: <c>kafka</c>, <c>rabbitmq</c>, <c>aws_sqs</c> (or the name a loop the user keeps gave).</param>
 /// <param name="Destination">The topic or queue.</param>
 /// <param name="Handler">The handler name.</param>
 /// <param name="Key">The idempotency key, when the message had a valid one.</param>

@@ -14,7 +14,7 @@ public interface IDeliveryPort<in TDelivery>
     /// </summary>
     bool RetriesInPlace { get; }
 
-    /// <summary>Gets the broker's name for telemetry (<c>kafka</c>, <c>rabbitmq</c>, <c>sqs</c>).</summary>
+    /// <summary>Gets the broker's name for telemetry (<c>kafka</c>, <c>rabbitmq</c>, <c>aws_sqs</c>).</summary>
     string Broker { get; }
 
     /// <summary>Gets the name of the consumed destination (topic, queue) for telemetry.</summary>
