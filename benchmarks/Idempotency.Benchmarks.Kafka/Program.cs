@@ -511,32 +511,9 @@ ConsumerConfig ConsumerConfig(MockKafkaCluster cluster, string group) => new()
     QueuedMaxMessagesKbytes = 65_536,
 };
 
-static void Produce(MockKafkaCluster cluster, string topic, int count, string prefix)
-{
-    using var producer = new ProducerBuilder<byte[]?, byte[]?>(new ProducerConfig { BootstrapServers = cluster.BootstrapServers, LingerMs = 20, BatchNumMessages = 10_000 }).Build();
-    for (var i = 0; i < count; i++)
-    {
-        var key = Encoding.UTF8.GetBytes($"{prefix}-{i}");
-        var body = Encoding.UTF8.GetBytes($"{{\"id\":\"{prefix}-{i}\",\"amount\":1}}");
-        while (true)
-        {
-            try
-            {
-                producer.Produce(topic, new Message<byte[]?, byte[]?> { Key = key, Value = body, Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, key } } });
-                break;
-            }
-            catch (ProduceException<byte[]?, byte[]?> e) when (e.Error.Code == ErrorCode.Local_QueueFull)
-            {
-                producer.Poll(TimeSpan.FromMilliseconds(50));
-            }
-        }
-    }
-
-    if (producer.Flush(TimeSpan.FromSeconds(60)) != 0)
-    {
-        throw new InvalidOperationException("produce did not finish");
-    }
-}
+static void Produce(MockKafkaCluster cluster, string topic, int count, string prefix) =>
+    KafkaLoad.Produce(cluster.BootstrapServers, topic, Enumerable.Range(0, count).Select(i =>
+        (Encoding.UTF8.GetBytes($"{prefix}-{i}"), Encoding.UTF8.GetBytes($"{{\"id\":\"{prefix}-{i}\",\"amount\":1}}"))));
 
 Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> latencies)
 {

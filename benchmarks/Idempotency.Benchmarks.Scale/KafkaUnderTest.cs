@@ -1,3 +1,4 @@
+using Idempotency.Benchmarks.Shared;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
@@ -177,30 +178,7 @@ internal sealed class KafkaUnderTest(int unique, ChildProcess host, string boots
 
     private static int Produce(string bootstrapServers, string topic, List<string> sends)
     {
-        using var producer = new ProducerBuilder<byte[]?, byte[]?>(new ProducerConfig { BootstrapServers = bootstrapServers, LingerMs = 20, BatchNumMessages = 10_000 }).Build();
         var body = Encoding.UTF8.GetBytes(Workload.Body);
-        foreach (var send in sends)
-        {
-            var key = Encoding.UTF8.GetBytes(send);
-            while (true)
-            {
-                try
-                {
-                    producer.Produce(topic, new Message<byte[]?, byte[]?> { Key = key, Value = body, Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, key } } });
-                    break;
-                }
-                catch (ProduceException<byte[]?, byte[]?> e) when (e.Error.Code == ErrorCode.Local_QueueFull)
-                {
-                    producer.Poll(TimeSpan.FromMilliseconds(50));
-                }
-            }
-        }
-
-        if (producer.Flush(TimeSpan.FromSeconds(60)) != 0)
-        {
-            throw new InvalidOperationException("produce did not finish");
-        }
-
-        return sends.Count;
+        return KafkaLoad.Produce(bootstrapServers, topic, sends.Select(send => (Encoding.UTF8.GetBytes(send), body)));
     }
 }
