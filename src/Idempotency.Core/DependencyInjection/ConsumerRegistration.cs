@@ -33,13 +33,8 @@ internal static class ConsumerRegistration
     {
         ArgumentNullException.ThrowIfNull(builder);
         ArgumentException.ThrowIfNullOrEmpty(broker);
-        if (!IdentifierRules.IsValidHandlerName(handlerName))
-        {
-            throw new ArgumentException($"Handler name must be 1 to 200 characters of letters, digits, '.', '-', '_' or ':' (was '{handlerName}').", nameof(handlerName));
-        }
-
         var services = builder.Services;
-        var existing = Registered(services).FirstOrDefault(r => r.Name == handlerName);
+        var existing = FindRegistered(services, handlerName);
         if (existing is not null && existing.Kind != broker)
         {
             throw new InvalidOperationException(
@@ -97,6 +92,21 @@ internal static class ConsumerRegistration
     /// <returns>The heartbeat, or <see langword="null"/>.</returns>
     public static ConsumerHeartbeat? Heartbeat(IServiceProvider services, string consumerName) =>
         services.GetService<ConsumerHealthRegistry>()?.Register(consumerName, services.GetService<TimeProvider>() ?? TimeProvider.System);
+
+    /// <summary>Checks a handler name and returns what it is registered as already, if anything.</summary>
+    /// <param name="services">The service collection.</param>
+    /// <param name="handlerName">The handler name.</param>
+    /// <returns>The earlier registration of the name, or <see langword="null"/>.</returns>
+    /// <exception cref="ArgumentException">The handler name is not valid.</exception>
+    internal static RegisteredHandlerName? FindRegistered(IServiceCollection services, string handlerName)
+    {
+        if (!IdentifierRules.IsValidHandlerName(handlerName))
+        {
+            throw new ArgumentException($"Handler name must be 1 to 200 characters of letters, digits, '.', '-', '_' or ':' (was '{handlerName}').", nameof(handlerName));
+        }
+
+        return Registered(services).FirstOrDefault(r => r.Name == handlerName);
+    }
 
     /// <summary>Returns the handler names registered so far (consumers and processors).</summary>
     /// <param name="services">The service collection.</param>

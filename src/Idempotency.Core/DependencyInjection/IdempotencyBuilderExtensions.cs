@@ -75,12 +75,7 @@ public static class IdempotencyBuilderExtensions
         where THandler : class, IIdempotentMessageHandler
     {
         ArgumentNullException.ThrowIfNull(builder);
-        if (!IdentifierRules.IsValidHandlerName(handlerName))
-        {
-            throw new ArgumentException($"Handler name must be 1 to 200 characters of letters, digits, '.', '-', '_' or ':' (was '{handlerName}').", nameof(handlerName));
-        }
-
-        var existing = Idempotency.DependencyInjection.ConsumerRegistration.Registered(builder.Services).FirstOrDefault(r => r.Name == handlerName);
+        var existing = Idempotency.DependencyInjection.ConsumerRegistration.FindRegistered(builder.Services, handlerName);
         if (existing is not null)
         {
             throw new InvalidOperationException($"Handler name '{handlerName}' is registered already ({existing.Kind}); each processor needs its own name.");
