@@ -33,9 +33,6 @@ internal static partial class Log
     [LoggerMessage(EventId = 2008, Level = LogLevel.Information, Message = "Store answers again: partition {Partition} resumed")]
     public static partial void ResumedAfterStore(ILogger logger, string partition);
 
-    [LoggerMessage(EventId = 2009, Level = LogLevel.Warning, Message = "In-flight work on {Count} partition(s) did not finish within {Timeout}; cancelled (rolled back, will be redelivered)")]
-    public static partial void InFlightCancelled(ILogger logger, int count, TimeSpan timeout);
-
     [LoggerMessage(EventId = 2010, Level = LogLevel.Information, Message = "Kafka idempotent consumer stopped; final offsets committed: {Committed}")]
     public static partial void Stopped(ILogger logger, bool committed);
 

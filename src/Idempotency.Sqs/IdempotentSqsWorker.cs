@@ -39,6 +39,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
     private readonly CancellationTokenSource _processing;
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private DeliveryEngine? _engine;
+    private Task _receiving = Task.CompletedTask;
     private int _started;
     private int _inFlightReceives;
 
@@ -111,7 +112,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
             throw;
         }
 
-        _ = RunPollersAsync(_engine);
+        _receiving = RunPollersAsync(_engine);
     }
 
     /// <summary>
@@ -131,8 +132,9 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
         if (!_stopping.IsCancellationRequested)
         {
             Log.Draining(_logger, Volatile.Read(ref _inFlightReceives), _options.QueueUrl, _options.ShutdownTimeout);
-            _processing.CancelAfter(_options.ShutdownTimeout);
             await _stopping.CancelAsync().ConfigureAwait(false);
+            var drain = new ShutdownDrain($"SQS worker of {_options.QueueUrl}", _time, _logger);
+            await drain.DrainAsync(_receiving, _options.ShutdownTimeout, _processing.Cancel, cancellationToken).ConfigureAwait(false);
         }
 
         using var cut = cancellationToken.Register(() => _processing.Cancel());

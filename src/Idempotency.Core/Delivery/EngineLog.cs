@@ -10,4 +10,7 @@ internal static partial class EngineLog
 
     [LoggerMessage(EventId = 1111, Level = LogLevel.Warning, Message = "Delivery observer {Observer} of handler {Handler} threw; the message's handling is unaffected")]
     public static partial void ObserverFailed(ILogger logger, Exception exception, string observer, string handler);
+
+    [LoggerMessage(EventId = 1112, Level = LogLevel.Warning, Message = "Stopping {Consumer}: in-flight messages did not settle within {Timeout}; cancelled (rolled back, they will be redelivered, none acknowledged)")]
+    public static partial void DrainCut(ILogger logger, string consumer, TimeSpan timeout);
 }

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using Confluent.Kafka;
+using Idempotency.Delivery;
 using Idempotency.Diagnostics;
 using Idempotency.Health;
 
@@ -19,8 +20,6 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     private readonly KafkaIdempotencyOptions _options;
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionLane<TKey, TValue>> _pauseChanges = new();
-    private volatile List<PartitionLane<TKey, TValue>>? _draining;
-    private volatile bool _drainAborted;
 
     /// <summary>Creates the loop of one run.</summary>
     /// <param name="consumer">The consumer.</param>
@@ -78,8 +77,7 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
 
         // Graceful shutdown: no more fetching; in-flight work finishes or is cancelled; what settled is committed.
         var all = Lanes.Values.ToList();
-        _draining = all;
-        StopLanes(all, _drainAborted ? TimeSpan.Zero : _options.ShutdownTimeout);
+        StopLanes(all, _options.ShutdownTimeout);
         var committed = _context.Hooks.CommitOnShutdown && fatal is null && Commit(all);
         Lanes.Clear();
         if (closeConsumer)
@@ -108,17 +106,7 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     }
 
     /// <summary>Cuts the shutdown drain short: in-flight work is cancelled (rolled back) at once. Thread-safe.</summary>
-    public void AbortDrain()
-    {
-        _drainAborted = true;
-        if (_draining is { } lanes)
-        {
-            foreach (var lane in lanes)
-            {
-                lane.Abort.Cancel();
-            }
-        }
-    }
+    public void AbortDrain() => _context.DrainAbort.Cancel();
 
     /// <summary>Starts the lane of a partition, assumed paused at the broker until the loop resumes it.</summary>
     /// <param name="partition">The partition.</param>
@@ -150,18 +138,14 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
             lane.StopTakingWork();
         }
 
-        var workers = lanes.Select(l => l.Worker).ToArray();
-        if (!WaitAll(workers, timeout))
-        {
-            Log.InFlightCancelled(_context.Logger, workers.Count(w => !w.IsCompleted), timeout);
-            foreach (var lane in lanes)
-            {
-                lane.Abort.Cancel();
-            }
-
-            // Cancelled work rolls back; the commit of a transaction already sent is awaited by the pipeline.
-            WaitAll(workers, TimeSpan.FromSeconds(30));
-        }
+        // Synchronous: this runs on the loop's thread or inside librdkafka's rebalance callback, which must return
+        // before the consumer goes on. Cancelled work rolls back; a commit already sent is awaited, 30 s at most.
+        _context.Drain.Drain(
+            Task.WhenAll(lanes.Select(l => l.Worker)),
+            timeout,
+            () => lanes.ForEach(l => l.Abort.Cancel()),
+            _context.DrainAbort.Token,
+            unwindLimit: TimeSpan.FromSeconds(30));
     }
 
     /// <summary>Commits, for each lane, the offset after its settled prefix. Runs on the loop's thread.</summary>
@@ -192,20 +176,6 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
             // Nothing is lost: the next commit carries later offsets, and what a failed commit leaves behind is redelivered as duplicates.
             Log.CommitFailed(_context.Logger, e, e.Error.Code);
             return false;
-        }
-    }
-
-    /// <summary>Waits for the workers; a faulted one is reported by <see cref="FailedLane"/>, not thrown here (inside a rebalance callback).</summary>
-    private static bool WaitAll(Task[] workers, TimeSpan timeout)
-    {
-        try
-        {
-            return Task.WaitAll(workers, timeout);
-        }
-        catch (AggregateException)
-        {
-            // Thrown only once every worker has finished, some of them faulted.
-            return true;
         }
     }
 

@@ -28,6 +28,7 @@ internal sealed class LaneContext<TKey, TValue> : IDisposable
         Logger = logger;
         Time = time;
         Slots = new SemaphoreSlim(options.Concurrency, options.Concurrency);
+        Drain = new ShutdownDrain($"Kafka consumer of handler {engine.Processor.HandlerName}", time, logger);
     }
 
     /// <summary>Gets the consumer's delivery engine (decisions, attempts, store gate).</summary>
@@ -60,8 +61,18 @@ internal sealed class LaneContext<TKey, TValue> : IDisposable
     /// <summary>Gets the concurrency slots: how many partitions have a store transaction in flight at once.</summary>
     public SemaphoreSlim Slots { get; }
 
+    /// <summary>Gets the shutdown drain of lanes that stop (a stop, a revoke or a loss).</summary>
+    public ShutdownDrain Drain { get; }
+
+    /// <summary>Gets the source that cuts a drain short (a stop whose token was cancelled).</summary>
+    public CancellationTokenSource DrainAbort { get; } = new();
+
     /// <inheritdoc/>
-    public void Dispose() => Slots.Dispose();
+    public void Dispose()
+    {
+        Slots.Dispose();
+        DrainAbort.Dispose();
+    }
 }
 
 /// <summary>Observers of a consumer's results, for tests, diagnostics and the benchmark.</summary>

@@ -66,17 +66,8 @@ internal sealed class RabbitMqLanes
     public async Task DrainAsync(TimeSpan timeout, CancellationToken cancellationToken)
     {
         _buffer.Writer.TryComplete();
-        var workers = Task.WhenAll(_workers);
-        try
-        {
-            await workers.WaitAsync(timeout, _time, cancellationToken).ConfigureAwait(false);
-        }
-        catch (Exception exception) when (exception is TimeoutException or OperationCanceledException)
-        {
-            await _processing.CancelAsync().ConfigureAwait(false);
-            await workers.ConfigureAwait(false);
-        }
-
+        var drain = new ShutdownDrain($"RabbitMQ consumer of queue {_options.Queue}", _time, _logger);
+        await drain.DrainAsync(Task.WhenAll(_workers), timeout, _processing.Cancel, cancellationToken).ConfigureAwait(false);
         _processing.Dispose();
     }
 
