@@ -64,7 +64,7 @@ public sealed class LayeredIdempotencyStore : IIdempotencyStore, IIdempotencyKey
     }
 
     /// <inheritdoc/>
-    public bool IsUnavailable(Exception exception) => Source.IsUnavailable(exception) || RedisIdempotencyStore.IsRedisUnavailable(exception);
+    public bool IsUnavailable(Exception exception) => Source.IsUnavailable(exception) || RedisFailures.IsUnavailable(exception);
 
     /// <inheritdoc/>
     public int MaxKeyBytes => Math.Min(Source.MaxKeyBytes, ((IIdempotencyStore)Redis).MaxKeyBytes);
@@ -73,7 +73,7 @@ public sealed class LayeredIdempotencyStore : IIdempotencyStore, IIdempotencyKey
     /// <remarks>A misconfiguration Redis recognises as its own (credentials, ACL, scripting) is Redis's; the source of truth classifies everything else.</remarks>
     public StoreFailure ClassifyFailure(Exception exception)
     {
-        var redis = RedisIdempotencyStore.ClassifyRedisFailure(exception);
+        var redis = RedisFailures.Classify(exception);
         return redis.Kind == StoreFailureKind.Misconfiguration ? redis : Source.ClassifyFailure(exception);
     }
 

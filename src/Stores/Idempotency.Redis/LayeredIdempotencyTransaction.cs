@@ -67,7 +67,7 @@ public sealed class LayeredIdempotencyTransaction : ILayeredTransaction
                     : throw new IdempotencyStoreUnavailableException("The Redis layer is not connected.");
             }
         }
-        catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+        catch (Exception exception) when (RedisFailures.IsUnavailable(exception))
         {
             Log.RedisLayerUnavailable(Redis.Logger, exception, requests[0].HandlerName);
         }
@@ -134,7 +134,7 @@ public sealed class LayeredIdempotencyTransaction : ILayeredTransaction
             {
                 lost = await Redis.CheckAsync(_lease!, LeaseKeys(leased.Select(c => c.Claim))).ConfigureAwait(false);
             }
-            catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+            catch (Exception exception) when (RedisFailures.IsUnavailable(exception))
             {
                 // The check is an early refusal, not the guarantee: the source of truth's claim still is.
                 Log.RedisLayerUnavailable(Redis.Logger, exception, leased[0].Claim.HandlerName);
@@ -256,7 +256,7 @@ public sealed class LayeredIdempotencyTransaction : ILayeredTransaction
         {
             await Redis.ReleaseAsync(_lease!, leases).ConfigureAwait(false);
         }
-        catch (Exception exception) when (RedisIdempotencyStore.IsRedisUnavailable(exception))
+        catch (Exception exception) when (RedisFailures.IsUnavailable(exception))
         {
             Log.ReleaseFailed(Redis.Logger, exception, handler);
         }

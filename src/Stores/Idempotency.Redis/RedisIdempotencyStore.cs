@@ -1,4 +1,3 @@
-using System.Net.Sockets;
 using Idempotency.Storage;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -137,10 +136,10 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     }
 
     /// <inheritdoc/>
-    public bool IsUnavailable(Exception exception) => IsRedisUnavailable(exception);
+    public bool IsUnavailable(Exception exception) => RedisFailures.IsUnavailable(exception);
 
     /// <inheritdoc/>
-    public StoreFailure ClassifyFailure(Exception exception) => ClassifyRedisFailure(exception);
+    public StoreFailure ClassifyFailure(Exception exception) => RedisFailures.Classify(exception);
 
     /// <inheritdoc/>
     public async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
@@ -155,7 +154,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         catch (Exception exception)
 #pragma warning restore CA1031
         {
-            return ClassifyRedisFailure(exception);
+            return RedisFailures.Classify(exception);
         }
     }
 
@@ -168,7 +167,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
             await Database.PingAsync().ConfigureAwait(false);
             return true;
         }
-        catch (Exception exception) when (IsRedisUnavailable(exception))
+        catch (Exception exception) when (RedisFailures.IsUnavailable(exception))
         {
             return false;
         }
@@ -222,7 +221,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
             var deleted = await Database.ScriptEvaluateAsync(ForgetScript, [redisKey], [value]).ConfigureAwait(false);
             return (long)deleted == 1;
         }
-        catch (Exception exception) when (IsRedisUnavailable(exception))
+        catch (Exception exception) when (RedisFailures.IsUnavailable(exception))
         {
             throw new IdempotencyStoreUnavailableException("The Redis idempotency store could not be reached to forget a key.", exception);
         }
@@ -445,64 +444,6 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
 
     /// <summary>How long a committed status is kept: the retention plus a lease, so it outlives every key that refers to it.</summary>
     internal TimeSpan CommittedStatusTtl => Options.Retention + Options.LeaseDuration;
-
-    internal static bool IsRedisUnavailable(Exception exception)
-    {
-        for (var current = exception; current is not null; current = current.InnerException)
-        {
-            switch (current)
-            {
-                case IdempotencyStoreUnavailableException:
-                case RedisConnectionException:
-                case RedisTimeoutException:
-                case SocketException:
-                case TimeoutException:
-                    return true;
-                case RedisServerException server when IsTransientServerError(server.Message):
-                    return true;
-            }
-        }
-
-        return false;
-    }
-
-    /// <summary>Authentication, ACL and refused commands or scripts are misconfigurations; everything else an outage.</summary>
-    internal static StoreFailure ClassifyRedisFailure(Exception exception)
-    {
-        ArgumentNullException.ThrowIfNull(exception);
-        for (var current = exception; current is not null; current = current.InnerException)
-        {
-            switch (current)
-            {
-                case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
-                    return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the credentials ({current.Message}): check the password (and user) of the store's connection string");
-                case NotSupportedException refused:
-                    // The store's own refusal of what this deployment cannot do (the outbox on a cluster, a server older than 7.0).
-                    return new StoreFailure(StoreFailureKind.Misconfiguration, refused.Message);
-                case RedisServerException server when IsMisconfigurationError(server.Message):
-                    return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the store's command ({server.Message}): check the credentials, the user's ACL (it needs EVALSHA/EVAL, GET, SET, DEL, MULTI/EXEC on the store's keys) and that scripting is enabled");
-            }
-        }
-
-        return StoreFailure.Outage(exception);
-    }
-
-    private static bool IsMisconfigurationError(string message) =>
-        message.StartsWith("NOAUTH", StringComparison.Ordinal)
-        || message.StartsWith("WRONGPASS", StringComparison.Ordinal)
-        || message.StartsWith("NOPERM", StringComparison.Ordinal)
-        || message.StartsWith("CROSSSLOT", StringComparison.Ordinal)
-        || message.StartsWith("ERR unknown command", StringComparison.Ordinal)
-        || message.Contains("scripts are disabled", StringComparison.OrdinalIgnoreCase);
-
-    private static bool IsTransientServerError(string message) =>
-        message.StartsWith("LOADING", StringComparison.Ordinal)
-        || message.StartsWith("READONLY", StringComparison.Ordinal)
-        || message.StartsWith("MASTERDOWN", StringComparison.Ordinal)
-        || message.StartsWith("TRYAGAIN", StringComparison.Ordinal)
-        || message.StartsWith("CLUSTERDOWN", StringComparison.Ordinal)
-        || message.StartsWith("BUSY", StringComparison.Ordinal)
-        || message.StartsWith("OOM", StringComparison.Ordinal); // maxmemory reached under noeviction: full, not a poison message
 
     private static ClaimResult ToClaimResult(byte[] found, RedisLease lease)
     {
