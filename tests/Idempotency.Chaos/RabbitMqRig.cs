@@ -78,7 +78,7 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
         _runId = runId;
         _proxy = new TcpProxy(_uri.Host is "localhost" ? "127.0.0.1" : _uri.Host, _uri.Port > 0 ? _uri.Port : 5672);
         _clientName = "chaos-child-" + runId;
-        _connection = await new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + runId }.CreateConnectionAsync();
+        _connection = await ConnectOrchestratorAsync();
         await using var channel = await Connection.CreateChannelAsync();
         _topology = await RabbitMqTopology.DeclareAsync(channel, "chaos-" + runId, queueType);
     }
@@ -110,6 +110,37 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
         }
     }
 
+    /// <summary>
+    /// The orchestrator's own connection. On 2 cores at load 70+ the broker's handshake can take longer than the client's
+    /// 30 s default (BrokerUnreachableException): the timeouts stretch with the load, and a refused connect is tried
+    /// again for up to 5 minutes, so the harness never reports a slow machine as a failed scenario.
+    /// </summary>
+    private async Task<IConnection> ConnectOrchestratorAsync()
+    {
+        var clock = Stopwatch.StartNew();
+        for (var attempt = 1; ; attempt++)
+        {
+            var stretch = MachineLoad.Factor();
+            var factory = new ConnectionFactory
+            {
+                Uri = _uri,
+                ClientProvidedName = "chaos-orchestrator-" + _runId,
+                RequestedConnectionTimeout = TimeSpan.FromSeconds(30 * stretch),
+                HandshakeContinuationTimeout = TimeSpan.FromSeconds(20 * stretch),
+                ContinuationTimeout = TimeSpan.FromSeconds(20 * stretch),
+            };
+            try
+            {
+                return await factory.CreateConnectionAsync();
+            }
+            catch (global::RabbitMQ.Client.Exceptions.BrokerUnreachableException e) when (clock.Elapsed < TimeSpan.FromMinutes(5))
+            {
+                Console.Error.WriteLine($"    [{Name}] orchestrator connect attempt {attempt} failed after {clock.Elapsed.TotalSeconds:0} s at load {MachineLoad.Current:0.0} ({e.InnerException?.Message ?? e.Message}); trying again");
+                await Task.Delay(TimeSpan.FromSeconds(2));
+            }
+        }
+    }
+
     /// <summary>Reconnects the orchestrator's connection when a node crash closed it (private node only).</summary>
     private async Task EnsureConnectedAsync()
     {
@@ -131,7 +162,7 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
                 try { await _connection.DisposeAsync(); } catch (Exception) { }
             }
 
-            _connection = await new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + _runId }.CreateConnectionAsync();
+            _connection = await ConnectOrchestratorAsync();
         }
         finally
         {
