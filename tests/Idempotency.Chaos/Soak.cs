@@ -342,7 +342,7 @@ internal static class Soak
 
     private static async Task<bool> PlotAsync(string broker, string csv, string png, double? warmUpEndSeconds)
     {
-        var warm = warmUpEndSeconds is { } s ? string.Create(CultureInfo.InvariantCulture, $"set arrow from {s:0},graph 0 to {s:0},graph 1 nohead dt 3 lc rgb 'gray'\nset label 'warm-up end' at {s:0},graph 0.5 offset 0.5,0\n") : "";
+        var warm = warmUpEndSeconds is { } s ? string.Create(CultureInfo.InvariantCulture, $"set arrow from {s:0},graph 0 to {s:0},graph 1 nohead dt 2 lw 1.5 lc rgb 'black'\nset label 'warm-up end' at {s:0},graph 0.5 offset 0.5,0\n") : "";
         return await GnuplotAsync($"""
             set terminal pngcairo size 1100,650 noenhanced
             set output '{png}'
@@ -380,7 +380,7 @@ internal static class Soak
             set terminal pngcairo size 1100,650 noenhanced
             set output '{Path.Combine(directory, "soak.png")}'
             set datafile separator ','
-            set key autotitle columnhead top left
+            set key autotitle columnhead bottom right
             set xlabel 'messages processed (thousands)'
             set ylabel 'consumer resident set (MB)'
             set yrange [0:*]
