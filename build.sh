@@ -27,8 +27,10 @@ usage: ./build.sh COMMAND [ARGS...]
   demo [ARGS...]     dotnet run samples/Idempotency.Demo with the services up
   bench [ARGS...]    dotnet run benchmarks/Idempotency.Benchmarks
   chaos [ARGS...]    dotnet run tests/Idempotency.Chaos (e.g. --quick, --under-load; --help lists them)
-  soak [ARGS...]     the soak run (not part of test): 1,000,000 messages through Kafka over PostgreSQL with the
-                     retention pruner; RSS and keys-table size every 10 s to benchmarks/results/soak.{csv,md,png}
+  soak [ARGS...]     the soak run (not part of test): 1,000,000 messages through each broker's default consumer
+                     options (--broker kafka,rabbitmq,sqs, one after another) over PostgreSQL with the retention
+                     pruner; RSS and keys-table size every 10 s; fails unless every key has one effect and the RSS
+                     after the warm-up stays within 50 MB; to benchmarks/results/soak-<broker>.{csv,md,png}, soak.md
   newcomer           scripts/newcomer-check.sh: pack src/, build samples/Idempotency.Newcomer from the
                      packages, run it against RabbitMQ + PostgreSQL and check its effects (also part of test)
   services CMD       scripts/services.sh up|down|status|env|restart-postgres|...

@@ -57,6 +57,12 @@ internal abstract class BrokerRig : IAsyncDisposable
 
     public abstract void AddChildArgs(IDictionary<string, string> args);
 
+    /// <summary>
+    /// The soak's child arguments: only what a user must set (where the broker is, the queue or topic), straight to the
+    /// broker with no proxy, plus <c>defaults</c>, which makes the child take the adapter's default options.
+    /// </summary>
+    public abstract void AddDefaultPathChildArgs(IDictionary<string, string> args);
+
     /// <summary>Gets the broker's own faults.</summary>
     public abstract IReadOnlyList<FaultKind> Faults { get; }
 

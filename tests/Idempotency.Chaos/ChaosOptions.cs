@@ -48,8 +48,14 @@ internal sealed class ChaosOptions
     /// <summary>Run the soak (<see cref="Soak"/>) instead of the scenarios.</summary>
     public bool Soak { get; private set; }
 
-    /// <summary>Upper bound on the soak run; it fails when the messages are not all processed by then.</summary>
-    public TimeSpan SoakLimit { get; private set; } = TimeSpan.FromMinutes(60);
+    /// <summary>Upper bound on each broker's soak; it fails when the messages are not all processed by then.</summary>
+    public TimeSpan SoakLimit { get; private set; } = TimeSpan.FromMinutes(90);
+
+    /// <summary>The brokers the soak runs, one after another.</summary>
+    public static readonly string[] SoakBrokers = ["kafka", "rabbitmq", "sqs"];
+
+    /// <summary>Gets the brokers of this soak run (<c>--broker</c>; all of <see cref="SoakBrokers"/> by default).</summary>
+    public IReadOnlyList<string> SoakBrokerList { get; private set; } = SoakBrokers;
 
     /// <summary>Run the scenarios with stress-ng saturating every core (<see cref="CpuHog"/>).</summary>
     public bool UnderLoad { get; private set; }
@@ -97,6 +103,13 @@ internal sealed class ChaosOptions
         }
 
         o.Messages = messages ?? (o.Soak ? 1_000_000 : o.Quick ? 600 : 2000);
+        if (o.Soak && brokers is not null)
+        {
+            o.SoakBrokerList = brokers.Any(b => !SoakBrokers.Contains(b))
+                ? throw new ArgumentException($"--soak --broker: one of {string.Join(", ", SoakBrokers)} (was '{string.Join(",", brokers)}')")
+                : brokers.Distinct().ToList();
+        }
+
         o.Kills = kills ?? (o.Quick ? 20 : 24);
         o.Poison = poison ?? (o.Quick ? 4 : 8);
         // Quick: the three default brokers over PostgreSQL and Redis. Full: every broker with every store mode (the
@@ -154,8 +167,10 @@ internal sealed class ChaosOptions
           --load-seconds N    upper bound on the CPU hog's life (default 1200 quick, 3600 full)
           --skip-faults LIST  fault kinds not to inject, e.g. kafka-request-errors,store-cut (to isolate a failure)
           --soak              not the scenarios: the soak run (./build.sh soak): --messages (default 1,000,000) unique
-                              keys through Kafka over PostgreSQL with the retention pruner; writes soak.csv/.md/.png
-                              to --results (default benchmarks/results); --soak-minutes N bounds it (default 60)
+                              keys through each --broker (kafka,rabbitmq,sqs by default, one after another) with the
+                              adapter's default options over PostgreSQL with the retention pruner; writes
+                              soak-<broker>.csv/.md/.png and soak.md/.png to --results (default benchmarks/results);
+                              --soak-minutes N bounds each broker (default 90)
           --results DIR       where chaos.md and test-results/chaos.trx go (default: artifacts)
         """;
 

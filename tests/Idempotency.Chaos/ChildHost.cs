@@ -68,7 +68,8 @@ internal static class ChildHost
 
             await store.ApplyEffectAsync(context, ct).ConfigureAwait(false);
         });
-        var options = new IdempotencyOptions
+        // The soak ("defaults") keeps the processor's defaults too: only the handler name (and the retention below).
+        var options = args.Get("defaults") is not null ? new IdempotencyOptions { HandlerName = "soak" } : new IdempotencyOptions
         {
             HandlerName = "chaos",
             Retry = new RetryOptions { MaxAttempts = 3, InitialDelay = TimeSpan.FromMilliseconds(20), MaxDelay = TimeSpan.FromMilliseconds(100) },
@@ -83,15 +84,18 @@ internal static class ChildHost
         if (args.Get("prune-s") is { } prune && store.Store is Idempotency.Postgres.PostgresIdempotencyStore postgres)
         {
             // Soak: the retention pruner deletes expired keys while the consumer runs; "P <rows>" per pass.
-            var pruner = new Idempotency.Postgres.Retention.PostgresRetentionPruner(postgres, new Idempotency.Postgres.Retention.PostgresRetentionOptions());
-            var every = TimeSpan.FromSeconds(int.Parse(prune, System.Globalization.CultureInfo.InvariantCulture));
+            // Its default batch size and pauses; only the interval is the soak's (PostgresRetentionService's loop).
+            var pruner = new Idempotency.Postgres.Retention.PostgresRetentionPruner(postgres, new Idempotency.Postgres.Retention.PostgresRetentionOptions
+            {
+                Interval = TimeSpan.FromSeconds(int.Parse(prune, System.Globalization.CultureInfo.InvariantCulture)),
+            });
             _ = Task.Run(async () =>
             {
                 while (!stop.IsCancellationRequested)
                 {
                     try
                     {
-                        await Task.Delay(every, stop.Token).ConfigureAwait(false);
+                        await Task.Delay(pruner.Options.Interval, stop.Token).ConfigureAwait(false);
                         Output.WriteLine("P " + await pruner.PruneOnceAsync(stop.Token).ConfigureAwait(false));
                     }
                     catch (OperationCanceledException)

@@ -128,6 +128,14 @@ internal sealed class KafkaRig(int partitions = 3) : BrokerRig
         args["heartbeat-ms"] = HeartbeatMs.ToString(CultureInfo.InvariantCulture);
     }
 
+    public override void AddDefaultPathChildArgs(IDictionary<string, string> args)
+    {
+        args["bootstrap"] = Cluster.BootstrapServers;
+        args["topic"] = _topic;
+        args["group"] = Group;
+        args["defaults"] = "1";
+    }
+
     public override Task<IReadOnlyList<string>> ReadDeadLettersAsync()
     {
         var config = new ConsumerConfig
@@ -234,7 +242,10 @@ internal sealed class KafkaRig(int partitions = 3) : BrokerRig
 
     public static async Task RunKafkaChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
     {
-        var options = new KafkaIdempotencyOptions<byte[], byte[]>
+        // The soak ("defaults"): the adapter's and librdkafka's defaults; only the brokers, the group and the topic are
+        // set, and a new group reads its topic from the start.
+        var defaults = args.Get("defaults") is not null;
+        var options = defaults ? new KafkaIdempotencyOptions<byte[], byte[]>() : new KafkaIdempotencyOptions<byte[], byte[]>
         {
             BatchSize = int.Parse(args["batch"], System.Globalization.CultureInfo.InvariantCulture),
             CommitEveryMessages = 50,
@@ -244,7 +255,7 @@ internal sealed class KafkaRig(int partitions = 3) : BrokerRig
             DeadLetterProduceBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(100), MaxDelay = TimeSpan.FromSeconds(1) },
         };
         options.Topics.Add(args["topic"]);
-        var config = new ConsumerConfig
+        var config = defaults ? new ConsumerConfig { BootstrapServers = args["bootstrap"], GroupId = args["group"], AutoOffsetReset = AutoOffsetReset.Earliest } : new ConsumerConfig
         {
             BootstrapServers = args["bootstrap"],
             GroupId = args["group"],

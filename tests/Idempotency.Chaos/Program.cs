@@ -30,7 +30,7 @@ CpuHog? hog = null;
 if (options.Soak)
 {
     AppDomain.CurrentDomain.ProcessExit += (_, _) => ChildProcess.KillAll();
-    return await Soak.RunAsync(options.Messages, args.Contains("--results") ? options.ResultsDirectory : Path.Combine("benchmarks", "results"), options.SoakLimit);
+    return await Soak.RunAsync(options.SoakBrokerList, options.Messages, args.Contains("--results") ? options.ResultsDirectory : Path.Combine("benchmarks", "results"), options.SoakLimit);
 }
 
 AppDomain.CurrentDomain.ProcessExit += (_, _) => { ChildProcess.KillAll(); PrivateServer.KillAll(); hog?.Dispose(); };

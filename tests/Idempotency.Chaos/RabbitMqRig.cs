@@ -198,6 +198,13 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
         args["client"] = _clientName;
     }
 
+    public override void AddDefaultPathChildArgs(IDictionary<string, string> args)
+    {
+        args["amqp"] = _uri.ToString();
+        args["queue"] = _topology!.Queue;
+        args["defaults"] = "1";
+    }
+
     public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
     {
         // basic.get without ack, then close the channel: every message goes back to the queue (a non-destructive read).
@@ -320,7 +327,9 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
 
     public static async Task RunRabbitChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
     {
-        var factory = new ConnectionFactory
+        var defaults = args.Get("defaults") is not null;
+        // The soak: the client's and the adapter's defaults (the queue's own dead-letter exchange, declared with it).
+        var factory = defaults ? new ConnectionFactory { Uri = new Uri(args["amqp"]) } : new ConnectionFactory
         {
             Uri = new Uri(args["amqp"]),
             AutomaticRecoveryEnabled = true,
@@ -330,7 +339,7 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
             ClientProvidedName = args["client"],
         };
         await using var connection = await factory.CreateConnectionAsync(stop).ConfigureAwait(false);
-        var options = new RabbitMqIdempotencyOptions
+        var options = defaults ? new RabbitMqIdempotencyOptions { Queue = args["queue"] } : new RabbitMqIdempotencyOptions
         {
             Queue = args["queue"],
             DeadLetterExchange = args["dlx"],

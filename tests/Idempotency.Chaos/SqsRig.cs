@@ -106,6 +106,14 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
         args["dlq"] = _dlqUrl;
     }
 
+    public override void AddDefaultPathChildArgs(IDictionary<string, string> args)
+    {
+        args["sqs"] = _serviceUrl;
+        args["queue"] = _queueUrl;
+        args["dlq"] = _dlqUrl;
+        args["defaults"] = "1";
+    }
+
     public override async Task<IReadOnlyList<string>> ReadDeadLettersAsync()
     {
         if (fifo)
@@ -322,8 +330,12 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
 
     public static async Task RunSqsChildAsync(ChildArgs args, IdempotentProcessor processor, Action ready, CancellationToken stop)
     {
-        using var sqs = Client(args["sqs"]);
-        var options = new SqsIdempotencyOptions
+        // The soak: the SDK's and the adapter's defaults; only the endpoint (the emulator) and the queues are set.
+        var defaults = args.Get("defaults") is not null;
+        using var sqs = defaults
+            ? new AmazonSQSClient(new BasicAWSCredentials("test", "test"), new AmazonSQSConfig { ServiceURL = args["sqs"], AuthenticationRegion = "us-east-1" })
+            : Client(args["sqs"]);
+        var options = defaults ? new SqsIdempotencyOptions { QueueUrl = args["queue"], DeadLetterQueueUrl = args["dlq"] } : new SqsIdempotencyOptions
         {
             QueueUrl = args["queue"],
             DeadLetterQueueUrl = args["dlq"],
