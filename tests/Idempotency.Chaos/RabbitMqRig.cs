@@ -338,7 +338,6 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
             RequestedHeartbeat = TimeSpan.FromSeconds(5),
             ClientProvidedName = args["client"],
         };
-        await using var connection = await factory.CreateConnectionAsync(stop).ConfigureAwait(false);
         var options = defaults ? new RabbitMqIdempotencyOptions { Queue = args["queue"] } : new RabbitMqIdempotencyOptions
         {
             Queue = args["queue"],
@@ -348,8 +347,49 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
             PrefetchCount = 40,
             ShutdownTimeout = TimeSpan.FromSeconds(5),
         };
-        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, processor, options, cancellationToken: stop).ConfigureAwait(false);
-        await consumer.StartAsync(stop).ConfigureAwait(false);
+
+        // Start-up tries again, as a supervisor would restart a consumer that could not connect: on a starved machine
+        // the broker closes a handshake that outlasts its handshake_timeout (10 s), or a fault closes the new connection
+        // before the consumer's channels are open. The client's own timeouts stretch with the load.
+        var stretch = MachineLoad.Factor();
+        factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(30 * stretch);
+        factory.HandshakeContinuationTimeout = TimeSpan.FromSeconds(20 * stretch);
+        IConnection connection;
+        IdempotentRabbitMqConsumer consumer;
+        for (var attempt = 1; ; attempt++)
+        {
+            IConnection? opened = null;
+            try
+            {
+                opened = await factory.CreateConnectionAsync(stop).ConfigureAwait(false);
+                consumer = await IdempotentRabbitMqConsumer.CreateAsync(opened, processor, options, cancellationToken: stop).ConfigureAwait(false);
+                try
+                {
+                    await consumer.StartAsync(stop).ConfigureAwait(false);
+                }
+                catch
+                {
+                    await consumer.DisposeAsync().ConfigureAwait(false);
+                    throw;
+                }
+
+                connection = opened;
+                break;
+            }
+            catch (Exception e) when (!stop.IsCancellationRequested && e is global::RabbitMQ.Client.Exceptions.BrokerUnreachableException or global::RabbitMQ.Client.Exceptions.AlreadyClosedException or global::RabbitMQ.Client.Exceptions.OperationInterruptedException or IOException or TimeoutException)
+            {
+                Console.Error.WriteLine($"start-up attempt {attempt} failed at load {MachineLoad.Current:0.0} ({e.GetType().Name}: {e.Message}); trying again");
+                if (opened is not null)
+                {
+                    try { await opened.DisposeAsync().ConfigureAwait(false); } catch (Exception) { }
+                }
+
+                await Task.Delay(TimeSpan.FromSeconds(1), stop).ConfigureAwait(false);
+            }
+        }
+
+        await using var ownedConnection = connection;
+        await using var ownedConsumer = consumer;
         ready();
         try
         {
