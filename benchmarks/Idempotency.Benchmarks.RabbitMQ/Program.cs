@@ -17,6 +17,8 @@ using System.Text.Json;
 using Idempotency;
 using Idempotency.Benchmarks.RabbitMQ;
 using Idempotency.Benchmarks.Shared;
+using Idempotency.InMemory;
+using Idempotency.Storage;
 using Idempotency.Postgres;
 using Idempotency.RabbitMQ;
 using Npgsql;
@@ -34,6 +36,11 @@ var rounds = Arg("--rounds", 3);
 var lowLoad = Arg("--low-load", 200); // messages per scenario per round, one in flight
 var peer = !args.Contains("--no-peer");
 var sqlSeconds = Arg("--sql-seconds", 2);
+var batchLingerMs = Arg("--batch-linger-ms", 0); // batch mode's BatchMaxWait
+var batchPrefetch = Arg("--batch-prefetch", Math.Max(prefetch, batchSize * concurrency)); // batch mode's PrefetchCount
+var only = ArgText("--only")?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries); // scenario keys, for a quick look at a few
+var diagnose = args.Contains("--diagnose"); // adds the rows that split a batch's cost: broker and client alone, our path without the broker, and over the in-memory store
+long batchHandlerCalls = 0; // set-based handler calls: messages / calls = the mean batch size
 const int WarmUp = 100; // messages before each broker run's measured ones (JIT, pools, Wolverine's code generation)
 var postgres = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
 var rabbit = Environment.GetEnvironmentVariable("IDEMPOTENCY_RABBITMQ") ?? "amqp://guest:guest@127.0.0.1:5672/";
@@ -72,10 +79,24 @@ try
         ("default", "IdempotentRabbitMqConsumer, default batching", n => Ours(n, Mode.Default, oneAtATime: true)),
         ("per-message", "IdempotentRabbitMqConsumer, batching off", n => Ours(n, Mode.PerMessage, oneAtATime: true)),
     };
+    if (diagnose)
+    {
+        throughput.Add(("consume-only", "Diagnosis: bare manual-ack consumer, no database (broker + client)", n => ConsumeOnly(n, ackEvery: 1)));
+        throughput.Add(("consume-only-multiple", $"Diagnosis: bare consumer acking every {batchSize} with multiple: true, no database", n => ConsumeOnly(n, ackEvery: batchSize)));
+        throughput.Add(("memory-set-based", $"Diagnosis: batch mode ({batchSize}) over the in-memory store (no database)", n => Ours(n, Mode.SetBased, oneAtATime: false, inMemory: true)));
+        throughput.Add(("alone-set-based", $"Diagnosis: IdempotentProcessor.ProcessBatchAsync alone, batches of {batchSize}, set-based handler (no broker)", _ => ProcessorAlone()));
+    }
+
     if (peer)
     {
         throughput.Add(("wolverine", "Wolverine 6.64.2 durable inbox (PostgreSQL), EF Core handler in the inbox transaction", n => Wolverine(n, oneAtATime: false)));
         latency.Add(("wolverine", "Wolverine durable inbox", n => Wolverine(n, oneAtATime: true)));
+    }
+
+    if (only is not null)
+    {
+        throughput.RemoveAll(s => !only.Contains(s.Key));
+        latency.RemoveAll(s => !only.Contains("low-" + s.Key));
     }
 
     // Warm-up (JIT, pools, broker): one small round of the in-process scenarios, not reported.
@@ -258,7 +279,7 @@ async Task<Run> SqlLoop(int keyRows)
     var committed = (long)(await rows.ExecuteScalarAsync())!;
     var cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / committed;
     var run = new Run((int)committed, committed / elapsed, double.NaN, double.NaN, cpuUs, []);
-    Console.WriteLine($"  sql({keyRows}): {run.MessagesPerSecond:N0} msg/s");
+    Console.WriteLine($"  sql({keyRows}): {run.MessagesPerSecond:N0} msg/s, client CPU {cpuUs:0} µs/msg");
     return run;
 }
 
@@ -288,18 +309,36 @@ async Task<Run> Plain(int count, bool oneAtATime)
     return await Finish(queue, table, count, published, cpuUs, "plain");
 }
 
-async Task<Run> Ours(int count, Mode mode, bool oneAtATime)
+async Task<Run> Ours(int count, Mode mode, bool oneAtATime, bool inMemory = false)
 {
     var table = await sql.BusinessTableAsync(notify: oneAtATime);
     var queue = await DeclareQueue();
     var published = await Preload(queue, count, oneAtATime);
-    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
-    await store.EnsureSchemaAsync();
+    IIdempotencyStore store;
+    if (inMemory)
+    {
+        store = new InMemoryIdempotencyStore();
+    }
+    else
+    {
+        var postgresStore = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
+        await postgresStore.EnsureSchemaAsync();
+        store = postgresStore;
+    }
+
     var perMessage = IdempotentHandler.Create((ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)));
+    batchHandlerCalls = 0;
     IIdempotentMessageHandler handler = mode == Mode.SetBased
         ? IdempotentHandler.CreateBatch(
-            async (ctx, ct) => await SetBasedUpsert(ctx.Messages[0].GetNpgsqlConnection(), ctx.Messages[0].GetNpgsqlTransaction(), table, ctx.Messages.Select(m => m.Key).ToArray()),
-            (ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)))
+            async (ctx, ct) =>
+            {
+                Interlocked.Increment(ref batchHandlerCalls);
+                if (!inMemory)
+                {
+                    await SetBasedUpsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Messages.Select(m => m.Key).ToArray());
+                }
+            },
+            (ctx, ct) => inMemory ? ValueTask.CompletedTask : new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)))
         : perMessage;
     var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench", ClaimTiming = mode == Mode.AtCommit ? ClaimTiming.AtCommit : ClaimTiming.BeforeHandler });
     await using var channel = await connection.CreateChannelAsync();
@@ -318,16 +357,111 @@ async Task<Run> Ours(int count, Mode mode, bool oneAtATime)
     {
         // Batch mode wants every worker's batch full: at least BatchSize x Concurrency deliveries in flight.
         options.BatchSize = batchSize;
-        options.PrefetchCount = Math.Max(prefetch, batchSize * concurrency);
+        options.PrefetchCount = batchPrefetch;
+        options.BatchMaxWait = TimeSpan.FromMilliseconds(batchLingerMs);
     }
 
     // Mode.Default keeps BatchSize and BatchMaxWait at the library's defaults.
     await using var consumer = new IdempotentRabbitMqConsumer(channel, processor, options);
     var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+    if (inMemory)
+    {
+        // No business table: time from the start to the last ack.
+        var watch = Stopwatch.StartNew();
+        await consumer.StartAsync();
+        while (consumer.AcknowledgedCount < WarmUp + count)
+        {
+            await Task.Delay(1);
+        }
+
+        var elapsed = watch.Elapsed.TotalSeconds;
+        var cpuMemory = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / (WarmUp + count);
+        await consumer.StopAsync();
+        var memoryRun = new Run(WarmUp + count, (WarmUp + count) / elapsed, double.NaN, double.NaN, cpuMemory, []);
+        Console.WriteLine($"  memory {mode}: {memoryRun.MessagesPerSecond:N0} msg/s, client CPU {cpuMemory:0} µs/msg, mean batch {(double)(WarmUp + count) / Math.Max(1, batchHandlerCalls):0.0}");
+        return memoryRun;
+    }
+
     await consumer.StartAsync();
     var cpuUs = await Drive(queue, table, count, oneAtATime, published, cpu, mode.ToString());
     await consumer.StopAsync();
+    if (mode == Mode.SetBased)
+    {
+        Console.WriteLine($"  mean set-based batch: {(double)(WarmUp + count) / Math.Max(1, batchHandlerCalls):0.0} messages");
+    }
+
     return await Finish(queue, table, count, published, cpuUs, mode.ToString());
+}
+
+// Diagnosis: the broker and the client alone, at the set-based scenario's prefetch and concurrency, acking each delivery.
+async Task<Run> ConsumeOnly(int count, int ackEvery)
+{
+    var queue = await DeclareQueue();
+    await Preload(queue, count, oneAtATime: false);
+    await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false, consumerDispatchConcurrency: (ushort)(ackEvery == 1 ? concurrency : 1)));
+    await channel.BasicQosAsync(0, (ushort)Math.Max(prefetch, batchSize * concurrency), false);
+    var consumer = new AsyncEventingBasicConsumer(channel);
+    long done = 0;
+    var all = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+    consumer.ReceivedAsync += async (_, ea) =>
+    {
+        _ = ea.Body.ToArray();
+        var n = Interlocked.Increment(ref done);
+        if (ackEvery == 1 || n % ackEvery == 0 || n == WarmUp + count)
+        {
+            await channel.BasicAckAsync(ea.DeliveryTag, multiple: ackEvery > 1);
+        }
+
+        if (n == WarmUp + count)
+        {
+            all.TrySetResult();
+        }
+    };
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+    var watch = Stopwatch.StartNew();
+    var tag = await channel.BasicConsumeAsync(queue, autoAck: false, consumer);
+    await all.Task.WaitAsync(TimeSpan.FromMinutes(2));
+    var elapsed = watch.Elapsed.TotalSeconds;
+    var cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / (WarmUp + count);
+    await channel.BasicCancelAsync(tag);
+    var run = new Run(WarmUp + count, (WarmUp + count) / elapsed, double.NaN, double.NaN, cpuUs, []);
+    Console.WriteLine($"  consume only, ack every {ackEvery}: {run.MessagesPerSecond:N0} msg/s, client CPU {cpuUs:0} µs/msg");
+    return run;
+}
+
+// Diagnosis: our batch path without the broker, like the SQL batch loop: `concurrency` workers, batches of --batch.
+async Task<Run> ProcessorAlone()
+{
+    var table = await sql.BusinessTableAsync(notify: false);
+    var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed_" + Guid.NewGuid().ToString("N")[..8], OutboxTable = "outbox_" + Guid.NewGuid().ToString("N")[..8] });
+    await store.EnsureSchemaAsync();
+    var handler = IdempotentHandler.CreateBatch(
+        async (ctx, ct) => await SetBasedUpsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Messages.Select(m => m.Key).ToArray()),
+        (ctx, ct) => new ValueTask(Upsert(ctx.GetNpgsqlConnection(), ctx.GetNpgsqlTransaction(), table, ctx.Key)));
+    var processor = new IdempotentProcessor(store, handler, new IdempotencyOptions { HandlerName = "bench" });
+    long done = 0;
+    var stopAt = Stopwatch.GetTimestamp() + (long)(sqlSeconds * Stopwatch.Frequency);
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+    var watch = Stopwatch.StartNew();
+    await Task.WhenAll(Enumerable.Range(0, concurrency).Select(_ => Task.Run(async () =>
+    {
+        while (Stopwatch.GetTimestamp() < stopAt)
+        {
+            var batch = Enumerable.Range(0, batchSize).Select(_ => Guid.NewGuid().ToString()).Select(id => new IncomingMessage(id, Body(id)) { Broker = "rabbitmq", Destination = "bench" }).ToArray();
+            var results = await processor.ProcessBatchAsync(batch);
+            if (results.Any(r => r.Outcome != ProcessingOutcome.Processed))
+            {
+                throw new InvalidOperationException("alone: not every message was processed");
+            }
+
+            Interlocked.Add(ref done, batch.Length);
+        }
+    })));
+    var elapsed = watch.Elapsed.TotalSeconds;
+    var cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / done;
+    var run = new Run((int)done, done / elapsed, double.NaN, double.NaN, cpuUs, []);
+    Console.WriteLine($"  processor alone: {run.MessagesPerSecond:N0} msg/s, client CPU {cpuUs:0} µs/msg");
+    return run;
 }
 
 async Task<Run> Wolverine(int count, bool oneAtATime)
@@ -462,6 +596,12 @@ static async Task SetBasedUpsert(NpgsqlConnection conn, NpgsqlTransaction tx, st
         tx);
     command.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
     await command.ExecuteNonQueryAsync();
+}
+
+string? ArgText(string name)
+{
+    var i = Array.IndexOf(args, name);
+    return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
 }
 
 int Arg(string name, int fallback)

@@ -6,7 +6,7 @@ namespace Idempotency.Benchmarks.Sqs;
 
 internal static class Report
 {
-    public static void Write(BenchOptions options, List<ScenarioResult> runs, string[] names)
+    public static void Write(BenchOptions options, List<ScenarioResult> runs, string[] names, List<ScenarioResult> lowLoadRuns)
     {
         // Per scenario the round with the median throughput; ratios compare those medians.
         var medians = names.ToDictionary(n => n, n =>
@@ -42,6 +42,33 @@ internal static class Report
             md.AppendLine(inv, $"- {name}: {ratio:0.000}x (paired {paired:0.000}x); target >= {target:0.00}x: {(Math.Min(ratio, paired) >= target ? "met" : ratio >= target || paired >= target ? "borderline" : "NOT met")}");
         }
 
+        // Low load: every round's samples pooled, then p50/p99 of them all (plain first, then the default).
+        var lowLoad = Scenarios.LowLoadScenarios
+            .Where(n => lowLoadRuns.Any(r => r.Scenario == n))
+            .Select(n =>
+            {
+                var rounds = lowLoadRuns.Where(r => r.Scenario == n).ToList();
+                var samples = rounds.SelectMany(r => r.LatenciesMs ?? []).Order().ToArray();
+                return new LowLoadRow(n, DescribeLowLoad(n), Percentile(samples, 0.50), Percentile(samples, 0.99), samples.Length, string.Join(" / ", rounds.Select(r => r.P99Ms.ToString("0.0", inv))));
+            })
+            .ToList();
+        if (lowLoad.Count == 2)
+        {
+            md.AppendLine();
+            md.AppendLine(inv, $"Low load: one message in flight ({options.LowLoad} per scenario per round, all rounds pooled); latency = the business row's commit stamp (a deferred trigger's `clock_timestamp()` at COMMIT) - the sender's clock just before `SendMessage`; the next message is sent when PostgreSQL's NOTIFY (sent at commit) arrives.");
+            md.AppendLine();
+            md.AppendLine("| scenario | p50 ms | p99 ms | samples | p99 per round ms |");
+            md.AppendLine("|---|---:|---:|---:|---|");
+            foreach (var row in lowLoad)
+            {
+                md.AppendLine(inv, $"| {row.Name} | {row.P50Ms:0.00} | {row.P99Ms:0.00} | {row.Samples} | {row.Rounds} |");
+            }
+
+            var difference = lowLoad[1].P99Ms - lowLoad[0].P99Ms;
+            md.AppendLine();
+            md.AppendLine(inv, $"- low load: default p99 - plain p99 = {difference:+0.00;-0.00} ms; target <= +2 ms: {(difference <= 2 ? "met" : "NOT met")}");
+        }
+
         var text = md.ToString();
         Console.WriteLine(text);
         var directory = FindResultsDirectory();
@@ -58,10 +85,21 @@ internal static class Report
             RatioPerMessageAtCommit = medians[Scenarios.OursPerMessageAtCommit].MessagesPerSecond / plain,
             RatioBatch = medians[Scenarios.OursBatch].MessagesPerSecond / plain,
             RatioBatchSetBased = medians[Scenarios.OursBatchSet].MessagesPerSecond / plain,
+            LowLoad = lowLoad,
             Runs = runs,
         }, new JsonSerializerOptions { WriteIndented = true }));
         Console.Error.WriteLine($"written to {directory}/sqs-{stamp}.md and .json");
     }
+
+    private static string DescribeLowLoad(string name) => name switch
+    {
+        Scenarios.LowLoadPlain => "Plain worker",
+        Scenarios.LowLoadDefault => "IdempotentSqsWorker, default options",
+        _ => name,
+    };
+
+    private static double Percentile(double[] sorted, double p) =>
+        sorted.Length == 0 ? double.NaN : sorted[Math.Clamp((int)Math.Ceiling(p * sorted.Length) - 1, 0, sorted.Length - 1)];
 
     private static double PairedRatio(List<ScenarioResult> runs, string name)
     {
@@ -93,3 +131,6 @@ internal static class Report
         return directory is null ? Directory.GetCurrentDirectory() : Path.Combine(directory.FullName, "benchmarks", "results");
     }
 }
+
+/// <summary>One low-load row: latencies of every round pooled.</summary>
+internal sealed record LowLoadRow(string Key, string Name, double P50Ms, double P99Ms, int Samples, string Rounds);

@@ -3,6 +3,7 @@ using Amazon.Runtime;
 using Amazon.SQS;
 using Amazon.SQS.Model;
 using Dapper;
+using Idempotency.Benchmarks.Shared;
 using Idempotency.Postgres;
 using Idempotency.Sqs;
 using Npgsql;
@@ -16,6 +17,11 @@ internal static class Scenarios
     public const string OursPerMessageAtCommit = "ours-message-at-commit";
     public const string OursBatch = "ours-batch";
     public const string OursBatchSet = "ours-batch-set";
+    public const string LowLoadPlain = "low-plain";
+    public const string LowLoadDefault = "low-ours-batch";
+
+    /// <summary>The low-load runs, plain first then ours with default options (the summary reads them in that order).</summary>
+    public static readonly string[] LowLoadScenarios = [LowLoadPlain, LowLoadDefault];
 
     public static async Task<ScenarioResult> RunAsync(string scenario, BenchOptions options)
     {
@@ -35,6 +41,11 @@ internal static class Scenarios
         {
             var store = new PostgresIdempotencyStore(dataSource, new PostgresIdempotencyStoreOptions { Schema = schema, Table = "processed", OutboxTable = "outbox" });
             await store.EnsureSchemaAsync();
+
+            if (scenario is LowLoadPlain or LowLoadDefault)
+            {
+                return await RunLowLoadAsync(scenario, options.Pollers, options.Messages, sqs, dataSource, store, schema, queues);
+            }
 
             // Warm-up (JIT, pools, HTTP connections), then the measured run on a fresh queue and table.
             await RunOnceAsync(scenario, options.Pollers, 500, "warm", sqs, timing, dataSource, store, schema, queues);
@@ -104,6 +115,63 @@ internal static class Scenarios
 
         var latencies = timing.LatenciesMs.Order().ToArray();
         return new ScenarioResult(scenario, count, seconds, count / seconds, Percentile(latencies, 0.50), Percentile(latencies, 0.99), sampler.Peak, rows, cpuMs * 1000 / count);
+    }
+
+    /// <summary>
+    /// One message in flight: each is sent when the previous one's effect committed (PostgreSQL's NOTIFY, sent at
+    /// commit), and its latency is the business row's commit stamp - the sender's clock just before SendMessage: the
+    /// same definition as the Kafka and RabbitMQ low-load runs. 20 warm-up messages first, not measured.
+    /// </summary>
+    private static async Task<ScenarioResult> RunLowLoadAsync(string scenario, int pollers, int count, AmazonSQSClient sqs,
+        NpgsqlDataSource dataSource, PostgresIdempotencyStore store, string schema, List<string> queues)
+    {
+        const int WarmUp = 20;
+        var clock = new CommitClock(dataSource, schema);
+        var table = await clock.BusinessTableAsync(notify: true);
+        var queue = (await sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = $"bench-{scenario}-{Guid.NewGuid():N}" })).QueueUrl;
+        queues.Add(queue);
+        var sql = $"INSERT INTO {table} (id, amount, applied) VALUES (@id, 1, 1) ON CONFLICT (id) DO UPDATE SET applied = {table}.applied + 1";
+        using var stop = new CancellationTokenSource();
+        var run = scenario == LowLoadPlain
+            ? Task.WhenAll(Enumerable.Range(0, pollers).Select(_ => PlainPollerAsync(sqs, queue, dataSource, sql, stop.Token)))
+            : RunOursAsync(sqs, queue, store, PerMessageHandler(sql), pollers, batch: true, stop.Token);
+        var published = new Dictionary<string, DateTime>(count);
+        var cpu = TimeSpan.Zero;
+        await using (var listener = await clock.ListenAsync(table))
+        {
+            for (var i = 0; i < WarmUp + count; i++)
+            {
+                if (i == WarmUp)
+                {
+                    cpu = Process.GetCurrentProcess().TotalProcessorTime;
+                }
+
+                var id = Guid.NewGuid().ToString();
+                var committed = listener.Expect(id);
+                if (i >= WarmUp)
+                {
+                    published[id] = DateTime.UtcNow;
+                }
+
+                await sqs.SendMessageAsync(new SendMessageRequest
+                {
+                    QueueUrl = queue,
+                    MessageBody = $"{{\"Id\":\"{id}\",\"Amount\":1}}",
+                    MessageAttributes = new() { ["IdempotencyKey"] = new MessageAttributeValue { DataType = "String", StringValue = id } },
+                });
+                await committed.WaitAsync(TimeSpan.FromMinutes(1));
+                if (run.IsFaulted)
+                {
+                    await run;
+                }
+            }
+        }
+
+        var cpuUs = (Process.GetCurrentProcess().TotalProcessorTime - cpu).TotalMicroseconds / count;
+        await stop.CancelAsync();
+        await run;
+        var measured = await clock.MeasureAsync(table, WarmUp + count, published, cpuUs, scenario);
+        return new ScenarioResult(scenario, count, 0, measured.MessagesPerSecond, measured.P50Ms, measured.P99Ms, Process.GetCurrentProcess().PeakWorkingSet64, WarmUp + count, cpuUs, LatenciesMs: measured.LatenciesMs);
     }
 
     /// <summary>The baseline: receive up to 10, each message's business write in its own transaction (concurrently), one DeleteMessageBatch.</summary>

@@ -280,6 +280,7 @@ internal sealed class Summary
             });
         }
 
+        LowLoadNote("sqs", json["LowLoad"]?.AsArray(), "Name", "P99Ms", "P50Ms");
         Notes.Add("sqs: no replay-of-processed-keys scenario in that benchmark yet.");
     }
 

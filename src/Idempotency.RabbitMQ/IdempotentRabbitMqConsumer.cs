@@ -11,7 +11,8 @@ namespace Idempotency.RabbitMQ;
 /// <summary>
 /// Runs a manual-ack RabbitMQ subscription (<c>basic.consume</c> with <c>autoAck: false</c>) through an
 /// <see cref="IdempotentProcessor"/>: every delivery is acknowledged only after its store transaction committed
-/// (or when it is a duplicate of a committed one), each on its own (<c>multiple: false</c>).
+/// (or when it is a duplicate of a committed one); a worker's committed batch goes out as one
+/// <c>basic.ack(multiple: true)</c> when every lower delivery of the channel is settled already, otherwise one by one.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -100,6 +101,9 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     /// <summary>Gets how many deliveries were acknowledged after their commit (processed or duplicate).</summary>
     public long AcknowledgedCount => _port?.Acknowledged ?? 0;
 
+    /// <summary>Gets how many <c>basic.ack</c> frames acknowledged them (a multiple ack counts once).</summary>
+    internal long AckFrames => _port?.AckFrames ?? 0;
+
     /// <summary>Gets how many deliveries were dead-lettered.</summary>
     public long DeadLetteredCount => _port?.DeadLettered ?? 0;
 
@@ -162,7 +166,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         _engine = new DeliveryEngine(_processor, Name, _logger, _time, Health, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
         var deadLetters = new RabbitMqDeadLetterWriter(_deadLetterChannel, _options, _logger);
         _subscription = new RabbitMqSubscription(_channel, _options, OnReceivedAsync, _logger, _stopping.Token);
-        _port = new RabbitMqPort(_channel, deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token);
+        _port = new RabbitMqPort(_channel, deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token, _options.PrefetchCount);
         _lanes = new RabbitMqLanes(_options, _engine, _port, _logger, _time, () => IsPaused, Fail, _stopping.Token);
         if (Health is { } health)
         {

@@ -129,10 +129,12 @@ internal sealed class RabbitMqLanes
                 return;
             }
 
+            // The committed deliveries' acks are collected and sent together once every one of them is decided.
+            var group = new RabbitMqAckGroup(_port);
             List<Task>? slow = null;
             for (var i = 0; i < works.Count; i++)
             {
-                var settling = _engine.SettleAsync(_port, works[i], results[i], works[i].Message.DeliveryAttempt, _stopping).AsTask();
+                var settling = _engine.SettleAsync(group, works[i], results[i], works[i].Message.DeliveryAttempt, _stopping).AsTask();
                 if (results[i].IsCommitted)
                 {
                     await settling.ConfigureAwait(false);
@@ -144,6 +146,7 @@ internal sealed class RabbitMqLanes
                 }
             }
 
+            await group.FlushAsync().ConfigureAwait(false);
             if (slow is not null)
             {
                 await Task.WhenAll(slow).ConfigureAwait(false);

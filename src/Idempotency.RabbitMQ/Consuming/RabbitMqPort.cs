@@ -7,7 +7,9 @@ namespace Idempotency.RabbitMQ.Consuming;
 /// <summary>
 /// RabbitMQ's ack model for the <see cref="DeliveryEngine"/>: <c>basic.ack</c> after the commit, a confirmed dead-letter
 /// copy then <c>basic.ack</c> (or <c>basic.nack(requeue: false)</c>), <c>basic.nack(requeue: true)</c> after the delay to
-/// try again, and <c>basic.cancel</c> to pause intake (through the consumer).
+/// try again, and <c>basic.cancel</c> to pause intake (through the consumer). Acks go through
+/// <see cref="RabbitMqAcknowledgements"/>, which sends a lane's committed batch as one <c>basic.ack(multiple: true)</c>
+/// when it can; every other settlement is recorded there once its frame was written.
 /// </summary>
 internal sealed class RabbitMqPort(
     IChannel channel,
@@ -17,8 +19,10 @@ internal sealed class RabbitMqPort(
     ILogger logger,
     TimeProvider time,
     Action pauseIntake,
-    CancellationToken stopping) : IDeliveryPort<RabbitMqWork>
+    CancellationToken stopping,
+    int prefetchCount) : IDeliveryPort<RabbitMqWork>
 {
+    private readonly RabbitMqAcknowledgements _acks = new(channel, prefetchCount);
     private long _acknowledged;
     private long _deadLettered;
     private long _requeued;
@@ -35,19 +39,32 @@ internal sealed class RabbitMqPort(
 
     public long Requeued => Interlocked.Read(ref _requeued);
 
+    /// <summary>Gets how many <c>basic.ack</c> frames were sent (a multiple ack counts once).</summary>
+    public long AckFrames => _acks.Frames;
+
     public string AttemptId(RabbitMqWork delivery) => delivery.AttemptId;
 
-    public async ValueTask AcknowledgeAsync(RabbitMqWork delivery, ProcessingResult result, CancellationToken cancellationToken)
+    public ValueTask AcknowledgeAsync(RabbitMqWork delivery, ProcessingResult result, CancellationToken cancellationToken) =>
+        AcknowledgeAsync([delivery]);
+
+    /// <summary>Acknowledges committed deliveries together (one <c>basic.ack(multiple: true)</c> when their tags allow it).</summary>
+    public async ValueTask AcknowledgeAsync(IReadOnlyList<RabbitMqWork> deliveries)
     {
+        var tags = new ulong[deliveries.Count];
+        for (var i = 0; i < tags.Length; i++)
+        {
+            tags[i] = deliveries[i].DeliveryTag;
+        }
+
         try
         {
-            await channel.BasicAckAsync(delivery.DeliveryTag, multiple: false, CancellationToken.None).ConfigureAwait(false);
-            Interlocked.Increment(ref _acknowledged);
+            await _acks.AckAsync(tags).ConfigureAwait(false);
+            Interlocked.Add(ref _acknowledged, tags.Length);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
-            // Committed but not acked: the broker redelivers it (redelivered flag) and the pipeline reports a duplicate.
-            Log.AckFailed(logger, exception, delivery.DeliveryTag, queue);
+            // Committed but not acked: the broker redelivers them (redelivered flag) and the pipeline reports duplicates.
+            Log.AckFailed(logger, exception, tags[0], queue);
         }
     }
 
@@ -57,6 +74,7 @@ internal sealed class RabbitMqPort(
         {
             var headers = DeadLetterHeaders.Create(result, decision, handlerName, attempts);
             await deadLetters.DeadLetterAsync(channel, delivery.Native, headers, CancellationToken.None).ConfigureAwait(false);
+            _acks.Settled(delivery.DeliveryTag);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
@@ -89,6 +107,7 @@ internal sealed class RabbitMqPort(
         try
         {
             await channel.BasicNackAsync(delivery.DeliveryTag, multiple: false, requeue: true, CancellationToken.None).ConfigureAwait(false);
+            _acks.Settled(delivery.DeliveryTag);
             Interlocked.Increment(ref _requeued);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)

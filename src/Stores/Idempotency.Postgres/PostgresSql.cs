@@ -40,6 +40,8 @@ internal sealed class PostgresSql
         // Rows are inserted in array order (the caller sorts keys), so concurrent batches lock in one order.
         // Existing rows are found with "idempotency_key = ANY(keys)", an index condition on the key-first primary key
         // whatever the table's statistics: a join on the key let a young table's plan scan every row of the handler.
+        // Only the keys the insert did not take are looked up (the statement's snapshot cannot see the rows it inserted
+        // anyway): a batch of new keys probes the index once per key instead of twice, a quarter less work in the claim.
         ClaimMany = $"""
             WITH input AS (
                 SELECT k, f, n FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS u(k, f, n)),
@@ -50,7 +52,7 @@ internal sealed class PostgresSql
                 RETURNING idempotency_key),
             existing AS (
                 SELECT idempotency_key, fingerprint, result FROM {table}
-                WHERE idempotency_key = ANY($2::text[]) AND handler_name = $1)
+                WHERE idempotency_key = ANY(ARRAY(SELECT k FROM input WHERE k NOT IN (SELECT idempotency_key FROM ins))) AND handler_name = $1)
             SELECT i.n, ins.idempotency_key IS NOT NULL, e.fingerprint, e.result
             FROM input i
             LEFT JOIN ins ON ins.idempotency_key = i.k
