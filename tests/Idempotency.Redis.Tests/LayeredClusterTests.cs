@@ -17,7 +17,7 @@ public sealed class LayeredClusterTests(RedisClusterFixture cluster, PostgresFix
         var postgres = await db.CreateStoreAsync();
         var table = await db.CreateBusinessTableAsync();
         var store = new LayeredIdempotencyStore(cluster.Connection, RedisFixture.NewOptions(), postgres);
-        Assert.True(store.Redis.IsCluster);
+        Assert.True(store.Redis.KeySpace.IsCluster);
         var processor = new IdempotentProcessor(store, IdempotentHandler.Create(async (context, ct) =>
             await context.GetNpgsqlConnection().ExecuteAsync(
                 $"INSERT INTO {table} (id, amount, applied) VALUES (@id, 5, 1) ON CONFLICT (id) DO UPDATE SET applied = {table}.applied + 1",

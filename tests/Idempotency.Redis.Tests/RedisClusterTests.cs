@@ -36,7 +36,7 @@ public sealed class RedisClusterTests(RedisClusterFixture cluster, RedisFixture 
     public async Task Sixteen_concurrent_claims_of_one_key_have_exactly_one_winner()
     {
         var store = cluster.CreateStore();
-        Assert.True(store.IsCluster);
+        Assert.True(store.KeySpace.IsCluster);
         using var start = new ManualResetEventSlim();
         var tasks = Enumerable.Range(0, 16).Select(_ => Task.Run(async () =>
         {
@@ -179,7 +179,7 @@ public sealed class RedisClusterTests(RedisClusterFixture cluster, RedisFixture 
         await using var connection = await ConnectionMultiplexer.ConnectAsync(options);
         var store = cluster.CreateStore(connection: connection);
 
-        Assert.True(store.IsCluster);
+        Assert.True(store.KeySpace.IsCluster);
         var processor = new IdempotentProcessor(store, CountColocated(), Options());
         var results = await processor.ProcessBatchAsync([.. Enumerable.Range(0, 20).Select(i => Message($"s{i}"))], Ct);
         Assert.All(results, r => Assert.Equal(ProcessingOutcome.Processed, r.Outcome));

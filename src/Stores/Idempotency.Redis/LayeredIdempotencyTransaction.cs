@@ -58,7 +58,7 @@ public sealed class LayeredIdempotencyTransaction : ILayeredTransaction
         {
             // A disconnected Redis is skipped at once rather than queueing the claim until it times out. On a cluster a
             // batch's keys span hash slots that one script cannot reach: the source of truth alone answers those.
-            if (!Redis.IsCluster || (requests.Count == 1 && _lease is null))
+            if (!Redis.KeySpace.IsCluster || (requests.Count == 1 && _lease is null))
             {
                 var claimedBefore = _lease is not null;
                 _lease = Redis.LeaseFor(_lease, LeaseToken, requests);

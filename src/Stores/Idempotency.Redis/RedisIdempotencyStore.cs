@@ -31,8 +31,6 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     private readonly string _leaseMilliseconds;
     private readonly string _ttlMilliseconds;
     private readonly string _statusMilliseconds;
-    private readonly string _statusPrefix;
-    private int _serverType; // 0 not known yet, 1 standalone (or Sentinel primary), 2 cluster
 
     /// <summary>Creates the store over a connection the caller owns and shares.</summary>
     /// <param name="connection">The StackExchange.Redis connection.</param>
@@ -54,7 +52,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         _leaseMilliseconds = ToMilliseconds(options.LeaseDuration);
         _ttlMilliseconds = ToMilliseconds(options.Retention);
         _statusMilliseconds = ToMilliseconds(CommittedStatusTtl);
-        _statusPrefix = options.KeyPrefix + ":lease:";
+        KeySpace = new RedisKeySpace(connection, options.KeyPrefix + ":lease:");
     }
 
     /// <inheritdoc/>
@@ -93,29 +91,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
 
     internal ILogger Logger => _logger;
 
-    /// <summary>Gets a value indicating whether the server is a Redis Cluster, where one script cannot span a batch's keys.</summary>
-    /// <remarks>Known only once a server is connected (before the handshake a server reads as standalone); until then the answer is not kept.</remarks>
-    internal bool IsCluster
-    {
-        get
-        {
-            if (Volatile.Read(ref _serverType) is var known and not 0)
-            {
-                return known == 2;
-            }
-
-            // Any connected server answers: the first configured one may be down (a dead seed node of a cluster).
-            var server = Connection.GetEndPoints().Select(e => Connection.GetServer(e)).FirstOrDefault(s => s.IsConnected);
-            if (server is null)
-            {
-                return false;
-            }
-
-            var isCluster = server.ServerType == ServerType.Cluster;
-            Volatile.Write(ref _serverType, isCluster ? 2 : 1);
-            return isCluster;
-        }
-    }
+    /// <summary>Gets the store's key space: standalone or cluster, hash slots, and where transactions' status keys live.</summary>
+    internal RedisKeySpace KeySpace { get; }
 
     /// <summary>Gets the Redis key that holds a key's claim (or its record once a result is stored).</summary>
     /// <param name="handlerName">The handler name.</param>
@@ -187,7 +164,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         }
 
         return RedisRecord.ClaimToken(value) is { } token
-            && await Database.StringGetAsync(StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == CommittedStatus
+            && await Database.StringGetAsync(KeySpace.StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == CommittedStatus
             && RedisRecord.TryDecodeCommittedClaim(value!, out fingerprint)
             ? (fingerprint.ToArray(), null)
             : null;
@@ -233,7 +210,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
         var redisKey = GetKey(handlerName, key);
         var value = (byte[]?)await Database.StringGetAsync(redisKey).ConfigureAwait(false);
         return RedisRecord.ClaimToken(value) is { } token
-            && await Database.StringGetAsync(StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == InProgressStatus
+            && await Database.StringGetAsync(KeySpace.StatusPrefixFor(redisKey) + token).ConfigureAwait(false) == InProgressStatus
             ? token
             : null;
     }
@@ -246,28 +223,14 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     internal RedisLease LeaseFor(RedisLease? lease, string token, IReadOnlyList<ClaimRequest> requests)
     {
         var first = GetKey(requests[0].HandlerName, requests[0].Key);
-        var prefix = StatusPrefixFor(first);
-        if (IsCluster && (requests.Count > 1 || (lease is not null && lease.StatusPrefix != prefix)))
+        var prefix = KeySpace.StatusPrefixFor(first);
+        if (KeySpace.IsCluster && (requests.Count > 1 || (lease is not null && lease.StatusPrefix != prefix)))
         {
             throw new NotSupportedException("On a Redis Cluster the layered store's Redis layer claims one key per transaction (a batch's keys live in several hash slots); batches there go to the source of truth alone.");
         }
 
         return lease ?? new RedisLease(token, prefix + token, prefix);
     }
-
-    /// <summary>
-    /// A transaction's lease in one key space: the whole server when standalone (<paramref name="slot"/> -1), one hash
-    /// slot on a cluster, where its status key carries a hash tag of that slot so that one script reaches it and the
-    /// slot's keys.
-    /// </summary>
-    internal RedisLease NewLease(string token, int slot)
-    {
-        var prefix = slot < 0 ? _statusPrefix : ClusterStatusPrefix(slot);
-        return new RedisLease(token, prefix + token, prefix);
-    }
-
-    /// <summary>The key space a key's claim belongs to: its hash slot on a cluster, -1 on a standalone server.</summary>
-    internal int SlotOf(RedisKey key) => IsCluster ? Connection.HashSlot(key) : -1;
 
     /// <summary>
     /// Gets a Redis key named <paramref name="name"/> that lives in the same hash slot as the key's claim, for
@@ -289,15 +252,6 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
 
         return $"{Options.KeyPrefix}:{name}:{{{handlerName}|{key}}}";
     }
-
-    private string StatusPrefixFor(RedisKey key) => IsCluster ? ClusterStatusPrefix(Connection.HashSlot(key)) : _statusPrefix;
-
-    /// <summary>
-    /// Status keys of a cluster slot: <c>{KeyPrefix}:lease:{tag}:</c>, where <c>tag</c> is the shortest string that
-    /// hashes to the slot. Every transaction names its status in a slot the same way, so a claim script finds another
-    /// transaction's status from the token in a claim value.
-    /// </summary>
-    private string ClusterStatusPrefix(int slot) => $"{_statusPrefix}{{{ClusterSlots.Tag(slot)}}}:";
 
     /// <summary>Claims keys for a transaction: one script for the batch, one round trip.</summary>
     /// <param name="requests">The keys to claim.</param>

@@ -54,7 +54,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     {
         get
         {
-            if (!_store.IsCluster)
+            if (!_store.KeySpace.IsCluster)
             {
                 return Group(-1).RedisTransaction(_store);
             }
@@ -74,7 +74,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     /// <param name="key">The idempotency key.</param>
     /// <returns>The transaction, executed at commit with that slot's completions.</returns>
     public ITransaction GetRedisTransaction(string handlerName, string key) =>
-        Group(_store.SlotOf(_store.GetKey(handlerName, key))).RedisTransaction(_store);
+        Group(_store.KeySpace.SlotOf(_store.GetKey(handlerName, key))).RedisTransaction(_store);
 
     /// <inheritdoc/>
     public async ValueTask<ClaimResult> ClaimAsync(ClaimRequest request, CancellationToken cancellationToken = default)
@@ -94,7 +94,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
             return [];
         }
 
-        if (!_store.IsCluster)
+        if (!_store.KeySpace.IsCluster)
         {
             return await ClaimGroupAsync(Group(-1), requests).ConfigureAwait(false);
         }
@@ -103,7 +103,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         var parts = new Dictionary<int, (List<int> Indexes, List<ClaimRequest> Requests)>();
         for (var i = 0; i < requests.Count; i++)
         {
-            var slot = _store.SlotOf(_store.GetKey(requests[i].HandlerName, requests[i].Key));
+            var slot = _store.KeySpace.SlotOf(_store.GetKey(requests[i].HandlerName, requests[i].Key));
             if (!parts.TryGetValue(slot, out var part))
             {
                 parts[slot] = part = ([], []);
@@ -144,7 +144,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         ArgumentNullException.ThrowIfNull(outbox);
         ObjectDisposedException.ThrowIf(_finished, this);
 
-        if (!_store.IsCluster)
+        if (!_store.KeySpace.IsCluster)
         {
             var group = outbox.Count > 0 ? Group(-1) : _groups.GetValueOrDefault(-1);
             if (group is not null)
@@ -209,7 +209,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     {
         if (!_groups.TryGetValue(slot, out var group))
         {
-            _groups[slot] = group = new SlotGroup(_store.NewLease(LeaseToken, slot));
+            _groups[slot] = group = new SlotGroup(_store.KeySpace.NewLease(LeaseToken, slot));
         }
 
         return group;
@@ -250,7 +250,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         var bySlot = new Dictionary<int, List<CompletionRecord>>();
         foreach (var completion in completions)
         {
-            var slot = _store.SlotOf(_store.GetKey(completion.Claim.HandlerName, completion.Claim.Key));
+            var slot = _store.KeySpace.SlotOf(_store.GetKey(completion.Claim.HandlerName, completion.Claim.Key));
             if (!bySlot.TryGetValue(slot, out var list))
             {
                 bySlot[slot] = list = [];
