@@ -124,25 +124,12 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
         // Receive everything (hidden for a while), then make it visible again: a non-destructive read.
         var keys = new List<string>();
         var handles = new List<string>();
-        for (var empty = 0; empty < 2;)
+        await ReceiveAllAsync(_dlqUrl, m =>
         {
-            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
-            {
-                QueueUrl = _dlqUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
-                MessageAttributeNames = ["All"],
-            });
-            if (response.Messages is not { Count: > 0 })
-            {
-                empty++;
-                continue;
-            }
-
-            foreach (var m in response.Messages)
-            {
-                keys.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
-                handles.Add(m.ReceiptHandle);
-            }
-        }
+            keys.Add(KeyOf(m));
+            handles.Add(m.ReceiptHandle);
+            return Task.CompletedTask;
+        });
 
         await MakeVisibleAsync(_dlqUrl, handles);
         return keys;
@@ -156,25 +143,11 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
     /// </summary>
     private async Task<IReadOnlyList<string>> DrainFifoDeadLettersAsync()
     {
-        for (var empty = 0; empty < 2;)
+        await ReceiveAllAsync(_dlqUrl, async m =>
         {
-            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
-            {
-                QueueUrl = _dlqUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
-                MessageAttributeNames = ["All"],
-            });
-            if (response.Messages is not { Count: > 0 })
-            {
-                empty++;
-                continue;
-            }
-
-            foreach (var m in response.Messages)
-            {
-                _drainedDeadLetters.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
-                await Sqs.DeleteMessageAsync(_dlqUrl, m.ReceiptHandle);
-            }
-        }
+            _drainedDeadLetters.Add(KeyOf(m));
+            await Sqs.DeleteMessageAsync(_dlqUrl, m.ReceiptHandle);
+        });
 
         return [.. _drainedDeadLetters];
     }
@@ -205,25 +178,12 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
 
         var found = new HashSet<string>(StringComparer.Ordinal);
         var handles = new List<string>();
-        for (var empty = 0; empty < 2;)
+        await ReceiveAllAsync(_queueUrl, m =>
         {
-            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
-            {
-                QueueUrl = _queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
-                MessageAttributeNames = ["All"],
-            });
-            if (response.Messages is not { Count: > 0 })
-            {
-                empty++;
-                continue;
-            }
-
-            foreach (var m in response.Messages)
-            {
-                found.Add(m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "");
-                handles.Add(m.ReceiptHandle);
-            }
-        }
+            found.Add(KeyOf(m));
+            handles.Add(m.ReceiptHandle);
+            return Task.CompletedTask;
+        });
 
         await MakeVisibleAsync(_queueUrl, handles);
         if (fifo)
@@ -269,7 +229,7 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
             var found = false;
             foreach (var m in response.Messages ?? [])
             {
-                if (m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true && a.StringValue == lost.Key)
+                if (KeyOf(m) == lost.Key)
                 {
                     await Sqs.DeleteMessageAsync(_queueUrl, m.ReceiptHandle);
                     found = true;
@@ -290,6 +250,37 @@ internal sealed class SqsRig(bool fifo = false) : BrokerRig
         await MakeVisibleAsync(_queueUrl, others);
         throw new InvalidOperationException($"{lost.Key} was not received");
     }
+
+    /// <summary>
+    /// Receives every visible message of <paramref name="queueUrl"/> (until two receives in a row come back empty), each
+    /// hidden for 30 s, and hands each to <paramref name="each"/> before the next receive (a FIFO drain deletes there, so
+    /// the next message of its group can show).
+    /// </summary>
+    private async Task ReceiveAllAsync(string queueUrl, Func<Message, Task> each)
+    {
+        for (var empty = 0; empty < 2;)
+        {
+            var response = await Sqs.ReceiveMessageAsync(new ReceiveMessageRequest
+            {
+                QueueUrl = queueUrl, MaxNumberOfMessages = 10, WaitTimeSeconds = 0, VisibilityTimeout = 30,
+                MessageAttributeNames = ["All"],
+            });
+            if (response.Messages is not { Count: > 0 })
+            {
+                empty++;
+                continue;
+            }
+
+            foreach (var m in response.Messages)
+            {
+                await each(m);
+            }
+        }
+    }
+
+    /// <summary>The idempotency key a chaos message carries (empty when it has none).</summary>
+    private static string KeyOf(Message m) =>
+        m.MessageAttributes?.TryGetValue(SqsIdempotencyOptions.DefaultKeyAttributeName, out var a) == true ? a.StringValue : "";
 
     private async Task<int> InFlightAsync()
     {
