@@ -120,15 +120,8 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
         var clock = Stopwatch.StartNew();
         for (var attempt = 1; ; attempt++)
         {
-            var stretch = MachineLoad.Factor();
-            var factory = new ConnectionFactory
-            {
-                Uri = _uri,
-                ClientProvidedName = "chaos-orchestrator-" + _runId,
-                RequestedConnectionTimeout = TimeSpan.FromSeconds(30 * stretch),
-                HandshakeContinuationTimeout = TimeSpan.FromSeconds(20 * stretch),
-                ContinuationTimeout = TimeSpan.FromSeconds(20 * stretch),
-            };
+            var factory = StretchConnectTimeouts(new ConnectionFactory { Uri = _uri, ClientProvidedName = "chaos-orchestrator-" + _runId });
+            factory.ContinuationTimeout = TimeSpan.FromSeconds(20 * MachineLoad.Factor());
             try
             {
                 return await factory.CreateConnectionAsync();
@@ -139,6 +132,15 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
                 await Task.Delay(TimeSpan.FromSeconds(2));
             }
         }
+    }
+
+    /// <summary>The client's connect and handshake timeouts (30 s and 10 s by default) stretched with the machine's load.</summary>
+    private static ConnectionFactory StretchConnectTimeouts(ConnectionFactory factory)
+    {
+        var stretch = MachineLoad.Factor();
+        factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(30 * stretch);
+        factory.HandshakeContinuationTimeout = TimeSpan.FromSeconds(20 * stretch);
+        return factory;
     }
 
     /// <summary>Reconnects the orchestrator's connection when a node crash closed it (private node only).</summary>
@@ -351,9 +353,7 @@ internal sealed class RabbitMqRig(bool crash = false, RabbitMqQueueType queueTyp
         // Start-up tries again, as a supervisor would restart a consumer that could not connect: on a starved machine
         // the broker closes a handshake that outlasts its handshake_timeout (10 s), or a fault closes the new connection
         // before the consumer's channels are open. The client's own timeouts stretch with the load.
-        var stretch = MachineLoad.Factor();
-        factory.RequestedConnectionTimeout = TimeSpan.FromSeconds(30 * stretch);
-        factory.HandshakeContinuationTimeout = TimeSpan.FromSeconds(20 * stretch);
+        StretchConnectTimeouts(factory);
         IConnection connection;
         IdempotentRabbitMqConsumer consumer;
         for (var attempt = 1; ; attempt++)
