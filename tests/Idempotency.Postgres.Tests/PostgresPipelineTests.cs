@@ -43,7 +43,31 @@ public sealed class PostgresPipelineTests(PostgresFixture db) : IClassFixture<Po
         Assert.Equal(ProcessingOutcome.Duplicate, second.Outcome);
         Assert.Equal(1, runs);
         Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'order-1'"));
-        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'order-1' AND completed_at IS NOT NULL AND duration_ms IS NOT NULL"));
+        // The claim wrote completed_at; with no stored result the commit does not write the key row again.
+        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'order-1' AND completed_at IS NOT NULL AND duration_ms IS NULL AND result IS NULL"));
+    }
+
+    [Fact]
+    public async Task Stored_result_commits_with_the_key_and_comes_back_for_the_duplicate()
+    {
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var credit = Credit(table);
+        var handler = IdempotentHandler.Create(async (context, ct) =>
+        {
+            await credit.HandleAsync(context, ct);
+            context.Result = "receipt-7"u8.ToArray();
+        });
+        var processor = new IdempotentProcessor(store, handler, Options());
+
+        var first = await processor.ProcessAsync(Message("order-r"), TestContext.Current.CancellationToken);
+        var second = await processor.ProcessAsync(Message("order-r"), TestContext.Current.CancellationToken);
+
+        Assert.Equal(ProcessingOutcome.Processed, first.Outcome);
+        Assert.Equal(ProcessingOutcome.Duplicate, second.Outcome);
+        Assert.Equal("receipt-7", System.Text.Encoding.UTF8.GetString(second.StoredResult!.Value.Span));
+        Assert.Equal(1, await db.ScalarAsync<int>($"SELECT applied FROM {table} WHERE id = 'order-r'"));
+        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT count(*) FROM {store.QualifiedTableName} WHERE idempotency_key = 'order-r' AND result = 'receipt-7'::bytea AND duration_ms IS NOT NULL"));
     }
 
     [Fact]

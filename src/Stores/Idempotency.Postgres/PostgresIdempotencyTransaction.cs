@@ -41,17 +41,16 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                return reader.GetBoolean(0)
-                    ? ClaimResult.Claimed
-                    : PostgresSql.ReadProcessed(reader, 1);
+                return ClaimResult.Claimed;
             }
         }
 
-        // We waited on a concurrent transaction that committed this key after our snapshot: read it afresh.
+        // The key exists (committed before, or by a transaction the insert waited on): read it in a new statement.
         using (var select = new NpgsqlCommand(_sql.SelectOne, Connection, Transaction))
         {
             select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
             select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+            await _sql.PrepareAsync(select, cancellationToken).ConfigureAwait(false);
             using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
@@ -128,8 +127,9 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         ArgumentNullException.ThrowIfNull(outbox);
 
         // Completion, outbox rows and the commit travel in one round trip.
+        // The claim wrote completed_at; only a stored result needs the key row written again.
         using var batch = new NpgsqlBatch(Connection, Transaction);
-        if (completions.Count == 1)
+        if (completions.Count == 1 && completions[0].Result is not null)
         {
             var completion = completions[0];
             var command = new NpgsqlBatchCommand(_sql.CompleteOne);
@@ -140,7 +140,6 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         }
         else if (completions.Count > 1 && CountResults(completions) is var withResults and > 0)
         {
-            // The claim wrote completed_at; only keys with a stored result need their row written again.
             var keys = new string[withResults];
             var durations = new double[withResults];
             var results = new byte[]?[withResults];

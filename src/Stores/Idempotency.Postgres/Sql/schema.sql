@@ -14,15 +14,15 @@ CREATE TABLE IF NOT EXISTS {schema}.{table} (
     idempotency_key text        COLLATE "C" NOT NULL,
     fingerprint     bytea       NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
-    completed_at    timestamptz,       -- set by the claim, refined by a single message's completion
-    duration_ms     double precision,  -- handler time of a single message; NULL for keys a batch committed
+    completed_at    timestamptz,       -- set by the claim (or the commit's insert with ClaimTiming.AtCommit)
+    duration_ms     double precision,  -- handler time where the row is written at the commit (AtCommit, a stored result); else NULL
     expires_at      timestamptz NOT NULL,
     result          bytea,
     -- Key first: a batch looks its keys up with "idempotency_key = ANY(...)", which this order turns into an index
     -- condition whatever the statistics say. With the handler first, a young table (no statistics yet) got plans that
     -- read every row of the handler for each batch of 100 keys: 30x slower at 30,000 rows.
     PRIMARY KEY (idempotency_key, handler_name)
-) WITH (fillfactor = 90);  -- room on each page so the completion UPDATE is a HOT update (no index writes)
+) WITH (fillfactor = 90);  -- room on each page so a stored result's UPDATE is a HOT update (no index writes)
 
 -- Pruning walks expired rows in expiry order, a bounded batch at a time.
 CREATE INDEX IF NOT EXISTS {table}_expires_at_idx ON {schema}.{table} (expires_at);
