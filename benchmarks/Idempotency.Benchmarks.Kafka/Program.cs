@@ -1,6 +1,8 @@
 // Kafka adapter benchmark: in ONE run on librdkafka's mock cluster and the local PostgreSQL it measures
-// the database ceilings, a plain at-least-once consumer, our per-message mode, our batch mode and a replay of
-// already-processed keys, then prints a markdown table and writes markdown + JSON to benchmarks/results/.
+// the broker-free database ceilings, a plain at-least-once consumer, the hand-written idempotent consumers a user would
+// compare with (the plain consumer plus a key-row insert per message, and plus 100-key batch transactions), our
+// per-message mode, our batch mode and a replay of already-processed keys, then prints a markdown table and writes
+// markdown + JSON to benchmarks/results/.
 // The consumer scenarios run in interleaved rounds (--rounds, median by msgs/s), then a low-load run per round (one
 // message in flight, latency = publish -> effect committed, read from the business table's commit clock).
 // Usage: dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.Kafka [-- messages batchMessages [concurrency]] [--rounds 3] [--low-load 200]
@@ -30,6 +32,9 @@ const int Partitions = 16;
 const int Accounts = 100_000;
 var BatchConcurrency = positional.Length > 2 ? int.Parse(positional[2], CultureInfo.InvariantCulture) : 4;
 var ceilingDuration = TimeSpan.FromSeconds(2);
+// The hand-written consumers' names (the report finds rows by their prefixes).
+const string HandKeyName = "hand-written: plain consumer + key-row insert per message, 16 partitions concurrent";
+var HandBatchName = $"hand-written: plain consumer + 100-key batch transaction, {BatchConcurrency} concurrent";
 int? fetchWaitMaxMs = null; // the low-load run sets it (librdkafka waits up to 500 ms for a fetch to fill by default)
 
 var connectionString = Environment.GetEnvironmentVariable("IDEMPOTENCY_POSTGRES") ?? "Host=127.0.0.1;Port=5432;Username=app;Password=app;Database=appdb";
@@ -117,6 +122,16 @@ try
         return (store, await NewAccounts("accounts_" + suffix));
     }
 
+    async Task KeyRows(string keys, long expected, string name)
+    {
+        await using var c = await dataSource.OpenConnectionAsync();
+        var recorded = await c.ExecuteScalarAsync<long>($"SELECT count(*) FROM {keys}");
+        if (recorded != expected)
+        {
+            throw new InvalidOperationException($"{name}: {recorded} key rows for {expected} messages");
+        }
+    }
+
     async Task Effects(string accounts, long expected, string name)
     {
         await using var c = await dataSource.OpenConnectionAsync();
@@ -136,6 +151,13 @@ try
         var plainAccounts = await NewAccounts("plain_accounts_" + round);
         Add(await Plain($"plain at-least-once, {Partitions} partitions concurrent", cluster, topic, messages, plainAccounts, concurrent: true));
         await Effects(plainAccounts, messages, "plain");
+
+        // The hand-written idempotent consumer: the plain consumer with the claim + update ceiling's transaction.
+        var handKeyRows = await NewKeyTable($"hand_keys_{round}");
+        var handKeyAccounts = await NewAccounts($"hand_key_accounts_{round}");
+        Add(await Plain(HandKeyName, cluster, topic, messages, handKeyAccounts, concurrent: true, KeyRowThenUpdate(handKeyRows, handKeyAccounts)));
+        await Effects(handKeyAccounts, messages, "hand-written key-row consumer");
+        await KeyRows(handKeyRows, messages, "hand-written key-row consumer");
 
         var (defaultStore, defaultAccounts) = await Fresh("default");
         Add(await Ours("ours default options (natural batching, per-message handler)", cluster, topic, messages, defaultStore, Handler(defaultAccounts), batchSize: 0, ProcessingOutcome.Processed));
@@ -157,6 +179,13 @@ try
         Add(await Ours("ours batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Processed));
         Add(await Ours("ours replay (all duplicates), batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Duplicate));
         await Effects(batchAccounts, batchMessages, "batch");
+
+        // The hand-written batch consumer: ours batch mode's partitions, concurrency and batch size, the 100-key ceiling's transaction.
+        var handBatchRows = await NewKeyTable($"hand_batch_keys_{round}");
+        var handBatchAccounts = await NewAccounts($"hand_batch_accounts_{round}");
+        Add(await HandBatch(HandBatchName, cluster, batchTopic, batchMessages, handBatchRows, handBatchAccounts, 100, BatchConcurrency));
+        await Effects(handBatchAccounts, batchMessages, "hand-written batch consumer");
+        await KeyRows(handBatchRows, batchMessages, "hand-written batch consumer");
 
         if (lowLoad > 0)
         {
@@ -187,7 +216,7 @@ finally
     await c.ExecuteAsync($"DROP SCHEMA {schema} CASCADE");
 }
 
-Report(rows, lowLoadRows, rounds, lowLoad, loadStart);
+Report(rows, lowLoadRows, rounds, lowLoad, loadStart, BatchConcurrency);
 return;
 
 int Named(string name, int fallback)
@@ -397,6 +426,133 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
     return Measured(name, done, elapsed, latencies);
 }
 
+// The hand-written idempotent consumer's per-message transaction body: the claim + update ceiling's statements, the
+// update skipped when the key row exists already (a redelivery).
+Func<NpgsqlConnection, NpgsqlTransaction, string, Task> KeyRowThenUpdate(string keys, string table) => async (conn, tx, key) =>
+{
+    if (await conn.ExecuteAsync($"INSERT INTO {keys} (key) VALUES (@k) ON CONFLICT DO NOTHING", new { k = key }, tx) == 1)
+    {
+        await conn.ExecuteAsync($"UPDATE {table} SET balance = balance + 1 WHERE id = @id", new { id = AccountOf(key) }, tx);
+    }
+};
+
+// The hand-written batch consumer: the plain consumer's poll loop, offset handling and per-partition queues; each
+// partition takes up to batchSize of what is ready (no wait for a batch to fill) once one of `workers` transaction slots
+// is free (ours batch mode: Concurrency partitions at once), runs the 100-key ceiling's transaction with the batch
+// handler's set-based update, then stores the batch's last offset.
+async Task<Row> HandBatch(string name, MockKafkaCluster cluster, string topic, int count, string keys, string table, int batchSize, int workers)
+{
+    scenarioCpu = CpuMeter.Now();
+    var config = ConsumerConfig(cluster, "hand-batch-" + Guid.NewGuid().ToString("N")[..8]);
+    config.EnableAutoCommit = true;
+    config.AutoCommitIntervalMs = 1000;
+    config.EnableAutoOffsetStore = false;
+    using var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
+    consumer.Subscribe(topic);
+    var latencies = new ConcurrentBag<double>();
+    using var slots = new SemaphoreSlim(workers);
+    long done = 0;
+    long first = 0;
+    long batches = 0;
+
+    async Task Lane(ChannelReader<ConsumeResult<byte[], byte[]>> reader)
+    {
+        var batch = new List<ConsumeResult<byte[], byte[]>>(batchSize);
+        while (await reader.WaitToReadAsync())
+        {
+            await slots.WaitAsync();
+            try
+            {
+                batch.Clear();
+                while (batch.Count < batchSize && reader.TryRead(out var record))
+                {
+                    batch.Add(record);
+                }
+
+                var t0 = Stopwatch.GetTimestamp();
+                Interlocked.CompareExchange(ref first, t0, 0);
+                await BatchTransaction(keys, table, batch.Select(r => Encoding.UTF8.GetString(r.Message.Key)).ToArray());
+                var ms = Stopwatch.GetElapsedTime(t0).TotalMilliseconds;
+                foreach (var _ in batch)
+                {
+                    latencies.Add(ms);
+                }
+            }
+            finally
+            {
+                slots.Release();
+            }
+
+            consumer.StoreOffset(batch[^1]);
+            Interlocked.Increment(ref batches);
+            Interlocked.Add(ref done, batch.Count);
+        }
+    }
+
+    var queues = new Dictionary<int, Channel<ConsumeResult<byte[], byte[]>>>();
+    var lanes = new List<Task>();
+    while (Interlocked.Read(ref done) < count)
+    {
+        if (consumer.Consume(10) is not { Message: not null } record)
+        {
+            continue;
+        }
+
+        if (!queues.TryGetValue(record.Partition.Value, out var queue))
+        {
+            queue = Channel.CreateUnbounded<ConsumeResult<byte[], byte[]>>();
+            queues[record.Partition.Value] = queue;
+            lanes.Add(Task.Run(() => Lane(queue.Reader)));
+        }
+
+        queue.Writer.TryWrite(record);
+    }
+
+    foreach (var queue in queues.Values)
+    {
+        queue.Writer.TryComplete();
+    }
+
+    await Task.WhenAll(lanes);
+    var elapsed = Stopwatch.GetElapsedTime(first);
+    consumer.Close();
+    Console.WriteLine($"  mean hand-written batch: {(double)done / Math.Max(1, batches):0.0} messages");
+    return Measured(name, done, elapsed, latencies);
+}
+
+// One batch transaction of the hand-written consumer: the 100-key ceiling's key-row insert and the batch handler's
+// set-based update when every key is new (always, in this benchmark); when some are known, it is redone for the new ones.
+async Task BatchTransaction(string keys, string table, string[] batchKeys)
+{
+    const string Update = "UPDATE {0} a SET balance = a.balance + s.n FROM (SELECT id, count(*) AS n FROM unnest(@ids) AS id GROUP BY id ORDER BY id) s WHERE a.id = s.id";
+    await using var conn = await dataSource.OpenConnectionAsync();
+    await using (var tx = await conn.BeginTransactionAsync())
+    {
+        var inserted = await conn.ExecuteAsync($"INSERT INTO {keys} (key) SELECT k FROM unnest(@batchKeys) AS k ORDER BY k ON CONFLICT DO NOTHING", new { batchKeys }, tx);
+        if (inserted == batchKeys.Length)
+        {
+            await conn.ExecuteAsync(string.Format(CultureInfo.InvariantCulture, Update, table), new { ids = batchKeys.Select(AccountOf).Order().ToArray() }, tx);
+        }
+
+        if (inserted == batchKeys.Length || inserted == 0)
+        {
+            await tx.CommitAsync();
+            return;
+        }
+    }
+
+    await using (var tx = await conn.BeginTransactionAsync())
+    {
+        var fresh = (await conn.QueryAsync<string>($"INSERT INTO {keys} (key) SELECT k FROM unnest(@batchKeys) AS k ORDER BY k ON CONFLICT DO NOTHING RETURNING key", new { batchKeys }, tx)).ToArray();
+        if (fresh.Length > 0)
+        {
+            await conn.ExecuteAsync(string.Format(CultureInfo.InvariantCulture, Update, table), new { ids = fresh.Select(AccountOf).Order().ToArray() }, tx);
+        }
+
+        await tx.CommitAsync();
+    }
+}
+
 async Task<Row> Ours(string name, MockKafkaCluster cluster, string topic, int count, PostgresIdempotencyStore store, IIdempotentMessageHandler handler, int batchSize, ProcessingOutcome expected, ClaimTiming claimTiming = ClaimTiming.BeforeHandler)
 {
     scenarioCpu = CpuMeter.Now();
@@ -525,7 +681,7 @@ Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> la
     return row;
 }
 
-static void Report(List<Row> rows, List<LowLoadRow> lowLoadRows, int rounds, int lowLoad, string loadStart)
+static void Report(List<Row> rows, List<LowLoadRow> lowLoadRows, int rounds, int lowLoad, string loadStart, int batchConcurrency)
 {
     double Rate(string prefix) => rows.First(r => r.Name.StartsWith(prefix, StringComparison.Ordinal)).MessagesPerSecond;
     double Cpu(string prefix) => rows.First(r => r.Name.StartsWith(prefix, StringComparison.Ordinal)).ClientCpuMicrosecondsPerMessage;
@@ -536,16 +692,25 @@ static void Report(List<Row> rows, List<LowLoadRow> lowLoadRows, int rounds, int
     var ceiling16 = Rate("ceiling: claim + update tx, 16");
     var ceilingBatch = Rate("ceiling: 100-key batch");
     var atCommit = Rate("ours per-message, claim at commit");
+    var handKey = Rate("hand-written: plain consumer + key-row");
+    var handBatch = Rate("hand-written: plain consumer + 100-key");
     var ratios = new List<Ratio>
     {
         new("ours default options (natural batching) / plain (16 partitions concurrent)", byDefault / plain, 1.0),
         new("client CPU per message: plain / ours default (target: default <= plain)", Cpu("plain at-least-once, 16") / Cpu("ours default options"), 1.0),
         new("claim + update ceiling / update-only ceiling, 16 conn (the SQL 'plain transaction + key-row insert' / plain transaction)", ceiling16 / Rate("ceiling: update-only tx"), null),
         new("ours per-message / plain (16 partitions concurrent)", perMessage / plain, null),
-        new("ours per-message / 16-connection claim + update ceiling (plain transaction + key-row insert)", perMessage / ceiling16, 0.95),
+        new("ours per-message (batching off, claim before handler) / hand-written key-row consumer", perMessage / handKey, 0.95),
         new("ours per-message, claim at commit / plain (16 partitions concurrent)", atCommit / plain, null),
-        new("ours per-message, claim at commit / 16-connection claim + update ceiling", atCommit / ceiling16, 0.95),
-        new("ours batch, set-based handler / 100-key batch ceiling (4 conn)", batch / ceilingBatch, 0.8),
+        new("ours per-message, claim at commit (batching off) / hand-written key-row consumer", atCommit / handKey, 0.95),
+        new("ours batch, set-based handler / hand-written 100-key batch consumer", batch / handBatch, 0.8),
+        new("ours per-message / broker-free claim + update ceiling, 16 conn (context: includes no broker)", perMessage / ceiling16, null),
+        new("ours per-message, claim at commit / broker-free claim + update ceiling, 16 conn (context: includes no broker)", atCommit / ceiling16, null),
+        new("ours batch, set-based handler / broker-free 100-key batch ceiling, 4 conn (context: includes no broker)", batch / ceilingBatch, null),
+        new("hand-written key-row consumer / broker-free claim + update ceiling, 16 conn (what the broker costs)", handKey / ceiling16, null),
+        new("hand-written batch consumer / broker-free 100-key batch ceiling, 4 conn (what the broker costs)", handBatch / ceilingBatch, null),
+        new("client CPU per message: hand-written key-row consumer / ours per-message", Cpu("hand-written: plain consumer + key-row") / Cpu("ours per-message"), null),
+        new("client CPU per message: hand-written batch consumer / ours batch", Cpu("hand-written: plain consumer + 100-key") / Cpu("ours batch mode"), null),
         new("replay / new, default options", Rate("ours replay (all duplicates), default") / byDefault, 3),
         new("replay / new, per-message", Rate("ours replay (all duplicates), per-message") / perMessage, 3),
         new("replay / new, per-message, claim at commit", Rate("ours replay (all duplicates), per-message, claim at commit") / atCommit, 3),
@@ -560,7 +725,7 @@ static void Report(List<Row> rows, List<LowLoadRow> lowLoadRows, int rounds, int
     var md = new StringBuilder();
     md.AppendLine(CultureInfo.InvariantCulture, $"# Kafka adapter benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC, {Environment.ProcessorCount} cores, librdkafka mock cluster + local PostgreSQL)");
     md.AppendLine();
-    md.AppendLine(CultureInfo.InvariantCulture, $"Consumer scenarios in {rounds} interleaved rounds (each row is the scenario's median round by msgs/s; every round's msgs/s in the last column); ceilings, the processor alone and consume-only once. Every consumer run's effects are checked in SQL (sum of applied updates == messages). Machine load average: {loadStart} at the start, {LoadAverage()} at the end.");
+    md.AppendLine(CultureInfo.InvariantCulture, $"Consumer scenarios in {rounds} interleaved rounds (each row is the scenario's median round by msgs/s; every round's msgs/s in the last column); ceilings, the processor alone and consume-only once. Every consumer run's effects are checked in SQL (sum of applied updates == messages; the hand-written consumers' key rows == messages). The hand-written rows are the baselines of the batching-off and set-based targets: the plain consumer (same poll loop, 16 partitions concurrent, offsets stored after the commit) doing the claim + update ceiling's transaction per message (`BEGIN; INSERT INTO keys ... ON CONFLICT DO NOTHING;` the `UPDATE` if a row was inserted, `COMMIT`), and the same consumer taking up to 100 ready messages of a partition per transaction with {batchConcurrency} transactions at once like ours batch mode (the 100-key ceiling's key-row insert and the batch handler's set-based update, no wait for a batch to fill). The ceilings are broker-free SQL loops: context, no target. Machine load average: {loadStart} at the start, {LoadAverage()} at the end.");
     md.AppendLine();
     md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) | CPU µs/msg: this process | CPU µs/msg: PostgreSQL | rounds msgs/s |");
     md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---|");

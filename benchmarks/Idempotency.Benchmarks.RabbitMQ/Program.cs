@@ -1,7 +1,9 @@
 // RabbitMQ benchmark, in ONE run with interleaved rounds: a plain manual-ack consumer, IdempotentRabbitMqConsumer
-// (default options, batching off with the claim before the handler and at commit, a set-based batch handler), the peer
-// (Wolverine's durable inbox, a child process: benchmarks/Idempotency.Benchmarks.Wolverine) and the PostgreSQL SQL
-// baselines, all doing the same business upsert at the same prefetch and concurrency.
+// (default options, batching off with the claim before the handler and at commit, a set-based batch handler), the
+// hand-written idempotent consumers a user would compare with (the plain consumer plus a key-row insert per message, and
+// plus a 100-key batch transaction), the peer (Wolverine's durable inbox, a child process:
+// benchmarks/Idempotency.Benchmarks.Wolverine) and the broker-free PostgreSQL SQL loops (context), all doing the same
+// business upsert at the same prefetch and concurrency.
 //   dotnet run -c Release --project benchmarks/Idempotency.Benchmarks.RabbitMQ -- [--messages 2000] [--rounds 3]
 //     [--concurrency 4] [--prefetch 200] [--batch 100] [--low-load 200] [--no-peer]
 // Reads IDEMPOTENCY_POSTGRES and IDEMPOTENCY_RABBITMQ. Writes benchmarks/results/rabbitmq.md and rabbitmq.json.
@@ -64,10 +66,12 @@ try
 
     var throughput = new List<(string Key, string Name, Func<int, Task<Run>> Run)>
     {
-        ("sql-plain", "SQL: plain transaction (upsert + commit), C# loop", _ => SqlLoop(keyRows: 0)),
-        ("sql-key", "SQL: plain transaction + key-row insert, C# loop", _ => SqlLoop(keyRows: 1)),
-        ("sql-batch", $"SQL: {batchSize}-key batch transaction (key rows + set-based upsert), C# loop", _ => SqlLoop(keyRows: batchSize)),
+        ("sql-plain", "Broker-free SQL loop: plain transaction (upsert + commit)", _ => SqlLoop(keyRows: 0)),
+        ("sql-key", "Broker-free SQL loop: plain transaction + key-row insert", _ => SqlLoop(keyRows: 1)),
+        ("sql-batch", $"Broker-free SQL loop: {batchSize}-key batch transaction (key rows + set-based upsert)", _ => SqlLoop(keyRows: batchSize)),
         ("plain", "Plain manual-ack consumer, own transaction per message", n => Plain(n, oneAtATime: false)),
+        ("hand-key", "Hand-written: plain consumer + key-row insert per message", n => Plain(n, oneAtATime: false, keyRow: true)),
+        ("hand-batch", $"Hand-written: plain consumer + {batchSize}-key batch transaction", HandBatch),
         ("default", "IdempotentRabbitMqConsumer, default batching (per-message handler)", n => Ours(n, Mode.Default, oneAtATime: false)),
         ("per-message", "IdempotentRabbitMqConsumer, batching off (BatchSize 1), claim before handler", n => Ours(n, Mode.PerMessage, oneAtATime: false)),
         ("at-commit", "IdempotentRabbitMqConsumer, batching off, claim at commit", n => Ours(n, Mode.AtCommit, oneAtATime: false)),
@@ -97,6 +101,11 @@ try
     {
         throughput.RemoveAll(s => !only.Contains(s.Key));
         latency.RemoveAll(s => !only.Contains("low-" + s.Key));
+    }
+
+    if (lowLoad <= 0)
+    {
+        latency.Clear(); // --low-load 0: no low-load runs (a run of no measured messages has no commit stamps)
     }
 
     // Warm-up (JIT, pools, broker): one small round of the in-process scenarios, not reported.
@@ -163,12 +172,19 @@ void Report()
         new("default / plain", Rate("default") / Rate("plain"), 1.0, ">="),
         new("batching off (claim before handler) / plain", Rate("per-message") / Rate("plain"), null, ">="),
         new("batching off (claim at commit) / plain", Rate("at-commit") / Rate("plain"), null, ">="),
-        new("batching off (claim before handler) / SQL plain transaction + key-row insert", Rate("per-message") / Rate("sql-key"), 0.95, ">="),
-        new("batching off (claim at commit) / SQL plain transaction + key-row insert", Rate("at-commit") / Rate("sql-key"), 0.95, ">="),
-        new($"set-based batch / SQL {batchSize}-key batch transaction", Rate("set-based") / Rate("sql-batch"), 0.8, ">="),
-        new("plain consumer / SQL plain transaction", Rate("plain") / Rate("sql-plain"), null, ">="),
+        new("batching off (claim before handler) / hand-written key-row consumer", Rate("per-message") / Rate("hand-key"), 0.95, ">="),
+        new("batching off (claim at commit) / hand-written key-row consumer", Rate("at-commit") / Rate("hand-key"), 0.95, ">="),
+        new($"set-based batch / hand-written {batchSize}-key batch consumer", Rate("set-based") / Rate("hand-batch"), 0.8, ">="),
+        new("batching off (claim before handler) / broker-free SQL loop: plain transaction + key-row insert (context: includes no broker)", Rate("per-message") / Rate("sql-key"), null, ">="),
+        new("batching off (claim at commit) / broker-free SQL loop: plain transaction + key-row insert (context: includes no broker)", Rate("at-commit") / Rate("sql-key"), null, ">="),
+        new($"set-based batch / broker-free {batchSize}-key SQL loop (context: includes no broker)", Rate("set-based") / Rate("sql-batch"), null, ">="),
+        new("hand-written key-row consumer / broker-free SQL loop: plain transaction + key-row insert (what the broker costs)", Rate("hand-key") / Rate("sql-key"), null, ">="),
+        new($"hand-written batch consumer / broker-free {batchSize}-key SQL loop (what the broker costs)", Rate("hand-batch") / Rate("sql-batch"), null, ">="),
+        new("plain consumer / broker-free SQL loop: plain transaction", Rate("plain") / Rate("sql-plain"), null, ">="),
         new("client CPU per message: default / plain", Cpu("default") / Cpu("plain"), 1.0, "<="),
         new("client CPU per message: batching off / plain", Cpu("per-message") / Cpu("plain"), null, "<="),
+        new("client CPU per message: batching off / hand-written key-row consumer", Cpu("per-message") / Cpu("hand-key"), null, "<="),
+        new("client CPU per message: set-based batch / hand-written batch consumer", Cpu("set-based") / Cpu("hand-batch"), null, "<="),
     };
     if (peer)
     {
@@ -185,9 +201,9 @@ void Report()
     var md = new StringBuilder();
     md.AppendLine(CultureInfo.InvariantCulture, $"# RabbitMQ benchmark ({DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC)");
     md.AppendLine();
-    md.AppendLine(CultureInfo.InvariantCulture, $"`--messages {messages} --rounds {rounds} --low-load {lowLoad}`: {rounds} interleaved rounds; prefetch {prefetch}; concurrency {concurrency} for every scenario (plain: ConsumerDispatchConcurrency; ours: Concurrency; Wolverine: MaximumParallelMessages; SQL loops: connections); batch size {batchSize} (set-based batch mode: prefetch {Math.Max(prefetch, batchSize * concurrency)}, so that every worker's batch can fill); persistent messages with GUID ids on a classic queue; PostgreSQL and RabbitMQ on loopback; {Environment.ProcessorCount} cores. Machine load average: {loadStart} at the start, {loadEnd} at the end ({(DateTime.UtcNow - started).TotalMinutes:0.0} min).");
+    md.AppendLine(CultureInfo.InvariantCulture, $"`--messages {messages} --rounds {rounds} --low-load {lowLoad}`: {rounds} interleaved rounds; prefetch {prefetch}; concurrency {concurrency} for every scenario (plain and the hand-written key-row consumer: ConsumerDispatchConcurrency; ours: Concurrency; hand-written batch consumer: workers; Wolverine: MaximumParallelMessages; SQL loops: connections); batch size {batchSize} (set-based batch mode and the hand-written batch consumer: prefetch {batchPrefetch}, so that every worker's batch can fill; linger {batchLingerMs} ms); persistent messages with GUID ids on a classic queue; PostgreSQL and RabbitMQ on loopback; {Environment.ProcessorCount} cores. Machine load average: {loadStart} at the start, {loadEnd} at the end ({(DateTime.UtcNow - started).TotalMinutes:0.0} min).");
     md.AppendLine();
-    md.AppendLine("Every scenario does the same business write (an upsert of the message's row) and is measured from the same place: a deferred trigger on the business table stamps each effect with `clock_timestamp()` at its transaction's commit. Throughput runs: the round's messages (after 100 warm-up ones) are in the queue before the consumer starts; msgs/s = messages committed after the first commit / (last commit - first commit). SQL rows: a C# loop of the same transactions on the same number of connections for --sql-seconds, rows / wall time. Latency (publish -> effect committed = commit stamp - the publisher's clock just before `basic.publish`, the same host clock) is measured in the low-load run, where it is not queue wait. Effects == messages (every row applied exactly once) and an empty queue are checked after every run.");
+    md.AppendLine(CultureInfo.InvariantCulture, $"Every scenario does the same business write (an upsert of the message's row) and is measured from the same place: a deferred trigger on the business table stamps each effect with `clock_timestamp()` at its transaction's commit. Throughput runs: the round's messages (after 100 warm-up ones) are in the queue before the consumer starts; msgs/s = messages committed after the first commit / (last commit - first commit). Hand-written rows: the plain consumer (same channel, prefetch and concurrency) made idempotent by hand, the baselines of the batching-off and set-based targets: `BEGIN; INSERT INTO keys (key) VALUES (@id) ON CONFLICT DO NOTHING;` the same upsert if a row was inserted, `COMMIT`, then `basic.ack`; and {batchSize}-key batches taken from what is ready (the set-based scenario's prefetch, worker count and linger), one transaction each (the key rows from `unnest` in order, then the set-based upsert), then one `basic.ack(multiple: true)` where every lower tag is settled, single acks otherwise. Broker-free SQL rows (context, no target): a C# loop of the same transactions on the same number of connections for --sql-seconds, rows / wall time. Latency (publish -> effect committed = commit stamp - the publisher's clock just before `basic.publish`, the same host clock) is measured in the low-load run, where it is not queue wait. Effects == messages (every row applied exactly once) and an empty queue are checked after every run.");
     md.AppendLine();
     md.AppendLine("## Throughput (median round by msgs/s)");
     md.AppendLine();
@@ -283,9 +299,13 @@ async Task<Run> SqlLoop(int keyRows)
     return run;
 }
 
-async Task<Run> Plain(int count, bool oneAtATime)
+// The plain consumer; with keyRow, the hand-written idempotent consumer a user would write instead: the same consumer
+// with a key-row insert in the business transaction (3 round trips, like the SQL loop), the write skipped for a known key.
+async Task<Run> Plain(int count, bool oneAtATime, bool keyRow = false)
 {
+    var name = keyRow ? "hand-key" : "plain";
     var table = await sql.BusinessTableAsync(notify: oneAtATime);
+    var keys = keyRow ? await sql.KeyTableAsync() : null;
     var queue = await DeclareQueue();
     var published = await Preload(queue, count, oneAtATime);
     await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false, consumerDispatchConcurrency: (ushort)concurrency));
@@ -296,7 +316,20 @@ async Task<Run> Plain(int count, bool oneAtATime)
         await using (var conn = await dataSource.OpenConnectionAsync())
         await using (var tx = await conn.BeginTransactionAsync())
         {
-            await Upsert(conn, tx, table, ea.BasicProperties.MessageId!);
+            var id = ea.BasicProperties.MessageId!;
+            var isNew = true;
+            if (keys is not null)
+            {
+                await using var claim = new NpgsqlCommand($"INSERT INTO {keys} (key) VALUES (@id) ON CONFLICT DO NOTHING", conn, tx);
+                claim.Parameters.AddWithValue("id", id);
+                isNew = await claim.ExecuteNonQueryAsync() == 1;
+            }
+
+            if (isNew)
+            {
+                await Upsert(conn, tx, table, id);
+            }
+
             await tx.CommitAsync();
         }
 
@@ -304,9 +337,124 @@ async Task<Run> Plain(int count, bool oneAtATime)
     };
     var cpu = Process.GetCurrentProcess().TotalProcessorTime;
     var tag = await channel.BasicConsumeAsync(queue, autoAck: false, consumer);
-    var cpuUs = await Drive(queue, table, count, oneAtATime, published, cpu, "plain");
+    var cpuUs = await Drive(queue, table, count, oneAtATime, published, cpu, name);
     await channel.BasicCancelAsync(tag);
-    return await Finish(queue, table, count, published, cpuUs, "plain");
+    return await Finish(queue, table, count, published, cpuUs, name);
+}
+
+// The hand-written batch consumer: the set-based scenario's prefetch on one channel whose deliveries go to a buffer;
+// `concurrency` workers each take up to --batch of what is ready (waiting up to --batch-linger-ms for more, like
+// BatchMaxWait), run the SQL loop's batch transaction (key rows, then the set-based upsert of the new ones) and ack.
+async Task<Run> HandBatch(int count)
+{
+    var table = await sql.BusinessTableAsync(notify: false);
+    var keys = await sql.KeyTableAsync();
+    var queue = await DeclareQueue();
+    var published = await Preload(queue, count, oneAtATime: false);
+    await using var channel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: false, publisherConfirmationTrackingEnabled: false));
+    await channel.BasicQosAsync(0, (ushort)batchPrefetch, false);
+    var buffer = System.Threading.Channels.Channel.CreateUnbounded<(ulong Tag, string Id)>(new() { SingleWriter = true });
+    var consumer = new AsyncEventingBasicConsumer(channel);
+    consumer.ReceivedAsync += (_, ea) =>
+    {
+        buffer.Writer.TryWrite((ea.DeliveryTag, ea.BasicProperties.MessageId!));
+        return Task.CompletedTask;
+    };
+    var acks = new HandWrittenAcks(channel);
+    long batches = 0;
+    async Task Worker()
+    {
+        var batch = new List<(ulong Tag, string Id)>(batchSize);
+        while (await buffer.Reader.WaitToReadAsync())
+        {
+            batch.Clear();
+            while (batch.Count < batchSize && buffer.Reader.TryRead(out var delivery))
+            {
+                batch.Add(delivery);
+            }
+
+            if (batchLingerMs > 0 && batch.Count < batchSize)
+            {
+                using var linger = new CancellationTokenSource(batchLingerMs);
+                try
+                {
+                    while (batch.Count < batchSize && await buffer.Reader.WaitToReadAsync(linger.Token))
+                    {
+                        while (batch.Count < batchSize && buffer.Reader.TryRead(out var delivery))
+                        {
+                            batch.Add(delivery);
+                        }
+                    }
+                }
+                catch (OperationCanceledException)
+                {
+                }
+            }
+
+            if (batch.Count == 0)
+            {
+                continue;
+            }
+
+            Interlocked.Increment(ref batches);
+            await BatchTransaction(table, keys, batch.Select(d => d.Id).ToArray());
+            await acks.AckAsync(batch.Select(d => d.Tag).ToArray());
+        }
+    }
+
+    var cpu = Process.GetCurrentProcess().TotalProcessorTime;
+    var workers = Enumerable.Range(0, concurrency).Select(_ => Task.Run(Worker)).ToArray();
+    var tag = await channel.BasicConsumeAsync(queue, autoAck: false, consumer);
+    var cpuUs = await Drive(queue, table, count, oneAtATime: false, published, cpu, "hand-batch");
+    await channel.BasicCancelAsync(tag);
+    buffer.Writer.TryComplete();
+    await Task.WhenAll(workers);
+    Console.WriteLine($"  mean hand-written batch: {(double)(WarmUp + count) / Math.Max(1, batches):0.0} messages");
+    return await Finish(queue, table, count, published, cpuUs, "hand-batch");
+}
+
+// One batch transaction of a hand-written consumer: the broker-free batch loop's two statements when every key is new
+// (always, in this benchmark); when some are known, the transaction is redone writing only the new keys' rows.
+async Task BatchTransaction(string table, string keys, string[] ids)
+{
+    await using var conn = await dataSource.OpenConnectionAsync();
+    await using (var tx = await conn.BeginTransactionAsync())
+    {
+        await using var claim = new NpgsqlCommand($"INSERT INTO {keys} (key) SELECT k FROM unnest(@ids) AS k ORDER BY k ON CONFLICT DO NOTHING", conn, tx);
+        claim.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
+        var inserted = await claim.ExecuteNonQueryAsync();
+        if (inserted == ids.Length)
+        {
+            await SetBasedUpsert(conn, tx, table, ids);
+        }
+
+        if (inserted == ids.Length || inserted == 0)
+        {
+            await tx.CommitAsync();
+            return;
+        }
+    }
+
+    await using (var tx = await conn.BeginTransactionAsync())
+    {
+        await using var claim = new NpgsqlCommand($"INSERT INTO {keys} (key) SELECT k FROM unnest(@ids) AS k ORDER BY k ON CONFLICT DO NOTHING RETURNING key", conn, tx);
+        claim.Parameters.Add(new NpgsqlParameter("ids", NpgsqlDbType.Array | NpgsqlDbType.Text) { Value = ids });
+        var fresh = new List<string>();
+        await using (var reader = await claim.ExecuteReaderAsync())
+        {
+            while (await reader.ReadAsync())
+            {
+                fresh.Add(reader.GetString(0));
+            }
+        }
+
+        if (fresh.Count > 0)
+        {
+            await SetBasedUpsert(conn, tx, table, [.. fresh]);
+        }
+
+        await tx.CommitAsync();
+    }
 }
 
 async Task<Run> Ours(int count, Mode mode, bool oneAtATime, bool inMemory = false)
