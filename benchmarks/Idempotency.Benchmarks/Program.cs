@@ -30,8 +30,8 @@ if (brokers)
     var results = paths.Results;
     var children = new (string Name, string Project, string[] Quick, string[] Full)[]
     {
-        ("kafka", "Idempotency.Benchmarks.Kafka", ["4000", "20000", "--rounds", "3", "--low-load", "200"], []),
-        ("rabbitmq", "Idempotency.Benchmarks.RabbitMQ", ["--messages", "2000", "--rounds", "3", "--low-load", "200"], []),
+        ("kafka", "Idempotency.Benchmarks.Kafka", ["8000", "100000", "--rounds", "3", "--low-load", "200"], []),
+        ("rabbitmq", "Idempotency.Benchmarks.RabbitMQ", ["--messages", "4000", "--rounds", "3", "--low-load", "200"], []),
         ("sqs", "Idempotency.Benchmarks.Sqs", ["--messages", "1500", "--rounds", "3", "--low-load", "200"], ["--messages", "4000", "--rounds", "5", "--low-load", "200"]),
         ("redis", "Idempotency.Benchmarks.Redis", ["--seconds", "2", "--out", results], ["--seconds", "3", "--out", results]),
     };
