@@ -38,27 +38,16 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         {
             AddClaimParameters(command.Parameters, request);
             await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
-            using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+
+            // RETURNING gives a row only when the insert took the key.
+            if (await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null)
             {
                 return ClaimResult.Claimed;
             }
         }
 
         // The key exists (committed before, or by a transaction the insert waited on): read it in a new statement.
-        using (var select = new NpgsqlCommand(_sql.SelectOne, Connection, Transaction))
-        {
-            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
-            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
-            await _sql.PrepareAsync(select, cancellationToken).ConfigureAwait(false);
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
-            {
-                return PostgresSql.ReadProcessed(reader, 0);
-            }
-        }
-
-        throw new InvalidOperationException($"Key '{request.Key}' conflicted but no committed row was found; was it pruned concurrently?");
+        return await ReadCommittedAsync(request, Transaction, "conflicted", cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc/>
@@ -192,13 +181,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         {
             // Another transaction committed this key first: the COMMIT was skipped, so undo the handler's writes too.
             await RollbackAsync(cancellationToken).ConfigureAwait(false);
-            using var select = new NpgsqlCommand(_sql.SelectOne, Connection);
-            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = claim.HandlerName });
-            select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = claim.Key });
-            using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
-                ? PostgresSql.ReadProcessed(reader, 0)
-                : throw new InvalidOperationException($"Key '{claim.Key}' conflicted at commit but no committed row was found; was it pruned concurrently?");
+            return await ReadCommittedAsync(claim, transaction: null, "conflicted at commit", cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -277,6 +260,19 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
 
         // NOTIFY is delivered only on commit, so a relay wakes exactly when the rows are visible.
         batch.BatchCommands.Add(new NpgsqlBatchCommand(_sql.NotifyOutbox));
+    }
+
+    /// <summary>Reads the committed row of a key whose insert conflicted; a missing row (pruned meanwhile) is an error.</summary>
+    private async ValueTask<ClaimResult> ReadCommittedAsync(ClaimRequest request, NpgsqlTransaction? transaction, string conflict, CancellationToken cancellationToken)
+    {
+        using var select = new NpgsqlCommand(_sql.SelectOne, Connection, transaction);
+        select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
+        select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+        await _sql.PrepareAsync(select, cancellationToken).ConfigureAwait(false);
+        using var reader = await select.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+            ? PostgresSql.ReadProcessed(reader, 0)
+            : throw new InvalidOperationException($"Key '{request.Key}' {conflict} but no committed row was found; was it pruned concurrently?");
     }
 
     private async ValueTask ReadRacedAsync(string handler, string[] keys, List<int> raced, ClaimResult[] results, CancellationToken cancellationToken)
