@@ -357,12 +357,7 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
 {
     scenarioCpu = CpuMeter.Now();
     // The usual at-least-once consumer: the business write in its own transaction, the offset stored after it commits.
-    var config = ConsumerConfig(cluster, "plain-" + Guid.NewGuid().ToString("N")[..8]);
-    config.EnableAutoCommit = true;
-    config.AutoCommitIntervalMs = 1000;
-    config.EnableAutoOffsetStore = false;
-    using var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
-    consumer.Subscribe(topic);
+    using var consumer = OffsetStoringConsumer(cluster, "plain-", topic);
     var latencies = new ConcurrentBag<double>();
     var target = concurrent ? count : Math.Min(count, 5_000);
     long done = 0;
@@ -403,42 +398,61 @@ async Task<Row> Plain(string name, MockKafkaCluster cluster, string topic, int c
     }
     else
     {
-        var queues = new Dictionary<int, Channel<ConsumeResult<byte[], byte[]>>>();
-        var workers = new List<Task>();
-        while (Interlocked.Read(ref done) < target)
+        await ByPartition(consumer, () => Interlocked.Read(ref done) < target, async reader =>
         {
-            if (consumer.Consume(10) is not { Message: not null } record)
+            await foreach (var r in reader.ReadAllAsync())
             {
-                continue;
+                await Process(r);
             }
-
-            if (!queues.TryGetValue(record.Partition.Value, out var queue))
-            {
-                queue = Channel.CreateUnbounded<ConsumeResult<byte[], byte[]>>();
-                queues[record.Partition.Value] = queue;
-                workers.Add(Task.Run(async () =>
-                {
-                    await foreach (var r in queue.Reader.ReadAllAsync())
-                    {
-                        await Process(r);
-                    }
-                }));
-            }
-
-            queue.Writer.TryWrite(record);
-        }
-
-        foreach (var queue in queues.Values)
-        {
-            queue.Writer.TryComplete();
-        }
-
-        await Task.WhenAll(workers);
+        });
     }
 
     var elapsed = Stopwatch.GetElapsedTime(first);
     consumer.Close();
     return Measured(name, done, elapsed, latencies);
+}
+
+// The plain consumer's offset handling: the code stores a record's offset after its commit, auto-committed every second.
+IConsumer<byte[], byte[]> OffsetStoringConsumer(MockKafkaCluster cluster, string groupPrefix, string topic)
+{
+    var config = ConsumerConfig(cluster, groupPrefix + Guid.NewGuid().ToString("N")[..8]);
+    config.EnableAutoCommit = true;
+    config.AutoCommitIntervalMs = 1000;
+    config.EnableAutoOffsetStore = false;
+    var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
+    consumer.Subscribe(topic);
+    return consumer;
+}
+
+// Polls while `more()` and hands each partition's records, in order, to that partition's own lane (one task each);
+// then completes the lanes and waits for them.
+static async Task ByPartition(IConsumer<byte[], byte[]> consumer, Func<bool> more, Func<ChannelReader<ConsumeResult<byte[], byte[]>>, Task> lane)
+{
+    var queues = new Dictionary<int, Channel<ConsumeResult<byte[], byte[]>>>();
+    var lanes = new List<Task>();
+    while (more())
+    {
+        if (consumer.Consume(10) is not { Message: not null } record)
+        {
+            continue;
+        }
+
+        if (!queues.TryGetValue(record.Partition.Value, out var queue))
+        {
+            queue = Channel.CreateUnbounded<ConsumeResult<byte[], byte[]>>();
+            queues[record.Partition.Value] = queue;
+            lanes.Add(Task.Run(() => lane(queue.Reader)));
+        }
+
+        queue.Writer.TryWrite(record);
+    }
+
+    foreach (var queue in queues.Values)
+    {
+        queue.Writer.TryComplete();
+    }
+
+    await Task.WhenAll(lanes);
 }
 
 // The hand-written idempotent consumer's per-message transaction body: the claim + update ceiling's statements, the
@@ -458,12 +472,7 @@ Func<NpgsqlConnection, NpgsqlTransaction, string, Task> KeyRowThenUpdate(string 
 async Task<Row> HandBatch(string name, MockKafkaCluster cluster, string topic, int count, string keys, string table, int batchSize, int workers)
 {
     scenarioCpu = CpuMeter.Now();
-    var config = ConsumerConfig(cluster, "hand-batch-" + Guid.NewGuid().ToString("N")[..8]);
-    config.EnableAutoCommit = true;
-    config.AutoCommitIntervalMs = 1000;
-    config.EnableAutoOffsetStore = false;
-    using var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
-    consumer.Subscribe(topic);
+    using var consumer = OffsetStoringConsumer(cluster, "hand-batch-", topic);
     var latencies = new ConcurrentBag<double>();
     using var slots = new SemaphoreSlim(workers);
     long done = 0;
@@ -504,31 +513,7 @@ async Task<Row> HandBatch(string name, MockKafkaCluster cluster, string topic, i
         }
     }
 
-    var queues = new Dictionary<int, Channel<ConsumeResult<byte[], byte[]>>>();
-    var lanes = new List<Task>();
-    while (Interlocked.Read(ref done) < count)
-    {
-        if (consumer.Consume(10) is not { Message: not null } record)
-        {
-            continue;
-        }
-
-        if (!queues.TryGetValue(record.Partition.Value, out var queue))
-        {
-            queue = Channel.CreateUnbounded<ConsumeResult<byte[], byte[]>>();
-            queues[record.Partition.Value] = queue;
-            lanes.Add(Task.Run(() => Lane(queue.Reader)));
-        }
-
-        queue.Writer.TryWrite(record);
-    }
-
-    foreach (var queue in queues.Values)
-    {
-        queue.Writer.TryComplete();
-    }
-
-    await Task.WhenAll(lanes);
+    await ByPartition(consumer, () => Interlocked.Read(ref done) < count, Lane);
     var elapsed = Stopwatch.GetElapsedTime(first);
     consumer.Close();
     Console.WriteLine($"  mean hand-written batch: {(double)done / Math.Max(1, batches):0.0} messages");
