@@ -17,7 +17,11 @@ internal static class TestMessages
     public static ClaimRequest Claim(string key, string handler = "orders", string body = "{\"amount\":5}") =>
         new(handler, key, PayloadFingerprint.Compute(Encoding.UTF8.GetBytes(body)), DateTimeOffset.UtcNow.AddDays(1));
 
-    /// <summary>Processes messages in batches, retrying the ones reported in progress until every one is committed or the deadline passes.</summary>
+    /// <summary>
+    /// Processes messages in batches, retrying what an adapter would redeliver without spending an attempt (another
+    /// worker holds the key, the lease was lost, the store did not answer: see DeliveryPolicy) until every message has a
+    /// final result or the deadline passes.
+    /// </summary>
     public static async Task<List<ProcessingResult>> ProcessUntilCommittedAsync(IdempotentProcessor processor, IReadOnlyList<IncomingMessage> messages, int batchSize, int workers, TimeSpan timeout)
     {
         var results = new System.Collections.Concurrent.ConcurrentBag<ProcessingResult>();
@@ -47,9 +51,9 @@ internal static class TestMessages
                 var held = false;
                 foreach (var result in await processor.ProcessBatchAsync(batch))
                 {
-                    if (result.Outcome == ProcessingOutcome.InProgress)
+                    if (result.Outcome is ProcessingOutcome.InProgress or ProcessingOutcome.LeaseLost or ProcessingOutcome.StoreUnavailable)
                     {
-                        queue.Enqueue(result.Message); // another worker holds it: the adapter would retry later
+                        queue.Enqueue(result.Message); // not settled: the adapter would retry it later
                         held = true;
                     }
                     else
