@@ -112,6 +112,43 @@ public sealed class DeliveryEngineTests
         Assert.Equal(2, port.LastDeadLetterAttempts);
     }
 
+    [Fact]
+    public async Task A_failing_message_keeps_its_attempts_while_others_settle_and_is_forgotten_when_it_settles()
+    {
+        var store = new ScriptedStore();
+        var options = Options();
+        options.Retry = new RetryOptions { MaxAttempts = 2, InitialDelay = TimeSpan.Zero, MaxDelay = TimeSpan.Zero };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((context, _) => context.Key == "poison" ? throw new InvalidOperationException("poison") : ValueTask.CompletedTask), options);
+        var engine = new DeliveryEngine(processor, "test", stopping: TestContext.Current.CancellationToken);
+        var port = new FakePort(retriesInPlace: false);
+        var poison = Create("poison");
+        var ct = TestContext.Current.CancellationToken;
+        Assert.True(engine.Attempts.IsEmpty);
+        Assert.Equal(1, engine.NextAttempt(port, poison));
+
+        Assert.Equal(SettleOutcome.Returned, (await engine.SettleAsync(port, poison, await processor.ProcessAsync(poison, ct), cancellationToken: ct)).Outcome);
+        Assert.False(engine.Attempts.IsEmpty);
+        Assert.Equal(2, engine.NextAttempt(port, poison));
+
+        // Other messages settle while the failing one is remembered: they start at attempt 1 and leave its count alone.
+        for (var i = 0; i < 3; i++)
+        {
+            var ok = Create($"ok-{i}");
+            Assert.Equal(1, engine.NextAttempt(port, ok));
+            Assert.Equal(SettleOutcome.Settled, (await engine.SettleAsync(port, ok, await processor.ProcessAsync(ok, ct), cancellationToken: ct)).Outcome);
+        }
+
+        Assert.Equal(3, port.Acknowledged);
+        Assert.Equal(2, engine.NextAttempt(port, poison));
+
+        // Its second failure is its last attempt: dead-lettered, and the ledger forgets it.
+        Assert.Equal(SettleOutcome.Settled, (await engine.SettleAsync(port, poison, await processor.ProcessAsync(poison, ct), cancellationToken: ct)).Outcome);
+        Assert.Equal(1, port.DeadLetters);
+        Assert.Equal(2, port.LastDeadLetterAttempts);
+        Assert.True(engine.Attempts.IsEmpty);
+        Assert.Equal(1, engine.NextAttempt(port, poison));
+    }
+
     private sealed class FakePort(bool retriesInPlace) : IDeliveryPort<IncomingMessage>
     {
         public int Acknowledged { get; private set; }

@@ -16,6 +16,10 @@ public sealed class AttemptLedger(int capacity)
     private readonly Dictionary<string, LinkedListNode<Entry>> _entries = new(StringComparer.Ordinal);
     private readonly LinkedList<Entry> _order = new();
 
+    // Mirrors _entries.Count, readable without the lock: while nothing failed (the usual case) a settling message needs
+    // neither its id nor the lock.
+    private int _count;
+
     /// <summary>Gets how many messages are remembered.</summary>
     public int Count
     {
@@ -27,6 +31,13 @@ public sealed class AttemptLedger(int capacity)
             }
         }
     }
+
+    /// <summary>Gets a value indicating whether no message is remembered; read without the lock.</summary>
+    /// <remarks>
+    /// A message's own entry is written by the flow that processes it before that flow reads this again, so a message
+    /// that has an entry never sees <see langword="true"/>; an entry of another message may appear at any time.
+    /// </remarks>
+    public bool IsEmpty => Volatile.Read(ref _count) == 0;
 
     /// <summary>Returns the failed handler attempts and the non-attempt returns remembered for a message.</summary>
     /// <param name="id">The message id.</param>
@@ -68,6 +79,7 @@ public sealed class AttemptLedger(int capacity)
             if (_entries.Remove(id, out var node))
             {
                 _order.Remove(node);
+                Volatile.Write(ref _count, _entries.Count);
             }
         }
     }
@@ -89,6 +101,8 @@ public sealed class AttemptLedger(int capacity)
                     _entries.Remove(oldest.Value.Id);
                     _order.RemoveLast();
                 }
+
+                Volatile.Write(ref _count, _entries.Count);
             }
 
             node.Value.Failures += failures;

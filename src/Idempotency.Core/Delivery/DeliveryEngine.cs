@@ -59,7 +59,9 @@ public sealed class DeliveryEngine
     public int NextAttempt<TDelivery>(IDeliveryPort<TDelivery> port, TDelivery delivery)
     {
         ArgumentNullException.ThrowIfNull(port);
-        return Attempts.NextAttempt(port.AttemptId(delivery));
+
+        // Nothing remembered (nothing failed lately): the first attempt, without building the message's id.
+        return Attempts.IsEmpty ? 1 : Attempts.NextAttempt(port.AttemptId(delivery));
     }
 
     /// <summary>
@@ -89,10 +91,9 @@ public sealed class DeliveryEngine
     {
         ArgumentNullException.ThrowIfNull(port);
         ArgumentNullException.ThrowIfNull(result);
-        var id = port.AttemptId(delivery);
-        var attempts = attempt ?? Attempts.NextAttempt(id);
+        var attempts = attempt ?? NextAttempt(port, delivery);
         var decision = _processor.Decide(result, attempts);
-        var outcome = await CarryOutAsync(port, delivery, result, decision, id, attempts, cancellationToken).ConfigureAwait(false);
+        var outcome = await CarryOutAsync(port, delivery, result, decision, attempts, cancellationToken).ConfigureAwait(false);
         if (_observers.Length > 0)
         {
             Notify(port, result, decision, outcome == SettleOutcome.Settled, attempts);
@@ -119,35 +120,35 @@ public sealed class DeliveryEngine
         }
     }
 
-    private async ValueTask<SettleOutcome> CarryOutAsync<TDelivery>(IDeliveryPort<TDelivery> port, TDelivery delivery, ProcessingResult result, DeliveryDecision decision, string id, int attempts, CancellationToken cancellationToken)
+    private async ValueTask<SettleOutcome> CarryOutAsync<TDelivery>(IDeliveryPort<TDelivery> port, TDelivery delivery, ProcessingResult result, DeliveryDecision decision, int attempts, CancellationToken cancellationToken)
     {
         switch (decision.Action)
         {
             case DeliveryAction.Acknowledge:
                 await port.AcknowledgeAsync(delivery, result, cancellationToken).ConfigureAwait(false);
-                Attempts.Forget(id);
+                Forget(port, delivery);
                 return SettleOutcome.Settled;
 
             case DeliveryAction.DeadLetter:
                 if (await port.DeadLetterAsync(delivery, result, decision, attempts, cancellationToken).ConfigureAwait(false))
                 {
                     IdempotencyMetrics.RecordDeadLettered(port.Broker, _processor.HandlerName, port.Destination, decision.ReasonCode ?? "unknown");
-                    Attempts.Forget(id);
+                    Forget(port, delivery);
                     return SettleOutcome.Settled;
                 }
 
                 // The dead-letter destination did not take it: not settled, and not another attempt either.
-                Attempts.RecordRequeue(id);
+                Attempts.RecordRequeue(port.AttemptId(delivery));
                 return await TryLaterAsync(port, delivery, _processor.StoreUnavailableBackoff.GetDelay(1), attemptSpent: false, cancellationToken).ConfigureAwait(false);
 
             case DeliveryAction.Retry:
-                Attempts.RecordFailure(id);
+                Attempts.RecordFailure(port.AttemptId(delivery));
                 EngineLog.Retrying(_logger, _processor.HandlerName, port.Destination, result.Message.Key ?? "(none)", attempts, decision.Delay);
                 return await TryLaterAsync(port, delivery, decision.Delay, attemptSpent: true, cancellationToken).ConfigureAwait(false);
 
             case DeliveryAction.PauseAndRetry:
                 // The store's failure, not the message's: no attempt; every lane waits on the gate.
-                Attempts.RecordRequeue(id);
+                Attempts.RecordRequeue(port.AttemptId(delivery));
                 Gate.Close(result);
                 port.PauseIntake();
                 if (port.RetriesInPlace)
@@ -162,8 +163,17 @@ public sealed class DeliveryEngine
 
             default:
                 // RetryLater: another worker holds the key, or took it over; not an attempt.
-                Attempts.RecordRequeue(id);
+                Attempts.RecordRequeue(port.AttemptId(delivery));
                 return await TryLaterAsync(port, delivery, decision.Delay, attemptSpent: false, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Forgets a settled message's attempts; with nothing remembered there is nothing to forget.</summary>
+    private void Forget<TDelivery>(IDeliveryPort<TDelivery> port, TDelivery delivery)
+    {
+        if (!Attempts.IsEmpty)
+        {
+            Attempts.Forget(port.AttemptId(delivery));
         }
     }
 
