@@ -21,6 +21,9 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionLane<TKey, TValue>> _pauseChanges = new();
 
+    // Set when any lane's worker ended, so that the poll loop looks for a failed one only then, not on every poll.
+    private int _workerEnded;
+
     /// <summary>Creates the loop of one run.</summary>
     /// <param name="consumer">The consumer.</param>
     /// <param name="context">What the lanes share.</param>
@@ -120,6 +123,7 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
         Lanes[partition] = lane;
         _pauseChanges.Enqueue(lane);
         lane.Start();
+        lane.Worker.ContinueWith(static (_, loop) => Volatile.Write(ref ((KafkaConsumeLoop<TKey, TValue>)loop!)._workerEnded, 1), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return lane;
     }
 
@@ -241,6 +245,12 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     /// </summary>
     private InvalidOperationException? FailedLane()
     {
+        // Cleared before the look, so a worker that ends during it is looked for on the next poll.
+        if (Interlocked.Exchange(ref _workerEnded, 0) == 0)
+        {
+            return null;
+        }
+
         foreach (var lane in Lanes.Values)
         {
             if (lane.Worker.IsFaulted)
