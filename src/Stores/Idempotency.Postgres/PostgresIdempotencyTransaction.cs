@@ -39,8 +39,8 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             AddClaimParameters(command.Parameters, request);
             await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
 
-            // RETURNING gives a row only when the insert took the key.
-            if (await command.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is not null)
+            // One row inserted: the key is ours. A row count, not a returned row, so nothing is read back.
+            if (await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 1)
             {
                 return ClaimResult.Claimed;
             }
@@ -73,37 +73,39 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             fingerprints[i] = requests[i].Fingerprint.ToArray();
         }
 
-        var results = new ClaimResult[requests.Count];
-        List<int>? raced = null;
+        // The insert returns the keys it took; a batch of new keys (the common case) needs nothing more.
+        var taken = new HashSet<string>(keys.Length, StringComparer.Ordinal);
         using (var command = new NpgsqlCommand(_sql.ClaimMany, Connection, Transaction))
         {
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
             command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
             command.Parameters.Add(new NpgsqlParameter<byte[][]> { TypedValue = fingerprints, NpgsqlDbType = NpgsqlDbType.Array | NpgsqlDbType.Bytea });
-            command.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = requests[0].ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = requests[0].ExpiresAt });
             await _sql.PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             while (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
             {
-                var index = (int)reader.GetInt64(0) - 1;
-                if (reader.GetBoolean(1))
-                {
-                    results[index] = ClaimResult.Claimed;
-                }
-                else if (!reader.IsDBNull(2))
-                {
-                    results[index] = PostgresSql.ReadProcessed(reader, 2);
-                }
-                else
-                {
-                    (raced ??= []).Add(index);
-                }
+                taken.Add(reader.GetString(0));
             }
         }
 
-        if (raced is not null)
+        var results = new ClaimResult[requests.Count];
+        List<int>? existing = null;
+        for (var i = 0; i < keys.Length; i++)
         {
-            await ReadRacedAsync(handler, keys, raced, results, cancellationToken).ConfigureAwait(false);
+            if (taken.Contains(keys[i]))
+            {
+                results[i] = ClaimResult.Claimed;
+            }
+            else
+            {
+                (existing ??= []).Add(i);
+            }
+        }
+
+        if (existing is not null)
+        {
+            await ReadExistingAsync(handler, keys, existing, results, cancellationToken).ConfigureAwait(false);
         }
 
         return results;
@@ -275,11 +277,15 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             : throw new InvalidOperationException($"Key '{request.Key}' {conflict} but no committed row was found; was it pruned concurrently?");
     }
 
-    private async ValueTask ReadRacedAsync(string handler, string[] keys, List<int> raced, ClaimResult[] results, CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads the committed rows of the keys a batch insert did not take: committed before, or by a transaction the insert
+    /// waited on (this new statement sees it). A key with no row was pruned meanwhile: an error, as for one message.
+    /// </summary>
+    private async ValueTask ReadExistingAsync(string handler, string[] keys, List<int> existing, ClaimResult[] results, CancellationToken cancellationToken)
     {
-        var racedKeys = raced.Select(i => keys[i]).ToArray();
-        var byKey = await _sql.ReadProcessedAsync(Connection, Transaction, handler, racedKeys, cancellationToken).ConfigureAwait(false);
-        foreach (var index in raced)
+        var existingKeys = existing.Select(i => keys[i]).ToArray();
+        var byKey = await _sql.ReadProcessedAsync(Connection, Transaction, handler, existingKeys, cancellationToken).ConfigureAwait(false);
+        foreach (var index in existing)
         {
             results[index] = byKey.TryGetValue(keys[index], out var found)
                 ? found
@@ -311,7 +317,9 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
         parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
         parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
         parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = request.Fingerprint.ToArray() });
-        parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = request.ExpiresAt, NpgsqlDbType = NpgsqlDbType.TimestampTz });
+        // A DateTimeOffset is written as timestamptz by default; naming the type would cost a type look-up by name per
+        // statement.
+        parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = request.ExpiresAt });
     }
 
 }
