@@ -200,6 +200,51 @@ public sealed class IdempotentProcessor
             return [await ProcessAsync(messages[0], cancellationToken).ConfigureAwait(false)];
         }
 
+        // A replay (most recent keys committed already): one look-up settles the batch's duplicates without a transaction;
+        // only the rest is claimed. Claiming a batch of duplicates costs a transaction, an insert attempt per key, a read
+        // of the stored rows and a rollback.
+        if (_steps.Lookup is not null && _steps.DuplicateRate.IsAbove(DuplicateRate.ClaimFirstThreshold))
+        {
+            return await ProcessBatchLookedUpAsync(messages, cancellationToken).ConfigureAwait(false);
+        }
+
+        return await ProcessBatchClaimedAsync(messages, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Looks the batch's keys up first; the messages not found are processed as one batch, results kept in order.</summary>
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchLookedUpAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken)
+    {
+        var found = await LookUpProcessedAsync(messages, cancellationToken).ConfigureAwait(false);
+        var rest = new List<IncomingMessage>(messages.Count);
+        foreach (var (message, known) in messages.Zip(found))
+        {
+            if (known is null)
+            {
+                rest.Add(message);
+            }
+        }
+
+        if (rest.Count == 0)
+        {
+            return found!;
+        }
+
+        var processed = rest.Count == 1
+            ? [await ProcessAsync(rest[0], cancellationToken).ConfigureAwait(false)]
+            : await ProcessBatchClaimedAsync(rest, cancellationToken).ConfigureAwait(false);
+        var results = new ProcessingResult[messages.Count];
+        var next = 0;
+        for (var i = 0; i < results.Length; i++)
+        {
+            results[i] = found[i] ?? processed[next++];
+        }
+
+        return results;
+    }
+
+    /// <summary>Claims and processes a batch in one store transaction, isolating failures.</summary>
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchClaimedAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken)
+    {
         var batch = new BatchState(messages.Count);
         foreach (var message in messages)
         {

@@ -77,6 +77,48 @@ public sealed class DuplicateLookupTests
     }
 
     [Fact]
+    public async Task A_replayed_batch_is_looked_up_once_duplicates_dominate_and_only_its_new_messages_are_claimed()
+    {
+        var order = new List<string>();
+        var processor = new IdempotentProcessor(_store, IdempotentHandler.Create((context, _) =>
+        {
+            lock (order)
+            {
+                order.Add(context.Key);
+            }
+
+            return ValueTask.CompletedTask;
+        }), new IdempotencyOptions { HandlerName = "h" });
+        var ct = TestContext.Current.CancellationToken;
+        var first = await processor.ProcessBatchAsync([.. Enumerable.Range(0, 50).Select(i => Create($"k{i}"))], ct);
+        Assert.All(first, r => Assert.Equal(ProcessingOutcome.Processed, r.Outcome));
+        Assert.Equal(0, _store.BatchLookUps);
+
+        // The first replayed batch is claimed (its 50 duplicates cost one transaction) and moves the duplicate rate up.
+        var replay = await processor.ProcessBatchAsync([.. Enumerable.Range(0, 50).Select(i => Create($"k{i}"))], ct);
+        Assert.All(replay, r => Assert.Equal(ProcessingOutcome.Duplicate, r.Outcome));
+        Assert.Equal(0, _store.BatchLookUps);
+        Assert.True(processor.DuplicatesLikely);
+
+        // From now on a batch is looked up first: its duplicates take no transaction, its new messages one, in order.
+        order.Clear();
+        var begins = _store.Begins;
+        var mixed = await processor.ProcessBatchAsync([Create("k1"), Create("n1"), Create("k2"), Create("n2"), Create("n3"), Create("k3")], ct);
+        Assert.Equal(
+            [ProcessingOutcome.Duplicate, ProcessingOutcome.Processed, ProcessingOutcome.Duplicate, ProcessingOutcome.Processed, ProcessingOutcome.Processed, ProcessingOutcome.Duplicate],
+            mixed.Select(r => r.Outcome));
+        Assert.Equal(["n1", "n2", "n3"], order);
+        Assert.Equal(1, _store.BatchLookUps);
+        Assert.Equal(1, _store.Begins - begins);
+
+        var allKnown = await processor.ProcessBatchAsync([Create("k4"), Create("n1"), Create("k5")], ct);
+        Assert.All(allKnown, r => Assert.Equal(ProcessingOutcome.Duplicate, r.Outcome));
+        Assert.Equal(2, _store.BatchLookUps);
+        Assert.Equal(1, _store.Begins - begins);
+        Assert.Equal(["n1", "n2", "n3"], order);
+    }
+
+    [Fact]
     public async Task A_message_marked_looked_up_is_not_looked_up_again()
     {
         var processor = new IdempotentProcessor(_store, Handler(), new IdempotencyOptions { HandlerName = "h", ClaimTiming = ClaimTiming.AtCommit });
