@@ -21,6 +21,9 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionLane<TKey, TValue>> _pauseChanges = new();
 
+    // Partitions this consumer paused and has not resumed, whether or not they are still assigned (loop thread only).
+    private readonly HashSet<TopicPartition> _pausedByThisConsumer = [];
+
     // Set when any lane's worker ended, so that the poll loop looks for a failed one only then, not on every poll.
     private int _workerEnded;
 
@@ -111,17 +114,23 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     /// <summary>Cuts the shutdown drain short: in-flight work is cancelled (rolled back) at once. Thread-safe.</summary>
     public void AbortDrain() => _context.DrainAbort.Cancel();
 
-    /// <summary>Starts the lane of a partition, assumed paused at the broker until the loop resumes it.</summary>
+    /// <summary>Starts the lane of a partition; one this consumer paused before and never resumed is resumed by the loop.</summary>
     /// <param name="partition">The partition.</param>
     /// <returns>The lane.</returns>
     public PartitionLane<TKey, TValue> StartLane(TopicPartition partition)
     {
         // librdkafka keeps an application's pause across an eager revoke and re-assign: a partition this consumer paused
-        // before (backpressure, store outage) would come back paused and never be read again. Assume it is paused at the
-        // broker, so the loop resumes it once the assignment is in place.
-        var lane = new PartitionLane<TKey, TValue>(partition, _context, _pauseChanges.Enqueue) { PausedAtBroker = true };
+        // before (backpressure, store outage) would come back paused and never be read again, so the loop resumes it once
+        // the assignment is in place. Only such a partition: every other one is left as librdkafka assigned it, without a
+        // resume call on each assignment.
+        var pausedBefore = _pausedByThisConsumer.Contains(partition);
+        var lane = new PartitionLane<TKey, TValue>(partition, _context, _pauseChanges.Enqueue) { PausedAtBroker = pausedBefore };
         Lanes[partition] = lane;
-        _pauseChanges.Enqueue(lane);
+        if (pausedBefore)
+        {
+            _pauseChanges.Enqueue(lane);
+        }
+
         lane.Start();
         lane.Worker.ContinueWith(static (_, loop) => Volatile.Write(ref ((KafkaConsumeLoop<TKey, TValue>)loop!)._workerEnded, 1), this, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         return lane;
@@ -293,10 +302,12 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
                 if (wanted)
                 {
                     _consumer.Pause([lane.Partition]);
+                    _pausedByThisConsumer.Add(lane.Partition);
                 }
                 else
                 {
                     _consumer.Resume([lane.Partition]);
+                    _pausedByThisConsumer.Remove(lane.Partition);
                 }
 
                 lane.PausedAtBroker = wanted;
