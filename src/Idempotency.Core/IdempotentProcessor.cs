@@ -208,7 +208,7 @@ public sealed class IdempotentProcessor
             return await ProcessBatchLookedUpAsync(messages, cancellationToken).ConfigureAwait(false);
         }
 
-        return await ProcessBatchClaimedAsync(messages, cancellationToken).ConfigureAwait(false);
+        return await ProcessBatchClaimedAsync(messages, keysLookedUp: false, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Looks the batch's keys up first; the messages not found are processed as one batch, results kept in order.</summary>
@@ -229,9 +229,8 @@ public sealed class IdempotentProcessor
             return found!;
         }
 
-        var processed = rest.Count == 1
-            ? [await ProcessAsync(rest[0], cancellationToken).ConfigureAwait(false)]
-            : await ProcessBatchClaimedAsync(rest, cancellationToken).ConfigureAwait(false);
+        // Even one message left goes the batch way: the one-message path would look its key up a second time.
+        var processed = await ProcessBatchClaimedAsync(rest, keysLookedUp: true, cancellationToken).ConfigureAwait(false);
         var results = new ProcessingResult[messages.Count];
         var next = 0;
         for (var i = 0; i < results.Length; i++)
@@ -243,9 +242,12 @@ public sealed class IdempotentProcessor
     }
 
     /// <summary>Claims and processes a batch in one store transaction, isolating failures.</summary>
-    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchClaimedAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken)
+    /// <param name="messages">The messages, in delivery order.</param>
+    /// <param name="keysLookedUp">Whether their keys were just looked up and not found (counted in the duplicate rate already).</param>
+    /// <param name="cancellationToken">Cancels processing.</param>
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchClaimedAsync(IReadOnlyList<IncomingMessage> messages, bool keysLookedUp, CancellationToken cancellationToken)
     {
-        var batch = new BatchState(messages.Count);
+        var batch = new BatchState(messages.Count) { KeysLookedUp = keysLookedUp };
         foreach (var message in messages)
         {
             IdempotencyMetrics.AddInFlight(message, HandlerName, 1);

@@ -116,6 +116,14 @@ public sealed class DuplicateLookupTests
         Assert.Equal(2, _store.BatchLookUps);
         Assert.Equal(1, _store.Begins - begins);
         Assert.Equal(["n1", "n2", "n3"], order);
+
+        // One new message among duplicates: claimed in one transaction, its key not looked up a second time.
+        var oneNew = await processor.ProcessBatchAsync([Create("k6"), Create("n4"), Create("k7")], ct);
+        Assert.Equal([ProcessingOutcome.Duplicate, ProcessingOutcome.Processed, ProcessingOutcome.Duplicate], oneNew.Select(r => r.Outcome));
+        Assert.Equal(3, _store.BatchLookUps);
+        Assert.Equal(0, _store.LookUps);
+        Assert.Equal(2, _store.Begins - begins);
+        Assert.Equal(["n1", "n2", "n3", "n4"], order);
     }
 
     [Fact]

@@ -50,11 +50,12 @@ internal sealed class BatchAttempt(
             for (var i = 0; i < order.Length; i++)
             {
                 var index = order[i];
-                if (useBatchHandler)
+                var duplicate = claimed[i].Status == ClaimStatus.AlreadyProcessed;
+                if (useBatchHandler && (!batch.KeysLookedUp || duplicate))
                 {
                     // The first attempt only (a redo claims the same keys again): how many of these were duplicates
                     // decides whether the next batch is looked up before it is claimed.
-                    steps.DuplicateRate.Record(claimed[i].Status == ClaimStatus.AlreadyProcessed);
+                    steps.DuplicateRate.Record(duplicate);
                 }
 
                 if (claimed[i].Status == ClaimStatus.Claimed)

@@ -16,6 +16,12 @@ internal sealed class BatchState(int count)
     public int?[] FollowerOf { get; } = new int?[count];
 
     /// <summary>
+    /// Gets a value indicating whether the batch's keys were looked up just before and not found: that look-up counted
+    /// them in the duplicate rate, so the claim counts only a duplicate that raced past it.
+    /// </summary>
+    public bool KeysLookedUp { get; init; }
+
+    /// <summary>
     /// Whether every message before <paramref name="index"/> has settled (committed, or not yet known to have failed):
     /// a consumer position recorded past an unsettled message would let a restart skip it.
     /// </summary>
