@@ -21,7 +21,8 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
     private readonly Dictionary<TopicPartition, long> _highestSeen = [];
     private readonly ConcurrentQueue<PartitionLane<TKey, TValue>> _pauseChanges = new();
 
-    // Partitions this consumer paused and has not resumed, whether or not they are still assigned (loop thread only).
+    // Partitions this consumer paused and has not resumed, whether or not they are still assigned: the loop's view of
+    // what is paused at the broker (loop thread only).
     private readonly HashSet<TopicPartition> _pausedByThisConsumer = [];
 
     // Set when any lane's worker ended, so that the poll loop looks for a failed one only then, not on every poll.
@@ -123,10 +124,9 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
         // before (backpressure, store outage) would come back paused and never be read again, so the loop resumes it once
         // the assignment is in place. Only such a partition: every other one is left as librdkafka assigned it, without a
         // resume call on each assignment.
-        var pausedBefore = _pausedByThisConsumer.Contains(partition);
-        var lane = new PartitionLane<TKey, TValue>(partition, _context, _pauseChanges.Enqueue) { PausedAtBroker = pausedBefore };
+        var lane = new PartitionLane<TKey, TValue>(partition, _context, _pauseChanges.Enqueue);
         Lanes[partition] = lane;
-        if (pausedBefore)
+        if (_pausedByThisConsumer.Contains(partition))
         {
             _pauseChanges.Enqueue(lane);
         }
@@ -292,7 +292,7 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
             }
 
             var wanted = lane.WantsPause;
-            if (wanted == lane.PausedAtBroker)
+            if (wanted == _pausedByThisConsumer.Contains(lane.Partition))
             {
                 continue;
             }
@@ -309,8 +309,6 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
                     _consumer.Resume([lane.Partition]);
                     _pausedByThisConsumer.Remove(lane.Partition);
                 }
-
-                lane.PausedAtBroker = wanted;
             }
             catch (KafkaException e)
             {

@@ -64,9 +64,6 @@ internal sealed class PartitionLane<TKey, TValue> : IDisposable
     /// <summary>Gets a value indicating whether the partition should be paused at the broker (backpressure or a store outage).</summary>
     public bool WantsPause => _backpressurePaused || _storePaused;
 
-    /// <summary>Gets or sets whether the partition is paused at the broker (the loop's view; only the loop's thread sets it).</summary>
-    public bool PausedAtBroker { get; set; }
-
     /// <summary>Starts the worker.</summary>
     public void Start() => Worker = Task.Run(() => new PartitionWorker<TKey, TValue>(this, _context).RunAsync());
 
