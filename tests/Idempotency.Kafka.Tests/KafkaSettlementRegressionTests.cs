@@ -257,6 +257,84 @@ public sealed class KafkaSettlementRegressionTests(PostgresFixture db) : IClassF
         Assert.Equal(cluster.EndOffsets(topic, partitions), await cluster.CommittedOffsetsAsync(group, topic, partitions));
     }
 
+    /// <summary>
+    /// A consumer the user built (no wrapper rebalance handlers) sees a revoke only afterwards, in its periodic look at
+    /// the assignment. Partitions it paused for backpressure that another member holds for longer than that look lose
+    /// their lanes; assigned back, librdkafka still holds them paused and no message arrives to start a lane, so the
+    /// wrapper itself must notice them in the assignment and resume them.
+    /// </summary>
+    [Fact]
+    public async Task Partitions_a_user_built_consumer_paused_that_another_member_held_for_a_while_are_read_again_once_assigned_back()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("bp-own");
+        const int partitions = 6;
+        const int total = 1_500;
+        cluster.CreateTopic(topic, partitions);
+        Produce(cluster, topic, Enumerable.Range(0, total).Select(i => $"own-{i}"));
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        using var handlersMayRun = new ManualResetEventSlim(initialState: true);
+        var processor = new IdempotentProcessor(store, Credit(table, onRun: _ => handlersMayRun.Wait()), HandlerOptions("bp-own"));
+        var group = Unique("g");
+
+        // The user's consumer, built and subscribed by them, with a buffer of 50 per partition.
+        var config = ConsumerConfig(cluster, group);
+        config.EnableAutoCommit = false;
+        config.PartitionAssignmentStrategy = PartitionAssignmentStrategy.Range;
+        using var consumer = new ConsumerBuilder<byte[], byte[]>(config).Build();
+        consumer.Subscribe(topic);
+        using var deadLetters = cluster.CreateProducer();
+        var options = new KafkaIdempotencyOptions { MaxBufferedMessagesPerPartition = 50, CommitEveryMessages = 50, CommitInterval = TimeSpan.FromMilliseconds(200), PollTimeout = TimeSpan.FromMilliseconds(50) };
+        var results = new ConcurrentBag<ProcessingResult>();
+        using var wrapper = new IdempotentKafkaConsumer<byte[], byte[]>(consumer, processor, options, deadLetters) { ResultObserver = results.Add };
+        await using var running = new RunningConsumer(wrapper);
+        await WaitUntilAsync(async () => await CountAsync(db, table) >= 300, Timeout, async () => $"{await CountAsync(db, table)} rows");
+
+        // Handlers stall: every partition's buffer fills and the partition is paused, and it stays paused through the
+        // revoke below, whose lanes finish their work in flight only once handlers run again.
+        handlersMayRun.Reset();
+        await Task.Delay(TimeSpan.FromSeconds(1), TestContext.Current.CancellationToken);
+
+        // Another member joins, takes half the partitions and holds them well past the wrapper's look at the assignment
+        // (reading, committing nothing), then leaves: every partition is assigned back to the user's consumer.
+        var otherConfig = ConsumerConfig(cluster, group);
+        otherConfig.EnableAutoCommit = false;
+        otherConfig.PartitionAssignmentStrategy = PartitionAssignmentStrategy.Range;
+        using (var other = new ConsumerBuilder<byte[], byte[]>(otherConfig).Build())
+        {
+            other.Subscribe(topic);
+            var deadline = DateTime.UtcNow + Timeout;
+            while (other.Assignment.Count == 0 && DateTime.UtcNow < deadline)
+            {
+                other.Consume(TimeSpan.FromMilliseconds(50));
+            }
+
+            Assert.NotEmpty(other.Assignment);
+            for (var held = DateTime.UtcNow + TimeSpan.FromSeconds(3); DateTime.UtcNow < held;)
+            {
+                other.Consume(TimeSpan.FromMilliseconds(50));
+                if (!handlersMayRun.IsSet && DateTime.UtcNow > held - TimeSpan.FromSeconds(2))
+                {
+                    handlersMayRun.Set();
+                }
+            }
+
+            other.Close();
+        }
+
+        await WaitUntilAsync(
+            async () => await CountAsync(db, table) == total,
+            TimeSpan.FromSeconds(90),
+            async () => $"{await CountAsync(db, table)} of {total} rows; committed [{string.Join(",", await cluster.CommittedOffsetsAsync(group, topic, partitions))}] of end [{string.Join(",", cluster.EndOffsets(topic, partitions))}]");
+        await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
+        await running.StopAsync();
+
+        Assert.Equal((long)total, await AppliedAsync(db, table));
+        Assert.Equal(total, results.Count(r => r.Outcome == ProcessingOutcome.Processed));
+        Assert.Equal(cluster.EndOffsets(topic, partitions), await cluster.CommittedOffsetsAsync(group, topic, partitions));
+    }
+
     /// <summary>Reads the dead-letter topic from the start; fails unless exactly <paramref name="expected"/> messages are on it.</summary>
     private static List<ConsumeResult<byte[], byte[]>> ReadDeadLetters(MockKafkaCluster cluster, string topic, int expected)
     {

@@ -136,6 +136,26 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
         return lane;
     }
 
+    /// <summary>Gets whether some partition this consumer paused has not been resumed (assigned or not).</summary>
+    public bool HoldsPartitionsPaused => _pausedByThisConsumer.Count > 0;
+
+    /// <summary>
+    /// Starts lanes (which resume them) for assigned partitions this consumer paused that have no lane: their lane went
+    /// with a revoke the loop saw only afterwards, and librdkafka kept the pause across the re-assign, so no message
+    /// would ever arrive to start one.
+    /// </summary>
+    /// <param name="assigned">The consumer's assignment.</param>
+    public void StartLanesOfPausedPartitions(HashSet<TopicPartition> assigned)
+    {
+        foreach (var partition in _pausedByThisConsumer)
+        {
+            if (assigned.Contains(partition) && !Lanes.ContainsKey(partition))
+            {
+                StartLane(partition);
+            }
+        }
+    }
+
     /// <summary>Stops lanes: they stop taking work and finish what is in flight within <paramref name="timeout"/>, after which it is cancelled (rolled back).</summary>
     /// <param name="lanes">The lanes.</param>
     /// <param name="timeout">How long in-flight work may take.</param>

@@ -91,11 +91,14 @@ internal sealed class RebalanceHandler<TKey, TValue>
         }
     }
 
-    /// <summary>Without the wrapper's rebalance handlers a revoke is seen only afterwards, from the assignment (checked every 250 ms).</summary>
+    /// <summary>
+    /// Without the wrapper's rebalance handlers a revoke is seen only afterwards, from the assignment (checked every
+    /// 250 ms): lanes of partitions no longer assigned stop, and partitions assigned back while still paused get a lane.
+    /// </summary>
     public void CheckAssignment()
     {
         var now = _time.GetTimestamp();
-        if (now < _nextAssignmentCheck || _loop.Lanes.Count == 0)
+        if (now < _nextAssignmentCheck || (_loop.Lanes.Count == 0 && !_loop.HoldsPartitionsPaused))
         {
             return;
         }
@@ -107,6 +110,8 @@ internal sealed class RebalanceHandler<TKey, TValue>
         {
             OnRevoked(gone, lost: false);
         }
+
+        _loop.StartLanesOfPausedPartitions(assigned);
     }
 
     /// <summary>
