@@ -61,6 +61,12 @@ internal sealed class PartitionLane<TKey, TValue> : IDisposable
     /// <summary>Gets how many fetched messages have not settled.</summary>
     public int Buffered => Volatile.Read(ref _buffered);
 
+    /// <summary>
+    /// Gets the offset after the highest one handed to this lane, where its partition's stream continues; -1 before the
+    /// first message. Loop thread only.
+    /// </summary>
+    public long NextToFetch { get; private set; } = -1;
+
     /// <summary>Gets a value indicating whether the partition should be paused at the broker (backpressure or a store outage).</summary>
     public bool WantsPause => _backpressurePaused || _storePaused;
 
@@ -71,6 +77,7 @@ internal sealed class PartitionLane<TKey, TValue> : IDisposable
     /// <param name="delivery">The message.</param>
     public void Enqueue(KafkaDelivery<TKey, TValue> delivery)
     {
+        NextToFetch = Math.Max(NextToFetch, delivery.Offset + 1);
         Queue.Writer.TryWrite(delivery);
         if (Interlocked.Increment(ref _buffered) >= _context.Options.MaxBufferedMessagesPerPartition && !_backpressurePaused)
         {
