@@ -55,7 +55,7 @@ internal static class Report
         if (lowLoad.Count == 2)
         {
             md.AppendLine();
-            md.AppendLine(inv, $"Low load: one message in flight ({options.LowLoad} per scenario per round, all rounds pooled, each after at least {Scenarios.LowLoadWarmUpSeconds} s of the same traffic as warm-up in its fresh process); latency = the business row's commit stamp (a deferred trigger's `clock_timestamp()` at COMMIT) - the sender's clock just before `SendMessage`; the next message is sent when PostgreSQL's NOTIFY (sent at commit) arrives.");
+            md.AppendLine(inv, $"Low load: one message in flight ({options.LowLoad} per scenario per round, all rounds pooled, each after warm-up traffic in its fresh process until the JIT compiled nothing for a second); latency = the business row's commit stamp (a deferred trigger's `clock_timestamp()` at COMMIT) - the sender's clock just before `SendMessage`; the next message is sent when PostgreSQL's NOTIFY (sent at commit) arrives.");
             md.AppendLine();
             md.AppendLine("| scenario | p50 ms | p99 ms | samples | p99 per round ms |");
             md.AppendLine("|---|---:|---:|---:|---|");

@@ -23,8 +23,8 @@ internal static class Scenarios
     /// <summary>The low-load runs, plain first then ours with default options (the summary reads them in that order).</summary>
     public static readonly string[] LowLoadScenarios = [LowLoadPlain, LowLoadDefault];
 
-    /// <summary>Seconds of one-in-flight warm-up traffic before a low-load run measures.</summary>
-    public const int LowLoadWarmUpSeconds = 3;
+    /// <summary>Longest one-in-flight warm-up of a low-load run, in seconds, should the JIT never go quiet.</summary>
+    public const int LowLoadMaxWarmUpSeconds = 30;
 
     /// <summary>Fewest warm-up messages before a low-load run measures, however fast they go.</summary>
     public const int MinimumLowLoadWarmUp = 20;
@@ -127,15 +127,15 @@ internal static class Scenarios
     /// One message in flight: each is sent when the previous one's effect committed (PostgreSQL's NOTIFY, sent at
     /// commit), and its latency is the business row's commit stamp - the sender's clock just before SendMessage: the
     /// same definition as the Kafka and RabbitMQ low-load runs. Warm-up traffic first (at least
-    /// <see cref="MinimumLowLoadWarmUp"/> messages and <see cref="LowLoadWarmUpSeconds"/> seconds), not measured.
+    /// <see cref="MinimumLowLoadWarmUp"/> messages, until no method was compiled for a second), not measured.
     /// </summary>
     private static async Task<ScenarioResult> RunLowLoadAsync(string scenario, int pollers, int count, AmazonSQSClient sqs,
         NpgsqlDataSource dataSource, PostgresIdempotencyStore store, string schema, List<string> queues)
     {
         // Every scenario runs in a fresh process: the same one-in-flight traffic runs until tiered compilation has
-        // promoted the hot code (it goes on for seconds of steady calls), so the measured messages see warm code as in
-        // the Kafka and RabbitMQ low-load runs, which follow an unreported warm-up round in their process.
-        var warmUpFor = TimeSpan.FromSeconds(LowLoadWarmUpSeconds);
+        // promoted the hot code (it goes on for about 10 s of steady calls here, taking most of a core), so the measured
+        // messages see warm code as in the Kafka and RabbitMQ low-load runs, which follow a warm-up round in their process.
+        var jit = new JitQuiet();
         var clock = new CommitClock(dataSource, schema);
         var table = await clock.BusinessTableAsync(notify: true);
         var queue = (await sqs.CreateQueueAsync(new CreateQueueRequest { QueueName = $"bench-{scenario}-{Guid.NewGuid():N}" })).QueueUrl;
@@ -153,7 +153,7 @@ internal static class Scenarios
         {
             while (published.Count < count)
             {
-                var measuring = warmUp >= MinimumLowLoadWarmUp && Stopwatch.GetElapsedTime(warmUpStarted) >= warmUpFor;
+                var measuring = published.Count > 0 || (warmUp >= MinimumLowLoadWarmUp && WarmedUp(warmUpStarted, jit));
                 if (measuring && published.Count == 0)
                 {
                     cpu = Process.GetCurrentProcess().TotalProcessorTime;
@@ -189,6 +189,29 @@ internal static class Scenarios
         await run;
         var measured = await clock.MeasureAsync(table, warmUp + count, published, cpuUs, scenario);
         return new ScenarioResult(scenario, count, 0, measured.MessagesPerSecond, measured.P50Ms, measured.P99Ms, Process.GetCurrentProcess().PeakWorkingSet64, warmUp + count, cpuUs, LatenciesMs: measured.LatenciesMs);
+    }
+
+    /// <summary>Whether warm-up is over: no method compiled for a second, or <see cref="LowLoadMaxWarmUpSeconds"/> passed.</summary>
+    private static bool WarmedUp(long started, JitQuiet jit) =>
+        jit.QuietFor() >= TimeSpan.FromSeconds(1) || Stopwatch.GetElapsedTime(started) >= TimeSpan.FromSeconds(LowLoadMaxWarmUpSeconds);
+
+    /// <summary>Tracks when the JIT last compiled a method (polled by the warm-up loop).</summary>
+    private sealed class JitQuiet
+    {
+        private long _count = System.Runtime.JitInfo.GetCompiledMethodCount();
+        private long _changed = Stopwatch.GetTimestamp();
+
+        public TimeSpan QuietFor()
+        {
+            var count = System.Runtime.JitInfo.GetCompiledMethodCount();
+            if (count != _count)
+            {
+                _count = count;
+                _changed = Stopwatch.GetTimestamp();
+            }
+
+            return Stopwatch.GetElapsedTime(_changed);
+        }
     }
 
     /// <summary>The baseline: receive up to 10, each message's business write in its own transaction (concurrently), one DeleteMessageBatch.</summary>
