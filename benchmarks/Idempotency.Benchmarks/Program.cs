@@ -32,7 +32,7 @@ if (brokers)
     {
         ("kafka", "Idempotency.Benchmarks.Kafka", ["8000", "100000", "--rounds", "3", "--low-load", "200"], []),
         ("rabbitmq", "Idempotency.Benchmarks.RabbitMQ", ["--messages", "4000", "--rounds", "3", "--low-load", "200"], []),
-        ("sqs", "Idempotency.Benchmarks.Sqs", ["--messages", "1500", "--rounds", "3", "--low-load", "200"], ["--messages", "4000", "--rounds", "5", "--low-load", "200"]),
+        ("sqs", "Idempotency.Benchmarks.Sqs", ["--messages", "1500", "--rounds", "3", "--low-load", "500"], ["--messages", "4000", "--rounds", "5", "--low-load", "500"]),
         ("redis", "Idempotency.Benchmarks.Redis", ["--seconds", "2", "--out", results], ["--seconds", "3", "--out", results]),
     };
     foreach (var child in children.Where(c => only is null || only.Contains(c.Name)))
