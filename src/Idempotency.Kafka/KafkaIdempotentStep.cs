@@ -179,8 +179,21 @@ public sealed class KafkaIdempotentStep<TKey, TValue>
         }
         finally
         {
+            // Every partition paused here is resumed, assigned or not: librdkafka keeps an application's pause across a
+            // revoke and a re-assign, so one a rebalance took away during the outage would come back paused for good.
             var assigned = consumer.Assignment.ToHashSet();
             consumer.Resume(paused.Where(assigned.Contains).ToList());
+            foreach (var partition in paused.Where(p => !assigned.Contains(p)))
+            {
+                try
+                {
+                    consumer.Resume([partition]);
+                }
+                catch (KafkaException)
+                {
+                    // A partition librdkafka no longer knows holds no pause to keep.
+                }
+            }
         }
     }
 }

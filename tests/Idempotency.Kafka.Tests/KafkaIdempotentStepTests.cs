@@ -96,6 +96,116 @@ public sealed class KafkaIdempotentStepTests(PostgresFixture db) : IClassFixture
         Assert.Equal(topic, Header(letter, KafkaDeadLetterHeaders.OriginalTopic));
     }
 
+    /// <summary>
+    /// The step pauses every assigned partition while the store is down. A rebalance during the outage takes some of
+    /// them to another member; they come back after the store answered, and librdkafka still holds them paused (it keeps
+    /// an application's pause across a revoke and a re-assign). The step must not leave them paused, or the loop never
+    /// reads them again.
+    /// </summary>
+    [Fact]
+    public async Task Partitions_the_step_paused_for_a_store_outage_and_a_rebalance_took_away_are_read_again_once_assigned_back()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("step-outage");
+        const int partitions = 4;
+        const int total = 400;
+        cluster.CreateTopic(topic, partitions);
+        Produce(cluster, topic, Enumerable.Range(0, total).Select(i => $"so-{i}"));
+        var direct = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        await using var proxied = db.ConnectThroughProxy();
+        var store = new Idempotency.Postgres.PostgresIdempotencyStore(proxied.DataSource, direct.Options);
+        var processor = new IdempotentProcessor(store, Credit(table), HandlerOptions("step-outage"));
+        var step = new KafkaIdempotentStep<byte[], byte[]>(processor);
+        var group = Unique("g");
+        var pausedForStore = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var resumedAfterStore = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        ConsumerConfig Config()
+        {
+            var config = ConsumerConfig(cluster, group);
+            config.EnableAutoCommit = true;
+            config.AutoCommitIntervalMs = 100;
+            config.EnableAutoOffsetStore = false;
+            config.PartitionAssignmentStrategy = PartitionAssignmentStrategy.Range;
+            return config;
+        }
+
+        using var stop = new CancellationTokenSource();
+        var loop = Task.Run(async () =>
+        {
+            using var consumer = new ConsumerBuilder<byte[], byte[]>(Config()).Build();
+            consumer.Subscribe(topic);
+            while (!stop.IsCancellationRequested)
+            {
+                var record = consumer.Consume(TimeSpan.FromMilliseconds(100));
+                if (record is null)
+                {
+                    continue;
+                }
+
+                var result = await step.RunAsync(record, stop.Token);
+                var waitsForStore = result.Action == DeliveryAction.PauseAndRetry;
+                if (waitsForStore)
+                {
+                    pausedForStore.TrySetResult();
+                }
+
+                await step.CompleteAsync(consumer, record, result, stop.Token);
+                if (waitsForStore)
+                {
+                    resumedAfterStore.TrySetResult();
+                }
+            }
+
+            consumer.Close();
+        }, TestContext.Current.CancellationToken);
+
+        try
+        {
+            await WaitUntilAsync(async () => await CountAsync(db, table) >= 50, Timeout, async () => $"{await CountAsync(db, table)} rows");
+            proxied.Proxy.Stop();
+            proxied.DataSource.Clear();
+            await pausedForStore.Task.WaitAsync(Timeout, TestContext.Current.CancellationToken);
+
+            // Another member joins while the step holds every partition paused, and takes half of them.
+            using (var other = new ConsumerBuilder<byte[], byte[]>(new ConsumerConfig(Config()) { EnableAutoCommit = false }).Build())
+            {
+                other.Subscribe(topic);
+                var deadline = DateTime.UtcNow + Timeout;
+                while (other.Assignment.Count == 0 && DateTime.UtcNow < deadline)
+                {
+                    other.Consume(TimeSpan.FromMilliseconds(50));
+                }
+
+                Assert.NotEmpty(other.Assignment);
+
+                // The store answers again while the other member still holds its half; then the other member leaves.
+                proxied.Proxy.Start();
+                while (!resumedAfterStore.Task.IsCompleted && DateTime.UtcNow < deadline)
+                {
+                    other.Consume(TimeSpan.FromMilliseconds(50));
+                }
+
+                Assert.True(resumedAfterStore.Task.IsCompleted, "the step did not resume after the store answered");
+                other.Close();
+            }
+
+            await WaitUntilAsync(
+                async () => await CountAsync(db, table) == total,
+                Timeout,
+                async () => $"{await CountAsync(db, table)} of {total} rows; committed [{string.Join(",", await cluster.CommittedOffsetsAsync(group, topic, partitions))}] of end [{string.Join(",", cluster.EndOffsets(topic, partitions))}]");
+            await WaitForCommittedToEndAsync(cluster, group, topic, partitions, Timeout);
+        }
+        finally
+        {
+            await stop.CancelAsync();
+            await loop.WaitAsync(Timeout, TestContext.Current.CancellationToken);
+        }
+
+        Assert.Equal((long)total, await AppliedAsync(db, table));
+    }
+
     [Fact]
     public async Task The_step_decides_without_a_broker_call_retry_then_dead_letter_with_reason_headers()
     {
