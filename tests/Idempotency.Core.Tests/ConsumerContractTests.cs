@@ -243,6 +243,26 @@ public sealed class ConsumerContractTests
         Assert.Equal(1, consumer.Stops);
     }
 
+    /// <summary>
+    /// A run asked to stop while its consumer is still starting (an SQS worker reading the queue's retention, a RabbitMQ
+    /// consumer subscribing) ends as any run asked to stop does: the consumer is stopped and the run completes without
+    /// an exception, instead of failing with the start's cancellation.
+    /// </summary>
+    [Fact]
+    public async Task RunAsync_cancelled_while_the_consumer_starts_stops_it_and_completes_quietly()
+    {
+        var consumer = new LifecycleConsumer { StartWaitsForCancellation = true };
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+
+        var run = consumer.RunAsync(stop.Token);
+        await consumer.Started.Task.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        await stop.CancelAsync();
+        await run.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+
+        Assert.True(run.IsCompletedSuccessfully);
+        Assert.Equal(1, consumer.Stops);
+    }
+
     private static IIdempotentMessageHandler Counting(ConcurrentDictionary<string, int> effects) =>
         IdempotentHandler.Create((context, _) =>
         {
@@ -298,6 +318,8 @@ public sealed class ConsumerContractTests
 
         public int Stops { get; private set; }
 
+        public bool StartWaitsForCancellation { get; init; }
+
         public string Name => "test:lifecycle";
 
         public IdempotentProcessor Processor { get; } = new(new InMemoryIdempotencyStore(), IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), Options());
@@ -309,7 +331,7 @@ public sealed class ConsumerContractTests
         public Task StartAsync(CancellationToken cancellationToken = default)
         {
             Started.TrySetResult();
-            return Task.CompletedTask;
+            return StartWaitsForCancellation ? Task.Delay(Timeout.Infinite, cancellationToken) : Task.CompletedTask;
         }
 
         public Task StopAsync(CancellationToken cancellationToken = default)

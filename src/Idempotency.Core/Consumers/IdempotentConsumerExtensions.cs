@@ -5,7 +5,8 @@ public static class IdempotentConsumerExtensions
 {
     /// <summary>
     /// Starts the consumer, runs it until <paramref name="cancellationToken"/> is cancelled (or the consumer stops on its
-    /// own), then stops it, draining in-flight messages.
+    /// own), then stops it, draining in-flight messages. Cancelled while the consumer is still starting, it stops the
+    /// consumer and completes the same way.
     /// </summary>
     /// <param name="consumer">The consumer.</param>
     /// <param name="cancellationToken">Ends the run.</param>
@@ -13,7 +14,17 @@ public static class IdempotentConsumerExtensions
     public static async Task RunAsync(this IIdempotentConsumer consumer, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(consumer);
-        await consumer.StartAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await consumer.StartAsync(cancellationToken).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // Asked to stop while still starting: stop what did start, and end as a run asked to stop does.
+            await consumer.StopAsync(CancellationToken.None).ConfigureAwait(false);
+            return;
+        }
+
         try
         {
             await consumer.Completion.WaitAsync(cancellationToken).ConfigureAwait(false);
