@@ -10,6 +10,8 @@ internal sealed class ClaimFirstOnlyStore : IIdempotencyStore
 
     public string Name => "claim-first";
 
+    public int MaxKeyBytes { get; init; } = IdempotencyOptions.MaxKeyBytesLimit;
+
     public ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default) => _inner.BeginAsync(cancellationToken);
 
     public bool IsUnavailable(Exception exception) => _inner.IsUnavailable(exception);

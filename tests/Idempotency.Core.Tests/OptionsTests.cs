@@ -72,6 +72,21 @@ public sealed class OptionsTests
     }
 
     [Fact]
+    public async Task A_key_limit_above_what_the_store_holds_stops_the_host_at_start_up()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddIdempotency()
+            .UseStore(_ => new ClaimFirstOnlyStore { MaxKeyBytes = 256 })
+            .ConfigureHandler("orders", o => o.MaxKeyBytes = 512);
+        using var host = builder.Build();
+
+        var error = await Assert.ThrowsAsync<OptionsValidationException>(() => host.StartAsync(TestContext.Current.CancellationToken));
+        Assert.Contains("Idempotency handler 'orders'", error.Message);
+        Assert.Contains("MaxKeyBytes is 512", error.Message);
+        Assert.Contains("'claim-first' store holds keys of at most 256", error.Message);
+    }
+
+    [Fact]
     public async Task Claim_at_commit_binds_from_configuration_and_starts_with_a_store_that_supports_it()
     {
         var builder = Host.CreateApplicationBuilder();

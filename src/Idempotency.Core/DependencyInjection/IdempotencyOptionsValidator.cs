@@ -11,11 +11,19 @@ internal sealed class IdempotencyOptionsValidator(IServiceProvider services) : I
     {
         var errors = options.GetValidationErrors().ToList();
 
-        // Claiming at commit is a store capability: say so at start-up, not at the first message.
-        if (options.ClaimTiming == ClaimTiming.AtCommit
-            && services.GetService<IIdempotencyStore>() is { } store and not IDeferredClaimStore)
+        // What the store can hold and do is checked here too, at start-up, not when the handler's processor is first
+        // built (lazily, at the first message): the processor's constructor makes the same checks.
+        if (services.GetService<IIdempotencyStore>() is { } store)
         {
-            errors.Add($"{nameof(IdempotencyOptions.ClaimTiming)} {nameof(ClaimTiming.AtCommit)} needs a store that can claim keys at commit (PostgreSQL, in-memory); the registered '{store.Name}' store cannot.");
+            if (options.MaxKeyBytes > store.MaxKeyBytes)
+            {
+                errors.Add($"{nameof(IdempotencyOptions.MaxKeyBytes)} is {options.MaxKeyBytes}, but the '{store.Name}' store holds keys of at most {store.MaxKeyBytes} UTF-8 bytes. Lower {nameof(IdempotencyOptions.MaxKeyBytes)}.");
+            }
+
+            if (options.ClaimTiming == ClaimTiming.AtCommit && store is not IDeferredClaimStore)
+            {
+                errors.Add($"{nameof(IdempotencyOptions.ClaimTiming)} {nameof(ClaimTiming.AtCommit)} needs a store that can claim keys at commit (PostgreSQL, in-memory); the registered '{store.Name}' store cannot.");
+            }
         }
 
         return errors.Count == 0
