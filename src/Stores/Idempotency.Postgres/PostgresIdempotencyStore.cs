@@ -238,10 +238,16 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
             var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
             await using var connectionScope = connection.ConfigureAwait(false);
 
-            // Reads nothing: only plans a statement over every column the store uses, so a missing table, column or
-            // privilege fails here exactly as it would in a claim.
+            // Reads and writes nothing: a read over every column the store uses, and the plans (EXPLAIN, which checks
+            // privileges but executes nothing) of the claim's insert and the completion's update, so a missing table or
+            // column, or a role allowed to read the keys but not to write them, fails here as it would in a claim.
             using var command = new NpgsqlCommand(
-                $"SELECT handler_name, idempotency_key, fingerprint, completed_at, duration_ms, expires_at, result FROM {QualifiedTableName} WHERE false",
+                $"""
+                SELECT handler_name, idempotency_key, fingerprint, completed_at, duration_ms, expires_at, result FROM {QualifiedTableName} WHERE false;
+                EXPLAIN INSERT INTO {QualifiedTableName} (handler_name, idempotency_key, fingerprint, expires_at, completed_at, duration_ms, result)
+                    VALUES (NULL, NULL, NULL, NULL, NULL, NULL, NULL) ON CONFLICT DO NOTHING;
+                EXPLAIN UPDATE {QualifiedTableName} SET completed_at = NULL, duration_ms = NULL, result = NULL WHERE false;
+                """,
                 connection);
             await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
             return null;
