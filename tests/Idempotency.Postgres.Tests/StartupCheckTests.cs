@@ -66,6 +66,25 @@ public sealed class StartupCheckTests(PostgresFixture db) : IClassFixture<Postgr
     }
 
     [Fact]
+    public async Task A_server_that_takes_no_writes_is_not_ready_although_it_answers_every_read()
+    {
+        var owned = await db.CreateStoreAsync();
+        var connection = new NpgsqlConnectionStringBuilder(db.ConnectionString) { Options = "-c default_transaction_read_only=on", Pooling = false };
+        await using var dataSource = NpgsqlDataSource.Create(connection.ConnectionString);
+        var store = new PostgresIdempotencyStore(dataSource, owned.Options);
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), new IdempotencyOptions { HandlerName = "readonly-server" });
+
+        var claimed = await processor.ProcessAsync(new IncomingMessage("k-1", Encoding.UTF8.GetBytes("{}")) { Destination = "orders" }, Ct);
+        var failure = await store.CheckAsync(Ct);
+
+        // The claim fails as an outage, and the check agrees instead of reporting the store ready (which would reopen a
+        // consumer's gate only for the next claim to close it again, one redelivery per round).
+        Assert.Equal(ProcessingOutcome.StoreUnavailable, claimed.Outcome);
+        Assert.Equal(StoreFailureKind.Outage, failure?.Kind);
+        Assert.Contains("accepts no writes", failure?.Description, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public async Task The_check_writes_nothing()
     {
         var store = await db.CreateStoreAsync();

@@ -238,6 +238,16 @@ public sealed class PostgresIdempotencyStore : IDeferredClaimStore, IConsumerPos
             var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
             await using var connectionScope = connection.ConfigureAwait(false);
 
+            // A server that takes no writes (a standby, a failover still in progress, default_transaction_read_only) answers
+            // every read and plan below but fails every claim (25006): not ready, or the gate would open only to close again.
+            using (var readOnly = new NpgsqlCommand("SELECT current_setting('transaction_read_only') = 'on'", connection))
+            {
+                if (await readOnly.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false) is true)
+                {
+                    return new StoreFailure(StoreFailureKind.Outage, "the server accepts no writes (transaction_read_only is on: a standby, or default_transaction_read_only)");
+                }
+            }
+
             // Reads and writes nothing: a read over every column the store uses, and the plans (EXPLAIN, which checks
             // privileges but executes nothing) of the claim's insert and the completion's update, so a missing table or
             // column, or a role allowed to read the keys but not to write them, fails here as it would in a claim.
