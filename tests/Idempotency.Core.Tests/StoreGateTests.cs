@@ -54,6 +54,32 @@ public sealed class StoreGateTests
     }
 
     [Fact]
+    public async Task A_gate_that_closes_again_with_nothing_committed_since_it_reopened_backs_off_longer_each_time()
+    {
+        // The store's check passes while its work fails (as a server that answers reads but takes no writes does): the
+        // gate reopens after every probe, and without this each round would give the messages back after the first delay.
+        var backoff = new BackoffOptions { InitialDelay = TimeSpan.FromMilliseconds(10), MaxDelay = TimeSpan.FromSeconds(10), UseJitter = false };
+        var gate = new StoreGate(new InMemoryIdempotencyStore(), "test", backoff, stopping: TestContext.Current.CancellationToken);
+        var outage = new StoreFailure(StoreFailureKind.Outage, "no writes");
+        var delays = new List<TimeSpan>();
+        async Task CloseAndReopenAsync()
+        {
+            Assert.True(gate.Close(outage));
+            delays.Add(gate.GiveBackDelay);
+            await gate.WaitAsync(TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        }
+
+        await CloseAndReopenAsync();
+        await CloseAndReopenAsync();
+        await CloseAndReopenAsync();
+        gate.RecordWork();
+        await CloseAndReopenAsync();
+
+        Assert.Equal([TimeSpan.FromMilliseconds(10), TimeSpan.FromMilliseconds(20), TimeSpan.FromMilliseconds(40), TimeSpan.FromMilliseconds(10)], delays);
+        Assert.Equal(4, gate.Closures);
+    }
+
+    [Fact]
     public async Task An_in_memory_misconfiguration_is_classified_as_such_by_the_pipeline()
     {
         var store = new InMemoryIdempotencyStore { Misconfiguration = "wrong password" };

@@ -91,6 +91,11 @@ public sealed class DeliveryEngine
     {
         ArgumentNullException.ThrowIfNull(port);
         ArgumentNullException.ThrowIfNull(result);
+        if (result.IsCommitted)
+        {
+            Gate.RecordWork();
+        }
+
         var attempts = attempt ?? NextAttempt(port, delivery);
         var decision = _processor.Decide(result, attempts);
         var outcome = await CarryOutAsync(port, delivery, result, decision, attempts, cancellationToken).ConfigureAwait(false);
@@ -158,7 +163,9 @@ public sealed class DeliveryEngine
                     return SettleOutcome.ProcessAgain;
                 }
 
-                await port.ReturnAsync(delivery, _processor.StoreUnavailableBackoff.InitialDelay, attemptSpent: false, cancellationToken).ConfigureAwait(false);
+                // Back for the decision's delay (a misconfiguration: the backoff's longest) or the gate's, whichever is longer.
+                var giveBack = decision.Delay > Gate.GiveBackDelay ? decision.Delay : Gate.GiveBackDelay;
+                await port.ReturnAsync(delivery, giveBack, attemptSpent: false, cancellationToken).ConfigureAwait(false);
                 return SettleOutcome.Returned;
 
             default:

@@ -30,6 +30,15 @@ public sealed class StoreGate
     private StoreFailure? _failure;
     private int _closures;
 
+    // Closures in a row with no message committed in between: a store whose check passes while its work still fails
+    // (a server that answers reads but takes no writes) would otherwise reopen at the backoff's first delay every time,
+    // and each round gives every message back to the broker once more (one more receive toward a redrive limit).
+    private int _closuresWithoutWork;
+    private bool _workedSinceReopen = true;
+
+    /// <summary>The most closures in a row the backoff grows for; further ones wait the backoff's longest delay anyway.</summary>
+    private const int MaxClosuresWithoutWork = 16;
+
     /// <summary>Creates the gate of one consumer.</summary>
     /// <param name="store">The consumer's store.</param>
     /// <param name="consumer">The consumer's name, for logs and health (such as <c>rabbitmq:orders</c>).</param>
@@ -70,6 +79,21 @@ public sealed class StoreGate
     /// <summary>Gets how many times the gate has closed since it was created.</summary>
     public int Closures => Volatile.Read(ref _closures);
 
+    /// <summary>
+    /// Gets how long a message the store failed goes back to its broker for (where it is given back rather than retried in
+    /// place): the backoff's first delay, growing while the gate closes again and again with nothing committed in between.
+    /// </summary>
+    internal TimeSpan GiveBackDelay => _backoff.GetDelay(1 + Volatile.Read(ref _closuresWithoutWork));
+
+    /// <summary>Records that a message committed (or was found committed): the next closure's backoff starts afresh.</summary>
+    internal void RecordWork()
+    {
+        if (!Volatile.Read(ref _workedSinceReopen))
+        {
+            Volatile.Write(ref _workedSinceReopen, true);
+        }
+    }
+
     /// <summary>Waits until the gate is open (returns at once while it is).</summary>
     /// <param name="cancellationToken">Cancels the wait.</param>
     /// <returns>A task that completes when the store answers and is set up.</returns>
@@ -108,6 +132,8 @@ public sealed class StoreGate
             }
 
             _closures++;
+            _closuresWithoutWork = Volatile.Read(ref _workedSinceReopen) ? 0 : Math.Min(_closuresWithoutWork + 1, MaxClosuresWithoutWork);
+            Volatile.Write(ref _workedSinceReopen, false);
             _closed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             Report(failure);
             _ = ProbeUntilReadyAsync(_closed);
@@ -155,7 +181,7 @@ public sealed class StoreGate
 
     private async Task ProbeUntilReadyAsync(TaskCompletionSource closed)
     {
-        var attempt = 1;
+        var attempt = 1 + Volatile.Read(ref _closuresWithoutWork);
         try
         {
             while (true)
