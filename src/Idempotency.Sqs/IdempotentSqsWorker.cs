@@ -35,6 +35,9 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
     private readonly TimeProvider _time;
     private readonly SqsMessageReader _reader;
     private readonly SqsQueueCalls _calls;
+    /// <summary>How many receives in a row must fail before a transient-looking failure degrades health (one blip does not).</summary>
+    private const int FailedReceivesBeforeDegraded = 3;
+
     private readonly CancellationTokenSource _stopping = new();
     private readonly CancellationTokenSource _processing;
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -42,6 +45,9 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
     private Task _receiving = Task.CompletedTask;
     private int _started;
     private int _inFlightReceives;
+    private int _failedReceivesInARow;
+    private string? _receiveTroubleDetail;
+    private bool _queuesChecked;
 
     /// <summary>Creates a worker.</summary>
     /// <param name="sqs">The SQS client; not disposed by the worker.</param>
@@ -86,10 +92,16 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
     /// <inheritdoc/>
     public Task Completion => _completion.Task;
 
-    /// <summary>Starts the pollers; returns once the queue's retention was checked (processing runs in the background).</summary>
+    /// <summary>
+    /// Starts the pollers; returns once the queue and the dead-letter queue were checked (processing runs in the background).
+    /// </summary>
     /// <param name="cancellationToken">Cancels starting.</param>
     /// <returns>A task that completes when started.</returns>
-    /// <exception cref="InvalidOperationException">The worker was started before (a worker runs once).</exception>
+    /// <exception cref="InvalidOperationException">
+    /// The worker was started before (a worker runs once), or <see cref="SqsIdempotencyOptions.QueueUrl"/> or
+    /// <see cref="SqsIdempotencyOptions.DeadLetterQueueUrl"/> names a queue that does not exist or that the credentials
+    /// may not use; the message names the setting.
+    /// </exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         if (Interlocked.Exchange(ref _started, 1) == 1)
@@ -104,11 +116,16 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
         Log.Started(_logger, _processor.HandlerName, _options.QueueUrl, _options.Concurrency, _options.BatchSize);
         try
         {
-            await WarnIfRetentionTooShortAsync(cancellationToken).ConfigureAwait(false);
+            await CheckQueuesAsync(cancellationToken).ConfigureAwait(false);
         }
         catch (OperationCanceledException)
         {
             Finish(null);
+            throw;
+        }
+        catch (InvalidOperationException misconfigured)
+        {
+            Finish(misconfigured);
             throw;
         }
 
@@ -227,6 +244,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
             {
                 Statistics.AddReceiveError();
                 Log.ReceiveFailed(_logger, exception, _options.QueueUrl);
+                ReportReceiveFailure(exception);
                 if (!await DelayAsync(_options.ReceiveErrorDelay, stopping).ConfigureAwait(false))
                 {
                     break;
@@ -234,6 +252,8 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
 
                 continue;
             }
+
+            ReportReceiveSucceeded();
 
             if (messages is not { Count: > 0 })
             {
@@ -304,22 +324,100 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
         }
     }
 
-    /// <summary>Reads the queue's MessageRetentionPeriod: a key kept for less time than that can let a late redelivery through.</summary>
-    private async Task WarnIfRetentionTooShortAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Reads the queue's attributes, and the dead-letter queue's when one is set, once (the hosted service checks before
+    /// the host starts, the worker's start then skips it). A queue that does not exist, or that the credentials may not
+    /// use, is a misconfiguration: without the check the worker would start and every receive, or every dead-letter,
+    /// would fail for ever. Any other failure (a timeout, an unreachable endpoint) does not stop the start: the poll
+    /// loop retries it and reports it through health.
+    /// </summary>
+    /// <param name="cancellationToken">Cancels the check.</param>
+    /// <returns>A task that completes when the queues were checked.</returns>
+    /// <exception cref="InvalidOperationException">A queue does not exist or may not be used; the message names the setting.</exception>
+    internal async Task CheckQueuesAsync(CancellationToken cancellationToken)
+    {
+        if (_queuesChecked)
+        {
+            return;
+        }
+
+        var attributes = await ReadQueueAttributesAsync(nameof(SqsIdempotencyOptions.QueueUrl), _options.QueueUrl, "MessageRetentionPeriod", cancellationToken).ConfigureAwait(false);
+        if (attributes?.TryGetValue("MessageRetentionPeriod", out var seconds) == true
+            && int.TryParse(seconds, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var value))
+        {
+            // A key kept for less time than the queue keeps a message can let a late redelivery through.
+            RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s");
+        }
+
+        if (_options.DeadLetterQueueUrl is { } deadLetterQueue)
+        {
+            await ReadQueueAttributesAsync(nameof(SqsIdempotencyOptions.DeadLetterQueueUrl), deadLetterQueue, "QueueArn", cancellationToken).ConfigureAwait(false);
+        }
+
+        _queuesChecked = true;
+    }
+
+    private async Task<Dictionary<string, string>?> ReadQueueAttributesAsync(string setting, string queueUrl, string attribute, CancellationToken cancellationToken)
     {
         try
         {
-            var attributes = await _sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = _options.QueueUrl, AttributeNames = ["MessageRetentionPeriod"] }, cancellationToken).ConfigureAwait(false);
-            if (attributes.Attributes?.TryGetValue("MessageRetentionPeriod", out var seconds) == true
-                && int.TryParse(seconds, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var value))
-            {
-                RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s");
-            }
+            var response = await _sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = queueUrl, AttributeNames = [attribute] }, cancellationToken).ConfigureAwait(false);
+            return response.Attributes;
         }
-#pragma warning disable CA1031 // The check is advice: a queue whose attributes cannot be read must still be consumed.
+        catch (AmazonSQSException exception) when (SqsQueueErrors.IsMisconfiguration(exception))
+        {
+            throw new InvalidOperationException(
+                $"SQS consumer '{_processor.HandlerName}': {setting} '{queueUrl}' {SqsQueueErrors.Describe(exception)}. Create the queue or correct {nameof(SqsIdempotencyOptions)}.{setting}.",
+                exception);
+        }
+#pragma warning disable CA1031 // Not a misconfiguration (a timeout, an endpoint not answering yet): the poll loop retries and reports it.
         catch (Exception exception) when (exception is not OperationCanceledException)
 #pragma warning restore CA1031
         {
+            Log.QueueCheckFailed(_logger, exception, setting, queueUrl);
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Counts a failed receive. A queue that does not exist or may not be used makes the consumer misconfigured at once
+    /// (unhealthy); other failures make it paused (degraded) once they persist. The poll loop still retries.
+    /// </summary>
+    private void ReportReceiveFailure(Exception exception)
+    {
+        var inARow = Interlocked.Increment(ref _failedReceivesInARow);
+        var misconfigured = exception is AmazonSQSException sqsError && SqsQueueErrors.IsMisconfiguration(sqsError);
+        if (Health is not { } health || (!misconfigured && inARow < FailedReceivesBeforeDegraded))
+        {
+            return;
+        }
+
+        var cause = exception is AmazonSQSException error ? SqsQueueErrors.Describe(error) : $"{exception.GetType().Name}: {exception.Message}";
+        var detail = $"receiving from {_options.QueueUrl} failed {inARow} time(s) in a row: {cause}";
+        var state = misconfigured ? ConsumerState.Misconfigured : ConsumerState.Paused;
+        if (Volatile.Read(ref _receiveTroubleDetail) is null)
+        {
+            Log.ReceiveFailing(_logger, exception, _options.QueueUrl, inARow, state);
+        }
+
+        Volatile.Write(ref _receiveTroubleDetail, detail);
+        health.State = state;
+        health.Detail = detail;
+    }
+
+    /// <summary>Clears the trouble a failed receive reported, leaving a state the store gate set in the meantime alone.</summary>
+    private void ReportReceiveSucceeded()
+    {
+        if (Interlocked.Exchange(ref _failedReceivesInARow, 0) == 0 || Interlocked.Exchange(ref _receiveTroubleDetail, null) is not { } reported)
+        {
+            return;
+        }
+
+        Log.ReceiveRecovered(_logger, _options.QueueUrl);
+        if (Health is { } health && ReferenceEquals(health.Detail, reported))
+        {
+            health.State = ConsumerState.Running;
+            health.Detail = null;
         }
     }
 }

@@ -43,4 +43,13 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 4015, Level = LogLevel.Error, Message = "Unexpected failure handling a receive of {Count} messages on {Queue}; they are released for redelivery")]
     public static partial void BatchCrashed(ILogger logger, Exception exception, int count, string queue);
+
+    [LoggerMessage(EventId = 4016, Level = LogLevel.Warning, Message = "Could not check the queue {Setting} {Queue} at start-up; starting anyway, receives are retried")]
+    public static partial void QueueCheckFailed(ILogger logger, Exception exception, string setting, string queue);
+
+    [LoggerMessage(EventId = 4017, Level = LogLevel.Error, Message = "Receiving from {Queue} failed {Count} time(s) in a row; health reports the consumer {State} until a receive succeeds (receives are retried)")]
+    public static partial void ReceiveFailing(ILogger logger, Exception exception, string queue, int count, Idempotency.Health.ConsumerState state);
+
+    [LoggerMessage(EventId = 4018, Level = LogLevel.Information, Message = "Receiving from {Queue} works again; the consumer is running")]
+    public static partial void ReceiveRecovered(ILogger logger, string queue);
 }

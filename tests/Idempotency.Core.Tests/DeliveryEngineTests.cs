@@ -149,8 +149,49 @@ public sealed class DeliveryEngineTests
         Assert.Equal(1, engine.NextAttempt(port, poison));
     }
 
+    [Fact]
+    public async Task A_message_its_dead_letter_destination_refuses_comes_back_later_each_time_and_is_never_settled()
+    {
+        var store = new ScriptedStore();
+        var options = Options();
+        options.Retry = new RetryOptions { MaxAttempts = 1, InitialDelay = TimeSpan.Zero, MaxDelay = TimeSpan.Zero };
+        options.StoreUnavailableBackoff = new BackoffOptions { InitialDelay = TimeSpan.FromSeconds(1), MaxDelay = TimeSpan.FromSeconds(5), UseJitter = false };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => throw new InvalidOperationException("poison")), options);
+        var engine = new DeliveryEngine(processor, "test", stopping: TestContext.Current.CancellationToken);
+        var port = new FakePort(retriesInPlace: false) { DeadLetterTakes = false };
+        var message = Create("k");
+        var ct = TestContext.Current.CancellationToken;
+
+        // Every delivery runs the failing handler and the dead-letter is refused: the message goes back without an
+        // attempt, waiting the store backoff by how many dead-letters failed (1 s, 2 s, 4 s, then the 5 s cap).
+        var delays = new List<TimeSpan>();
+        for (var i = 0; i < 5; i++)
+        {
+            var settled = await engine.SettleAsync(port, message, await processor.ProcessAsync(message, ct), cancellationToken: ct);
+            Assert.Equal(SettleOutcome.Returned, settled.Outcome);
+            Assert.False(port.LastReturnSpentAttempt);
+            delays.Add(port.LastReturnDelay);
+        }
+
+        Assert.Equal([TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(2), TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5)], delays);
+        Assert.Equal(5, port.DeadLetters);
+        Assert.Equal(0, port.Acknowledged);
+
+        // Once the destination takes it, it settles and is forgotten: a later failure of the same id starts over.
+        port.DeadLetterTakes = true;
+        Assert.Equal(SettleOutcome.Settled, (await engine.SettleAsync(port, message, await processor.ProcessAsync(message, ct), cancellationToken: ct)).Outcome);
+        Assert.True(engine.Attempts.IsEmpty);
+        port.DeadLetterTakes = false;
+        await engine.SettleAsync(port, message, await processor.ProcessAsync(message, ct), cancellationToken: ct);
+        Assert.Equal(TimeSpan.FromSeconds(1), port.LastReturnDelay);
+    }
+
     private sealed class FakePort(bool retriesInPlace) : IDeliveryPort<IncomingMessage>
     {
+        public bool DeadLetterTakes { get; set; } = true;
+
+        public TimeSpan LastReturnDelay { get; private set; }
+
         public int Acknowledged { get; private set; }
 
         public int DeadLetters { get; private set; }
@@ -179,12 +220,13 @@ public sealed class DeliveryEngineTests
         {
             DeadLetters++;
             LastDeadLetterAttempts = attempts;
-            return ValueTask.FromResult(true);
+            return ValueTask.FromResult(DeadLetterTakes);
         }
 
         public ValueTask ReturnAsync(IncomingMessage delivery, TimeSpan delay, bool attemptSpent, CancellationToken cancellationToken)
         {
             LastReturnSpentAttempt = attemptSpent;
+            LastReturnDelay = delay;
             return ValueTask.CompletedTask;
         }
 

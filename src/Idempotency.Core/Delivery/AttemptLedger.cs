@@ -70,6 +70,11 @@ public sealed class AttemptLedger(int capacity)
     /// <param name="id">The message id.</param>
     public void RecordRequeue(string id) => Update(id, failures: 0, requeues: 1);
 
+    /// <summary>Records that a message's dead-letter destination did not take it (a return, not an attempt).</summary>
+    /// <param name="id">The message id.</param>
+    /// <returns>How many times its dead-lettering failed, this one included: it sets how long the message waits.</returns>
+    internal int RecordDeadLetterFailure(string id) => Update(id, failures: 0, requeues: 1, deadLetterFailures: 1);
+
     /// <summary>Forgets a message that settled (acknowledged or dead-lettered).</summary>
     /// <param name="id">The message id.</param>
     public void Forget(string id)
@@ -84,7 +89,7 @@ public sealed class AttemptLedger(int capacity)
         }
     }
 
-    private void Update(string id, int failures, int requeues)
+    private int Update(string id, int failures, int requeues, int deadLetterFailures = 0)
     {
         lock (_gate)
         {
@@ -107,7 +112,9 @@ public sealed class AttemptLedger(int capacity)
 
             node.Value.Failures += failures;
             node.Value.Requeues += requeues;
+            node.Value.DeadLetterFailures += deadLetterFailures;
             _order.AddFirst(node);
+            return node.Value.DeadLetterFailures;
         }
     }
 
@@ -118,5 +125,7 @@ public sealed class AttemptLedger(int capacity)
         public int Failures { get; set; }
 
         public int Requeues { get; set; }
+
+        public int DeadLetterFailures { get; set; }
     }
 }

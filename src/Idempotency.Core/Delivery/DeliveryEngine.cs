@@ -142,9 +142,13 @@ public sealed class DeliveryEngine
                     return SettleOutcome.Settled;
                 }
 
-                // The dead-letter destination did not take it: not settled, and not another attempt either.
-                Attempts.RecordRequeue(port.AttemptId(delivery));
-                return await TryLaterAsync(port, delivery, _processor.StoreUnavailableBackoff.GetDelay(1), attemptSpent: false, cancellationToken).ConfigureAwait(false);
+                // The dead-letter destination did not take it: not settled, and not another attempt either. Each time it
+                // comes back the whole pipeline (the failing handler included) runs again before the next try, so the
+                // wait grows with every failed dead-letter instead of spinning on a destination that stays broken (the port
+                // logs why it failed).
+                var deadLetterFailures = Attempts.RecordDeadLetterFailure(port.AttemptId(delivery));
+                var wait = _processor.StoreUnavailableBackoff.GetDelay(deadLetterFailures);
+                return await TryLaterAsync(port, delivery, wait, attemptSpent: false, cancellationToken).ConfigureAwait(false);
 
             case DeliveryAction.Retry:
                 Attempts.RecordFailure(port.AttemptId(delivery));

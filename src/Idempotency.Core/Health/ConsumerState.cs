@@ -12,6 +12,6 @@ public enum ConsumerState
     /// <summary>Stopped: shut down or crashed.</summary>
     Stopped = 2,
 
-    /// <summary>Not taking messages because the store is misconfigured (authentication, missing schema): unhealthy until fixed.</summary>
+    /// <summary>Not taking messages because the store or the consumer's queue is misconfigured (authentication, missing schema, a queue that does not exist): unhealthy until fixed.</summary>
     Misconfigured = 3,
 }
