@@ -39,8 +39,30 @@ internal static class RedisFailures
     public static StoreFailure Classify(Exception exception)
     {
         ArgumentNullException.ThrowIfNull(exception);
+        return FindMisconfiguration(exception) ?? StoreFailure.Outage(exception);
+    }
+
+    /// <summary>
+    /// The misconfiguration an error or any error under it reports: StackExchange.Redis wraps the failures of several
+    /// endpoints in an <see cref="AggregateException"/>, and one refused login among them is the origin to report.
+    /// </summary>
+    private static StoreFailure? FindMisconfiguration(Exception exception)
+    {
         for (var current = exception; current is not null; current = current.InnerException)
         {
+            if (current is AggregateException aggregate)
+            {
+                foreach (var inner in aggregate.InnerExceptions)
+                {
+                    if (FindMisconfiguration(inner) is { } found)
+                    {
+                        return found;
+                    }
+                }
+
+                return null;
+            }
+
             switch (current)
             {
                 case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
@@ -53,7 +75,7 @@ internal static class RedisFailures
             }
         }
 
-        return StoreFailure.Outage(exception);
+        return null;
     }
 
     private static bool IsMisconfigurationError(string message) =>

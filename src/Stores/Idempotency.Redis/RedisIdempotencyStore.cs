@@ -101,15 +101,38 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     public RedisKey GetKey(string handlerName, string key) => $"{Options.KeyPrefix}:{{{handlerName}|{key}}}";
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// A disconnected multiplexer is asked why (a PING, answered at once from its last connection failure): a wrong
+    /// password or a refused user is a misconfiguration, not an outage, and the error thrown says which.
+    /// </remarks>
     public ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        if (!Connection.IsConnected)
+        return Connection.IsConnected
+            ? ValueTask.FromResult<IIdempotencyTransaction>(new RedisIdempotencyTransaction(this))
+            : BeginDisconnectedAsync();
+    }
+
+    /// <summary>
+    /// Not connected says nothing about why: the server may be down, or it may refuse our credentials on every
+    /// reconnect. The PING's error carries the multiplexer's connection failures (authentication among them), so the
+    /// error thrown wraps it and <see cref="ClassifyFailure"/> reports its origin instead of assuming an outage.
+    /// </summary>
+    private async ValueTask<IIdempotencyTransaction> BeginDisconnectedAsync()
+    {
+        try
         {
-            throw new IdempotencyStoreUnavailableException("The Redis connection of the idempotency store is not connected.");
+            await Database.PingAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Every failure is rethrown, wrapped with what it says.
+        catch (Exception exception)
+#pragma warning restore CA1031
+        {
+            throw new IdempotencyStoreUnavailableException($"The Redis connection of the idempotency store is not connected: {exception.Message}", exception);
         }
 
-        return ValueTask.FromResult<IIdempotencyTransaction>(new RedisIdempotencyTransaction(this));
+        // Reconnected in between.
+        return new RedisIdempotencyTransaction(this);
     }
 
     /// <inheritdoc/>
