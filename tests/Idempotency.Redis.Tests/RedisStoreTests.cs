@@ -486,6 +486,39 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task A_handler_command_that_fails_inside_exec_is_reported_failed_not_processed_and_the_key_stays_recorded()
+    {
+        var store = redis.CreateStore();
+        var prefix = store.Options.KeyPrefix;
+        await store.Database.StringSetAsync($"{prefix}:not-a-hash", "x");
+        var runs = 0;
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((context, ct) =>
+        {
+            runs++;
+            var transaction = context.GetRedisTransaction();
+            _ = transaction.StringIncrementAsync($"{prefix}:good");
+            _ = transaction.HashIncrementAsync($"{prefix}:not-a-hash", "f", 1); // WRONGTYPE, at EXEC time
+            return ValueTask.CompletedTask;
+        }), Options());
+
+        var first = await processor.ProcessAsync(Message("w1"), Ct);
+
+        // Redis applied the other command and the completion: the failure is reported, not passed off as Processed.
+        Assert.Equal(ProcessingOutcome.Failed, first.Outcome);
+        var failed = Assert.IsType<RedisCommandFailedException>(first.Exception);
+        Assert.Equal(["w1"], failed.Keys);
+        Assert.StartsWith("WRONGTYPE", Assert.Single(failed.Errors).Message, StringComparison.Ordinal);
+        Assert.Equal(1, (int)await store.Database.StringGetAsync($"{prefix}:good"));
+        Assert.Equal(RedisType.String, await store.Database.KeyTypeAsync($"{prefix}:not-a-hash"));
+        Assert.NotNull(await store.FindAsync("orders", "w1"));
+
+        // The key is recorded: the redelivery is a duplicate and the handler does not run again.
+        Assert.Equal(ProcessingOutcome.Duplicate, (await processor.ProcessAsync(Redelivery("w1"), Ct)).Outcome);
+        Assert.Equal(1, runs);
+        Assert.Equal(1, (int)await store.Database.StringGetAsync($"{prefix}:good"));
+    }
+
+    [Fact]
     public async Task Cancelled_claim_throws_and_takes_no_lease()
     {
         var store = redis.CreateStore();

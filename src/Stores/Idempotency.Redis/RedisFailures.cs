@@ -19,6 +19,8 @@ internal static class RedisFailures
         {
             switch (current)
             {
+                case RedisCommandFailedException:
+                    return false;
                 case IdempotencyStoreUnavailableException:
                 case RedisConnectionException:
                 case RedisTimeoutException:
@@ -65,6 +67,9 @@ internal static class RedisFailures
 
             switch (current)
             {
+                case RedisCommandFailedException failed:
+                    // The handler's write, refused by Redis at EXEC after the key was recorded: the handler's failure.
+                    return new StoreFailure(StoreFailureKind.WriteRejected, failed.Message);
                 case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
                     return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the credentials ({current.Message}): check the password (and user) of the store's connection string");
                 case NotSupportedException refused:
