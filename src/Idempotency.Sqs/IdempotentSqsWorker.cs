@@ -313,7 +313,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
             if (attributes.Attributes?.TryGetValue("MessageRetentionPeriod", out var seconds) == true
                 && int.TryParse(seconds, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var value))
             {
-                RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s");
+                RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s", _processor.Store);
             }
         }
 #pragma warning disable CA1031 // The check is advice: a queue whose attributes cannot be read must still be consumed.

@@ -345,6 +345,24 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task The_start_up_retention_check_compares_the_broker_horizon_with_the_redis_ttl_not_the_handlers_option()
+    {
+        // The handler asks for 14 days (an SQS queue's retention), the Redis store keeps keys for its own 7 days.
+        var store = redis.CreateStore(o => o.Retention = TimeSpan.FromDays(7));
+        var options = new IdempotencyOptions { HandlerName = "orders", Retention = TimeSpan.FromDays(14) };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), options);
+        Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("ttl-1"), Ct)).Outcome);
+        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetKey("orders", "ttl-1"));
+        Assert.InRange(ttl!.Value, TimeSpan.FromDays(7) - TimeSpan.FromHours(1), TimeSpan.FromDays(7));
+
+        Assert.Equal(TimeSpan.FromDays(7), ((IIdempotencyStore)store).EnforcedRetention);
+        var warning = RetentionGuard.Check(processor.Options, TimeSpan.FromDays(14), "queue q MessageRetentionPeriod=1209600s", processor.Store);
+        Assert.NotNull(warning);
+        Assert.Contains("redis store", warning, StringComparison.Ordinal);
+        Assert.Null(RetentionGuard.Check(processor.Options, TimeSpan.FromDays(7), "queue q MessageRetentionPeriod=604800s", processor.Store));
+    }
+
+    [Fact]
     public async Task Key_prefixes_and_handler_names_isolate_keys()
     {
         var billing = redis.CreateStore();

@@ -58,6 +58,11 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     /// <inheritdoc/>
     public string Name => "redis";
 
+    /// <inheritdoc/>
+    /// <value><see cref="RedisIdempotencyStoreOptions.Retention"/>: the TTL of every key, whatever the handler's
+    /// <c>IdempotencyOptions.Retention</c> says.</value>
+    public TimeSpan? EnforcedRetention => Options.Retention;
+
     /// <summary>The oldest server the claim script runs on: it uses <c>SET ... NX PX ... GET</c>, new in Redis 7.0.</summary>
     public static Version MinimumServerVersion { get; } = new(7, 0);
 
