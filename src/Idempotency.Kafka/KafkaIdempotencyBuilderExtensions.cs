@@ -107,7 +107,7 @@ public static class KafkaIdempotencyBuilderExtensions
             var consumer = IdempotentKafkaConsumer<TKey, TValue>.Create(consumerConfig, processor, options, logger: logger, timeProvider: sp.GetService<TimeProvider>());
             if (logger is not null)
             {
-                _ = KafkaRetentionCheck.WarnIfRetentionTooShortAsync(consumerConfig, options.Topics, processor.Options, logger);
+                _ = KafkaRetentionCheck.WarnIfRetentionTooShortAsync(consumerConfig, options.Topics, processor.Options, logger, store: processor.Store);
             }
 
             consumer.Heartbeat = ConsumerRegistration.Heartbeat(sp, consumer.Name);

@@ -346,7 +346,7 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
             && int.TryParse(seconds, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out var value))
         {
             // A key kept for less time than the queue keeps a message can let a late redelivery through.
-            RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s");
+            RetentionGuard.WarnIfTooShort(_logger, _processor.Options, TimeSpan.FromSeconds(value), $"queue {_options.QueueUrl} MessageRetentionPeriod={value}s", _processor.Store);
         }
 
         if (_options.DeadLetterQueueUrl is { } deadLetterQueue)

@@ -345,6 +345,24 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
     }
 
     [Fact]
+    public async Task The_start_up_retention_check_compares_the_broker_horizon_with_the_redis_ttl_not_the_handlers_option()
+    {
+        // The handler asks for 14 days (an SQS queue's retention), the Redis store keeps keys for its own 7 days.
+        var store = redis.CreateStore(o => o.Retention = TimeSpan.FromDays(7));
+        var options = new IdempotencyOptions { HandlerName = "orders", Retention = TimeSpan.FromDays(14) };
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), options);
+        Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("ttl-1"), Ct)).Outcome);
+        var ttl = await store.Database.KeyTimeToLiveAsync(store.GetKey("orders", "ttl-1"));
+        Assert.InRange(ttl!.Value, TimeSpan.FromDays(7) - TimeSpan.FromHours(1), TimeSpan.FromDays(7));
+
+        Assert.Equal(TimeSpan.FromDays(7), ((IIdempotencyStore)store).EnforcedRetention);
+        var warning = RetentionGuard.Check(processor.Options, TimeSpan.FromDays(14), "queue q MessageRetentionPeriod=1209600s", processor.Store);
+        Assert.NotNull(warning);
+        Assert.Contains("redis store", warning, StringComparison.Ordinal);
+        Assert.Null(RetentionGuard.Check(processor.Options, TimeSpan.FromDays(7), "queue q MessageRetentionPeriod=604800s", processor.Store));
+    }
+
+    [Fact]
     public async Task Key_prefixes_and_handler_names_isolate_keys()
     {
         var billing = redis.CreateStore();
@@ -483,6 +501,39 @@ public sealed class RedisStoreTests(RedisFixture redis) : IClassFixture<RedisFix
         await admin.ConfigSetAsync("maxmemory", "0");
         Assert.Equal(ProcessingOutcome.Processed, (await processor.ProcessAsync(Message("oom-1"), Ct)).Outcome);
         Assert.Equal(1, (int)await store.Database.StringGetAsync($"{store.Options.KeyPrefix}:state:count"));
+    }
+
+    [Fact]
+    public async Task A_handler_command_that_fails_inside_exec_is_reported_failed_not_processed_and_the_key_stays_recorded()
+    {
+        var store = redis.CreateStore();
+        var prefix = store.Options.KeyPrefix;
+        await store.Database.StringSetAsync($"{prefix}:not-a-hash", "x");
+        var runs = 0;
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((context, ct) =>
+        {
+            runs++;
+            var transaction = context.GetRedisTransaction();
+            _ = transaction.StringIncrementAsync($"{prefix}:good");
+            _ = transaction.HashIncrementAsync($"{prefix}:not-a-hash", "f", 1); // WRONGTYPE, at EXEC time
+            return ValueTask.CompletedTask;
+        }), Options());
+
+        var first = await processor.ProcessAsync(Message("w1"), Ct);
+
+        // Redis applied the other command and the completion: the failure is reported, not passed off as Processed.
+        Assert.Equal(ProcessingOutcome.Failed, first.Outcome);
+        var failed = Assert.IsType<RedisCommandFailedException>(first.Exception);
+        Assert.Equal(["w1"], failed.Keys);
+        Assert.StartsWith("WRONGTYPE", Assert.Single(failed.Errors).Message, StringComparison.Ordinal);
+        Assert.Equal(1, (int)await store.Database.StringGetAsync($"{prefix}:good"));
+        Assert.Equal(RedisType.String, await store.Database.KeyTypeAsync($"{prefix}:not-a-hash"));
+        Assert.NotNull(await store.FindAsync("orders", "w1"));
+
+        // The key is recorded: the redelivery is a duplicate and the handler does not run again.
+        Assert.Equal(ProcessingOutcome.Duplicate, (await processor.ProcessAsync(Redelivery("w1"), Ct)).Outcome);
+        Assert.Equal(1, runs);
+        Assert.Equal(1, (int)await store.Database.StringGetAsync($"{prefix}:good"));
     }
 
     [Fact]

@@ -125,16 +125,18 @@ public sealed class RedisFixture : IAsyncLifetime
 
 /// <summary>
 /// A private redis-server (found on PATH) on a free loopback port with its own data directory, for tests that kill
-/// and restart Redis; the shared server is never touched. Persistence: append-only file, fsync on every write.
+/// and restart Redis, or need a password or ACL users of their own; the shared server is never touched. Persistence:
+/// append-only file, fsync on every write.
 /// </summary>
 public sealed class PrivateRedisServer : IAsyncDisposable
 {
     private Process? _process;
 
-    private PrivateRedisServer(string directory, int port)
+    private PrivateRedisServer(string directory, int port, string? password)
     {
         Directory = directory;
         Port = port;
+        Password = password;
     }
 
     /// <summary>Gets the data directory.</summary>
@@ -143,15 +145,19 @@ public sealed class PrivateRedisServer : IAsyncDisposable
     /// <summary>Gets the port.</summary>
     public int Port { get; }
 
-    /// <summary>Gets the configuration string for StackExchange.Redis.</summary>
-    public string Configuration => $"127.0.0.1:{Port},abortConnect=false,connectRetry=5,connectTimeout=2000";
+    /// <summary>Gets the password of the default user (<c>requirepass</c>), or <see langword="null"/> when there is none.</summary>
+    public string? Password { get; }
+
+    /// <summary>Gets the configuration string for StackExchange.Redis (with the password, when there is one).</summary>
+    public string Configuration => $"127.0.0.1:{Port},abortConnect=false,connectRetry=5,connectTimeout=2000" + (Password is null ? string.Empty : $",password={Password}");
 
     /// <summary>Starts a server on a free port in a fresh temporary directory.</summary>
-    public static async Task<PrivateRedisServer> StartAsync()
+    /// <param name="password">The default user's password (<c>--requirepass</c>), or <see langword="null"/> for none.</param>
+    public static async Task<PrivateRedisServer> StartAsync(string? password = null)
     {
         var directory = Path.Combine(Path.GetTempPath(), "idem-redis-" + Guid.NewGuid().ToString("N")[..8]);
         System.IO.Directory.CreateDirectory(directory);
-        var server = new PrivateRedisServer(directory, FreePort());
+        var server = new PrivateRedisServer(directory, FreePort(), password);
         await server.StartAgainAsync();
         return server;
     }
@@ -172,6 +178,12 @@ public sealed class PrivateRedisServer : IAsyncDisposable
             info.ArgumentList.Add(argument);
         }
 
+        if (Password is not null)
+        {
+            info.ArgumentList.Add("--requirepass");
+            info.ArgumentList.Add(Password);
+        }
+
         _process = Process.Start(info) ?? throw new InvalidOperationException("redis-server did not start.");
         _process.OutputDataReceived += (_, _) => { };
         _process.ErrorDataReceived += (_, _) => { };
@@ -189,7 +201,9 @@ public sealed class PrivateRedisServer : IAsyncDisposable
                 await stream.WriteAsync("PING\r\n"u8.ToArray());
                 var buffer = new byte[64];
                 var read = await stream.ReadAsync(buffer);
-                if (System.Text.Encoding.ASCII.GetString(buffer, 0, read).StartsWith("+PONG", StringComparison.Ordinal))
+                // A server with a password answers NOAUTH: it is up all the same.
+                var reply = System.Text.Encoding.ASCII.GetString(buffer, 0, read);
+                if (reply.StartsWith("+PONG", StringComparison.Ordinal) || reply.StartsWith("-NOAUTH", StringComparison.Ordinal))
                 {
                     return;
                 }

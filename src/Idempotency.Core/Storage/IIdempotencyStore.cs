@@ -21,6 +21,14 @@ public interface IIdempotencyStore
     /// <returns><see langword="true"/> when the failure is the store's and is worth waiting out.</returns>
     bool IsUnavailable(Exception exception);
 
+    /// <summary>
+    /// Gets how long the store keeps a completed key when it applies a retention of its own instead of the handler's
+    /// <see cref="IdempotencyOptions.Retention"/> (the Redis store's TTL, say), so start-up checks compare the broker's
+    /// redelivery horizon with the retention that is actually applied.
+    /// </summary>
+    /// <value><see langword="null"/> (the default) when the store keeps keys for the handler's retention.</value>
+    TimeSpan? EnforcedRetention => null;
+
     /// <summary>Gets the longest key, in UTF-8 bytes, this store can hold; options asking for more are refused at start-up.</summary>
     /// <value>Defaults to <see cref="IdempotencyOptions.MaxKeyBytesLimit"/>.</value>
     int MaxKeyBytes => IdempotencyOptions.MaxKeyBytesLimit;

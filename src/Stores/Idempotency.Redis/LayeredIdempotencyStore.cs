@@ -67,6 +67,10 @@ public sealed class LayeredIdempotencyStore : IIdempotencyStore, IIdempotencyKey
     public bool IsUnavailable(Exception exception) => Source.IsUnavailable(exception) || RedisFailures.IsUnavailable(exception);
 
     /// <inheritdoc/>
+    /// <value>The source of truth's: Redis only filters duplicates early, the source decides what is processed.</value>
+    public TimeSpan? EnforcedRetention => Source.EnforcedRetention;
+
+    /// <inheritdoc/>
     public int MaxKeyBytes => Math.Min(Source.MaxKeyBytes, ((IIdempotencyStore)Redis).MaxKeyBytes);
 
     /// <inheritdoc/>

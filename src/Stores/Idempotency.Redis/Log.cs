@@ -16,4 +16,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 5003, Level = LogLevel.Debug, Message = "Key {Key} of handler {Handler} was completed in the source of truth but not marked in Redis; marker restored")]
     public static partial void MarkerRestored(ILogger logger, string key, string handler);
+
+    [LoggerMessage(EventId = 5004, Level = LogLevel.Error, Message = "{Count} Redis commands queued by handler {Handler} failed inside the EXEC that recorded keys {Keys}: {Errors}. Redis does not roll back: the other commands and the keys were applied, so redeliveries are duplicates and these writes are not retried; repair the data")]
+    public static partial void HandlerCommandsFailed(ILogger logger, Exception exception, int count, string handler, string keys, string errors);
 }

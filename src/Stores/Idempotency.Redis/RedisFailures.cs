@@ -19,6 +19,8 @@ internal static class RedisFailures
         {
             switch (current)
             {
+                case RedisCommandFailedException:
+                    return false;
                 case IdempotencyStoreUnavailableException:
                 case RedisConnectionException:
                 case RedisTimeoutException:
@@ -39,10 +41,35 @@ internal static class RedisFailures
     public static StoreFailure Classify(Exception exception)
     {
         ArgumentNullException.ThrowIfNull(exception);
+        return FindMisconfiguration(exception) ?? StoreFailure.Outage(exception);
+    }
+
+    /// <summary>
+    /// The misconfiguration an error or any error under it reports: StackExchange.Redis wraps the failures of several
+    /// endpoints in an <see cref="AggregateException"/>, and one refused login among them is the origin to report.
+    /// </summary>
+    private static StoreFailure? FindMisconfiguration(Exception exception)
+    {
         for (var current = exception; current is not null; current = current.InnerException)
         {
+            if (current is AggregateException aggregate)
+            {
+                foreach (var inner in aggregate.InnerExceptions)
+                {
+                    if (FindMisconfiguration(inner) is { } found)
+                    {
+                        return found;
+                    }
+                }
+
+                return null;
+            }
+
             switch (current)
             {
+                case RedisCommandFailedException failed:
+                    // The handler's write, refused by Redis at EXEC after the key was recorded: the handler's failure.
+                    return new StoreFailure(StoreFailureKind.WriteRejected, failed.Message);
                 case RedisConnectionException { FailureType: ConnectionFailureType.AuthenticationFailure }:
                     return new StoreFailure(StoreFailureKind.Misconfiguration, $"Redis refused the credentials ({current.Message}): check the password (and user) of the store's connection string");
                 case NotSupportedException refused:
@@ -53,7 +80,7 @@ internal static class RedisFailures
             }
         }
 
-        return StoreFailure.Outage(exception);
+        return null;
     }
 
     private static bool IsMisconfigurationError(string message) =>

@@ -58,6 +58,11 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     /// <inheritdoc/>
     public string Name => "redis";
 
+    /// <inheritdoc/>
+    /// <value><see cref="RedisIdempotencyStoreOptions.Retention"/>: the TTL of every key, whatever the handler's
+    /// <c>IdempotencyOptions.Retention</c> says.</value>
+    public TimeSpan? EnforcedRetention => Options.Retention;
+
     /// <summary>The oldest server the claim script runs on: it uses <c>SET ... NX PX ... GET</c>, new in Redis 7.0.</summary>
     public static Version MinimumServerVersion { get; } = new(7, 0);
 
@@ -101,15 +106,38 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     public RedisKey GetKey(string handlerName, string key) => $"{Options.KeyPrefix}:{{{handlerName}|{key}}}";
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// A disconnected multiplexer is asked why (a PING, answered at once from its last connection failure): a wrong
+    /// password or a refused user is a misconfiguration, not an outage, and the error thrown says which.
+    /// </remarks>
     public ValueTask<IIdempotencyTransaction> BeginAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        if (!Connection.IsConnected)
+        return Connection.IsConnected
+            ? ValueTask.FromResult<IIdempotencyTransaction>(new RedisIdempotencyTransaction(this))
+            : BeginDisconnectedAsync();
+    }
+
+    /// <summary>
+    /// Not connected says nothing about why: the server may be down, or it may refuse our credentials on every
+    /// reconnect. The PING's error carries the multiplexer's connection failures (authentication among them), so the
+    /// error thrown wraps it and <see cref="ClassifyFailure"/> reports its origin instead of assuming an outage.
+    /// </summary>
+    private async ValueTask<IIdempotencyTransaction> BeginDisconnectedAsync()
+    {
+        try
         {
-            throw new IdempotencyStoreUnavailableException("The Redis connection of the idempotency store is not connected.");
+            await Database.PingAsync().ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Every failure is rethrown, wrapped with what it says.
+        catch (Exception exception)
+#pragma warning restore CA1031
+        {
+            throw new IdempotencyStoreUnavailableException($"The Redis connection of the idempotency store is not connected: {exception.Message}", exception);
         }
 
-        return ValueTask.FromResult<IIdempotencyTransaction>(new RedisIdempotencyTransaction(this));
+        // Reconnected in between.
+        return new RedisIdempotencyTransaction(this);
     }
 
     /// <inheritdoc/>
@@ -119,21 +147,54 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
     public StoreFailure ClassifyFailure(Exception exception) => RedisFailures.Classify(exception);
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// Checks, without writing anything, that the connection's user may run what the store runs: <c>EVALSHA</c> of a
+    /// script that cannot exist (<c>NOSCRIPT</c> means permitted, <c>NOPERM</c> not), then one <c>EVAL</c> asking Redis
+    /// (<c>redis.acl_check_cmd</c>) whether this user may run each command of the store's scripts and transactions
+    /// (<c>SET</c>, <c>GET</c>, <c>DEL</c>, <c>PEXPIRE</c>, <c>MGET</c>, <c>WATCH</c>, <c>MULTI</c>, <c>EXEC</c>, and
+    /// <c>WAIT</c> with <see cref="RedisIdempotencyStoreOptions.WaitForReplicas"/>) on keys under the store's prefix.
+    /// A refusal is a <see cref="StoreFailureKind.Misconfiguration"/> naming the command and key. The outbox stream's
+    /// <c>XADD</c> is not checked: an application that sends no messages needs no such permission.
+    /// </remarks>
     public async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
         try
         {
             await Database.PingAsync().ConfigureAwait(false);
-            return null;
+            cancellationToken.ThrowIfCancellationRequested();
+            try
+            {
+                await Database.ExecuteAsync("EVALSHA", AbsentScriptSha, 0).ConfigureAwait(false);
+            }
+            catch (RedisServerException exception) when (exception.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal))
+            {
+                // Permitted, and nothing ran.
+            }
+
+            cancellationToken.ThrowIfCancellationRequested();
+            var claimKey = GetKey("probe", "probe");
+            var refused = (string?)await Database.ExecuteAsync(
+                "EVAL",
+                RedisScripts.PermissionProbe,
+                0,
+                (string)claimKey!,
+                KeySpace.StatusPrefixFor(claimKey) + "probe",
+                Options.WaitForReplicas > 0 ? 1 : 0).ConfigureAwait(false);
+            return string.IsNullOrEmpty(refused)
+                ? null
+                : new StoreFailure(StoreFailureKind.Misconfiguration, $"The Redis user of the store's connection may not run {refused} (ACL): grant it the store's commands (EVAL, EVALSHA, GET, SET, DEL, PEXPIRE, MGET, WATCH, MULTI, EXEC) on the keys '{Options.KeyPrefix}:*'");
         }
 #pragma warning disable CA1031 // Every failure is classified, none is thrown.
-        catch (Exception exception)
+        catch (Exception exception) when (exception is not OperationCanceledException)
 #pragma warning restore CA1031
         {
             return RedisFailures.Classify(exception);
         }
     }
+
+    /// <summary>A SHA-1 no script has: <c>EVALSHA</c> of it answers <c>NOSCRIPT</c> when permitted, <c>NOPERM</c> when not.</summary>
+    private const string AbsentScriptSha = "0000000000000000000000000000000000000000";
 
     /// <inheritdoc/>
     public async ValueTask<bool> PingAsync(CancellationToken cancellationToken = default)

@@ -13,7 +13,8 @@ public sealed class RedisIdempotencyStoreOptions
 
     /// <summary>Gets or sets how long a completed key is remembered (the TTL of its record).</summary>
     /// <value>Defaults to 7 days; at least 24 hours. Keep it longer than the broker's redelivery and retry window.</value>
-    /// <remarks>This, not <c>IdempotencyOptions.Retention</c>, is the TTL the Redis store sets.</remarks>
+    /// <remarks>This, not <c>IdempotencyOptions.Retention</c>, is the TTL the Redis store sets; the store reports it as its
+    /// <c>EnforcedRetention</c>, which the adapters' start-up retention check compares with the broker's horizon.</remarks>
     public TimeSpan Retention { get; set; } = TimeSpan.FromDays(7);
 
     /// <summary>Gets or sets how long a claim (an in-progress lease) lasts before another worker may take the key over.</summary>

@@ -15,7 +15,10 @@ namespace Idempotency.Redis;
 /// MULTI/EXEC, and its own <see cref="GetRedisTransaction(string, string)"/>. A commit is atomic per group, not across
 /// groups. On a standalone server there is one group.
 /// Queue writes on <see cref="RedisTransaction"/> without awaiting their tasks: they complete when the store commits
-/// (EXEC) and are cancelled when it does not. Reads on it return nothing before the commit; read through
+/// (EXEC) and are cancelled when it does not. The store checks them after EXEC: Redis applies the other commands and
+/// the completion even when one of them fails (WRONGTYPE, say), so such a failure makes the commit throw
+/// <see cref="RedisCommandFailedException"/> (the key stays recorded; the processor reports the message
+/// <c>Failed</c> and logs the error). Reads on it return nothing before the commit; read through
 /// <see cref="Database"/> instead, knowing such reads are not part of the atomic step.
 /// </remarks>
 public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
@@ -285,21 +288,26 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     }
 
     /// <summary>Commits one group: its MULTI/EXEC when the handler wrote in it (or outgoing messages), else the commit script.</summary>
+    /// <exception cref="RedisCommandFailedException">A command the handler queued failed inside an EXEC that ran: the
+    /// group is committed (its keys are recorded) all the same, since Redis does not roll back.</exception>
     private async Task CommitGroupAsync(SlotGroup group, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox)
     {
+        IReadOnlyList<Exception> failed = [];
         if (!group.ClaimSent || (group.Claimed.Count == 0 && completions.Count == 0))
         {
             // Nothing claimed: nothing of ours to commit in Redis, but handler writes and outbox entries still apply.
             if (group.Transaction is not null || outbox.Count > 0)
             {
-                var transaction = group.RedisTransaction(_store);
+                var transaction = group.RealTransaction(_store);
                 AddOutbox(transaction, outbox);
                 await transaction.ExecuteAsync().ConfigureAwait(false);
+                failed = await RecordingTransaction.FailedCommandsAsync(group.HandlerView).ConfigureAwait(false);
             }
         }
         else if (group.Transaction is not null || outbox.Count > 0)
         {
             await CommitWithTransactionAsync(group, completions, outbox).ConfigureAwait(false);
+            failed = await RecordingTransaction.FailedCommandsAsync(group.HandlerView).ConfigureAwait(false);
         }
         else
         {
@@ -316,6 +324,16 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         {
             await _store.WaitForReplicasAsync(group.Lease.Status).ConfigureAwait(false);
         }
+
+        if (failed.Count > 0)
+        {
+            // Committed, so not retried: the error is the only trace of a write Redis refused, and it must not pass for Processed.
+            var keys = completions.Select(c => c.Claim.Key).ToArray();
+            var handler = completions.Count > 0 ? completions[0].Claim.HandlerName : "?";
+            var errors = string.Join("; ", failed.Select(e => e.Message));
+            Log.HandlerCommandsFailed(_store.Logger, failed[0], failed.Count, handler, string.Join(", ", keys), errors);
+            throw new RedisCommandFailedException(keys, failed);
+        }
     }
 
     /// <summary>
@@ -325,7 +343,7 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
     private async Task CommitWithTransactionAsync(SlotGroup group, IReadOnlyList<CompletionRecord> completions, IReadOnlyList<OutboxMessage> outbox)
     {
         var lease = group.Lease;
-        var transaction = group.RedisTransaction(_store);
+        var transaction = group.RealTransaction(_store);
         transaction.AddCondition(Condition.StringEqual(lease.Status, RedisIdempotencyStore.InProgressStatus));
         foreach (var completion in completions)
         {
@@ -374,7 +392,21 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         /// <summary>Gets the keys of a claim whose reply never came: the script may have run, so a rollback releases them too.</summary>
         public List<ClaimRequest> MaybeClaimed { get; } = [];
 
-        public ITransaction? Transaction { get; set; }
+        /// <summary>Gets or sets the MULTI/EXEC of this group, once a handler asked for it (null: none, or dropped).</summary>
+        public ITransaction? Transaction
+        {
+            get => _transaction;
+            set
+            {
+                _transaction = value;
+                HandlerView = null;
+            }
+        }
+
+        /// <summary>Gets the handler's view of <see cref="Transaction"/>, which keeps the tasks of the commands queued.</summary>
+        public ITransaction? HandlerView { get; private set; }
+
+        private ITransaction? _transaction;
 
         /// <summary>Gets or sets a value indicating whether a claim was sent (the status may exist).</summary>
         public bool ClaimSent { get; set; }
@@ -382,6 +414,14 @@ public sealed class RedisIdempotencyTransaction : IIdempotencyTransaction
         /// <summary>Gets or sets a value indicating whether this group committed (a rollback leaves it alone).</summary>
         public bool Committed { get; set; }
 
-        public ITransaction RedisTransaction(RedisIdempotencyStore store) => Transaction ??= store.Database.CreateTransaction();
+        /// <summary>Gets the MULTI/EXEC the handler writes in (its view, see <see cref="RecordingTransaction"/>).</summary>
+        public ITransaction RedisTransaction(RedisIdempotencyStore store)
+        {
+            var transaction = RealTransaction(store);
+            return HandlerView ??= RecordingTransaction.Wrap(transaction);
+        }
+
+        /// <summary>Gets the MULTI/EXEC itself, for the store's own commands.</summary>
+        public ITransaction RealTransaction(RedisIdempotencyStore store) => _transaction ??= store.Database.CreateTransaction();
     }
 }

@@ -163,4 +163,27 @@ internal static class RedisScripts
         end
         return n
         """;
+
+    /// <summary>
+    /// The start-up check's question, answered without touching a key: may this connection's user run each command the
+    /// store sends, on keys named like the store's? ARGV: a claim key, a status key, <c>1</c> when commits wait for
+    /// replicas. Returns the first refused command with its key, or an empty string. The keys are arguments, not KEYS,
+    /// so a Redis Cluster does not route or check them (the script reads nothing).
+    /// </summary>
+    public const string PermissionProbe = """
+        local checks = {
+          {'SET', ARGV[1], 'v', 'NX', 'PX', '1000', 'GET'}, {'SET', ARGV[1], 'v', 'PX', '1000'}, {'GET', ARGV[1]},
+          {'DEL', ARGV[1]}, {'PEXPIRE', ARGV[1], '1000'}, {'MGET', ARGV[1]}, {'WATCH', ARGV[1]},
+          {'SET', ARGV[2], 'v', 'PX', '1000'}, {'SET', ARGV[2], 'v', 'XX', 'PX', '1000'}, {'GET', ARGV[2]},
+          {'DEL', ARGV[2]}, {'PEXPIRE', ARGV[2], '1000'}, {'WATCH', ARGV[2]},
+          {'MULTI'}, {'EXEC'}
+        }
+        if ARGV[3] == '1' then checks[#checks + 1] = {'WAIT', '1', '1000'} end
+        for _, check in ipairs(checks) do
+          if not redis.acl_check_cmd(unpack(check)) then
+            return check[1] .. (check[2] and (' on ' .. check[2]) or '')
+          end
+        end
+        return ''
+        """;
 }
