@@ -30,7 +30,7 @@ namespace Idempotency.RabbitMQ;
 public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 {
     private readonly IChannel _channel;
-    private readonly IChannel? _deadLetterChannel;
+    private readonly RabbitMqDeadLetterWriter _deadLetters;
     private readonly bool _ownsChannels;
     private readonly IdempotentProcessor _processor;
     private readonly RabbitMqIdempotencyOptions _options;
@@ -62,22 +62,24 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     /// <param name="timeProvider">The clock of every delay, linger and timeout; defaults to <see cref="TimeProvider.System"/>.</param>
     /// <exception cref="ArgumentException">The options are invalid; the message names the setting.</exception>
     public IdempotentRabbitMqConsumer(IChannel channel, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger = null, IChannel? deadLetterChannel = null, TimeProvider? timeProvider = null)
-        : this(channel, deadLetterChannel, ownsChannels: false, processor, options, logger, timeProvider)
+        : this(channel, deadLetterChannel, reopenDeadLetterChannel: null, processor, options, logger, timeProvider)
     {
     }
 
-    private IdempotentRabbitMqConsumer(IChannel channel, IChannel? deadLetterChannel, bool ownsChannels, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger, TimeProvider? timeProvider)
+    // reopenDeadLetterChannel opens a new dead-letter channel when a channel error closed it; it is set exactly when the
+    // consumer owns its channels (a caller's channel is not replaced behind its back).
+    private IdempotentRabbitMqConsumer(IChannel channel, IChannel? deadLetterChannel, Func<CancellationToken, Task<IChannel>>? reopenDeadLetterChannel, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger, TimeProvider? timeProvider)
     {
         ArgumentNullException.ThrowIfNull(channel);
         ArgumentNullException.ThrowIfNull(processor);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _channel = channel;
-        _deadLetterChannel = deadLetterChannel;
-        _ownsChannels = ownsChannels;
+        _ownsChannels = reopenDeadLetterChannel is not null;
         _processor = processor;
         _options = options;
         _logger = logger ?? NullLogger.Instance;
+        _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, reopenDeadLetterChannel, options, _logger);
         _time = timeProvider ?? TimeProvider.System;
         _reader = new RabbitMqMessageReader(options, processor.HandlerName);
     }
@@ -144,13 +146,13 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var (channel, deadLetterChannel) = await RabbitMqChannels.OpenAsync(connection, cancellationToken).ConfigureAwait(false);
-        return new IdempotentRabbitMqConsumer(channel, deadLetterChannel, ownsChannels: true, processor, options, logger, timeProvider);
+        return new IdempotentRabbitMqConsumer(channel, deadLetterChannel, RabbitMqChannels.ConfirmingReopener(connection), processor, options, logger, timeProvider);
     }
 
     /// <summary>Sets the prefetch count, starts the workers and subscribes to the queue.</summary>
     /// <param name="cancellationToken">Cancels the subscription call.</param>
     /// <returns>A task that completes when the subscription is active.</returns>
-    /// <exception cref="InvalidOperationException">The consumer was already started.</exception>
+    /// <exception cref="InvalidOperationException">The consumer was already started, or <see cref="RabbitMqIdempotencyOptions.DeadLetterExchange"/> does not exist on the broker.</exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         lock (_stateGate)
@@ -163,10 +165,11 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
             _started = true;
         }
 
+        // A dead-letter exchange that does not exist would fail every dead-letter: refuse to start instead.
+        await _deadLetters.VerifyExchangeAsync(cancellationToken).ConfigureAwait(false);
         _engine = new DeliveryEngine(_processor, Name, _logger, _time, Health, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
-        var deadLetters = new RabbitMqDeadLetterWriter(_deadLetterChannel, _options, _logger);
         _subscription = new RabbitMqSubscription(_channel, _options, OnReceivedAsync, _logger, _stopping.Token);
-        _port = new RabbitMqPort(_channel, deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token, _options.PrefetchCount);
+        _port = new RabbitMqPort(_channel, _deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token, _options.PrefetchCount);
         _lanes = new RabbitMqLanes(_options, _engine, _port, _logger, _time, () => IsPaused, Fail, _stopping.Token);
         if (Health is { } health)
         {
@@ -249,7 +252,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
             if (_ownsChannels)
             {
                 await RabbitMqChannels.CloseQuietlyAsync(_channel).ConfigureAwait(false);
-                await RabbitMqChannels.CloseQuietlyAsync(_deadLetterChannel).ConfigureAwait(false);
+                await RabbitMqChannels.CloseQuietlyAsync(_deadLetters.Channel).ConfigureAwait(false);
             }
         }
         finally

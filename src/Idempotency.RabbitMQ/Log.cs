@@ -23,7 +23,7 @@ internal static partial class Log
     [LoggerMessage(EventId = 3005, Level = LogLevel.Information, Message = "Store answers again: resuming consumption of queue {Queue} after {Probes} probes")]
     public static partial void Resumed(ILogger logger, string queue, int probes);
 
-    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "Republishing a dead-letter from queue {Queue} to exchange '{Exchange}' failed; falling back to basic.nack(requeue: false)")]
+    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "Republishing a dead-letter from queue {Queue} to exchange '{Exchange}' failed; the delivery is returned to the queue and dead-lettered later")]
     public static partial void DeadLetterPublishFailed(ILogger logger, Exception exception, string queue, string exchange);
 
     [LoggerMessage(EventId = 3007, Level = LogLevel.Warning, Message = "Settling delivery {DeliveryTag} on queue {Queue} failed; the broker requeues it when the channel closes")]
@@ -40,4 +40,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 3012, Level = LogLevel.Warning, Message = "Channel consuming queue {Queue} shut down ({Initiator} {ReplyCode} {ReplyText}); unacknowledged deliveries return to the queue")]
     public static partial void ChannelShutdown(ILogger logger, string queue, string initiator, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3013, Level = LogLevel.Information, Message = "Dead-letter channel of queue {Queue} was closed ({ReplyCode} {ReplyText}); opened a new one")]
+    public static partial void DeadLetterChannelReopened(ILogger logger, string queue, ushort replyCode, string replyText);
 }

@@ -50,6 +50,8 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
     /// Gets or sets the exchange that dead-lettered deliveries are republished to with the reason headers (publisher confirms on,
     /// the original acked only after the confirm). When <see langword="null"/> a dead-letter is a <c>basic.nack(requeue: false)</c>
     /// and the broker dead-letters it through the queue's <c>x-dead-letter-exchange</c>, with <c>x-death</c> but without the reason headers.
+    /// The exchange must exist (the consumer checks at start); when it does not take a copy at run time, the delivery goes back
+    /// to the queue and is dead-lettered later, never discarded.
     /// </summary>
     /// <value>Defaults to <see langword="null"/>. <see cref="RabbitMqTopology"/> returns the value to use. The empty string (default exchange) is allowed.</value>
     public string? DeadLetterExchange { get; set; }

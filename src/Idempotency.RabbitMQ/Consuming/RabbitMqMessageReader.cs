@@ -41,7 +41,7 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
             ? Convert.ToInt32(count, CultureInfo.InvariantCulture)
             : null;
 
-        var attemptId = key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
+        var attemptId = AttemptIdOf(key, body);
         var attempt = 1;
         if (args.Redelivered || deliveryCount > 0)
         {
@@ -67,6 +67,13 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
         };
         return new RabbitMqWork(message, native, attemptId);
     }
+
+    /// <summary>Returns the id a message's attempts are counted under: its key, or a hash of its body when it has none.</summary>
+    /// <param name="key">The key, if any.</param>
+    /// <param name="body">The body.</param>
+    /// <returns>The attempt id.</returns>
+    public static string AttemptIdOf(string? key, ReadOnlySpan<byte> body) =>
+        key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
 
     private string? SelectKey(BasicDeliverEventArgs args, out string? keyError)
     {
