@@ -81,7 +81,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         _logger = logger ?? NullLogger.Instance;
         _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, reopenDeadLetterChannel, options, _logger);
         _time = timeProvider ?? TimeProvider.System;
-        _reader = new RabbitMqMessageReader(options, processor.HandlerName);
+        _reader = new RabbitMqMessageReader(options, processor.HandlerName, _logger);
     }
 
     /// <inheritdoc/>
@@ -290,13 +290,38 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     /// <summary>The delivery callback: the only place the body is valid, so it is copied here.</summary>
     private async Task OnReceivedAsync(object sender, BasicDeliverEventArgs args)
     {
-        var work = _reader.Read(args, _engine!.Attempts);
-        if (args.Redelivered)
+        try
         {
-            Interlocked.Increment(ref _redelivered);
-        }
+            var work = _reader.Read(args, _engine!.Attempts);
+            if (args.Redelivered)
+            {
+                Interlocked.Increment(ref _redelivered);
+            }
 
-        await _lanes!.AddAsync(work).ConfigureAwait(false);
+            await _lanes!.AddAsync(work).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The reader does not throw on message content, so this is a bug: an exception escaping the callback would leave
+            // the delivery unacked for good, holding a prefetch slot while the consumer looks alive. Hand it back and stop
+            // loudly (Completion faults) rather than stall or loop on it.
+            Log.DeliveryCallbackFailed(_logger, exception, args.DeliveryTag, _options.Queue);
+            await RequeueQuietlyAsync(args.DeliveryTag).ConfigureAwait(false);
+            Fail(exception);
+        }
+    }
+
+    private async Task RequeueQuietlyAsync(ulong deliveryTag)
+    {
+        try
+        {
+            await _channel.BasicNackAsync(deliveryTag, multiple: false, requeue: true, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The channel is gone: the broker requeues its unacknowledged deliveries by itself.
+            Log.SettleFailed(_logger, exception, deliveryTag, _options.Queue);
+        }
     }
 
     /// <summary>The store is down or misconfigured: <c>basic.cancel</c> until the engine's store gate opens, then consume again.</summary>

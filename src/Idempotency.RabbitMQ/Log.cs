@@ -43,4 +43,10 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 3013, Level = LogLevel.Information, Message = "Dead-letter channel of queue {Queue} was closed ({ReplyCode} {ReplyText}); opened a new one")]
     public static partial void DeadLetterChannelReopened(ILogger logger, string queue, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3014, Level = LogLevel.Warning, Message = "Ignoring an x-delivery-count header that is not a non-negative integer ({ValueType}) on queue {Queue}; attempts of such deliveries are counted in this process (logged once)")]
+    public static partial void DeliveryCountIgnored(ILogger logger, string queue, string valueType);
+
+    [LoggerMessage(EventId = 3015, Level = LogLevel.Error, Message = "Taking delivery {DeliveryTag} from queue {Queue} failed; it is returned to the queue and the consumer stops")]
+    public static partial void DeliveryCallbackFailed(ILogger logger, Exception exception, ulong deliveryTag, string queue);
 }

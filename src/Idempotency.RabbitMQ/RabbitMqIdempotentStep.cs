@@ -53,7 +53,7 @@ public sealed class RabbitMqIdempotentStep
         options.Validate();
         _time = timeProvider ?? TimeProvider.System;
         _step = new IdempotentStep(processor, "rabbitmq", options.Queue, retriesInPlace: false, logger, _time, heartbeat, options.Observers);
-        _reader = new RabbitMqMessageReader(options, processor.HandlerName);
+        _reader = new RabbitMqMessageReader(options, processor.HandlerName, logger ?? NullLogger.Instance);
         _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, reopenChannel: null, options, logger ?? NullLogger.Instance);
         _deadLetterRetryDelay = processor.StoreUnavailableBackoff.InitialDelay;
         Queue = options.Queue;

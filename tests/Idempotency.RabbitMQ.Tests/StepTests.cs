@@ -176,6 +176,29 @@ public sealed class StepTests(PostgresFixture db, RabbitMqFixture mq) : IClassFi
         Assert.Equal(1u, await h.ReadyAsync());
     }
 
+    [Fact]
+    public async Task A_key_selector_that_throws_makes_the_step_dead_letter_the_message()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "step-selector");
+        await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, 5).Select(i => ((string?)(i == 1 ? "boom" : $"k-{i}"), Harness.Body($"k-{i}"))).ToList());
+        await using var connection = await mq.CreateConnectionAsync("step-selector");
+        await using var deadLetterChannel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), TestContext.Current.CancellationToken);
+        var options = h.Options();
+        options.KeySelector = args => args.BasicProperties.MessageId == "boom" ? throw new FormatException("no key in this one") : args.BasicProperties.MessageId;
+        var step = new RabbitMqIdempotentStep(h.Processor(h.Credit()), options, deadLetterChannel);
+
+        await using (var loop = await Loop.StartAsync(connection, h.Queue, step))
+        {
+            await Harness.WaitUntilAsync(() => loop.Results.Count(r => r.Settles) == 5, 60, "5 deliveries settled");
+            await loop.StopAsync();
+            Assert.Equal(ProcessingOutcome.InvalidKey, Assert.Single(loop.Results, r => r.Action == DeliveryAction.DeadLetter).Result.Outcome);
+        }
+
+        Assert.Equal(4L, await h.RowsAsync());
+        var dead = Assert.Single(await mq.DrainAsync(h.Topology.DeadLetterQueue));
+        Assert.Equal("boom", dead.BasicProperties.MessageId);
+    }
+
     private sealed class Loop : IAsyncDisposable
     {
         private readonly CancellationTokenSource _stopping = new();
