@@ -1,3 +1,4 @@
+using System.Text;
 using RabbitMQ.Client.Events;
 
 namespace Idempotency.RabbitMQ;
@@ -72,10 +73,6 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
         {
             errors.Add($"{nameof(Queue)} is required.");
         }
-        else if (Queue.Length > 255)
-        {
-            errors.Add($"{nameof(Queue)} must be at most 255 characters (was {Queue.Length}).");
-        }
 
         if (PrefetchCount is < 1 or > ushort.MaxValue)
         {
@@ -96,9 +93,21 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
             errors.Add($"{nameof(KeyHeader)} must not be empty; use null for the message id.");
         }
 
-        if (DeadLetterExchange is { Length: > 255 })
+        // AMQP 0-9-1 carries these as short strings (a length byte, then UTF-8): a longer one fails at run time, and for the
+        // dead-letter routing key only when a dead-letter is published, so the message loses its reason headers.
+        AddShortStringError(errors, nameof(Queue), Queue);
+        AddShortStringError(errors, nameof(KeyHeader), KeyHeader);
+        AddShortStringError(errors, nameof(DeadLetterExchange), DeadLetterExchange);
+        AddShortStringError(errors, nameof(DeadLetterRoutingKey), DeadLetterRoutingKey);
+        AddShortStringError(errors, nameof(ConsumerTag), ConsumerTag);
+    }
+
+    private static void AddShortStringError(IList<string> errors, string setting, string? value)
+    {
+        const int maxShortStringBytes = 255;
+        if (value is not null && Encoding.UTF8.GetByteCount(value) is var bytes and > maxShortStringBytes)
         {
-            errors.Add($"{nameof(DeadLetterExchange)} must be at most 255 characters.");
+            errors.Add($"{setting} must be at most {maxShortStringBytes} UTF-8 bytes, the AMQP short-string limit (was {bytes} bytes).");
         }
     }
 }
