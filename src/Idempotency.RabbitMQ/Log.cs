@@ -49,4 +49,13 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 3015, Level = LogLevel.Error, Message = "Taking delivery {DeliveryTag} from queue {Queue} failed; it is returned to the queue and the consumer stops")]
     public static partial void DeliveryCallbackFailed(ILogger logger, Exception exception, ulong deliveryTag, string queue);
+
+    [LoggerMessage(EventId = 3016, Level = LogLevel.Error, Message = "The broker closed the channel consuming queue {Queue} ({ReplyCode} {ReplyText}); such a channel is not recovered, so the consumer stops and its Completion faults")]
+    public static partial void ChannelClosedByBroker(ILogger logger, string queue, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3017, Level = LogLevel.Warning, Message = "The broker cancelled the subscription to queue {Queue} (consumer tag {ConsumerTag}; deleted queue?); subscribing again once it exists: {WillResubscribe}")]
+    public static partial void CancelledByBroker(ILogger logger, string queue, string consumerTag, bool willResubscribe);
+
+    [LoggerMessage(EventId = 3018, Level = LogLevel.Information, Message = "Queue {Queue} exists again: consuming it again after {Probes} checks")]
+    public static partial void Resubscribed(ILogger logger, string queue, int probes);
 }
