@@ -30,7 +30,8 @@ namespace Idempotency.RabbitMQ;
 public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 {
     private readonly IChannel _channel;
-    private readonly IChannel? _deadLetterChannel;
+    private readonly RabbitMqDeadLetterWriter _deadLetters;
+    private readonly IConnection? _connection;
     private readonly bool _ownsChannels;
     private readonly IdempotentProcessor _processor;
     private readonly RabbitMqIdempotencyOptions _options;
@@ -41,6 +42,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     private readonly TaskCompletionSource _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lock _stateGate = new();
     private Task? _stopTask;
+    private Task? _resubscribeTask;
     private Exception? _failure;
     private bool _started;
     private DeliveryEngine? _engine;
@@ -62,24 +64,27 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
     /// <param name="timeProvider">The clock of every delay, linger and timeout; defaults to <see cref="TimeProvider.System"/>.</param>
     /// <exception cref="ArgumentException">The options are invalid; the message names the setting.</exception>
     public IdempotentRabbitMqConsumer(IChannel channel, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger = null, IChannel? deadLetterChannel = null, TimeProvider? timeProvider = null)
-        : this(channel, deadLetterChannel, ownsChannels: false, processor, options, logger, timeProvider)
+        : this(channel, deadLetterChannel, ownedConnection: null, processor, options, logger, timeProvider)
     {
     }
 
-    private IdempotentRabbitMqConsumer(IChannel channel, IChannel? deadLetterChannel, bool ownsChannels, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger, TimeProvider? timeProvider)
+    // ownedConnection is set exactly when the consumer owns its channels: it then replaces a dead-letter channel a channel
+    // error closed, and checks on its own channels whether a deleted queue is back (a caller's channels are not touched).
+    private IdempotentRabbitMqConsumer(IChannel channel, IChannel? deadLetterChannel, IConnection? ownedConnection, IdempotentProcessor processor, RabbitMqIdempotencyOptions options, ILogger? logger, TimeProvider? timeProvider)
     {
         ArgumentNullException.ThrowIfNull(channel);
         ArgumentNullException.ThrowIfNull(processor);
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         _channel = channel;
-        _deadLetterChannel = deadLetterChannel;
-        _ownsChannels = ownsChannels;
+        _connection = ownedConnection;
+        _ownsChannels = ownedConnection is not null;
         _processor = processor;
         _options = options;
         _logger = logger ?? NullLogger.Instance;
+        _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, ownedConnection is null ? null : RabbitMqChannels.ConfirmingReopener(ownedConnection), options, _logger);
         _time = timeProvider ?? TimeProvider.System;
-        _reader = new RabbitMqMessageReader(options, processor.HandlerName);
+        _reader = new RabbitMqMessageReader(options, processor.HandlerName, _logger);
     }
 
     /// <inheritdoc/>
@@ -144,13 +149,13 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
         var (channel, deadLetterChannel) = await RabbitMqChannels.OpenAsync(connection, cancellationToken).ConfigureAwait(false);
-        return new IdempotentRabbitMqConsumer(channel, deadLetterChannel, ownsChannels: true, processor, options, logger, timeProvider);
+        return new IdempotentRabbitMqConsumer(channel, deadLetterChannel, connection, processor, options, logger, timeProvider);
     }
 
     /// <summary>Sets the prefetch count, starts the workers and subscribes to the queue.</summary>
     /// <param name="cancellationToken">Cancels the subscription call.</param>
     /// <returns>A task that completes when the subscription is active.</returns>
-    /// <exception cref="InvalidOperationException">The consumer was already started.</exception>
+    /// <exception cref="InvalidOperationException">The consumer was already started, or <see cref="RabbitMqIdempotencyOptions.DeadLetterExchange"/> does not exist on the broker.</exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         lock (_stateGate)
@@ -163,10 +168,11 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
             _started = true;
         }
 
+        // A dead-letter exchange that does not exist would fail every dead-letter: refuse to start instead.
+        await _deadLetters.VerifyExchangeAsync(cancellationToken).ConfigureAwait(false);
         _engine = new DeliveryEngine(_processor, Name, _logger, _time, Health, _options.MaxTrackedMessages, _stopping.Token, _options.Observers);
-        var deadLetters = new RabbitMqDeadLetterWriter(_deadLetterChannel, _options, _logger);
-        _subscription = new RabbitMqSubscription(_channel, _options, OnReceivedAsync, _logger, _stopping.Token);
-        _port = new RabbitMqPort(_channel, deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token, _options.PrefetchCount);
+        _subscription = new RabbitMqSubscription(_channel, _options, OnReceivedAsync, OnCancelledByBroker, _logger, _stopping.Token);
+        _port = new RabbitMqPort(_channel, _deadLetters, _options.Queue, _processor.HandlerName, _logger, _time, Pause, _stopping.Token, _options.PrefetchCount);
         _lanes = new RabbitMqLanes(_options, _engine, _port, _logger, _time, () => IsPaused, Fail, _stopping.Token);
         if (Health is { } health)
         {
@@ -240,16 +246,21 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
             }
 
             _channel.ChannelShutdownAsync -= OnChannelShutdownAsync;
+            if (_resubscribeTask is { } resubscribe)
+            {
+                await resubscribe.ConfigureAwait(false);
+            }
+
             if (Health is { } health)
             {
                 health.State = ConsumerState.Stopped;
-                health.Detail = "stopped";
+                health.Detail = Volatile.Read(ref _failure) is { } failure ? "failed: " + failure.Message : "stopped";
             }
 
             if (_ownsChannels)
             {
                 await RabbitMqChannels.CloseQuietlyAsync(_channel).ConfigureAwait(false);
-                await RabbitMqChannels.CloseQuietlyAsync(_deadLetterChannel).ConfigureAwait(false);
+                await RabbitMqChannels.CloseQuietlyAsync(_deadLetters.Channel).ConfigureAwait(false);
             }
         }
         finally
@@ -274,26 +285,168 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
     private Task OnChannelShutdownAsync(object sender, ShutdownEventArgs args)
     {
-        if (!_stopping.IsCancellationRequested)
+        if (_stopping.IsCancellationRequested)
         {
-            // Unacked deliveries go back to the queue; with automatic recovery the client reopens the channel and the
-            // subscription, and what committed comes back as duplicates.
-            Log.ChannelShutdown(_logger, _options.Queue, args.Initiator.ToString(), args.ReplyCode, args.ReplyText);
+            return Task.CompletedTask;
+        }
+
+        // Unacked deliveries go back to the queue either way, and what committed comes back as duplicates.
+        Log.ChannelShutdown(_logger, _options.Queue, args.Initiator.ToString(), args.ReplyCode, args.ReplyText);
+        if (IsChannelError(args))
+        {
+            // Automatic recovery reopens channels after a connection loss only: a channel the broker closed on its own
+            // (a 404 on it, 406 consumer_timeout) stays closed, and the consumer would consume nothing, looking alive.
+            Log.ChannelClosedByBroker(_logger, _options.Queue, args.ReplyCode, args.ReplyText);
+            Fail(new InvalidOperationException(
+                $"The broker closed the channel consuming queue '{_options.Queue}' ({args.ReplyCode} {args.ReplyText}); a closed channel is not recovered, so the consumer stopped."));
         }
 
         return Task.CompletedTask;
     }
 
+    /// <summary>Whether the broker closed this channel alone (an AMQP soft error), rather than the connection going away.</summary>
+    private static bool IsChannelError(ShutdownEventArgs args) =>
+        args.Initiator == ShutdownInitiator.Peer && args.ReplyCode is 311 or 312 or 313 or 403 or 404 or 405 or 406;
+
+    /// <summary>
+    /// The broker cancelled the subscription (<c>basic.cancel</c>: the queue was deleted, or its node went away). A consumer
+    /// that owns its channels waits for the queue to be back and subscribes again, reporting itself paused meanwhile; on a
+    /// caller's channel it cannot check without risking that channel (a passive declare of a missing queue closes it), so it
+    /// stops and faults <see cref="Completion"/>.
+    /// </summary>
+    private void OnCancelledByBroker(string consumerTag)
+    {
+        if (_stopping.IsCancellationRequested)
+        {
+            return;
+        }
+
+        Log.CancelledByBroker(_logger, _options.Queue, consumerTag, _connection is not null);
+        if (_connection is not { } connection)
+        {
+            Fail(new InvalidOperationException(
+                $"The broker cancelled the subscription to queue '{_options.Queue}' (consumer tag {consumerTag}; deleted queue?); on a channel the consumer does not own it cannot tell when the queue is back, so it stopped."));
+            return;
+        }
+
+        if (Health is { } health)
+        {
+            health.State = ConsumerState.Paused;
+            health.Detail = $"the broker cancelled the subscription to queue '{_options.Queue}' (deleted queue?); subscribing again once it exists";
+        }
+
+        lock (_stateGate)
+        {
+            if (_stopTask is null)
+            {
+                _resubscribeTask = Task.Run(() => ResubscribeWhenQueueExistsAsync(connection), CancellationToken.None);
+            }
+        }
+    }
+
+    private async Task ResubscribeWhenQueueExistsAsync(IConnection connection)
+    {
+        var delay = TimeSpan.FromSeconds(1);
+        var maxDelay = TimeSpan.FromSeconds(30);
+        var probes = 0;
+        while (!_stopping.IsCancellationRequested && _channel.IsOpen)
+        {
+            await _port!.DelayAsync(delay).ConfigureAwait(false);
+            probes++;
+            if (_stopping.IsCancellationRequested || !await QueueExistsAsync(connection).ConfigureAwait(false))
+            {
+                delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, maxDelay.Ticks));
+                continue;
+            }
+
+            if (_subscription!.IsPaused)
+            {
+                // Paused for the store: its resume subscribes (and reports health) once the store answers.
+                return;
+            }
+
+            try
+            {
+                await _subscription.SubscribeAsync(_stopping.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // Deleted again in between (the 404 closes the channel, which stops the consumer), or the connection is down.
+                Log.ResumeFailed(_logger, exception, _options.Queue);
+                continue;
+            }
+
+            if (Health is { } health)
+            {
+                health.State = ConsumerState.Running;
+                health.Detail = null;
+            }
+
+            Log.Resubscribed(_logger, _options.Queue, probes);
+            return;
+        }
+    }
+
+    /// <summary>Checks that the queue exists with a passive declare on a throwaway channel (a 404 closes the channel it ran on).</summary>
+    private async Task<bool> QueueExistsAsync(IConnection connection)
+    {
+        IChannel? probe = null;
+        try
+        {
+            probe = await connection.CreateChannelAsync(cancellationToken: _stopping.Token).ConfigureAwait(false);
+            await probe.QueueDeclarePassiveAsync(_options.Queue, _stopping.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // Not there yet (404), the connection is down, or stopping: try again later.
+            return false;
+        }
+        finally
+        {
+            await RabbitMqChannels.CloseQuietlyAsync(probe).ConfigureAwait(false);
+        }
+    }
+
     /// <summary>The delivery callback: the only place the body is valid, so it is copied here.</summary>
     private async Task OnReceivedAsync(object sender, BasicDeliverEventArgs args)
     {
-        var work = _reader.Read(args, _engine!.Attempts);
-        if (args.Redelivered)
+        try
         {
-            Interlocked.Increment(ref _redelivered);
-        }
+            var work = _reader.Read(args, _engine!.Attempts);
+            if (args.Redelivered)
+            {
+                Interlocked.Increment(ref _redelivered);
+            }
 
-        await _lanes!.AddAsync(work).ConfigureAwait(false);
+            await _lanes!.AddAsync(work).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The reader does not throw on message content, so this is a bug: an exception escaping the callback would leave
+            // the delivery unacked for good, holding a prefetch slot while the consumer looks alive. Hand it back and stop
+            // loudly (Completion faults) rather than stall or loop on it.
+            Log.DeliveryCallbackFailed(_logger, exception, args.DeliveryTag, _options.Queue);
+            await RequeueQuietlyAsync(args.DeliveryTag).ConfigureAwait(false);
+            Fail(exception);
+        }
+    }
+
+    private async Task RequeueQuietlyAsync(ulong deliveryTag)
+    {
+        try
+        {
+            await _channel.BasicNackAsync(deliveryTag, multiple: false, requeue: true, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            // The channel is gone: the broker requeues its unacknowledged deliveries by itself.
+            Log.SettleFailed(_logger, exception, deliveryTag, _options.Queue);
+        }
     }
 
     /// <summary>The store is down or misconfigured: <c>basic.cancel</c> until the engine's store gate opens, then consume again.</summary>

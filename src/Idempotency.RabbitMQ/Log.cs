@@ -23,7 +23,7 @@ internal static partial class Log
     [LoggerMessage(EventId = 3005, Level = LogLevel.Information, Message = "Store answers again: resuming consumption of queue {Queue} after {Probes} probes")]
     public static partial void Resumed(ILogger logger, string queue, int probes);
 
-    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "Republishing a dead-letter from queue {Queue} to exchange '{Exchange}' failed; falling back to basic.nack(requeue: false)")]
+    [LoggerMessage(EventId = 3006, Level = LogLevel.Warning, Message = "Republishing a dead-letter from queue {Queue} to exchange '{Exchange}' failed; the delivery is returned to the queue and dead-lettered later")]
     public static partial void DeadLetterPublishFailed(ILogger logger, Exception exception, string queue, string exchange);
 
     [LoggerMessage(EventId = 3007, Level = LogLevel.Warning, Message = "Settling delivery {DeliveryTag} on queue {Queue} failed; the broker requeues it when the channel closes")]
@@ -40,4 +40,22 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 3012, Level = LogLevel.Warning, Message = "Channel consuming queue {Queue} shut down ({Initiator} {ReplyCode} {ReplyText}); unacknowledged deliveries return to the queue")]
     public static partial void ChannelShutdown(ILogger logger, string queue, string initiator, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3013, Level = LogLevel.Information, Message = "Dead-letter channel of queue {Queue} was closed ({ReplyCode} {ReplyText}); opened a new one")]
+    public static partial void DeadLetterChannelReopened(ILogger logger, string queue, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3014, Level = LogLevel.Warning, Message = "Ignoring an x-delivery-count header that is not a non-negative integer ({ValueType}) on queue {Queue}; attempts of such deliveries are counted in this process (logged once)")]
+    public static partial void DeliveryCountIgnored(ILogger logger, string queue, string valueType);
+
+    [LoggerMessage(EventId = 3015, Level = LogLevel.Error, Message = "Taking delivery {DeliveryTag} from queue {Queue} failed; it is returned to the queue and the consumer stops")]
+    public static partial void DeliveryCallbackFailed(ILogger logger, Exception exception, ulong deliveryTag, string queue);
+
+    [LoggerMessage(EventId = 3016, Level = LogLevel.Error, Message = "The broker closed the channel consuming queue {Queue} ({ReplyCode} {ReplyText}); such a channel is not recovered, so the consumer stops and its Completion faults")]
+    public static partial void ChannelClosedByBroker(ILogger logger, string queue, ushort replyCode, string replyText);
+
+    [LoggerMessage(EventId = 3017, Level = LogLevel.Warning, Message = "The broker cancelled the subscription to queue {Queue} (consumer tag {ConsumerTag}; deleted queue?); subscribing again once it exists: {WillResubscribe}")]
+    public static partial void CancelledByBroker(ILogger logger, string queue, string consumerTag, bool willResubscribe);
+
+    [LoggerMessage(EventId = 3018, Level = LogLevel.Information, Message = "Queue {Queue} exists again: consuming it again after {Probes} checks")]
+    public static partial void Resubscribed(ILogger logger, string queue, int probes);
 }

@@ -1,3 +1,4 @@
+using System.Text;
 using RabbitMQ.Client.Events;
 
 namespace Idempotency.RabbitMQ;
@@ -50,6 +51,8 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
     /// Gets or sets the exchange that dead-lettered deliveries are republished to with the reason headers (publisher confirms on,
     /// the original acked only after the confirm). When <see langword="null"/> a dead-letter is a <c>basic.nack(requeue: false)</c>
     /// and the broker dead-letters it through the queue's <c>x-dead-letter-exchange</c>, with <c>x-death</c> but without the reason headers.
+    /// The exchange must exist (the consumer checks at start); when it does not take a copy at run time, the delivery goes back
+    /// to the queue and is dead-lettered later, never discarded.
     /// </summary>
     /// <value>Defaults to <see langword="null"/>. <see cref="RabbitMqTopology"/> returns the value to use. The empty string (default exchange) is allowed.</value>
     public string? DeadLetterExchange { get; set; }
@@ -69,10 +72,6 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
         if (string.IsNullOrWhiteSpace(Queue))
         {
             errors.Add($"{nameof(Queue)} is required.");
-        }
-        else if (Queue.Length > 255)
-        {
-            errors.Add($"{nameof(Queue)} must be at most 255 characters (was {Queue.Length}).");
         }
 
         if (PrefetchCount is < 1 or > ushort.MaxValue)
@@ -94,9 +93,21 @@ public sealed class RabbitMqIdempotencyOptions : IdempotentConsumerOptions
             errors.Add($"{nameof(KeyHeader)} must not be empty; use null for the message id.");
         }
 
-        if (DeadLetterExchange is { Length: > 255 })
+        // AMQP 0-9-1 carries these as short strings (a length byte, then UTF-8): a longer one fails at run time, and for the
+        // dead-letter routing key only when a dead-letter is published, so the message loses its reason headers.
+        AddShortStringError(errors, nameof(Queue), Queue);
+        AddShortStringError(errors, nameof(KeyHeader), KeyHeader);
+        AddShortStringError(errors, nameof(DeadLetterExchange), DeadLetterExchange);
+        AddShortStringError(errors, nameof(DeadLetterRoutingKey), DeadLetterRoutingKey);
+        AddShortStringError(errors, nameof(ConsumerTag), ConsumerTag);
+    }
+
+    private static void AddShortStringError(IList<string> errors, string setting, string? value)
+    {
+        const int maxShortStringBytes = 255;
+        if (value is not null && Encoding.UTF8.GetByteCount(value) is var bytes and > maxShortStringBytes)
         {
-            errors.Add($"{nameof(DeadLetterExchange)} must be at most 255 characters.");
+            errors.Add($"{setting} must be at most {maxShortStringBytes} UTF-8 bytes, the AMQP short-string limit (was {bytes} bytes).");
         }
     }
 }

@@ -26,6 +26,7 @@ public sealed class RabbitMqIdempotentStep
     private readonly RabbitMqMessageReader _reader;
     private readonly RabbitMqDeadLetterWriter _deadLetters;
     private readonly TimeProvider _time;
+    private readonly TimeSpan _deadLetterRetryDelay;
 
     /// <summary>Creates the step of one handler on one queue.</summary>
     /// <param name="processor">The handler's pipeline (handler, options, store).</param>
@@ -52,8 +53,9 @@ public sealed class RabbitMqIdempotentStep
         options.Validate();
         _time = timeProvider ?? TimeProvider.System;
         _step = new IdempotentStep(processor, "rabbitmq", options.Queue, retriesInPlace: false, logger, _time, heartbeat, options.Observers);
-        _reader = new RabbitMqMessageReader(options, processor.HandlerName);
-        _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, options, logger ?? NullLogger.Instance);
+        _reader = new RabbitMqMessageReader(options, processor.HandlerName, logger ?? NullLogger.Instance);
+        _deadLetters = new RabbitMqDeadLetterWriter(deadLetterChannel, reopenChannel: null, options, logger ?? NullLogger.Instance);
+        _deadLetterRetryDelay = processor.StoreUnavailableBackoff.InitialDelay;
         Queue = options.Queue;
     }
 
@@ -85,7 +87,8 @@ public sealed class RabbitMqIdempotentStep
     /// <summary>
     /// Carries a decision out on <paramref name="channel"/>: <c>basic.ack</c>; for a retry, waits the delay then
     /// <c>basic.nack(requeue: true)</c>; for a dead-letter, publishes the copy with the reason headers then acks (or
-    /// <c>basic.nack(requeue: false)</c> without a dead-letter channel); for a pause, requeues the delivery and waits until
+    /// <c>basic.nack(requeue: false)</c> without a dead-letter channel; when the dead-letter exchange does not take the copy,
+    /// waits and <c>basic.nack(requeue: true)</c>, so it is dead-lettered when it comes back, never discarded); for a pause, requeues the delivery and waits until
     /// the store answers, so the callback takes no more deliveries meanwhile.
     /// </summary>
     /// <param name="channel">The channel the delivery came on.</param>
@@ -105,7 +108,15 @@ public sealed class RabbitMqIdempotentStep
 
             case DeliveryAction.DeadLetter:
                 var native = (RabbitMqDelivery)result.Result.Message.Native!;
-                await _deadLetters.DeadLetterAsync(channel, native, result.DeadLetterHeaders ?? new Dictionary<string, string>(), CancellationToken.None).ConfigureAwait(false);
+                if (!await _deadLetters.DeadLetterAsync(channel, native, result.DeadLetterHeaders ?? new Dictionary<string, string>(), CancellationToken.None).ConfigureAwait(false))
+                {
+                    // The dead-letter exchange did not take the copy: back to the queue (not discarded), dead-lettered
+                    // when it comes back; that requeue is not a handler attempt.
+                    _step.Engine.Attempts.RecordRequeue(RabbitMqMessageReader.AttemptIdOf(result.Result.Message.Key, result.Result.Message.Body.Span));
+                    await WaitQuietlyAsync(Task.Delay(_deadLetterRetryDelay, _time, cancellationToken)).ConfigureAwait(false);
+                    await channel.BasicNackAsync(delivery.DeliveryTag, multiple: false, requeue: true, CancellationToken.None).ConfigureAwait(false);
+                }
+
                 return;
 
             case DeliveryAction.PauseAndRetry:

@@ -31,6 +31,29 @@ public sealed class OptionsTests
         }
     }
 
+    [Theory]
+    [InlineData(nameof(RabbitMqIdempotencyOptions.Queue))]
+    [InlineData(nameof(RabbitMqIdempotencyOptions.KeyHeader))]
+    [InlineData(nameof(RabbitMqIdempotencyOptions.DeadLetterExchange))]
+    [InlineData(nameof(RabbitMqIdempotencyOptions.DeadLetterRoutingKey))]
+    [InlineData(nameof(RabbitMqIdempotencyOptions.ConsumerTag))]
+    public void Amqp_short_strings_are_limited_to_255_utf8_bytes_not_characters(string setting)
+    {
+        // 128 characters, 256 bytes: within a character limit, over the wire's.
+        var tooLong = Validate(setting, new string('\u00e9', 128));
+        Assert.Contains(tooLong, e => e.StartsWith(setting, StringComparison.Ordinal) && e.Contains("at most 255 UTF-8 bytes", StringComparison.Ordinal) && e.Contains("was 256 bytes", StringComparison.Ordinal));
+
+        Assert.Empty(Validate(setting, new string('a', 255)));
+        Assert.Empty(Validate(setting, new string('\u00e9', 127) + "a"));
+
+        static IReadOnlyList<string> Validate(string setting, string value)
+        {
+            var options = new RabbitMqIdempotencyOptions { Queue = "q" };
+            typeof(RabbitMqIdempotencyOptions).GetProperty(setting)!.SetValue(options, value);
+            return options.GetValidationErrors();
+        }
+    }
+
     [Fact]
     public void Prefetch_below_concurrency_or_batch_size_is_rejected_by_name()
     {

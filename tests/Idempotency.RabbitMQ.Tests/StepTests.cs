@@ -156,6 +156,49 @@ public sealed class StepTests(PostgresFixture db, RabbitMqFixture mq) : IClassFi
     /// The consume loop a team already has: a channel, a prefetch, an <see cref="AsyncEventingBasicConsumer"/>; the
     /// callback's body is the step's two calls in place of "handle, then ack".
     /// </summary>
+    [Fact]
+    public async Task A_dead_letter_the_exchange_refuses_is_requeued_not_discarded()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "step-dlx-gone");
+        await using var connection = await mq.CreateConnectionAsync("step-dlx-gone");
+        await using var deadLetterChannel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), TestContext.Current.CancellationToken);
+        var step = new RabbitMqIdempotentStep(h.Processor(h.Credit()), h.Options(), deadLetterChannel);
+
+        // Without the exchange (it is also the queue's own x-dead-letter-exchange) a basic.nack(requeue: false) drops the message.
+        await mq.Channel.ExchangeDeleteAsync(h.Topology.DeadLetterExchange, ifUnused: false, cancellationToken: TestContext.Current.CancellationToken);
+        await mq.PublishAsync(h.Queue, messageId: null, Harness.Body("no-key"));
+        await using (var loop = await Loop.StartAsync(connection, h.Queue, step))
+        {
+            await Harness.WaitUntilAsync(() => loop.Results.Count(r => r.Action == DeliveryAction.DeadLetter) >= 3, 60, "three refused dead-letters");
+            await loop.StopAsync();
+        }
+
+        Assert.Equal(1u, await h.ReadyAsync());
+    }
+
+    [Fact]
+    public async Task A_key_selector_that_throws_makes_the_step_dead_letter_the_message()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "step-selector");
+        await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, 5).Select(i => ((string?)(i == 1 ? "boom" : $"k-{i}"), Harness.Body($"k-{i}"))).ToList());
+        await using var connection = await mq.CreateConnectionAsync("step-selector");
+        await using var deadLetterChannel = await connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), TestContext.Current.CancellationToken);
+        var options = h.Options();
+        options.KeySelector = args => args.BasicProperties.MessageId == "boom" ? throw new FormatException("no key in this one") : args.BasicProperties.MessageId;
+        var step = new RabbitMqIdempotentStep(h.Processor(h.Credit()), options, deadLetterChannel);
+
+        await using (var loop = await Loop.StartAsync(connection, h.Queue, step))
+        {
+            await Harness.WaitUntilAsync(() => loop.Results.Count(r => r.Settles) == 5, 60, "5 deliveries settled");
+            await loop.StopAsync();
+            Assert.Equal(ProcessingOutcome.InvalidKey, Assert.Single(loop.Results, r => r.Action == DeliveryAction.DeadLetter).Result.Outcome);
+        }
+
+        Assert.Equal(4L, await h.RowsAsync());
+        var dead = Assert.Single(await mq.DrainAsync(h.Topology.DeadLetterQueue));
+        Assert.Equal("boom", dead.BasicProperties.MessageId);
+    }
+
     private sealed class Loop : IAsyncDisposable
     {
         private readonly CancellationTokenSource _stopping = new();

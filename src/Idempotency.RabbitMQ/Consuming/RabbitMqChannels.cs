@@ -24,6 +24,15 @@ internal static class RabbitMqChannels
     public static Task<IChannel> OpenConfirmingAsync(IConnection connection, CancellationToken cancellationToken) =>
         connection.CreateChannelAsync(new CreateChannelOptions(publisherConfirmationsEnabled: true, publisherConfirmationTrackingEnabled: true), cancellationToken);
 
+    /// <summary>
+    /// Returns how to replace a dead-letter channel a channel error closed: a new confirming channel, while the connection
+    /// is up (during a connection loss automatic recovery reopens the channel itself, so nothing is opened then).
+    /// </summary>
+    public static Func<CancellationToken, Task<IChannel>> ConfirmingReopener(IConnection connection) =>
+        cancellationToken => connection.IsOpen
+            ? OpenConfirmingAsync(connection, cancellationToken)
+            : throw new InvalidOperationException("The connection is down; automatic recovery reopens the dead-letter channel.");
+
     /// <summary>Closes a channel, ignoring a connection that is already gone.</summary>
     public static async Task CloseQuietlyAsync(IChannel? channel)
     {

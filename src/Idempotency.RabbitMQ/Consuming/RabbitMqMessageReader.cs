@@ -3,6 +3,8 @@ using System.Security.Cryptography;
 using System.Text;
 using Idempotency.Delivery;
 using Idempotency.Diagnostics;
+using Microsoft.Extensions.Logging;
+using RabbitMQ.Client;
 using RabbitMQ.Client.Events;
 
 namespace Idempotency.RabbitMQ.Consuming;
@@ -23,9 +25,16 @@ internal sealed record RabbitMqWork(IncomingMessage Message, RabbitMqDelivery Na
 /// <see cref="RabbitMqIdempotencyOptions.KeySelector"/>), and the handler attempt from the quorum queue's
 /// <c>x-delivery-count</c> or, on classic queues, from the attempts remembered in this process.
 /// </summary>
-internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, string handlerName)
+/// <remarks>
+/// Reading never throws on what a publisher put in a message (a delivery callback that throws leaves the delivery unacked
+/// and holds a prefetch slot for good): a malformed <c>x-delivery-count</c> or timestamp is ignored, and a
+/// <see cref="RabbitMqIdempotencyOptions.KeySelector"/> that throws makes the key invalid, so the message is dead-lettered
+/// with reason <c>invalid_key</c>.
+/// </remarks>
+internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, string handlerName, ILogger logger)
 {
     private const string DeliveryCountHeader = "x-delivery-count";
+    private int _warnedDeliveryCount;
 
     /// <summary>Reads one delivery; call it inside the delivery callback, where the body is valid (it is copied).</summary>
     /// <param name="args">The delivery.</param>
@@ -37,19 +46,20 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
         var properties = args.BasicProperties;
         var key = SelectKey(args, out var keyError);
         var headers = properties.Headers;
-        int? deliveryCount = headers is not null && headers.TryGetValue(DeliveryCountHeader, out var count) && count is not null
-            ? Convert.ToInt32(count, CultureInfo.InvariantCulture)
-            : null;
 
-        var attemptId = key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
+        // Quorum queues set x-delivery-count on redeliveries (and then set the redelivered flag too). On a first delivery
+        // the header can only be the publisher's, which must not cost the message its attempts.
+        var deliveryCount = args.Redelivered ? ReadDeliveryCount(headers) : null;
+
+        var attemptId = AttemptIdOf(key, body);
         var attempt = 1;
-        if (args.Redelivered || deliveryCount > 0)
+        if (args.Redelivered)
         {
             IdempotencyMetrics.RecordRedelivered("rabbitmq", handlerName, options.Queue);
 
             // Requeues that were not the handler's fault (store outages, held keys, stops) are not attempts.
             var (failures, requeues) = attempts.Get(attemptId);
-            attempt = deliveryCount is { } c ? Math.Max(1, c + 1 - requeues) : failures + 1;
+            attempt = deliveryCount is { } c ? (int)Math.Clamp(c + 1L - requeues, 1L, int.MaxValue) : failures + 1;
         }
 
         var native = new RabbitMqDelivery(args.DeliveryTag, args.Redelivered, args.Exchange, args.RoutingKey, args.ConsumerTag, properties, body);
@@ -59,7 +69,7 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
             Broker = "rabbitmq",
             Destination = options.Queue,
             Headers = headers is { Count: > 0 } ? ToTextHeaders(headers) : null,
-            Timestamp = properties.IsTimestampPresent() ? DateTimeOffset.FromUnixTimeSeconds(properties.Timestamp.UnixTime) : null,
+            Timestamp = ReadTimestamp(properties),
             Redelivered = args.Redelivered,
             RedeliveryCause = args.Redelivered ? "redelivery" : null,
             DeliveryAttempt = attempt,
@@ -68,12 +78,28 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
         return new RabbitMqWork(message, native, attemptId);
     }
 
+    /// <summary>Returns the id a message's attempts are counted under: its key, or a hash of its body when it has none.</summary>
+    /// <param name="key">The key, if any.</param>
+    /// <param name="body">The body.</param>
+    /// <returns>The attempt id.</returns>
+    public static string AttemptIdOf(string? key, ReadOnlySpan<byte> body) =>
+        key is { Length: > 0 } ? key : "sha256:" + Convert.ToHexString(SHA256.HashData(body));
+
     private string? SelectKey(BasicDeliverEventArgs args, out string? keyError)
     {
         keyError = null;
         if (options.KeySelector is { } selector)
         {
-            return selector(args);
+            try
+            {
+                return selector(args);
+            }
+            catch (Exception exception) when (exception is not OutOfMemoryException)
+            {
+                // The user's code failed on this message: it has no key, and is dead-lettered as such with the cause.
+                keyError = $"{nameof(RabbitMqIdempotencyOptions.KeySelector)} threw {exception.GetType().FullName}: {exception.Message}";
+                return null;
+            }
         }
 
         if (options.KeyHeader is not { } header)
@@ -90,6 +116,48 @@ internal sealed class RabbitMqMessageReader(RabbitMqIdempotencyOptions options, 
         return value is byte[] bytes
             ? IdempotencyKey.TryDecode(bytes, options.KeyBytesEncoding, out var key, out keyError) ? key : null
             : HeaderText(value);
+    }
+
+    /// <summary>Reads <c>x-delivery-count</c> when it is a non-negative integer; anything else is not trusted (warned about once).</summary>
+    private int? ReadDeliveryCount(IDictionary<string, object?>? headers)
+    {
+        if (headers is null || !headers.TryGetValue(DeliveryCountHeader, out var value) || value is null)
+        {
+            return null;
+        }
+
+        long? count = value switch
+        {
+            long l => l,
+            int i => i,
+            short s => s,
+            byte b => b,
+            sbyte sb => sb,
+            ushort us => us,
+            uint ui => ui,
+            ulong ul when ul <= int.MaxValue => (long)ul,
+            _ => null,
+        };
+        if (count is >= 0 and <= int.MaxValue)
+        {
+            return (int)count.Value;
+        }
+
+        if (Interlocked.Exchange(ref _warnedDeliveryCount, 1) == 0)
+        {
+            Log.DeliveryCountIgnored(logger, options.Queue, value.GetType().Name);
+        }
+
+        return null;
+    }
+
+    /// <summary>Reads the timestamp; one outside what <see cref="DateTimeOffset"/> can hold is ignored.</summary>
+    private static DateTimeOffset? ReadTimestamp(IReadOnlyBasicProperties properties)
+    {
+        const long maxUnixSeconds = 253_402_300_799; // 9999-12-31T23:59:59Z, the largest DateTimeOffset
+        return properties.IsTimestampPresent() && properties.Timestamp.UnixTime is >= 0 and <= maxUnixSeconds
+            ? DateTimeOffset.FromUnixTimeSeconds(properties.Timestamp.UnixTime)
+            : null;
     }
 
     private static Dictionary<string, string> ToTextHeaders(IDictionary<string, object?> headers)

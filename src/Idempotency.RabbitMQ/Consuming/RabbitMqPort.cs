@@ -73,16 +73,22 @@ internal sealed class RabbitMqPort(
         try
         {
             var headers = DeadLetterHeaders.Create(result, decision, handlerName, attempts);
-            await deadLetters.DeadLetterAsync(channel, delivery.Native, headers, CancellationToken.None).ConfigureAwait(false);
+            if (!await deadLetters.DeadLetterAsync(channel, delivery.Native, headers, CancellationToken.None).ConfigureAwait(false))
+            {
+                // The dead-letter exchange did not take the copy: the engine returns the delivery and tries again later.
+                return false;
+            }
+
             _acks.Settled(delivery.DeliveryTag);
         }
         catch (Exception exception) when (exception is not OutOfMemoryException)
         {
             // The channel is gone: the broker requeues the delivery, and it is decided again when it comes back.
             Log.SettleFailed(logger, exception, delivery.DeliveryTag, queue);
+            return false;
         }
 
-        // Republished with confirms then acked, or nacked to the queue's own dead-letter exchange: settled either way.
+        // Republished with confirms then acked, or nacked to the queue's own dead-letter exchange.
         Interlocked.Increment(ref _deadLettered);
         Log.DeadLettered(logger, delivery.Message.Key ?? "(none)", queue, decision.ReasonCode ?? "unknown", attempts);
         return true;

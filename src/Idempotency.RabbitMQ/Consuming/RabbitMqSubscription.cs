@@ -7,9 +7,16 @@ namespace Idempotency.RabbitMQ.Consuming;
 
 /// <summary>
 /// The consumer's <c>basic.consume</c> on its channel: subscribes, cancels (stopping), and pauses while the store is down
-/// or misconfigured (<c>basic.cancel</c> until the engine's store gate opens, then <c>basic.consume</c> again).
+/// or misconfigured (<c>basic.cancel</c> until the engine's store gate opens, then <c>basic.consume</c> again), and tells
+/// the consumer when the broker cancelled it (the queue was deleted, or a node holding it went away).
 /// </summary>
-internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotencyOptions options, AsyncEventHandler<BasicDeliverEventArgs> received, ILogger logger, CancellationToken stopping)
+internal sealed class RabbitMqSubscription(
+    IChannel channel,
+    RabbitMqIdempotencyOptions options,
+    AsyncEventHandler<BasicDeliverEventArgs> received,
+    Action<string> cancelledByBroker,
+    ILogger logger,
+    CancellationToken stopping)
     : IDisposable
 {
     private readonly SemaphoreSlim _consumeLock = new(1, 1);
@@ -20,6 +27,9 @@ internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotency
 
     /// <summary>Gets a value indicating whether consumption is paused for the store.</summary>
     public bool IsPaused => Volatile.Read(ref _paused) == 1;
+
+    /// <summary>Gets a value indicating whether a <c>basic.consume</c> is active (not cancelled by us or the broker).</summary>
+    public bool IsSubscribed => Volatile.Read(ref _consumerTag) is not null;
 
     /// <summary>Subscribes to the queue, unless subscribed or stopping.</summary>
     public async Task SubscribeAsync(CancellationToken cancellationToken)
@@ -34,6 +44,7 @@ internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotency
 
             var consumer = new AsyncEventingBasicConsumer(channel);
             consumer.ReceivedAsync += received;
+            consumer.UnregisteredAsync += OnUnregisteredAsync;
             _consumerTag = await channel.BasicConsumeAsync(
                 options.Queue,
                 autoAck: false,
@@ -56,9 +67,8 @@ internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotency
         await _consumeLock.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (_consumerTag is { } tag)
+            if (Interlocked.Exchange(ref _consumerTag, null) is { } tag)
             {
-                _consumerTag = null;
                 if (channel.IsOpen)
                 {
                     await channel.BasicCancelAsync(tag, noWait: false).ConfigureAwait(false);
@@ -101,6 +111,23 @@ internal sealed class RabbitMqSubscription(IChannel channel, RabbitMqIdempotency
 
     /// <inheritdoc/>
     public void Dispose() => _consumeLock.Dispose();
+
+    /// <summary>
+    /// A consumer was unregistered: by our own <c>basic.cancel</c> (which clears the tag first), or by the broker's, which
+    /// leaves the tag current. The broker's is reported; the lock is not taken, since our own cancel holds it while it
+    /// waits for this very notification.
+    /// </summary>
+    private Task OnUnregisteredAsync(object sender, ConsumerEventArgs args)
+    {
+        var current = Volatile.Read(ref _consumerTag);
+        if (current is not null && args.ConsumerTags.Contains(current, StringComparer.Ordinal)
+            && Interlocked.CompareExchange(ref _consumerTag, null, current) == current)
+        {
+            cancelledByBroker(current);
+        }
+
+        return Task.CompletedTask;
+    }
 
     private async Task PauseUntilStoreAnswersAsync(StoreGate gate, TimeSpan retryDelay, Func<TimeSpan, ValueTask> delay)
     {
