@@ -324,6 +324,9 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         Log.CancelledByBroker(_logger, _options.Queue, consumerTag, _connection is not null);
         if (_connection is not { } connection)
         {
+            // The client still records the cancelled consumer, and a later connection recovery would bring it back to a
+            // stopped consumer: drop the record (off the broker's callback, which this cancel would otherwise wait on).
+            _ = Task.Run(() => _subscription!.ForgetAsync(consumerTag), CancellationToken.None);
             Fail(new InvalidOperationException(
                 $"The broker cancelled the subscription to queue '{_options.Queue}' (consumer tag {consumerTag}; deleted queue?); on a channel the consumer does not own it cannot tell when the queue is back, so it stopped."));
             return;
@@ -339,12 +342,12 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         {
             if (_stopTask is null)
             {
-                _resubscribeTask = Task.Run(() => ResubscribeWhenQueueExistsAsync(connection), CancellationToken.None);
+                _resubscribeTask = Task.Run(() => ResubscribeWhenQueueExistsAsync(connection, consumerTag), CancellationToken.None);
             }
         }
     }
 
-    private async Task ResubscribeWhenQueueExistsAsync(IConnection connection)
+    private async Task ResubscribeWhenQueueExistsAsync(IConnection connection, string cancelledTag)
     {
         var delay = TimeSpan.FromSeconds(1);
         var maxDelay = TimeSpan.FromSeconds(30);
@@ -367,7 +370,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
             try
             {
-                await _subscription.SubscribeAsync(_stopping.Token).ConfigureAwait(false);
+                await _subscription.SubscribeAsync(_stopping.Token, cancelledTag).ConfigureAwait(false);
             }
             catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
             {
@@ -432,6 +435,9 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
             // loudly (Completion faults) rather than stall or loop on it.
             Log.DeliveryCallbackFailed(_logger, exception, args.DeliveryTag, _options.Queue);
             await RequeueQuietlyAsync(args.DeliveryTag).ConfigureAwait(false);
+
+            // Stop that consumer's deliveries too, or the requeued one comes straight back to a consumer that fails it.
+            await _subscription!.ForgetAsync(args.ConsumerTag).ConfigureAwait(false);
             Fail(exception);
         }
     }

@@ -85,4 +85,72 @@ public sealed class SubscriptionLossTests(PostgresFixture db, RabbitMqFixture mq
         Assert.Equal(1u, await h.ReadyAsync());
         Assert.Equal(1L, await h.RowsAsync());
     }
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_connection_loss_is_not_a_cancelled_subscription_recovery_resumes_one_consumer_with_running_health(bool consumerOwnsItsChannel)
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "connection-loss");
+        var heartbeat = new ConsumerHealthRegistry().Register("rabbitmq:orders", TimeProvider.System);
+        await using var proxy = new TcpProxy(mq.Uri.Host, mq.Uri.Port);
+        await using var connection = await mq.CreateConnectionAsync("connection-loss", proxy.Port);
+        await using var channel = consumerOwnsItsChannel ? null : await connection.CreateChannelAsync(cancellationToken: TestContext.Current.CancellationToken);
+        await using var consumer = channel is null
+            ? await IdempotentRabbitMqConsumer.CreateAsync(connection, h.Processor(h.Credit()), h.Options(), cancellationToken: TestContext.Current.CancellationToken)
+            : new IdempotentRabbitMqConsumer(channel, h.Processor(h.Credit()), h.Options());
+        consumer.Health = heartbeat;
+        await consumer.StartAsync(TestContext.Current.CancellationToken);
+        await mq.PublishAsync(h.Queue, "before", Harness.Body("before"));
+        await Harness.WaitUntilAsync(async () => await h.RowsAsync() == 1, 30, "the first message processed");
+
+        await CutConnectionAsync(proxy, connection);
+
+        await PublishAndWaitAsync(h, 10, expectedRows: 11);
+        Assert.Equal(1u, await mq.ConsumerCountAsync(h.Queue));
+        Assert.False(consumer.Completion.IsCompleted);
+        Assert.Equal(ConsumerState.Running, heartbeat.State);
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+        await consumer.Completion;
+        Assert.Equal(0u, await mq.ConsumerCountAsync(h.Queue));
+    }
+
+    [Fact]
+    public async Task A_connection_loss_after_subscribing_again_to_a_recreated_queue_leaves_one_consumer()
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "resubscribed-loss");
+        var heartbeat = new ConsumerHealthRegistry().Register("rabbitmq:orders", TimeProvider.System);
+        await using var proxy = new TcpProxy(mq.Uri.Host, mq.Uri.Port);
+        await using var connection = await mq.CreateConnectionAsync("resubscribed-loss", proxy.Port);
+        await using var consumer = await IdempotentRabbitMqConsumer.CreateAsync(connection, h.Processor(h.Credit()), h.Options(), cancellationToken: TestContext.Current.CancellationToken);
+        consumer.Health = heartbeat;
+        await consumer.StartAsync(TestContext.Current.CancellationToken);
+        await mq.Channel.QueueDeleteAsync(h.Queue, ifUnused: false, ifEmpty: false, cancellationToken: TestContext.Current.CancellationToken);
+        await Harness.WaitUntilAsync(() => heartbeat.State == ConsumerState.Paused, 30, "health reports the cancelled subscription");
+        await RabbitMqTopology.DeclareAsync(mq.Channel, h.Queue, cancellationToken: TestContext.Current.CancellationToken);
+        await Harness.WaitUntilAsync(() => heartbeat.State == ConsumerState.Running, 90, "subscribed again");
+
+        // Recovery re-registers every consumer the client recorded: the cancelled one must not come back beside the new one.
+        await CutConnectionAsync(proxy, connection);
+
+        await PublishAndWaitAsync(h, 10, expectedRows: 10);
+        Assert.Equal(1u, await mq.ConsumerCountAsync(h.Queue));
+        Assert.Equal(10, h.Runs);
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(0u, await mq.ConsumerCountAsync(h.Queue));
+    }
+
+    private static async Task CutConnectionAsync(TcpProxy proxy, IConnection connection)
+    {
+        proxy.Stop();
+        await Harness.WaitUntilAsync(() => !connection.IsOpen, 30, "the connection lost");
+        proxy.Start();
+        await Harness.WaitUntilAsync(() => connection.IsOpen, 60, "the connection recovered");
+    }
+
+    private async Task PublishAndWaitAsync(Harness h, int count, long expectedRows)
+    {
+        // Published after the recovery; the consumer's own recovery (channel, then consumer) may still be under way.
+        await mq.PublishManyAsync(h.Queue, Enumerable.Range(0, count).Select(i => ((string?)$"after-{i}", Harness.Body($"after-{i}"))).ToList());
+        await Harness.WaitUntilAsync(async () => await h.RowsAsync() == expectedRows && await h.ReadyAsync() == 0, 90, $"{count} messages processed after the recovery");
+    }
 }

@@ -32,7 +32,12 @@ internal sealed class RabbitMqSubscription(
     public bool IsSubscribed => Volatile.Read(ref _consumerTag) is not null;
 
     /// <summary>Subscribes to the queue, unless subscribed or stopping.</summary>
-    public async Task SubscribeAsync(CancellationToken cancellationToken)
+    /// <param name="cancellationToken">Cancels the subscribe.</param>
+    /// <param name="consumerTag">
+    /// The tag to subscribe under: a consumer the broker cancelled subscribes again under its old tag, which replaces the
+    /// client's record of it (automatic recovery would otherwise re-register the old consumer beside the new one).
+    /// </param>
+    public async Task SubscribeAsync(CancellationToken cancellationToken, string? consumerTag = null)
     {
         await _consumeLock.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
@@ -48,7 +53,7 @@ internal sealed class RabbitMqSubscription(
             _consumerTag = await channel.BasicConsumeAsync(
                 options.Queue,
                 autoAck: false,
-                consumerTag: options.ConsumerTag ?? string.Empty,
+                consumerTag: consumerTag ?? options.ConsumerTag ?? string.Empty,
                 noLocal: false,
                 exclusive: false,
                 arguments: null,
@@ -82,6 +87,28 @@ internal sealed class RabbitMqSubscription(
         finally
         {
             _consumeLock.Release();
+        }
+    }
+
+    /// <summary>
+    /// Drops the client's record of a consumer this subscription no longer wants (automatic recovery re-registers every
+    /// consumer it recorded and forgets one only on the client's own <c>basic.cancel</c>); the broker ignores a cancel for
+    /// a tag it does not know.
+    /// </summary>
+    /// <param name="consumerTag">The consumer tag.</param>
+    /// <returns>A task that completes when the cancel was sent, or could not be (a closed channel delivers nothing).</returns>
+    public async Task ForgetAsync(string consumerTag)
+    {
+        try
+        {
+            if (channel.IsOpen)
+            {
+                await channel.BasicCancelAsync(consumerTag, noWait: true).ConfigureAwait(false);
+            }
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            Log.SettleFailed(logger, exception, 0, options.Queue);
         }
     }
 
@@ -119,6 +146,13 @@ internal sealed class RabbitMqSubscription(
     /// </summary>
     private Task OnUnregisteredAsync(object sender, ConsumerEventArgs args)
     {
+        // A channel shutdown (a connection loss) unregisters consumers too, and automatic recovery registers them again
+        // under the same tag: only a cancel with the channel up is the broker's basic.cancel.
+        if (sender is AsyncDefaultBasicConsumer { ShutdownReason: not null } || !channel.IsOpen)
+        {
+            return Task.CompletedTask;
+        }
+
         var current = Volatile.Read(ref _consumerTag);
         if (current is not null && args.ConsumerTags.Contains(current, StringComparer.Ordinal)
             && Interlocked.CompareExchange(ref _consumerTag, null, current) == current)
