@@ -1,0 +1,64 @@
+using System.Text;
+using Confluent.Kafka;
+using Idempotency.Delivery;
+using Idempotency.TestSupport;
+using static Idempotency.Kafka.Tests.KafkaTestKit;
+
+namespace Idempotency.Kafka.Tests;
+
+/// <summary>The Kafka adapter's review findings: dead-letter loops, a consumer without topics, a body selector that throws.</summary>
+public sealed class KafkaReviewRegressionTests(PostgresFixture db) : IClassFixture<PostgresFixture>
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(90);
+
+    [Theory]
+    [InlineData(new[] { "orders" }, "orders", null)]
+    [InlineData(new[] { "orders", "orders.dlq" }, null, ".dlq")]
+    [InlineData(new[] { "orders", "payments", "failed" }, "failed", null)]
+    [InlineData(new[] { "orders", "orders-retry" }, null, "-retry")]
+    public void A_subscribed_topic_that_is_the_dead_letter_topic_of_a_subscribed_topic_is_rejected(string[] topics, string? deadLetterTopic, string? suffix)
+    {
+        var options = new KafkaIdempotencyOptions { DeadLetterTopic = deadLetterTopic };
+        if (suffix is not null)
+        {
+            options.DeadLetterTopicSuffix = suffix;
+        }
+
+        foreach (var topic in topics)
+        {
+            options.Topics.Add(topic);
+        }
+
+        var error = Assert.Single(options.GetValidationErrors());
+        Assert.Contains(deadLetterTopic is null ? nameof(KafkaIdempotencyOptions.DeadLetterTopicSuffix) : nameof(KafkaIdempotencyOptions.DeadLetterTopic), error, StringComparison.Ordinal);
+        Assert.Contains(nameof(KafkaIdempotencyOptions.Topics), error, StringComparison.Ordinal);
+        Assert.Contains($"'{topics[^1]}'", error, StringComparison.Ordinal); // the subscribed dead-letter topic
+    }
+
+    [Theory]
+    [InlineData(new[] { "orders" }, null)]
+    [InlineData(new[] { "orders", "payments" }, null)]
+    [InlineData(new[] { "orders", "payments" }, "failed")]
+    public void Dead_letter_topics_that_are_not_subscribed_are_accepted(string[] topics, string? deadLetterTopic)
+    {
+        var options = new KafkaIdempotencyOptions { DeadLetterTopic = deadLetterTopic };
+        foreach (var topic in topics)
+        {
+            options.Topics.Add(topic);
+        }
+
+        Assert.Empty(options.GetValidationErrors());
+    }
+
+    [Fact]
+    public async Task Create_refuses_a_dead_letter_topic_that_is_subscribed()
+    {
+        var store = await db.CreateStoreAsync();
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), HandlerOptions("loop"));
+        var options = Options("orders", o => o.DeadLetterTopic = "orders");
+        var config = new ConsumerConfig { BootstrapServers = "127.0.0.1:1", GroupId = "g" };
+
+        var error = Assert.Throws<ArgumentException>(() => IdempotentKafkaConsumer<byte[], byte[]>.Create(config, processor, options));
+        Assert.Contains(nameof(KafkaIdempotencyOptions.DeadLetterTopic), error.Message, StringComparison.Ordinal);
+    }
+}
