@@ -61,4 +61,40 @@ public sealed class KafkaReviewRegressionTests(PostgresFixture db) : IClassFixtu
         var error = Assert.Throws<ArgumentException>(() => IdempotentKafkaConsumer<byte[], byte[]>.Create(config, processor, options));
         Assert.Contains(nameof(KafkaIdempotencyOptions.DeadLetterTopic), error.Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public async Task Starting_without_topics_and_without_a_subscription_throws_naming_Topics()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var store = await db.CreateStoreAsync();
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), HandlerOptions("notopics"));
+        var options = Options("unused");
+        options.Topics.Clear();
+        using var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, Unique("g")), processor, options);
+
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(() => consumer.StartAsync(TestContext.Current.CancellationToken));
+        Assert.Contains(nameof(KafkaIdempotencyOptions.Topics), error.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Starting_without_topics_after_subscribing_the_consumer_yourself_processes_the_topic()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("self");
+        cluster.CreateTopic(topic, 1);
+        Produce(cluster, topic, Enumerable.Range(0, 5).Select(i => $"s-{i}"));
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var options = Options(topic);
+        options.Topics.Clear();
+        var group = Unique("g");
+        var consumer = IdempotentKafkaConsumer<byte[], byte[]>.Create(ConsumerConfig(cluster, group), new IdempotentProcessor(store, Credit(table), HandlerOptions("self")), options);
+        consumer.Consumer.Subscribe(topic);
+        await using var running = new RunningConsumer(consumer);
+
+        await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+        await running.StopAsync();
+
+        Assert.Equal(5L, await CountAsync(db, table));
+    }
 }
