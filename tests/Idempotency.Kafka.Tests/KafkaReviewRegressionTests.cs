@@ -97,4 +97,63 @@ public sealed class KafkaReviewRegressionTests(PostgresFixture db) : IClassFixtu
 
         Assert.Equal(5L, await CountAsync(db, table));
     }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(10)]
+    public async Task A_body_selector_that_throws_dead_letters_that_message_and_the_partition_moves_on(int batchSize)
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("selector");
+        cluster.CreateTopic(topic, 1);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        Produce(cluster, topic, ["good1", "bad", "good2"], body: key => key == "bad" ? "malformed" : $"{{\"id\":\"{key}\"}}");
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var options = Options(topic, o =>
+        {
+            o.BatchSize = batchSize;
+            o.BodySelector = r => r.Message.Value.Length > 0 && r.Message.Value[0] == (byte)'{' ? r.Message.Value : throw new FormatException("not a JSON object");
+        });
+        var group = Unique("g");
+        await using (var running = Start(cluster, group, new IdempotentProcessor(store, Credit(table), HandlerOptions("selector")), options))
+        {
+            await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+            await running.StopAsync();
+            Assert.True(running.Loop.IsCompletedSuccessfully);
+        }
+
+        await using var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(["good1", "good2"], (await Dapper.SqlMapper.QueryAsync<string>(connection, $"SELECT id FROM {table} ORDER BY id")).ToArray());
+        Assert.Equal(2L, await AppliedAsync(db, table));
+        Assert.Equal(3L, (await cluster.CommittedOffsetsAsync(group, topic, 1))[0]);
+        var dead = Assert.Single(ReadAll(cluster, topic + ".dlq", 1));
+        string Header(string name) => Encoding.UTF8.GetString(dead.Message.Headers.GetLastBytes(name));
+        Assert.Equal("malformed", Encoding.UTF8.GetString(dead.Message.Value));
+        Assert.Equal(MessageDeserializationException.ReasonCode, Header(DeadLetterHeaders.ReasonCode));
+        Assert.Equal(typeof(FormatException).FullName, Header(DeadLetterHeaders.ErrorType));
+        Assert.Equal("not a JSON object", Header(DeadLetterHeaders.ErrorMessage));
+        Assert.Equal("1", Header(KafkaDeadLetterHeaders.OriginalOffset));
+    }
+
+    [Fact]
+    public async Task A_body_selector_that_throws_makes_the_step_dead_letter_the_message()
+    {
+        var store = await db.CreateStoreAsync();
+        var runs = 0;
+        var processor = new IdempotentProcessor(store, IdempotentHandler.Create((_, _) => { Interlocked.Increment(ref runs); return ValueTask.CompletedTask; }), HandlerOptions("stepselector"));
+        var options = new KafkaIdempotencyOptions<byte[], byte[]> { BodySelector = _ => throw new FormatException("not a JSON object") };
+        var step = new KafkaIdempotentStep<byte[], byte[]>(processor, options);
+        var record = new ConsumeResult<byte[], byte[]>
+        {
+            TopicPartitionOffset = new TopicPartitionOffset("orders", 0, 7),
+            Message = new Message<byte[], byte[]> { Key = "k"u8.ToArray(), Value = "malformed"u8.ToArray(), Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, "k"u8.ToArray() } } },
+        };
+
+        var result = await step.RunAsync(record, TestContext.Current.CancellationToken);
+
+        Assert.Equal((DeliveryAction.DeadLetter, MessageDeserializationException.ReasonCode), (result.Action, result.ReasonCode));
+        Assert.Equal(0, runs);
+        Assert.Equal("malformed", Encoding.UTF8.GetString(step.CreateDeadLetter(record, result).Value!));
+    }
 }
