@@ -236,10 +236,22 @@ public sealed class IdempotentKafkaConsumer<TKey, TValue> : IIdempotentConsumer,
     /// </summary>
     /// <param name="cancellationToken">Cancels starting (the check of the positions table with <see cref="KafkaOffsetStorage.BrokerAndStore"/>).</param>
     /// <returns>A task that completes once the loop runs.</returns>
-    /// <exception cref="InvalidOperationException">Already started, or the store's positions table cannot be read.</exception>
+    /// <exception cref="InvalidOperationException">
+    /// Already started; <see cref="KafkaIdempotencyOptions.Topics"/> is empty and the consumer is neither subscribed nor
+    /// assigned; or the store's positions table cannot be read.
+    /// </exception>
     public async Task StartAsync(CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+
+        // Without topics the loop subscribes to nothing: a consumer nobody subscribed or assigned would poll forever
+        // and never receive a message. Checked before the start is taken, so the caller can fix it and start again.
+        if (_options.Topics.Count == 0 && _consumer.Subscription.Count == 0 && _consumer.Assignment.Count == 0)
+        {
+            throw new InvalidOperationException(
+                $"{nameof(KafkaIdempotencyOptions.Topics)} is empty and the consumer is neither subscribed nor assigned: add the topics to {nameof(KafkaIdempotencyOptions)}.{nameof(KafkaIdempotencyOptions.Topics)}, or subscribe (or assign) the consumer before starting.");
+        }
+
         if (Interlocked.Exchange(ref _started, 1) != 0)
         {
             throw new InvalidOperationException("The consumer may be started once.");

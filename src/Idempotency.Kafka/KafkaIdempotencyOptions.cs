@@ -113,6 +113,8 @@ public class KafkaIdempotencyOptions : IdempotentConsumerOptions
             errors.Add($"{nameof(DeadLetterTopic)} must be null or a topic name.");
         }
 
+        AddDeadLetterLoopErrors(errors);
+
         Range(errors, nameof(MaxBufferedMessagesPerPartition), MaxBufferedMessagesPerPartition, 1, 1_000_000);
         Range(errors, nameof(CommitEveryMessages), CommitEveryMessages, 1, int.MaxValue);
         Range(errors, nameof(CommitInterval), CommitInterval, TimeSpan.FromMilliseconds(1), TimeSpan.FromHours(1));
@@ -140,6 +142,39 @@ public class KafkaIdempotencyOptions : IdempotentConsumerOptions
     /// <param name="topic">The source topic.</param>
     /// <returns>The dead-letter topic.</returns>
     public string GetDeadLetterTopic(string topic) => DeadLetterTopic ?? topic + DeadLetterTopicSuffix;
+
+    /// <summary>
+    /// A subscribed topic whose dead-letter topic is subscribed too (the same topic, or another one such as
+    /// <c>orders.dlq</c> next to <c>orders</c>) would re-read its own poison messages and dead-letter them forever.
+    /// </summary>
+    private void AddDeadLetterLoopErrors(IList<string> errors)
+    {
+        if (DeadLetterTopic is null && string.IsNullOrEmpty(DeadLetterTopicSuffix))
+        {
+            return; // Reported already: an empty suffix.
+        }
+
+        // Topic names are case-sensitive in Kafka.
+        var subscribed = new HashSet<string>(Topics.Where(t => !string.IsNullOrWhiteSpace(t)), StringComparer.Ordinal);
+        if (DeadLetterTopic is not null)
+        {
+            if (subscribed.Contains(DeadLetterTopic))
+            {
+                errors.Add($"{nameof(Topics)} subscribes to '{DeadLetterTopic}', the {nameof(DeadLetterTopic)} of every topic: failed messages would be read again and fail forever. Choose a dead-letter topic that is not subscribed.");
+            }
+
+            return;
+        }
+
+        foreach (var topic in subscribed)
+        {
+            var deadLetterTopic = GetDeadLetterTopic(topic);
+            if (subscribed.Contains(deadLetterTopic))
+            {
+                errors.Add($"{nameof(Topics)} subscribes to '{deadLetterTopic}', the dead-letter topic of '{topic}' ({nameof(DeadLetterTopicSuffix)} '{DeadLetterTopicSuffix}'): its failed messages would be read again and fail forever. Choose a suffix whose topics are not subscribed, or a {nameof(DeadLetterTopic)}.");
+            }
+        }
+    }
 
     private static void Range(IList<string> errors, string name, int value, int min, int max)
     {

@@ -82,7 +82,14 @@ public sealed class KafkaIdempotentStep<TKey, TValue>
     {
         ArgumentNullException.ThrowIfNull(record);
         var attemptId = AttemptId(record);
-        var message = _reader.ToIncoming(record, _step.Engine.Attempts.NextAttempt(attemptId));
+        var read = _reader.Read(record);
+        if (read.IsUnreadable)
+        {
+            // The body selector threw: the handler never runs, and the message is dead-lettered as unreadable.
+            return _step.SettleUnprocessedAsync(_reader.Unreadable(read), attemptId, cancellationToken);
+        }
+
+        var message = _reader.ToIncoming(record, read.Body, _step.Engine.Attempts.NextAttempt(attemptId));
         return _step.RunAsync(message, attemptId, attempt: null, cancellationToken);
     }
 

@@ -39,6 +39,9 @@ internal static partial class Log
     [LoggerMessage(EventId = 2011, Level = LogLevel.Warning, Message = "Key selector threw for {Partition}@{Offset}; the message is treated as having no key")]
     public static partial void KeySelectorFailed(ILogger logger, Exception exception, string partition, long offset);
 
+    [LoggerMessage(EventId = 2012, Level = LogLevel.Warning, Message = "Body selector threw for {Partition}@{Offset}; the message is dead-lettered as unreadable")]
+    public static partial void BodySelectorFailed(ILogger logger, Exception exception, string partition, long offset);
+
     [LoggerMessage(EventId = 2013, Level = LogLevel.Error, Message = "Fatal consumer error; the consume loop stops")]
     public static partial void Fatal(ILogger logger, Exception exception);
 

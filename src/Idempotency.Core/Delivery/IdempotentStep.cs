@@ -86,6 +86,23 @@ public sealed class IdempotentStep
         }
     }
 
+    /// <summary>
+    /// Decides what becomes of a message that never reaches the handler (an adapter could not read it): the result is
+    /// settled as it is, such as a <see cref="MessageDeserializationException"/> that is dead-lettered at once.
+    /// </summary>
+    /// <param name="result">The result that stands for the message's processing.</param>
+    /// <param name="attemptId">The id under which attempts are counted.</param>
+    /// <param name="cancellationToken">Cancels the settlement.</param>
+    /// <returns>The decision, with the dead-letter headers when it is a dead-letter.</returns>
+    internal async ValueTask<StepResult> SettleUnprocessedAsync(ProcessingResult result, string attemptId, CancellationToken cancellationToken)
+    {
+        var slot = new Slot(attemptId);
+        var tried = Engine.Attempts.NextAttempt(attemptId);
+        var settlement = await Engine.SettleAsync(_port, slot, result, tried, cancellationToken).ConfigureAwait(false);
+        var decision = settlement.Decision;
+        return new StepResult(decision.Action, slot.Delay ?? decision.Delay, decision.ReasonCode, decision.Reason, slot.Headers, result, tried, Task.CompletedTask);
+    }
+
     private sealed class Slot(string attemptId)
     {
         public string AttemptId { get; } = attemptId;

@@ -242,7 +242,9 @@ internal sealed class KafkaConsumeLoop<TKey, TValue>
         LateRevokes?.CheckAssignment();
         if (result is not null && !result.IsPartitionEOF && result.Message is not null)
         {
-            Enqueue(result.TopicPartition, KafkaDelivery<TKey, TValue>.Of(result));
+            // The body is selected here, once, next to deserialization: a payload the selector cannot read is queued as
+            // unreadable and dead-lettered in its place, like one the deserializer could not read.
+            Enqueue(result.TopicPartition, _context.Reader.Read(result));
         }
     }
 

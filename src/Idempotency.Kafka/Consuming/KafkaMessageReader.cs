@@ -51,15 +51,37 @@ internal sealed class KafkaMessageReader<TKey, TValue>
         return errors;
     }
 
+    /// <summary>
+    /// Reads a record's body once: a body selector that throws (a malformed payload) makes the message unreadable, to
+    /// be dead-lettered like one the consumer could not deserialize, instead of failing the partition's worker.
+    /// </summary>
+    /// <param name="record">The record.</param>
+    /// <returns>The delivery with its body, or an unreadable one carrying the selector's exception.</returns>
+    public KafkaDelivery<TKey, TValue> Read(ConsumeResult<TKey, TValue> record)
+    {
+        try
+        {
+            return KafkaDelivery<TKey, TValue>.Of(record, SelectBody(record));
+        }
+#pragma warning disable CA1031 // Any exception of the user's selector means the same: this payload cannot be read.
+        catch (Exception e)
+#pragma warning restore CA1031
+        {
+            Log.BodySelectorFailed(_logger, e, record.TopicPartition.ToString(), record.Offset.Value);
+            return KafkaDelivery<TKey, TValue>.Unselectable(record, e);
+        }
+    }
+
     /// <summary>Builds the pipeline's message for a record.</summary>
     /// <param name="record">The record.</param>
+    /// <param name="body">Its body, from <see cref="Read"/>.</param>
     /// <param name="attempt">The 1-based handler attempt this processing is.</param>
     /// <param name="reread">Whether this process saw the offset before (a rebalance handed it out again).</param>
     /// <param name="withPosition">Whether the message may carry its position to the store (only when every earlier message settled).</param>
     /// <param name="keyLookedUp">Whether its key was already looked up without being found.</param>
     /// <returns>The message.</returns>
-    public IncomingMessage ToIncoming(ConsumeResult<TKey, TValue> record, int attempt, bool reread = false, bool withPosition = true, bool keyLookedUp = false) =>
-        new(SelectKey(record, out var keyError), SelectBody(record))
+    public IncomingMessage ToIncoming(ConsumeResult<TKey, TValue> record, ReadOnlyMemory<byte> body, int attempt, bool reread = false, bool withPosition = true, bool keyLookedUp = false) =>
+        new(SelectKey(record, out var keyError), body)
         {
             KeyError = keyError,
             Broker = "kafka",
@@ -75,14 +97,32 @@ internal sealed class KafkaMessageReader<TKey, TValue>
         };
 
     /// <summary>
-    /// The result of a message the consumer could not deserialize: it never reaches the handler, and the engine
-    /// dead-letters it at once (<see cref="MessageDeserializationException.ReasonCode"/>), as it does a typed handler's
-    /// body that does not deserialize.
+    /// The result of a message that cannot be read (the consumer could not deserialize it, or the body selector threw):
+    /// it never reaches the handler, and the engine dead-letters it at once
+    /// (<see cref="MessageDeserializationException.ReasonCode"/>), as it does a typed handler's body that does not deserialize.
     /// </summary>
-    /// <param name="raw">The raw record.</param>
-    /// <param name="error">The deserializer's error.</param>
+    /// <param name="delivery">The unreadable delivery.</param>
     /// <returns>A <see cref="ProcessingOutcome.Failed"/> result carrying a <see cref="MessageDeserializationException"/>.</returns>
-    public ProcessingResult Unreadable(ConsumeResult<byte[], byte[]> raw, ConsumeException error)
+    public ProcessingResult Unreadable(KafkaDelivery<TKey, TValue> delivery)
+    {
+        if (delivery.Raw is not { } raw)
+        {
+            // Deserialized, but the body selector threw: the key as usual, the value's own bytes when it has them.
+            var record = delivery.Result!;
+            var key = SelectKey(record, out _);
+            var selected = new IncomingMessage(key, RawBody(record))
+            {
+                Broker = "kafka",
+                Destination = record.Topic,
+                Native = record,
+            };
+            return new ProcessingResult(selected, ProcessingOutcome.Failed) { Exception = new MessageDeserializationException(typeof(TValue), key, delivery.Error) };
+        }
+
+        return Unreadable(raw, delivery.Error!);
+    }
+
+    private ProcessingResult Unreadable(ConsumeResult<byte[], byte[]> raw, Exception error)
     {
         string? key = null;
         if (raw.Message.Headers is { } headers && headers.TryGetLastBytes(_options.KeyHeader, out var bytes) && bytes is not null)
@@ -135,20 +175,16 @@ internal sealed class KafkaMessageReader<TKey, TValue>
         }
     }
 
-    private ReadOnlyMemory<byte> SelectBody(ConsumeResult<TKey, TValue> record)
-    {
-        if (_bodySelector is not null)
-        {
-            return _bodySelector(record);
-        }
+    private ReadOnlyMemory<byte> SelectBody(ConsumeResult<TKey, TValue> record) =>
+        _bodySelector is not null ? _bodySelector(record) : RawBody(record);
 
-        return record.Message.Value switch
+    private static ReadOnlyMemory<byte> RawBody(ConsumeResult<TKey, TValue> record) =>
+        record.Message.Value switch
         {
             byte[] bytes => bytes,
             string text => Encoding.UTF8.GetBytes(text),
             _ => ReadOnlyMemory<byte>.Empty,
         };
-    }
 
     private static Dictionary<string, string>? TraceHeaders(Headers? headers)
     {

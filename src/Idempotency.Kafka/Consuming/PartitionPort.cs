@@ -53,11 +53,17 @@ internal sealed class PartitionPort<TKey, TValue> : IDeliveryPort<KafkaDelivery<
         var reason = DeadLetterHeaders.Create(result, decision, _context.Processor.HandlerName, attempts);
 
         // Returns only once the dead-letter topic took it; a stop of the partition ends the retries by cancellation.
-        if (delivery.IsUnreadable)
+        if (delivery.Error is { } selectorError && delivery.Raw is null)
+        {
+            // The body selector's own error rather than its wrapper; the value's bytes (if it has any) follow below.
+            reason[DeadLetterHeaders.ErrorType] = selectorError.GetType().FullName!;
+            reason[DeadLetterHeaders.ErrorMessage] = selectorError.Message.Length > 1024 ? selectorError.Message[..1024] : selectorError.Message;
+        }
+        else if (delivery.IsUnreadable)
         {
             // The raw bytes as they were on the topic, and the deserializer's own error rather than its wrapper.
             var raw = delivery.Raw!;
-            var error = delivery.Error!;
+            var error = (ConsumeException)delivery.Error!;
             reason[DeadLetterHeaders.ErrorType] = error.InnerException?.GetType().FullName ?? error.GetType().FullName!;
             reason[DeadLetterHeaders.ErrorMessage] = error.Error.Reason;
             await _context.DeadLetters.WriteAsync(raw.TopicPartitionOffset, delivery.Timestamp, raw.Message.Key, raw.Message.Value, raw.Message.Headers, reason, attempts, _lane.StopTaking.Token).ConfigureAwait(false);

@@ -97,7 +97,7 @@ internal sealed class PartitionWorker<TKey, TValue>
     private int NextAttempt(KafkaDelivery<TKey, TValue> delivery) => _engine.NextAttempt(_lane.Port, delivery);
 
     private IncomingMessage ToIncoming(KafkaDelivery<TKey, TValue> delivery, bool withPosition = true, bool keyLookedUp = false) =>
-        _context.Reader.ToIncoming(delivery.Result!, NextAttempt(delivery), delivery.Reread, withPosition, keyLookedUp);
+        _context.Reader.ToIncoming(delivery.Result!, delivery.Body, NextAttempt(delivery), delivery.Reread, withPosition, keyLookedUp);
 
     /// <summary>
     /// Per-message mode while duplicates are frequent (a replay, a group re-reading a topic): the keys of the queued
@@ -155,7 +155,7 @@ internal sealed class PartitionWorker<TKey, TValue>
         if (delivery.IsUnreadable)
         {
             // It never reaches the handler: the engine dead-letters it at once, counts it and tells the observers.
-            var unreadable = _context.Reader.Unreadable(delivery.Raw!, delivery.Error!);
+            var unreadable = _context.Reader.Unreadable(delivery);
             while ((await _engine.SettleAsync(_lane.Port, delivery, unreadable, cancellationToken: _lane.StopTaking.Token).ConfigureAwait(false)).Outcome != SettleOutcome.Settled)
             {
             }
