@@ -21,6 +21,9 @@ public sealed class PostgresStandbyFixture : IAsyncLifetime
     /// <summary>Gets the multi-host connection string (<c>Target Session Attributes=read-write</c>).</summary>
     public string ConnectionString { get; private set; } = string.Empty;
 
+    // Whether the pair's variables are set: without them there is no pair to leave behind at the end.
+    private bool _configured;
+
     /// <inheritdoc/>
     public async ValueTask InitializeAsync()
     {
@@ -29,6 +32,7 @@ public sealed class PostgresStandbyFixture : IAsyncLifetime
             "(127.0.0.1:5433 primary, 5434 synchronous standby) with `scripts/services.sh pg-ha-up` and load its variables " +
             "with `eval \"$(scripts/services.sh pg-ha-env)\"` (`./build.sh test` does both). See docs/scale-out.md.");
         _ = ServiceEnvironment.Get(ServicesVariable) ?? throw new InvalidOperationException($"{ServicesVariable} is not set: load `scripts/services.sh pg-ha-env`.");
+        _configured = true;
         await EnsurePairAsync();
     }
 
@@ -78,7 +82,10 @@ public sealed class PostgresStandbyFixture : IAsyncLifetime
     /// <inheritdoc/>
     public async ValueTask DisposeAsync()
     {
-        // Leave a whole pair behind for the next run.
-        await EnsurePairAsync();
+        // Leave a whole pair behind for the next run; without one (the variable unset) the start already said what to do.
+        if (_configured)
+        {
+            await EnsurePairAsync();
+        }
     }
 }
