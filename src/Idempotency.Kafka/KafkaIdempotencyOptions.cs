@@ -144,35 +144,16 @@ public class KafkaIdempotencyOptions : IdempotentConsumerOptions
     public string GetDeadLetterTopic(string topic) => DeadLetterTopic ?? topic + DeadLetterTopicSuffix;
 
     /// <summary>
-    /// A subscribed topic whose dead-letter topic is subscribed too (the same topic, or another one such as
-    /// <c>orders.dlq</c> next to <c>orders</c>) would re-read its own poison messages and dead-letter them forever.
+    /// A <see cref="DeadLetterTopic"/> that is subscribed is its own dead-letter topic: its poison messages would be read
+    /// again and dead-lettered into it forever. (A suffix cannot loop: each hop makes a longer name, so consuming your
+    /// dead-letter topic too, such as <c>orders.dlq</c> next to <c>orders</c>, ends at <c>orders.dlq.dlq</c>.)
     /// </summary>
     private void AddDeadLetterLoopErrors(IList<string> errors)
     {
-        if (DeadLetterTopic is null && string.IsNullOrEmpty(DeadLetterTopicSuffix))
-        {
-            return; // Reported already: an empty suffix.
-        }
-
         // Topic names are case-sensitive in Kafka.
-        var subscribed = new HashSet<string>(Topics.Where(t => !string.IsNullOrWhiteSpace(t)), StringComparer.Ordinal);
-        if (DeadLetterTopic is not null)
+        if (DeadLetterTopic is not null && Topics.Contains(DeadLetterTopic, StringComparer.Ordinal))
         {
-            if (subscribed.Contains(DeadLetterTopic))
-            {
-                errors.Add($"{nameof(Topics)} subscribes to '{DeadLetterTopic}', the {nameof(DeadLetterTopic)} of every topic: failed messages would be read again and fail forever. Choose a dead-letter topic that is not subscribed.");
-            }
-
-            return;
-        }
-
-        foreach (var topic in subscribed)
-        {
-            var deadLetterTopic = GetDeadLetterTopic(topic);
-            if (subscribed.Contains(deadLetterTopic))
-            {
-                errors.Add($"{nameof(Topics)} subscribes to '{deadLetterTopic}', the dead-letter topic of '{topic}' ({nameof(DeadLetterTopicSuffix)} '{DeadLetterTopicSuffix}'): its failed messages would be read again and fail forever. Choose a suffix whose topics are not subscribed, or a {nameof(DeadLetterTopic)}.");
-            }
+            errors.Add($"{nameof(Topics)} subscribes to '{DeadLetterTopic}', the {nameof(DeadLetterTopic)} of every topic, so also its own: failed messages would be read again and fail forever. Choose a dead-letter topic that is not subscribed.");
         }
     }
 
