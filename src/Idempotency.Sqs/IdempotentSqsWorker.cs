@@ -326,14 +326,14 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
 
     /// <summary>
     /// Reads the queue's attributes, and the dead-letter queue's when one is set, once (the hosted service checks before
-    /// the host starts, the worker's start then skips it). A queue that does not exist, or that the credentials may not
-    /// use, is a misconfiguration: without the check the worker would start and every receive, or every dead-letter,
-    /// would fail for ever. Any other failure (a timeout, an unreachable endpoint) does not stop the start: the poll
-    /// loop retries it and reports it through health.
+    /// the host starts, the worker's start then skips it). A queue that does not exist is a misconfiguration: without
+    /// the check the worker would start and every receive, or every dead-letter, would fail for ever. Any other failure
+    /// (access denied to the attributes, which a least-privilege policy may withhold from a consumer that can receive; a
+    /// timeout; an unreachable endpoint) does not stop the start: it is logged, and receives report through health.
     /// </summary>
     /// <param name="cancellationToken">Cancels the check.</param>
     /// <returns>A task that completes when the queues were checked.</returns>
-    /// <exception cref="InvalidOperationException">A queue does not exist or may not be used; the message names the setting.</exception>
+    /// <exception cref="InvalidOperationException">A queue does not exist; the message names the setting.</exception>
     internal async Task CheckQueuesAsync(CancellationToken cancellationToken)
     {
         if (_queuesChecked)
@@ -364,7 +364,10 @@ public sealed class IdempotentSqsWorker : IIdempotentConsumer
             var response = await _sqs.GetQueueAttributesAsync(new GetQueueAttributesRequest { QueueUrl = queueUrl, AttributeNames = [attribute] }, cancellationToken).ConfigureAwait(false);
             return response.Attributes;
         }
-        catch (AmazonSQSException exception) when (SqsQueueErrors.IsMisconfiguration(exception))
+        // Only a queue that does not exist fails the start. Access denied to the attributes does not: a least-privilege
+        // policy may allow receiving from the queue (or sending to the dead-letter queue) but not reading its attributes;
+        // a receive that is refused shows in health once the consumer runs.
+        catch (AmazonSQSException exception) when (SqsQueueErrors.IsMissingQueue(exception))
         {
             throw new InvalidOperationException(
                 $"SQS consumer '{_processor.HandlerName}': {setting} '{queueUrl}' {SqsQueueErrors.Describe(exception)}. Create the queue or correct {nameof(SqsIdempotencyOptions)}.{setting}.",

@@ -20,8 +20,10 @@ internal static class SqsQueueErrors
         : IsAccessDenied(exception) ? $"may not be used with these credentials ({exception.ErrorCode}: {exception.Message})"
         : $"failed ({exception.ErrorCode}: {exception.Message})";
 
-    // The JSON protocol answers QueueDoesNotExist, the query protocol (and older emulators) the legacy code.
-    private static bool IsMissingQueue(AmazonSQSException exception) =>
+    /// <summary>Returns whether the error says the queue does not exist.</summary>
+    /// <param name="exception">The SQS error.</param>
+    /// <returns><see langword="true"/> for a missing queue (the JSON protocol's QueueDoesNotExist, or the query protocol's and older emulators' legacy code).</returns>
+    public static bool IsMissingQueue(AmazonSQSException exception) =>
         exception is QueueDoesNotExistException
         || exception.ErrorCode is "QueueDoesNotExist" or "AWS.SimpleQueueService.NonExistentQueue";
 

@@ -65,6 +65,50 @@ public sealed class SqsQueueCheckTests(SqsFixture sqs, PostgresFixture db) : ICl
     }
 
     [Fact]
+    public async Task Credentials_refused_the_queues_attributes_still_start_and_process()
+    {
+        // A least-privilege policy may grant receive, delete and send but not sqs:GetQueueAttributes: the start-up check
+        // must not refuse a consumer that can work.
+        Assert.False(sqs.IsReal, "this test stands in for IAM with a client that refuses GetQueueAttributes on the emulator");
+        var queue = await sqs.CreateQueueAsync("noattrs");
+        var deadLetter = await sqs.CreateQueueAsync("noattrs-dlq");
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        using var client = new AttributesRefusedClient(sqs.ServiceUrl!);
+        var options = Fast(queue);
+        options.DeadLetterQueueUrl = deadLetter;
+        await using var worker = Start(client, store, Credit(table), Handler("noattrs"), options);
+        await sqs.SendAsync(queue, "{}", "k-1");
+
+        await sqs.WaitProcessedAsync(queue, db, table, 1, Long, worker);
+
+        Assert.True(client.Refused >= 2, $"the check asked for both queues' attributes ({client.Refused} refused)");
+        Assert.Equal((0, 0), await sqs.CountsAsync(queue));
+        Assert.False(worker.Run.IsCompleted, "the worker runs");
+        await worker.StopAsync();
+    }
+
+    /// <summary>An emulator client that answers GetQueueAttributes as SQS answers a policy without that permission.</summary>
+    private sealed class AttributesRefusedClient(string serviceUrl)
+        : Amazon.SQS.AmazonSQSClient(new Amazon.Runtime.BasicAWSCredentials("test", "test"), new Amazon.SQS.AmazonSQSConfig { ServiceURL = serviceUrl, AuthenticationRegion = "us-east-1" })
+    {
+        private int _refused;
+
+        public int Refused => Volatile.Read(ref _refused);
+
+        public override Task<GetQueueAttributesResponse> GetQueueAttributesAsync(GetQueueAttributesRequest request, CancellationToken cancellationToken = default)
+        {
+            Interlocked.Increment(ref _refused);
+            throw new Amazon.SQS.AmazonSQSException(
+                "User: arn:aws:iam::123456789012:role/consumer is not authorized to perform: sqs:getqueueattributes",
+                Amazon.Runtime.ErrorType.Sender,
+                "AccessDenied",
+                "request-id",
+                System.Net.HttpStatusCode.Forbidden);
+        }
+    }
+
+    [Fact]
     public async Task A_dead_letter_queue_deleted_while_running_keeps_the_message_backs_off_and_takes_it_once_recreated()
     {
         var queue = await sqs.CreateQueueAsync("dlqgone");
