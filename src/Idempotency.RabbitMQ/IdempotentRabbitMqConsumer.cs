@@ -292,7 +292,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
         // Unacked deliveries go back to the queue either way, and what committed comes back as duplicates.
         Log.ChannelShutdown(_logger, _options.Queue, args.Initiator.ToString(), args.ReplyCode, args.ReplyText);
-        if (IsChannelError(args))
+        if (RabbitMqChannels.IsChannelError(args))
         {
             // Automatic recovery reopens channels after a connection loss only: a channel the broker closed on its own
             // (a 404 on it, 406 consumer_timeout) stays closed, and the consumer would consume nothing, looking alive.
@@ -303,10 +303,6 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
         return Task.CompletedTask;
     }
-
-    /// <summary>Whether the broker closed this channel alone (an AMQP soft error), rather than the connection going away.</summary>
-    private static bool IsChannelError(ShutdownEventArgs args) =>
-        args.Initiator == ShutdownInitiator.Peer && args.ReplyCode is 311 or 312 or 313 or 403 or 404 or 405 or 406;
 
     /// <summary>
     /// The broker cancelled the subscription (<c>basic.cancel</c>: the queue was deleted, or its node went away). A consumer
@@ -356,7 +352,7 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
         {
             await _port!.DelayAsync(delay).ConfigureAwait(false);
             probes++;
-            if (_stopping.IsCancellationRequested || !await QueueExistsAsync(connection).ConfigureAwait(false))
+            if (_stopping.IsCancellationRequested || !await RabbitMqChannels.QueueExistsAsync(connection, _options.Queue, _stopping.Token).ConfigureAwait(false))
             {
                 delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, maxDelay.Ticks));
                 continue;
@@ -391,27 +387,6 @@ public sealed class IdempotentRabbitMqConsumer : IIdempotentConsumer
 
             Log.Resubscribed(_logger, _options.Queue, probes);
             return;
-        }
-    }
-
-    /// <summary>Checks that the queue exists with a passive declare on a throwaway channel (a 404 closes the channel it ran on).</summary>
-    private async Task<bool> QueueExistsAsync(IConnection connection)
-    {
-        IChannel? probe = null;
-        try
-        {
-            probe = await connection.CreateChannelAsync(cancellationToken: _stopping.Token).ConfigureAwait(false);
-            await probe.QueueDeclarePassiveAsync(_options.Queue, _stopping.Token).ConfigureAwait(false);
-            return true;
-        }
-        catch (Exception exception) when (exception is not OutOfMemoryException)
-        {
-            // Not there yet (404), the connection is down, or stopping: try again later.
-            return false;
-        }
-        finally
-        {
-            await RabbitMqChannels.CloseQuietlyAsync(probe).ConfigureAwait(false);
         }
     }
 

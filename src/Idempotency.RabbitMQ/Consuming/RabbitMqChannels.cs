@@ -1,4 +1,5 @@
 using RabbitMQ.Client;
+using RabbitMQ.Client.Events;
 
 namespace Idempotency.RabbitMQ.Consuming;
 
@@ -55,4 +56,29 @@ internal static class RabbitMqChannels
             // Closing a channel whose connection is gone: nothing left to release.
         }
     }
+
+    /// <summary>Checks that a queue exists with a passive declare on a throwaway channel (a 404 closes the channel it ran on).</summary>
+    /// <returns><see langword="false"/> when it does not exist yet, the connection is down, or the check was cancelled: try again later.</returns>
+    public static async Task<bool> QueueExistsAsync(IConnection connection, string queue, CancellationToken cancellationToken)
+    {
+        IChannel? probe = null;
+        try
+        {
+            probe = await connection.CreateChannelAsync(cancellationToken: cancellationToken).ConfigureAwait(false);
+            await probe.QueueDeclarePassiveAsync(queue, cancellationToken).ConfigureAwait(false);
+            return true;
+        }
+        catch (Exception exception) when (exception is not OutOfMemoryException)
+        {
+            return false;
+        }
+        finally
+        {
+            await CloseQuietlyAsync(probe).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Whether the broker closed a channel alone (an AMQP soft error), rather than the connection going away.</summary>
+    public static bool IsChannelError(ShutdownEventArgs args) =>
+        args.Initiator == ShutdownInitiator.Peer && args.ReplyCode is 311 or 312 or 313 or 403 or 404 or 405 or 406;
 }
