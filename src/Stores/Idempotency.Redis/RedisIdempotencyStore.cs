@@ -148,42 +148,15 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
 
     /// <inheritdoc/>
     /// <remarks>
-    /// Checks, without writing anything, that the connection's user may run what the store runs: <c>EVALSHA</c> of a
-    /// script that cannot exist (<c>NOSCRIPT</c> means permitted, <c>NOPERM</c> not), then one <c>EVAL</c> asking Redis
-    /// (<c>redis.acl_check_cmd</c>) whether this user may run each command of the store's scripts and transactions
-    /// (<c>SET</c>, <c>GET</c>, <c>DEL</c>, <c>PEXPIRE</c>, <c>MGET</c>, <c>WATCH</c>, <c>MULTI</c>, <c>EXEC</c>, and
-    /// <c>WAIT</c> with <see cref="RedisIdempotencyStoreOptions.WaitForReplicas"/>) on keys under the store's prefix.
-    /// A refusal is a <see cref="StoreFailureKind.Misconfiguration"/> naming the command and key. The outbox stream's
-    /// <c>XADD</c> is not checked: an application that sends no messages needs no such permission.
+    /// Checks, without writing anything, that the connection's user may run every command the store runs on keys under its
+    /// prefix (the outbox's <c>XADD</c> aside); a refusal is a <see cref="StoreFailureKind.Misconfiguration"/> naming it.
     /// </remarks>
     public async ValueTask<StoreFailure?> CheckAsync(CancellationToken cancellationToken = default)
     {
         cancellationToken.ThrowIfCancellationRequested();
         try
         {
-            await Database.PingAsync().ConfigureAwait(false);
-            cancellationToken.ThrowIfCancellationRequested();
-            try
-            {
-                await Database.ExecuteAsync("EVALSHA", AbsentScriptSha, 0).ConfigureAwait(false);
-            }
-            catch (RedisServerException exception) when (exception.Message.StartsWith("NOSCRIPT", StringComparison.Ordinal))
-            {
-                // Permitted, and nothing ran.
-            }
-
-            cancellationToken.ThrowIfCancellationRequested();
-            var claimKey = GetKey("probe", "probe");
-            var refused = (string?)await Database.ExecuteAsync(
-                "EVAL",
-                RedisScripts.PermissionProbe,
-                0,
-                (string)claimKey!,
-                KeySpace.StatusPrefixFor(claimKey) + "probe",
-                Options.WaitForReplicas > 0 ? 1 : 0).ConfigureAwait(false);
-            return string.IsNullOrEmpty(refused)
-                ? null
-                : new StoreFailure(StoreFailureKind.Misconfiguration, $"The Redis user of the store's connection may not run {refused} (ACL): grant it the store's commands (EVAL, EVALSHA, GET, SET, DEL, PEXPIRE, MGET, WATCH, MULTI, EXEC) on the keys '{Options.KeyPrefix}:*'");
+            return await RedisPermissionCheck.RunAsync(this, cancellationToken).ConfigureAwait(false);
         }
 #pragma warning disable CA1031 // Every failure is classified, none is thrown.
         catch (Exception exception) when (exception is not OperationCanceledException)
@@ -192,9 +165,6 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyKeyAd
             return RedisFailures.Classify(exception);
         }
     }
-
-    /// <summary>A SHA-1 no script has: <c>EVALSHA</c> of it answers <c>NOSCRIPT</c> when permitted, <c>NOPERM</c> when not.</summary>
-    private const string AbsentScriptSha = "0000000000000000000000000000000000000000";
 
     /// <inheritdoc/>
     public async ValueTask<bool> PingAsync(CancellationToken cancellationToken = default)
