@@ -187,7 +187,23 @@ public sealed class IdempotentProcessor
     /// <param name="cancellationToken">Cancels processing; nothing uncommitted may be acknowledged.</param>
     /// <returns>One result per message, in the same order.</returns>
     /// <exception cref="OperationCanceledException">Cancelled; results already committed stay committed, and a redelivery will see them as duplicates.</exception>
-    public async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default)
+    public ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default) =>
+        ProcessBatchCoreAsync(messages, inOrder: false, cancellationToken);
+
+    /// <summary>
+    /// Processes the messages of one ordered lane (a Kafka partition, say) in one store transaction, up to the first
+    /// message that does not commit: the results cover the messages up to and including that one, which comes last; the
+    /// messages after it were not processed (nothing was claimed or committed for them). Settle that last result
+    /// (retry it, dead-letter it) before processing the rest, so that no message takes effect before an earlier one.
+    /// </summary>
+    /// <param name="messages">The messages, in delivery order; handlers run in this order.</param>
+    /// <param name="cancellationToken">Cancels processing; nothing uncommitted may be acknowledged.</param>
+    /// <returns>One result per message of a prefix of <paramref name="messages"/>, in order: all of them when every one committed.</returns>
+    /// <exception cref="OperationCanceledException">Cancelled; results already committed stay committed, and a redelivery will see them as duplicates.</exception>
+    public ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchInOrderAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default) =>
+        ProcessBatchCoreAsync(messages, inOrder: true, cancellationToken);
+
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchCoreAsync(IReadOnlyList<IncomingMessage> messages, bool inOrder, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(messages);
         if (messages.Count == 0)
@@ -205,37 +221,70 @@ public sealed class IdempotentProcessor
         // of the stored rows and a rollback.
         if (_steps.Lookup is not null && _steps.DuplicateRate.IsAbove(DuplicateRate.ClaimFirstThreshold))
         {
-            return await ProcessBatchLookedUpAsync(messages, cancellationToken).ConfigureAwait(false);
+            return await ProcessBatchLookedUpAsync(messages, inOrder, cancellationToken).ConfigureAwait(false);
         }
 
-        return await ProcessBatchClaimedAsync(messages, keysLookedUp: false, cancellationToken).ConfigureAwait(false);
+        return await ProcessBatchClaimedAsync(messages, keysLookedUp: false, inOrder, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Looks the batch's keys up first; the messages not found are processed as one batch, results kept in order.</summary>
-    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchLookedUpAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken)
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchLookedUpAsync(IReadOnlyList<IncomingMessage> messages, bool inOrder, CancellationToken cancellationToken)
     {
         var found = await LookUpProcessedAsync(messages, cancellationToken).ConfigureAwait(false);
-        var rest = new List<IncomingMessage>(messages.Count);
-        foreach (var (message, known) in messages.Zip(found))
+
+        // In order, a looked-up key that settles without committing (a payload mismatch) ends the batch there.
+        var end = messages.Count;
+        for (var i = 0; inOrder && i < end; i++)
         {
-            if (known is null)
+            if (found[i] is { IsCommitted: false })
             {
-                rest.Add(message);
+                end = i + 1;
+            }
+        }
+
+        var rest = new List<IncomingMessage>(end);
+        for (var i = 0; i < end; i++)
+        {
+            if (found[i] is null)
+            {
+                rest.Add(messages[i]);
             }
         }
 
         if (rest.Count == 0)
         {
-            return found!;
+            if (end == messages.Count)
+            {
+                return found!;
+            }
+
+            return found.Take(end).Select(r => r!).ToArray();
         }
 
         // Even one message left goes the batch way: the one-message path would look its key up a second time.
-        var processed = await ProcessBatchClaimedAsync(rest, keysLookedUp: true, cancellationToken).ConfigureAwait(false);
-        var results = new ProcessingResult[messages.Count];
+        var processed = await ProcessBatchClaimedAsync(rest, keysLookedUp: true, inOrder, cancellationToken).ConfigureAwait(false);
+        var results = new List<ProcessingResult>(end);
         var next = 0;
-        for (var i = 0; i < results.Length; i++)
+        for (var i = 0; i < end; i++)
         {
-            results[i] = found[i] ?? processed[next++];
+            if (found[i] is { } known)
+            {
+                results.Add(known);
+            }
+            else if (next < processed.Count)
+            {
+                results.Add(processed[next++]);
+            }
+            else
+            {
+                // In order, the claimed rest ended before this message.
+                break;
+            }
+
+            if (inOrder && !results[^1].IsCommitted)
+            {
+                break;
+            }
         }
 
         return results;
@@ -244,10 +293,11 @@ public sealed class IdempotentProcessor
     /// <summary>Claims and processes a batch in one store transaction, isolating failures.</summary>
     /// <param name="messages">The messages, in delivery order.</param>
     /// <param name="keysLookedUp">Whether their keys were just looked up and not found (counted in the duplicate rate already).</param>
+    /// <param name="inOrder">Whether the batch ends at the first message that does not commit (<see cref="ProcessBatchInOrderAsync"/>).</param>
     /// <param name="cancellationToken">Cancels processing.</param>
-    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchClaimedAsync(IReadOnlyList<IncomingMessage> messages, bool keysLookedUp, CancellationToken cancellationToken)
+    private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchClaimedAsync(IReadOnlyList<IncomingMessage> messages, bool keysLookedUp, bool inOrder, CancellationToken cancellationToken)
     {
-        var batch = new BatchState(messages.Count) { KeysLookedUp = keysLookedUp };
+        var batch = new BatchState(messages.Count) { KeysLookedUp = keysLookedUp, InOrder = inOrder };
         foreach (var message in messages)
         {
             IdempotencyMetrics.AddInFlight(message, HandlerName, 1);
@@ -256,10 +306,10 @@ public sealed class IdempotentProcessor
         try
         {
             await _batches.ProcessAsync(messages, batch, cancellationToken).ConfigureAwait(false);
-            var results = new ProcessingResult[messages.Count];
+            var results = new ProcessingResult[batch.End];
             for (var i = 0; i < results.Length; i++)
             {
-                results[i] = batch.Results[i] ?? throw new UnreachableException("Every message of a batch gets a result.");
+                results[i] = batch.Results[i] ?? throw new UnreachableException("Every message of a batch up to its end gets a result.");
                 Finish(results[i], activity: null);
             }
 

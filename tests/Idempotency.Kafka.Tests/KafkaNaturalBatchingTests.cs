@@ -71,6 +71,40 @@ public sealed class KafkaNaturalBatchingTests(PostgresFixture db) : IClassFixtur
         Assert.True(transactions <= 399 / 4, $"{transactions} transactions for 399 messages: not batched");
     }
 
+    [Theory]
+    [InlineData(0)]
+    [InlineData(100)]
+    public async Task A_message_that_fails_once_in_the_middle_of_a_ready_group_takes_effect_before_the_later_ones(int batchSize)
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("natural-retry");
+        cluster.CreateTopic(topic, 1);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        Produce(cluster, topic, Enumerable.Range(0, 300).Select(i => $"r-{i:D3}"));
+        var store = await db.CreateStoreAsync();
+        var failures = 0;
+        var (table, log, handler) = await LoggingHandlerAsync(fail: context => context.Key == "r-150" && Interlocked.Increment(ref failures) == 1);
+        var group = Unique("g");
+
+        await using (var running = Start(cluster, group, new IdempotentProcessor(store, handler, HandlerOptions("natural-retry")), Options(topic, o => o.BatchSize = batchSize == 0 ? o.BatchSize : batchSize)))
+        {
+            await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+            await running.StopAsync();
+        }
+
+        Assert.True(failures >= 2, "r-150 did not fail once and run again");
+        Assert.Equal(300L, await db.ScalarAsync<long>($"SELECT count(*) FROM {table}"));
+        Assert.Equal(1L, await db.ScalarAsync<long>($"SELECT max(applied) FROM {table}"));
+        Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
+
+        // The retried message took effect after r-149 and before r-151: the partition's effects are in offset order.
+        await using var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken);
+        var applied = (await connection.QueryAsync<(string Id, long Tx)>($"SELECT id, tx FROM {log} ORDER BY seq")).ToList();
+        Assert.Equal(Enumerable.Range(0, 300).Select(i => $"r-{i:D3}"), applied.Select(a => a.Id));
+        var transactions = applied.Select(a => a.Tx).Distinct().Count();
+        Assert.True(transactions <= 300 / 4, $"{transactions} transactions for 300 messages: not batched");
+    }
+
     [Fact]
     public async Task A_stop_in_the_middle_loses_nothing_and_the_next_consumer_applies_each_once()
     {

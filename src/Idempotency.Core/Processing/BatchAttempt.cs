@@ -71,6 +71,13 @@ internal sealed class BatchAttempt(
 
             // Handlers run in delivery order, which per-partition and per-group ordering relies on.
             contextIndex.Sort();
+            if (batch.InOrder && FirstNotCommitted(batch, order) is var stop and >= 0 && contextIndex.Count > 0 && contextIndex[^1] > stop)
+            {
+                // In order, a key another consumer still holds (or a payload mismatch) ends the batch: the messages after it
+                // must not commit first. Their claims are in this transaction, so it is redone without them.
+                await ProcessingSteps.RollbackQuietlyAsync(transaction).ConfigureAwait(false);
+                return stop;
+            }
             foreach (var index in contextIndex)
             {
                 contexts.Add(new MessageContext(messages[index], batch.Claims[index].Key, steps.HandlerName, transaction));
@@ -101,7 +108,10 @@ internal sealed class BatchAttempt(
                     await ProcessingSteps.RollbackQuietlyAsync(transaction).ConfigureAwait(false);
                     foreach (var index in contextIndex)
                     {
-                        batch.Results[index] = await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false);
+                        if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
+                        {
+                            break;
+                        }
                     }
 
                     pending.Clear();
@@ -189,7 +199,10 @@ internal sealed class BatchAttempt(
             Log.BatchFailed(logger, exception, pending.Count, steps.HandlerName);
             foreach (var index in pending)
             {
-                batch.Results[index] = await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false);
+                if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
+                {
+                    break;
+                }
             }
 
             pending.Clear();
@@ -202,5 +215,20 @@ internal sealed class BatchAttempt(
                 await transaction.DisposeAsync().ConfigureAwait(false);
             }
         }
+    }
+
+    /// <summary>The smallest index among <paramref name="claimedOrder"/> whose claim settled it without committing, or -1.</summary>
+    private static int FirstNotCommitted(BatchState batch, int[] claimedOrder)
+    {
+        var first = -1;
+        foreach (var index in claimedOrder)
+        {
+            if (batch.Results[index] is { IsCommitted: false } && (first < 0 || index < first))
+            {
+                first = index;
+            }
+        }
+
+        return first;
     }
 }

@@ -8,6 +8,11 @@ namespace Idempotency.Processing;
 /// message by message after a second failure. Later copies of a key inside the batch follow the first copy's fate,
 /// each compared with the stored payload by its own fingerprint.
 /// </summary>
+/// <remarks>
+/// An ordered batch (<see cref="BatchState.InOrder"/>, one partition) is redone only with the messages before the one
+/// that failed, and ends there: committing the later ones first would apply their effects before the failed one's
+/// retry, out of order.
+/// </remarks>
 internal sealed class BatchIsolation(
     ProcessingSteps steps,
     BatchAttempt attempt,
@@ -27,7 +32,11 @@ internal sealed class BatchIsolation(
         {
             if (steps.Results.RejectInvalidKey(messages[i]) is { } rejected)
             {
-                batch.Results[i] = rejected;
+                if (batch.StopsAt(i, rejected))
+                {
+                    break;
+                }
+
                 continue;
             }
 
@@ -51,7 +60,10 @@ internal sealed class BatchIsolation(
                 // Several poison messages in one batch: isolating them one redo at a time would cost a round per failure.
                 foreach (var index in pending)
                 {
-                    batch.Results[index] = await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false);
+                    if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
+                    {
+                        break;
+                    }
                 }
 
                 break;
@@ -63,16 +75,30 @@ internal sealed class BatchIsolation(
                 break;
             }
 
-            pending.Remove(failedIndex);
+            if (batch.InOrder)
+            {
+                pending.RemoveAll(index => index >= failedIndex);
+            }
+            else
+            {
+                pending.Remove(failedIndex);
+            }
+
             failures++;
             Log.BatchRedo(logger, pending.Count, steps.HandlerName, messages[failedIndex].Key!);
         }
 
-        for (var i = 0; i < messages.Count; i++)
+        // In order, the batch ends at the first message that did not commit; a copy after it was not processed.
+        for (var i = 0; i < batch.End; i++)
         {
             if (batch.FollowerOf[i] is { } first)
             {
                 batch.Results[i] = FollowerResult(messages[i], batch.Claims[i], batch.Results[first]!);
+            }
+
+            if (batch.InOrder && batch.Results[i] is { IsCommitted: false })
+            {
+                batch.End = i + 1;
             }
         }
     }

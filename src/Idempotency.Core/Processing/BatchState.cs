@@ -6,6 +6,28 @@ namespace Idempotency.Processing;
 /// <param name="count">The number of messages.</param>
 internal sealed class BatchState(int count)
 {
+    /// <summary>
+    /// Gets a value indicating whether the batch is one ordered lane (a partition): processing stops at the first message
+    /// that does not commit, and no later message takes effect before it settles.
+    /// </summary>
+    public bool InOrder { get; init; }
+
+    /// <summary>Gets or sets how many messages, from the first, have a result to report: all of them, or in order up to and including the first that did not commit.</summary>
+    public int End { get; set; } = count;
+
+    /// <summary>
+    /// Records <paramref name="result"/> for the message at <paramref name="index"/> and returns whether processing must
+    /// stop there: in order, no message after one that did not commit may be processed in this call.
+    /// </summary>
+    /// <param name="index">The message's index.</param>
+    /// <param name="result">Its result.</param>
+    /// <returns><see langword="true"/> when the batch is in order and the message did not commit.</returns>
+    public bool StopsAt(int index, ProcessingResult result)
+    {
+        Results[index] = result;
+        return InOrder && !result.IsCommitted;
+    }
+
     /// <summary>Gets each message's result; <see langword="null"/> while unknown.</summary>
     public ProcessingResult?[] Results { get; } = new ProcessingResult?[count];
 

@@ -10,9 +10,9 @@ namespace Idempotency.Kafka.Consuming;
 /// <typeparam name="TKey">The message key type.</typeparam>
 /// <typeparam name="TValue">The message value type.</typeparam>
 /// <remarks>
-/// Three paths: one message alone; a batch of ready messages in one store transaction (natural batching), its failures
-/// then settled one at a time in order; and, with batching off while duplicates are frequent, one look-up of the queued
-/// keys that settles the duplicates without a transaction.
+/// Three paths: one message alone; a batch of ready messages in one store transaction (natural batching), which commits
+/// up to its first failure, settles that one alone and goes on with the rest, in order; and, with batching off while
+/// duplicates are frequent, one look-up of the queued keys that settles the duplicates without a transaction.
 /// </remarks>
 internal sealed class PartitionWorker<TKey, TValue>
 {
@@ -178,16 +178,23 @@ internal sealed class PartitionWorker<TKey, TValue>
         }
     }
 
-    /// <summary>Processes a batch in one store transaction; messages that did not commit are then settled one by one, in order.</summary>
+    /// <summary>
+    /// Processes a batch in store transactions, in offset order: each transaction commits the messages up to the first
+    /// that does not commit, which is then settled alone (retried in place, or dead-lettered) before the rest of the
+    /// batch goes on, so no message takes effect before an earlier one. False when the partition stopped first.
+    /// </summary>
     private async ValueTask<bool> HandleBatchAsync(List<KafkaDelivery<TKey, TValue>> batch)
     {
         var prefix = new BatchPrefix(batch.ConvertAll(d => d.Offset), _lane.Settled);
         var pending = new List<KafkaDelivery<TKey, TValue>>(batch.Count);
+        var unreadable = new Queue<KafkaDelivery<TKey, TValue>>();
         foreach (var delivery in batch)
         {
             if (delivery.IsUnreadable)
             {
+                // It has no effect to order, but no position may pass it before its dead-letter.
                 prefix.NotSettled(delivery.Offset);
+                unreadable.Enqueue(delivery);
             }
             else
             {
@@ -195,73 +202,80 @@ internal sealed class PartitionWorker<TKey, TValue>
             }
         }
 
-        var failed = new List<(KafkaDelivery<TKey, TValue> Delivery, ProcessingResult Result)>();
-        while (pending.Count > 0)
+        var next = 0;
+        while (next < pending.Count)
         {
-            var messages = new IncomingMessage[pending.Count];
+            var messages = new IncomingMessage[pending.Count - next];
             for (var i = 0; i < messages.Length; i++)
             {
-                messages[i] = ToIncoming(pending[i], withPosition: prefix.MayCarryPosition(pending[i].Offset));
+                messages[i] = ToIncoming(pending[next + i], withPosition: prefix.MayCarryPosition(pending[next + i].Offset));
             }
 
-            var results = await InSlotAsync(static (processor, messages, ct) => processor.ProcessBatchAsync(messages, ct), messages, static results => results.Count).ConfigureAwait(false);
-            ProcessingResult? storeDown = null;
-            var next = new List<KafkaDelivery<TKey, TValue>>();
-            for (var i = 0; i < results.Count; i++)
+            var results = await InSlotAsync(static (processor, messages, ct) => processor.ProcessBatchInOrderAsync(messages, ct), messages, static results => results.Count).ConfigureAwait(false);
+            var committed = 0;
+            while (committed < results.Count && results[committed].IsCommitted)
             {
-                var result = results[i];
-                if (result.IsCommitted)
-                {
-                    // Committed with the batch: the engine acknowledges it (the prefix moves below, in order).
-                    await _engine.SettleAsync(_lane.Port, pending[i], result, messages[i].DeliveryAttempt, _lane.StopTaking.Token).ConfigureAwait(false);
-                }
-                else if (result.Outcome is ProcessingOutcome.StoreUnavailable or ProcessingOutcome.StoreMisconfigured)
-                {
-                    storeDown ??= result;
-                    next.Add(pending[i]);
-                }
-                else
-                {
-                    failed.Add((pending[i], result));
-                    prefix.NotSettled(pending[i].Offset);
-                }
+                // Committed with the batch: the engine acknowledges it (the prefix moves below, in order).
+                await _engine.SettleAsync(_lane.Port, pending[next + committed], results[committed], messages[committed].DeliveryAttempt, _lane.StopTaking.Token).ConfigureAwait(false);
+                committed++;
             }
 
-            pending = next;
-            if (storeDown is not null)
+            next += committed;
+            if (committed == results.Count)
             {
-                _engine.Gate.Close(storeDown);
+                continue;
+            }
+
+            var stopped = results[committed];
+            var delivery = pending[next];
+            if (stopped.Outcome is ProcessingOutcome.StoreUnavailable or ProcessingOutcome.StoreMisconfigured)
+            {
+                // The store's failure, not the message's: wait for the store, then process the rest of the batch again.
+                _engine.Gate.Close(stopped);
                 await _engine.WaitForStoreAsync(_lane.Port, _lane.StopTaking.Token).ConfigureAwait(false);
+                _lane.ResumeAfterStore();
+                continue;
             }
+
+            // Everything before it has settled; it now gets its retries or its dead-letter before any later message runs.
+            if (!await SettleUnreadableBeforeAsync(unreadable, prefix, delivery.Offset).ConfigureAwait(false))
+            {
+                return false;
+            }
+
+            prefix.NotSettled(delivery.Offset);
+            prefix.SettledBefore(delivery.Offset);
+            var settled = await _engine.SettleAsync(_lane.Port, delivery, stopped, messages[committed].DeliveryAttempt, _lane.StopTaking.Token).ConfigureAwait(false);
+            if (settled.Outcome != SettleOutcome.Settled && !await HandleOneAsync(delivery).ConfigureAwait(false))
+            {
+                return false;
+            }
+
+            next++;
         }
 
-        _lane.ResumeAfterStore();
-
-        // The rest of the batch committed; each failure (and unreadable message) now gets its retries or its dead-letter, in offset order.
-        var unsettled = failed.Select(f => (f.Delivery, (ProcessingResult?)f.Result))
-            .Concat(batch.Where(d => d.IsUnreadable).Select(d => (Delivery: d, Result: (ProcessingResult?)null)))
-            .OrderBy(u => u.Delivery.Offset);
-        foreach (var (delivery, result) in unsettled)
+        if (!await SettleUnreadableBeforeAsync(unreadable, prefix, long.MaxValue).ConfigureAwait(false))
         {
-            // Everything before this unsettled message has settled (committed, or an earlier failure settled above).
-            prefix.SettledBefore(delivery.Offset);
-            if (result is not null)
-            {
-                // The batch's result is this message's attempt; the engine settles it or waits before the next.
-                var settled = await _engine.SettleAsync(_lane.Port, delivery, result, cancellationToken: _lane.StopTaking.Token).ConfigureAwait(false);
-                if (settled.Outcome == SettleOutcome.Settled)
-                {
-                    continue;
-                }
-            }
+            return false;
+        }
 
+        prefix.SettledAll();
+        return true;
+    }
+
+    /// <summary>Dead-letters, in offset order, the batch's unreadable messages before <paramref name="offset"/>; false when the partition stopped first.</summary>
+    private async ValueTask<bool> SettleUnreadableBeforeAsync(Queue<KafkaDelivery<TKey, TValue>> unreadable, BatchPrefix prefix, long offset)
+    {
+        while (unreadable.TryPeek(out var delivery) && delivery.Offset < offset)
+        {
+            unreadable.Dequeue();
+            prefix.SettledBefore(delivery.Offset);
             if (!await HandleOneAsync(delivery).ConfigureAwait(false))
             {
                 return false;
             }
         }
 
-        prefix.SettledAll();
         return true;
     }
 
