@@ -198,7 +198,7 @@ public sealed class IdempotentProcessor
     /// </summary>
     /// <param name="messages">The messages, in delivery order; handlers run in this order.</param>
     /// <param name="cancellationToken">Cancels processing; nothing uncommitted may be acknowledged.</param>
-    /// <returns>One result per message of a prefix of <paramref name="messages"/>, in order: all of them when every one committed.</returns>
+    /// <returns>One result per message of a prefix of <paramref name="messages"/>, in order: all of them when every one committed (or, rarely, a committed prefix ending at a later copy of a key with another payload whose stored row has no fingerprint: process the rest next).</returns>
     /// <exception cref="OperationCanceledException">Cancelled; results already committed stay committed, and a redelivery will see them as duplicates.</exception>
     public ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchInOrderAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default) =>
         ProcessBatchCoreAsync(messages, inOrder: true, cancellationToken);

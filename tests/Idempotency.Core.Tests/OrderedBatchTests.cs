@@ -125,6 +125,24 @@ public sealed class OrderedBatchTests
         Assert.Null(_store.Find("h", "m-2"));
     }
 
+    [Theory]
+    [InlineData(PayloadMismatchPolicy.Fail)]
+    [InlineData(PayloadMismatchPolicy.Quarantine)]
+    public async Task A_later_copy_of_a_key_with_another_payload_ends_the_batch_before_any_later_message_commits(PayloadMismatchPolicy policy)
+    {
+        var processor = new IdempotentProcessor(_store, Effect(), Options(policy: policy));
+
+        // m-1's second copy carries another payload: a mismatch, which does not commit; m-3 comes after it.
+        var results = await processor.ProcessBatchInOrderAsync(
+            [Create("m-0"), Create("m-1", "first"), Create("m-1", "changed"), Create("m-3")],
+            TestContext.Current.CancellationToken);
+
+        Assert.Equal([ProcessingOutcome.Processed, ProcessingOutcome.Processed, ProcessingOutcome.PayloadMismatch], results.Select(r => r.Outcome));
+        Assert.Equal(["m-0", "m-1"], _committed);
+        Assert.Null(_store.Find("h", "m-3"));
+        Assert.False(_calls.ContainsKey("m-3"), "m-3 ran in the transaction that committed before the mismatch settled");
+    }
+
     [Fact]
     public async Task Without_order_the_batch_still_commits_every_message_but_the_failing_one()
     {

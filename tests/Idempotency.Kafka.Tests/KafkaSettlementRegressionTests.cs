@@ -111,6 +111,60 @@ public sealed class KafkaSettlementRegressionTests(PostgresFixture db) : IClassF
     }
 
     /// <summary>
+    /// Offsets kept in the store, batch [k-0, k-1, k-1 with another payload, k-3] under <see cref="PayloadMismatchPolicy.Fail"/>:
+    /// the changed copy follows k-1 inside the batch and is a payload mismatch, retried then dead-lettered. k-3 must not
+    /// take effect (nor store its position) before that: the batch ends at the changed copy.
+    /// </summary>
+    [Fact]
+    public async Task A_changed_copy_of_a_key_inside_a_batch_is_dead_lettered_before_the_later_message_commits_or_stores_its_position()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("follower-mismatch");
+        cluster.CreateTopic(topic, 1);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        Produce(cluster, topic, ["k-0", "k-1"]);
+        Produce(cluster, topic, ["k-1"], body: _ => "{\"id\":\"k-1\",\"amount\":500}");
+        Produce(cluster, topic, ["k-3"]);
+        var store = await db.CreateStoreAsync();
+        var table = await db.CreateBusinessTableAsync();
+        var positionSql = $"SELECT coalesce(max(offset_value), -1) FROM {db.Schema}.{store.Options.ConsumerPositionsTable} WHERE group_id = @group AND stream = @topic AND partition_id = 0";
+        var group = Unique("g");
+        long? deadLettersWhenK3Ran = null;
+        long? positionWhenK3Ran = null;
+        var handler = Credit(table, onRun: c =>
+        {
+            if (c.Key == "k-3")
+            {
+                deadLettersWhenK3Ran ??= cluster.EndOffsets(topic + ".dlq", 1)[0];
+                positionWhenK3Ran ??= db.ScalarAsync<long>(positionSql, new { group, topic }).GetAwaiter().GetResult();
+            }
+        });
+        var handlerOptions = new IdempotencyOptions
+        {
+            HandlerName = "follower-mismatch",
+            PayloadMismatchPolicy = PayloadMismatchPolicy.Fail,
+            Retry = new RetryOptions { MaxAttempts = 3, InitialDelay = TimeSpan.FromMilliseconds(300), MaxDelay = TimeSpan.FromMilliseconds(300) },
+        };
+        var options = Options(topic, o =>
+        {
+            o.OffsetStorage = KafkaOffsetStorage.BrokerAndStore;
+            o.BatchSize = 4;
+            o.BatchMaxWait = TimeSpan.FromSeconds(5);
+        });
+
+        await using (var running = Start(cluster, group, new IdempotentProcessor(store, handler, handlerOptions), options))
+        {
+            await WaitForCommittedToEndAsync(cluster, group, topic, 1, Timeout);
+        }
+
+        Assert.Equal(1L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
+        Assert.Equal(1L, deadLettersWhenK3Ran);
+        Assert.True(positionWhenK3Ran <= 1, $"k-3 ran with the stored position at {positionWhenK3Ran}, past the changed copy at offset 2");
+        Assert.Equal(3L, await CountAsync(db, table));
+        Assert.Equal(3L, await AppliedAsync(db, table));
+    }
+
+    /// <summary>
     /// A replay (a second group re-reading a processed topic) in per-message mode: the queued messages are looked up
     /// together. A changed payload of a known key under <see cref="PayloadMismatchPolicy.Fail"/> gets a retry decision
     /// from that look-up, which settles nothing: it must be retried and dead-lettered before the offset passes it.

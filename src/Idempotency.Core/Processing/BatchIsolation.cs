@@ -44,6 +44,13 @@ internal sealed class BatchIsolation(
             if (firstIndexByKey.TryGetValue(messages[i].Key!, out var first))
             {
                 batch.FollowerOf[i] = first;
+                if (batch.InOrder && !steps.MismatchCommits && !batch.Claims[i].Fingerprint.Span.SequenceEqual(batch.Claims[first].Fingerprint.Span))
+                {
+                    // In order, a copy with another payload is a payload mismatch that does not commit, found only once its
+                    // first copy committed: the batch ends with it, so no later message commits before it settles.
+                    batch.End = i + 1;
+                    break;
+                }
             }
             else
             {

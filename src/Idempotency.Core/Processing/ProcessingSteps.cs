@@ -28,6 +28,9 @@ internal sealed class ProcessingSteps(IIdempotencyStore store, IdempotencyOption
     /// <summary>Gets the handler name that scopes keys.</summary>
     public string HandlerName => options.HandlerName;
 
+    /// <summary>Gets whether a copy of a committed key with another payload is acknowledged as a duplicate (it commits) or not.</summary>
+    public bool MismatchCommits => options.PayloadMismatchPolicy == PayloadMismatchPolicy.TreatAsDuplicate;
+
     /// <summary>The claim of a message whose key is valid.</summary>
     public ClaimRequest CreateClaim(IncomingMessage message) =>
         new(HandlerName, message.Key!, PayloadFingerprint.Compute(message.Body.Span), time.GetUtcNow() + options.Retention);
