@@ -155,14 +155,30 @@ public sealed class PrivateRedisServer : IAsyncDisposable
     /// <param name="password">The default user's password (<c>--requirepass</c>), or <see langword="null"/> for none.</param>
     public static async Task<PrivateRedisServer> StartAsync(string? password = null)
     {
-        var directory = Path.Combine(Path.GetTempPath(), "idem-redis-" + Guid.NewGuid().ToString("N")[..8]);
-        System.IO.Directory.CreateDirectory(directory);
-        var server = new PrivateRedisServer(directory, FreePort(), password);
-        await server.StartAgainAsync();
-        return server;
+        // A free port can be taken by another test's server between FreePort and redis-server's bind: that server then
+        // exits at once, and a readiness PING would have been answered by the other one. Such a start is tried again
+        // on another port.
+        for (var attempt = 1; ; attempt++)
+        {
+            var directory = Path.Combine(Path.GetTempPath(), "idem-redis-" + Guid.NewGuid().ToString("N")[..8]);
+            System.IO.Directory.CreateDirectory(directory);
+            var server = new PrivateRedisServer(directory, FreePort(), password);
+            try
+            {
+                await server.StartAgainAsync();
+                return server;
+            }
+            catch (RedisServerExitedException) when (attempt < 5)
+            {
+                await server.DisposeAsync();
+            }
+        }
     }
 
-    /// <summary>Starts the server (again) on the same port and directory, and waits until it answers.</summary>
+    /// <summary>
+    /// Starts the server (again) on the same port and directory, and waits until this process says it accepts
+    /// connections (not merely until something on the port answers).
+    /// </summary>
     public async Task StartAgainAsync()
     {
         var executable = FindOnPath("redis-server")
@@ -184,40 +200,44 @@ public sealed class PrivateRedisServer : IAsyncDisposable
             info.ArgumentList.Add(Password);
         }
 
-        _process = Process.Start(info) ?? throw new InvalidOperationException("redis-server did not start.");
-        _process.OutputDataReceived += (_, _) => { };
-        _process.ErrorDataReceived += (_, _) => { };
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
-
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
-        while (true)
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var output = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var process = new Process { StartInfo = info, EnableRaisingEvents = true };
+        process.OutputDataReceived += (_, e) =>
         {
-            try
+            if (e.Data is { } line)
             {
-                using var client = new TcpClient();
-                await client.ConnectAsync(IPAddress.Loopback, Port);
-                await using var stream = client.GetStream();
-                await stream.WriteAsync("PING\r\n"u8.ToArray());
-                var buffer = new byte[64];
-                var read = await stream.ReadAsync(buffer);
-                // A server with a password answers NOAUTH: it is up all the same.
-                var reply = System.Text.Encoding.ASCII.GetString(buffer, 0, read);
-                if (reply.StartsWith("+PONG", StringComparison.Ordinal) || reply.StartsWith("-NOAUTH", StringComparison.Ordinal))
+                output.Enqueue(line);
+                if (line.Contains("Ready to accept connections", StringComparison.Ordinal))
                 {
-                    return;
+                    ready.TrySetResult();
                 }
             }
-            catch (SocketException)
+        };
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is { } line)
             {
+                output.Enqueue(line);
             }
+        };
+        process.Exited += (_, _) => ready.TrySetException(new RedisServerExitedException(Port, string.Join(Environment.NewLine, output.TakeLast(5))));
+        if (!process.Start())
+        {
+            throw new InvalidOperationException("redis-server did not start.");
+        }
 
-            if (DateTime.UtcNow > deadline)
-            {
-                throw new TimeoutException($"The private redis-server on port {Port} did not answer PING within 10 s.");
-            }
-
-            await Task.Delay(50);
+        _process = process;
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        try
+        {
+            // Generous: a loaded machine (several test projects at once) can take seconds to start a process.
+            await ready.Task.WaitAsync(TimeSpan.FromSeconds(60));
+        }
+        catch (TimeoutException)
+        {
+            throw new TimeoutException($"The private redis-server on port {Port} did not report ready within 60 s: {string.Join(Environment.NewLine, output.TakeLast(5))}");
         }
     }
 
@@ -258,3 +278,9 @@ public sealed class PrivateRedisServer : IAsyncDisposable
             .Select(d => Path.Combine(d, name))
             .FirstOrDefault(File.Exists);
 }
+
+/// <summary>A private redis-server exited while starting (its port taken, say).</summary>
+/// <param name="port">The port it was to listen on.</param>
+/// <param name="output">Its last lines of output.</param>
+public sealed class RedisServerExitedException(int port, string output)
+    : InvalidOperationException($"The private redis-server on port {port} exited while starting: {output}");
