@@ -62,7 +62,7 @@ public sealed class IdempotentProcessor
                 $"{nameof(IdempotencyOptions.ClaimTiming)} {nameof(ClaimTiming.AtCommit)} needs a store that can claim keys at commit (PostgreSQL, in-memory); the '{store.Name}' store cannot. Use {nameof(ClaimTiming.BeforeHandler)}.",
                 nameof(options)))
             : new ClaimBeforeHandler(_steps, handler);
-        _batches = new BatchIsolation(_steps, new BatchAttempt(_steps, handler, handler as IIdempotentBatchHandler, ProcessAloneAsync, log), ProcessAloneAsync, log);
+        _batches = new BatchIsolation(_steps, new BatchAttempt(_steps, handler, handler as IIdempotentBatchHandler, ProcessAloneAsync, log), log);
     }
 
     /// <summary>Gets the handler name that scopes keys.</summary>
@@ -234,11 +234,12 @@ public sealed class IdempotentProcessor
 
         // In order, a looked-up key that settles without committing (a payload mismatch) ends the batch there.
         var end = messages.Count;
-        for (var i = 0; inOrder && i < end; i++)
+        for (var i = 0; inOrder && i < messages.Count; i++)
         {
             if (found[i] is { IsCommitted: false })
             {
                 end = i + 1;
+                break;
             }
         }
 
@@ -251,18 +252,14 @@ public sealed class IdempotentProcessor
             }
         }
 
-        if (rest.Count == 0)
+        if (rest.Count == 0 && end == messages.Count)
         {
-            if (end == messages.Count)
-            {
-                return found!;
-            }
-
-            return found.Take(end).Select(r => r!).ToArray();
+            // A replay's batch: every key committed already.
+            return found!;
         }
 
         // Even one message left goes the batch way: the one-message path would look its key up a second time.
-        var processed = await ProcessBatchClaimedAsync(rest, keysLookedUp: true, inOrder, cancellationToken).ConfigureAwait(false);
+        var processed = rest.Count == 0 ? [] : await ProcessBatchClaimedAsync(rest, keysLookedUp: true, inOrder, cancellationToken).ConfigureAwait(false);
         var results = new List<ProcessingResult>(end);
         var next = 0;
         for (var i = 0; i < end; i++)

@@ -106,14 +106,7 @@ internal sealed class BatchAttempt(
 
                     // A set-based handler cannot say which message broke it: find out one message at a time.
                     await ProcessingSteps.RollbackQuietlyAsync(transaction).ConfigureAwait(false);
-                    foreach (var index in contextIndex)
-                    {
-                        if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
-                        {
-                            break;
-                        }
-                    }
-
+                    await ProcessEachAloneAsync(messages, batch, contextIndex, cancellationToken).ConfigureAwait(false);
                     pending.Clear();
                     return -1;
                 }
@@ -197,14 +190,7 @@ internal sealed class BatchAttempt(
             }
 
             Log.BatchFailed(logger, exception, pending.Count, steps.HandlerName);
-            foreach (var index in pending)
-            {
-                if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
-                {
-                    break;
-                }
-            }
-
+            await ProcessEachAloneAsync(messages, batch, pending, cancellationToken).ConfigureAwait(false);
             pending.Clear();
             return -1;
         }
@@ -213,6 +199,25 @@ internal sealed class BatchAttempt(
             if (transaction is not null)
             {
                 await transaction.DisposeAsync().ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Processes messages of the batch one at a time, each in its own transaction, in delivery order; in an ordered batch
+    /// it stops after the first that does not commit (the later ones must not take effect before it).
+    /// </summary>
+    /// <param name="messages">The batch.</param>
+    /// <param name="batch">Its state; results are written there.</param>
+    /// <param name="indexes">The messages to process, ascending.</param>
+    /// <param name="cancellationToken">Cancels processing.</param>
+    public async ValueTask ProcessEachAloneAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, IEnumerable<int> indexes, CancellationToken cancellationToken)
+    {
+        foreach (var index in indexes)
+        {
+            if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
+            {
+                return;
             }
         }
     }

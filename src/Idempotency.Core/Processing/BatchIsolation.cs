@@ -16,7 +16,6 @@ namespace Idempotency.Processing;
 internal sealed class BatchIsolation(
     ProcessingSteps steps,
     BatchAttempt attempt,
-    Func<IncomingMessage, bool, CancellationToken, ValueTask<ProcessingResult>> processAlone,
     ILogger logger)
 {
     /// <summary>Processes the batch, writing every message's result into <paramref name="batch"/>.</summary>
@@ -65,14 +64,7 @@ internal sealed class BatchIsolation(
             if (failures >= 2)
             {
                 // Several poison messages in one batch: isolating them one redo at a time would cost a round per failure.
-                foreach (var index in pending)
-                {
-                    if (batch.StopsAt(index, await processAlone(messages[index], batch.AllSettledBefore(index), cancellationToken).ConfigureAwait(false)))
-                    {
-                        break;
-                    }
-                }
-
+                await attempt.ProcessEachAloneAsync(messages, batch, pending, cancellationToken).ConfigureAwait(false);
                 break;
             }
 
