@@ -145,6 +145,8 @@ try
         {
             throw new InvalidOperationException($"{name}: {recorded} key rows for {expected} messages");
         }
+
+        await Settle(keys);
     }
 
     async Task Effects(string accounts, long expected, string name)
@@ -155,6 +157,8 @@ try
         {
             throw new InvalidOperationException($"{name}: {applied} effects applied for {expected} messages");
         }
+
+        await Settle(accounts);
     }
 
     // Round 0 warms up and is not reported: the JIT recompiles the hot code of every scenario at its optimizing tier
@@ -165,8 +169,11 @@ try
         warmingUp = round == 0;
         Console.WriteLine(warmingUp ? $"warm-up round (not reported), load average {LoadAverage()}" : $"round {round}/{rounds}, load average {LoadAverage()}");
         Add(await Ceiling("ceiling: claim + update tx, 16 conn", 16, 1, ClaimAndUpdate));
+        await Settle(ceilKeys, accounts);
         Add(await Ceiling("ceiling: update-only tx (the plain consumer's statement), 16 conn", 16, 1, UpdateOnly));
+        await Settle(accounts);
         Add(await Ceiling("ceiling: 100-key batch tx, 4 conn", 4, 100, HundredKeyBatch));
+        await Settle(ceilKeys, accounts);
         var plainAccounts = await NewAccounts("plain_accounts_" + round);
         Add(await Plain($"plain at-least-once, {Partitions} partitions concurrent", cluster, topic, messages, plainAccounts, concurrent: true));
         await Effects(plainAccounts, messages, "plain");
@@ -181,23 +188,27 @@ try
         var (defaultStore, defaultAccounts) = await Fresh("default");
         Add(await Ours("ours default options (natural batching, per-message handler)", cluster, topic, messages, defaultStore, Handler(defaultAccounts), batchSize: 0, ProcessingOutcome.Processed));
         await Effects(defaultAccounts, messages, "default");
+        await Settle(defaultStore.QualifiedTableName);
         Add(await Ours("ours replay (all duplicates), default options", cluster, topic, messages, defaultStore, Handler(defaultAccounts), batchSize: 0, ProcessingOutcome.Duplicate));
 
         var (store, ourAccounts) = await Fresh("per_message");
         Add(await Ours("ours per-message", cluster, topic, messages, store, Handler(ourAccounts), batchSize: 1, ProcessingOutcome.Processed));
         Add(await Ours("ours replay (all duplicates), per-message", cluster, topic, messages, store, Handler(ourAccounts), batchSize: 1, ProcessingOutcome.Duplicate));
         await Effects(ourAccounts, messages, "per-message");
+        await Settle(store.QualifiedTableName);
 
         // ClaimTiming.AtCommit: the handler first, the key inserted completed with the commit (2 round trips per new message).
         var (atCommitStore, atCommitAccounts) = await Fresh("at_commit");
         Add(await Ours("ours per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Processed, ClaimTiming.AtCommit));
         Add(await Ours("ours replay (all duplicates), per-message, claim at commit", cluster, topic, messages, atCommitStore, Handler(atCommitAccounts), batchSize: 1, ProcessingOutcome.Duplicate, ClaimTiming.AtCommit));
         await Effects(atCommitAccounts, messages, "claim at commit");
+        await Settle(atCommitStore.QualifiedTableName);
 
         var (batchStore, batchAccounts) = await Fresh("batch");
         Add(await Ours("ours batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Processed));
         Add(await Ours("ours replay (all duplicates), batch mode (100)", cluster, batchTopic, batchMessages, batchStore, Handler(batchAccounts), batchSize: 100, ProcessingOutcome.Duplicate));
         await Effects(batchAccounts, batchMessages, "batch");
+        await Settle(batchStore.QualifiedTableName);
 
         // The hand-written batch consumer: ours batch mode's partitions, concurrency and batch size, the 100-key ceiling's transaction.
         var handBatchRows = await NewKeyTable($"hand_batch_keys_{round}");
@@ -259,7 +270,20 @@ async Task<string> NewAccounts(string name)
 {
     await using var c = await dataSource.OpenConnectionAsync();
     await c.ExecuteAsync($"CREATE TABLE {schema}.{name} (id int PRIMARY KEY, balance bigint NOT NULL DEFAULT 0); INSERT INTO {schema}.{name} (id) SELECT generate_series(0, {Accounts - 1})");
+    await Settle($"{schema}.{name}");
     return $"{schema}.{name}";
+}
+
+// Vacuums and analyzes tables a scenario set up or wrote, outside every measured window. Left to autovacuum, the
+// maintenance of a table (100,000 freshly inserted accounts, a run's 8,000 key rows) runs whenever the launcher wakes,
+// inside whichever scenario is measured then: a few hundred ms of PostgreSQL CPU in a 2-3 s window.
+async Task Settle(params string[] tables)
+{
+    await using var c = await dataSource.OpenConnectionAsync();
+    foreach (var table in tables)
+    {
+        await c.ExecuteAsync($"VACUUM (ANALYZE) {table}");
+    }
 }
 
 static int AccountOf(string key) => (int)((uint)key.GetHashCode(StringComparison.Ordinal) % Accounts);
