@@ -202,6 +202,51 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
     }
 
     [Fact]
+    public async Task Store_table_privileges_revoked_under_running_batches_spend_no_attempt_dead_letter_nothing_and_apply_each_once()
+    {
+        using var cluster = MockKafkaCluster.Start();
+        var topic = Unique("probe-revoke");
+        cluster.CreateTopic(topic, 2);
+        cluster.CreateTopic(topic + ".dlq", 1);
+        Produce(cluster, topic, Enumerable.Range(0, 600).Select(i => $"v-{i:D3}"));
+        var storeTable = "processed_" + Guid.NewGuid().ToString("N")[..8];
+        var store = await db.CreateStoreAsync(storeTable);
+        var table = await db.CreateBusinessTableAsync();
+        var log = await CreateLogAsync();
+        var observer = new RecordingObserver();
+        var kafkaOptions = Options(topic);
+        kafkaOptions.Observers.Add(observer);
+        var group = Unique("g");
+        await using (var running = Start(cluster, group, new IdempotentProcessor(store, Logged(table, log, (_, ct) => Task.Delay(20, ct)), HandlerOptions("probe-revoke", maxAttempts: 1)), kafkaOptions))
+        {
+            await WaitUntilAsync(async () => await CountAsync(db, table) >= 50, Timeout, () => Task.FromResult("50 applied"));
+            await using (var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken))
+            {
+                await connection.ExecuteAsync($"REVOKE ALL ON {db.Schema}.{storeTable} FROM CURRENT_USER");
+            }
+
+            // A batch already past its claim may still commit; after that nothing moves until the grant.
+            await Task.Delay(2_500, TestContext.Current.CancellationToken);
+            var during = await CountAsync(db, table);
+            await Task.Delay(1_500, TestContext.Current.CancellationToken);
+            Assert.True(await CountAsync(db, table) == during && during < 600, $"revoking the store's privileges did not stop processing ({during} rows)");
+            await using (var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken))
+            {
+                await connection.ExecuteAsync($"GRANT ALL ON {db.Schema}.{storeTable} TO CURRENT_USER");
+            }
+
+            await WaitForCommittedToEndAsync(cluster, group, topic, 2, Timeout);
+            await running.StopAsync();
+        }
+
+        Assert.Equal(600L, await CountAsync(db, table));
+        Assert.Equal(600L, await AppliedAsync(db, table));
+        Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
+        Assert.DoesNotContain(observer.Seen, o => o.Outcome == ProcessingOutcome.Failed);
+        await AssertLogInOffsetOrderOnceAsync(log);
+    }
+
+    [Fact]
     public async Task Rebalance_that_aborts_batches_in_flight_never_commits_past_an_effect_and_applies_each_once()
     {
         using var cluster = MockKafkaCluster.Start();
