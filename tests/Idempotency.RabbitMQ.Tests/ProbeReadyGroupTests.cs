@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Text;
 using Idempotency.Delivery;
+using Idempotency.Postgres;
 using Idempotency.TestSupport;
 
 namespace Idempotency.RabbitMQ.Tests;
@@ -116,5 +117,75 @@ public sealed class ProbeReadyGroupTests(PostgresFixture db, RabbitMqFixture mq)
             firstDeadLetter.RunsOfKey >= MaxAttempts,
             $"dead-lettered after {firstDeadLetter.RunsOfKey} handler runs (attempt {firstDeadLetter.Observation.Attempt}); MaxAttempts is {MaxAttempts}. Decisions: "
             + string.Join(", ", recorder.Seen.Where(s => s.Observation.Key == "poison").Select(s => $"{s.Observation.Action}@{s.Observation.Attempt}/runs {s.RunsOfKey}")));
+    }
+    [Theory]
+    [InlineData("k-3", false)]
+    [InlineData("k-7", true)]
+    public async Task A_store_connection_killed_in_the_middle_of_a_ready_group_spends_no_attempt_and_applies_each_once(string victim, bool afterWrite)
+    {
+        var h = await Harness.CreateAsync(db, mq, prefix: "probe-kill");
+        IdempotentRabbitMqConsumer? consumer = null;
+        var killed = 0;
+        var gated = 0;
+        async Task KillAsync(MessageContext context)
+        {
+            var pid = context.GetNpgsqlConnection().ProcessID;
+            await using var admin = await db.DataSource.OpenConnectionAsync();
+            await using var command = admin.CreateCommand();
+            command.CommandText = $"SELECT pg_terminate_backend({pid})";
+            await command.ExecuteScalarAsync();
+        }
+
+        var handler = h.Credit(
+            before: async (context, ct) =>
+            {
+                if (context.Key == "gate" && Interlocked.Exchange(ref gated, 1) == 0)
+                {
+                    // Only once: redelivered after the kill, the gate is processed like any other message.
+                    await Harness.WaitUntilAsync(() => consumer is { PendingCount: >= 9 }, 30, "the rest buffered");
+                }
+
+                if (!afterWrite && context.Key == victim && Interlocked.Exchange(ref killed, 1) == 0)
+                {
+                    await KillAsync(context);
+                }
+            },
+            afterWrite: context =>
+            {
+                if (afterWrite && context.Key == victim && Interlocked.Exchange(ref killed, 1) == 0)
+                {
+                    // The last handler of the group wrote; the commit goes out on a dead connection.
+                    KillAsync(context).GetAwaiter().GetResult();
+                }
+            });
+        var recorder = new Recorder();
+        var options = Defaults(h);
+        options.Observers.Add(recorder);
+        await mq.PublishManyAsync(h.Queue, new[] { "gate" }.Concat(Enumerable.Range(0, 8).Select(i => $"k-{i}")).Select(k => ((string?)k, Harness.Body(k))).ToList());
+
+        await using var connection = await mq.CreateConnectionAsync("probe-kill");
+        consumer = await h.StartAsync(connection, h.Processor(handler, Harness.HandlerOptions(maxAttempts: 1)), options);
+        try
+        {
+            await Harness.WaitUntilAsync(async () => await h.RowsAsync() == 9 && await h.ReadyAsync() == 0 && consumer.PendingCount == 0, 90, "all 9 applied");
+        }
+        catch (TimeoutException timeout)
+        {
+            throw new TimeoutException(
+                $"{timeout.Message}: rows {await h.RowsAsync()}, ready {await h.ReadyAsync()}, consumers {await mq.ConsumerCountAsync(h.Queue)}, pending {consumer.PendingCount}, paused {consumer.IsPaused}, acked {consumer.AcknowledgedCount}, requeued {consumer.RequeuedCount}; decisions: "
+                + string.Join(", ", recorder.Seen.Select(s => $"{s.Observation.Key}:{s.Observation.Outcome}/{s.Observation.Action}/{s.Observation.Settled}")));
+        }
+
+        await Task.Delay(500, TestContext.Current.CancellationToken);
+        await consumer.StopAsync(TestContext.Current.CancellationToken);
+
+        Assert.Equal(1, killed);
+        Assert.Equal(9L, await h.AppliedAsync());
+        Assert.Equal(1L, await h.MaxAppliedAsync());
+        Assert.Equal(0u, await h.DeadLetteredAsync());
+        Assert.Equal(0L, consumer.DeadLetteredCount);
+        Assert.DoesNotContain(recorder.Seen, s => s.Observation.Action is DeliveryAction.Retry or DeliveryAction.DeadLetter);
+        Assert.Contains(recorder.Seen, s => s.Observation.Outcome == ProcessingOutcome.StoreUnavailable);
+        Assert.Equal(9, recorder.Seen.Count(s => s.Observation.Action == DeliveryAction.Acknowledge && s.Observation.Settled));
     }
 }
