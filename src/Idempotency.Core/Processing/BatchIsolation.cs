@@ -104,6 +104,13 @@ internal sealed class BatchIsolation(
 
     private ProcessingResult FollowerResult(IncomingMessage message, Storage.ClaimRequest claim, ProcessingResult first)
     {
+        if (first.Outcome == ProcessingOutcome.Failed)
+        {
+            // The first copy's handler failed; this copy's handler never ran, so it must not spend an attempt (the
+            // adapters count attempts per key or per message id): it goes back untried, as a key held elsewhere does.
+            return new ProcessingResult(message, ProcessingOutcome.InProgress) { PayloadFingerprint = claim.Fingerprint };
+        }
+
         if (!first.IsCommitted && first.Outcome != ProcessingOutcome.PayloadMismatch)
         {
             // The first copy did not commit, so neither does this one: same outcome, same fate at the broker.
