@@ -195,6 +195,33 @@ public sealed class ProcessorTests
         Assert.False(_effects.ContainsKey("m-3"));
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(3)]
+    public async Task Batch_copy_of_a_key_whose_first_copy_failed_goes_back_untried_instead_of_failing(int poisonKeys)
+    {
+        // A copy never runs its handler; reported Failed, the adapters charged it an attempt (RabbitMQ counts per key, so
+        // a poison key sent twice was dead-lettered one run early). One poison key takes the redo path, three the
+        // one-at-a-time path.
+        var poison = Enumerable.Range(0, poisonKeys).Select(i => $"p-{i}").ToList();
+        var runs = new ConcurrentDictionary<string, int>();
+        var processor = new IdempotentProcessor(_store, Effect(c => runs.AddOrUpdate(c.Key, 1, (_, n) => n + 1) > 0 && poison.Contains(c.Key)), Options());
+        var messages = poison.Select(k => Create(k)).Append(Create("a")).Concat(poison.Select(k => Create(k))).Append(Create("b")).ToList();
+
+        var results = await processor.ProcessBatchAsync(messages, TestContext.Current.CancellationToken);
+
+        for (var i = 0; i < poisonKeys; i++)
+        {
+            Assert.Equal(ProcessingOutcome.Failed, results[i].Outcome);
+            Assert.Equal(ProcessingOutcome.InProgress, results[poisonKeys + 1 + i].Outcome);
+            Assert.Equal(1, runs[$"p-{i}"]);
+        }
+
+        Assert.Equal(ProcessingOutcome.Processed, results[poisonKeys].Outcome);
+        Assert.Equal(ProcessingOutcome.Processed, results[^1].Outcome);
+        Assert.Equal(["a", "b"], _effects.Keys.Order());
+    }
+
     [Fact]
     public async Task Batch_with_several_poison_messages_still_commits_every_good_one()
     {
