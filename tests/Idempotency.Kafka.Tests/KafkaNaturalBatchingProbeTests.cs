@@ -194,11 +194,7 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
         }
 
         Assert.True(kills > 0, "no store backend was terminated");
-        Assert.Equal(600L, await CountAsync(db, table));
-        Assert.Equal(600L, await AppliedAsync(db, table));
-        Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
-        Assert.DoesNotContain(observer.Seen, o => o.Outcome == ProcessingOutcome.Failed);
-        await AssertLogInOffsetOrderOnceAsync(log);
+        await AssertStoreErrorsCostNothingAsync(cluster, topic, table, log, observer);
     }
 
     [Fact]
@@ -217,7 +213,7 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
         var kafkaOptions = Options(topic);
         kafkaOptions.Observers.Add(observer);
         var group = Unique("g");
-        await using (var running = Start(cluster, group, new IdempotentProcessor(store, Logged(table, log, (_, ct) => Task.Delay(20, ct)), HandlerOptions("probe-revoke", maxAttempts: 1)), kafkaOptions))
+        await using (var running = Start(cluster, group, new IdempotentProcessor(store, Logged(table, log, (_, ct) => Task.Delay(5, ct)), HandlerOptions("probe-revoke", maxAttempts: 1)), kafkaOptions))
         {
             await WaitUntilAsync(async () => await CountAsync(db, table) >= 50, Timeout, () => Task.FromResult("50 applied"));
             await using (var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken))
@@ -225,11 +221,22 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
                 await connection.ExecuteAsync($"REVOKE ALL ON {db.Schema}.{storeTable} FROM CURRENT_USER");
             }
 
-            // A batch already past its claim may still commit; after that nothing moves until the grant.
-            await Task.Delay(2_500, TestContext.Current.CancellationToken);
+            // A batch already past its claim may still commit; after that nothing moves until the grant. Waits for the
+            // count to hold still for 3 s (a loaded machine stretches the batches in flight), then checks it stopped short.
             var during = await CountAsync(db, table);
-            await Task.Delay(1_500, TestContext.Current.CancellationToken);
-            Assert.True(await CountAsync(db, table) == during && during < 600, $"revoking the store's privileges did not stop processing ({during} rows)");
+            var stillSince = DateTime.UtcNow;
+            var deadline = DateTime.UtcNow + Timeout;
+            while (DateTime.UtcNow - stillSince < TimeSpan.FromSeconds(3) && DateTime.UtcNow < deadline)
+            {
+                await Task.Delay(250, TestContext.Current.CancellationToken);
+                var now = await CountAsync(db, table);
+                if (now != during)
+                {
+                    (during, stillSince) = (now, DateTime.UtcNow);
+                }
+            }
+
+            Assert.True(during < 600, $"revoking the store's privileges did not stop processing ({during} rows)");
             await using (var connection = await db.DataSource.OpenConnectionAsync(TestContext.Current.CancellationToken))
             {
                 await connection.ExecuteAsync($"GRANT ALL ON {db.Schema}.{storeTable} TO CURRENT_USER");
@@ -239,6 +246,12 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
             await running.StopAsync();
         }
 
+        await AssertStoreErrorsCostNothingAsync(cluster, topic, table, log, observer);
+    }
+
+    /// <summary>All 600 messages applied once, in offset order; no handler failure reported; nothing dead-lettered.</summary>
+    private async Task AssertStoreErrorsCostNothingAsync(MockKafkaCluster cluster, string topic, string table, string log, RecordingObserver observer)
+    {
         Assert.Equal(600L, await CountAsync(db, table));
         Assert.Equal(600L, await AppliedAsync(db, table));
         Assert.Equal(0L, cluster.EndOffsets(topic + ".dlq", 1)[0]);
