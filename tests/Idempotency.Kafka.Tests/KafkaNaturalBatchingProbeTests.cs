@@ -44,29 +44,14 @@ public sealed class KafkaNaturalBatchingProbeTests(PostgresFixture db) : IClassF
                 context.GetNpgsqlTransaction());
         });
 
-    private static void ProduceRaw(MockKafkaCluster cluster, string topic, IEnumerable<(string? HeaderKey, string Body)> messages)
-    {
-        using var producer = cluster.CreateProducer();
-        var failures = new ConcurrentQueue<Error>();
-        foreach (var (key, body) in messages)
+    /// <summary>Produces bodies without a Kafka key, each with its idempotency-key header when it has one.</summary>
+    private static void ProduceRaw(MockKafkaCluster cluster, string topic, IEnumerable<(string? HeaderKey, string Body)> messages) =>
+        Produce(cluster, topic, messages.Select(m => new Message<byte[]?, byte[]?>
         {
-            var headers = new Headers();
-            if (key is not null)
-            {
-                headers.Add(KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(key));
-            }
-
-            producer.Produce(topic, new Message<byte[]?, byte[]?> { Key = null, Value = Encoding.UTF8.GetBytes(body), Headers = headers }, r =>
-            {
-                if (r.Error.IsError)
-                {
-                    failures.Enqueue(r.Error);
-                }
-            });
-        }
-
-        Assert.True(producer.Flush(TimeSpan.FromSeconds(30)) == 0 && failures.IsEmpty, "produce failed");
-    }
+            Key = null,
+            Value = Encoding.UTF8.GetBytes(m.Body),
+            Headers = m.HeaderKey is null ? [] : new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, Encoding.UTF8.GetBytes(m.HeaderKey) } },
+        }));
 
     /// <summary>Every ordered pair of log rows of one partition is in offset order, and no key has two log rows.</summary>
     private async Task AssertLogInOffsetOrderOnceAsync(string log)

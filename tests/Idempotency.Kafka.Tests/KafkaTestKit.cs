@@ -14,19 +14,26 @@ internal static class KafkaTestKit
     public static string Unique(string prefix) => prefix + "-" + Guid.NewGuid().ToString("N")[..10];
 
     /// <summary>Produces messages whose Kafka key and <c>idempotency-key</c> header are both <paramref name="keys"/>[i] (so a re-produced key lands on the same partition).</summary>
-    public static void Produce(MockKafkaCluster cluster, string topic, IEnumerable<string> keys, Func<string, string>? body = null)
-    {
-        using var producer = cluster.CreateProducer();
-        var failures = new ConcurrentQueue<Error>();
-        foreach (var key in keys)
+    public static void Produce(MockKafkaCluster cluster, string topic, IEnumerable<string> keys, Func<string, string>? body = null) =>
+        Produce(cluster, topic, keys.Select(key =>
         {
             var bytes = Encoding.UTF8.GetBytes(key);
-            producer.Produce(topic, new Message<byte[]?, byte[]?>
+            return new Message<byte[]?, byte[]?>
             {
                 Key = bytes,
                 Value = Encoding.UTF8.GetBytes(body?.Invoke(key) ?? $"{{\"id\":\"{key}\",\"amount\":5}}"),
                 Headers = new Headers { { KafkaIdempotencyOptions.DefaultKeyHeader, bytes } },
-            }, report =>
+            };
+        }));
+
+    /// <summary>Produces <paramref name="messages"/> as they are and fails the test unless every one was delivered.</summary>
+    public static void Produce(MockKafkaCluster cluster, string topic, IEnumerable<Message<byte[]?, byte[]?>> messages)
+    {
+        using var producer = cluster.CreateProducer();
+        var failures = new ConcurrentQueue<Error>();
+        foreach (var message in messages)
+        {
+            producer.Produce(topic, message, report =>
             {
                 if (report.Error.IsError)
                 {
