@@ -8,10 +8,7 @@
 set -euo pipefail
 seconds="${1:-10}"
 clients="${2:-16}"
-export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-app}" PGPASSWORD="${PGPASSWORD:-app}" PGDATABASE="${PGDATABASE:-appdb}"
-bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-pgbench="$(command -v pgbench || echo "$bin/pgbench")"
-psql="$(command -v psql || echo "$bin/psql")"
+. "$(dirname "$0")/pg-env.sh"
 schema="keycost_$$"
 work="$(mktemp -d)"
 trap '"$psql" -q -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT

@@ -10,9 +10,7 @@
 set -euo pipefail
 seconds="${1:-5}"
 clients="${2:-4}"
-export PGHOST="${PGHOST:-127.0.0.1}" PGPORT="${PGPORT:-5432}" PGUSER="${PGUSER:-app}" PGPASSWORD="${PGPASSWORD:-app}" PGDATABASE="${PGDATABASE:-appdb}"
-bin="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)"
-pgbench="$(command -v pgbench || echo "$bin/pgbench")"
+. "$(dirname "$0")/pg-env.sh"
 cores="$(nproc)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
