@@ -186,19 +186,23 @@ internal sealed class PartitionWorker<TKey, TValue>
     private async ValueTask<bool> HandleBatchAsync(List<KafkaDelivery<TKey, TValue>> batch)
     {
         var prefix = new BatchPrefix(batch.ConvertAll(d => d.Offset), _lane.Settled);
-        var pending = new List<KafkaDelivery<TKey, TValue>>(batch.Count);
+        var pending = batch;
         var unreadable = new Queue<KafkaDelivery<TKey, TValue>>();
-        foreach (var delivery in batch)
+        if (batch.Exists(d => d.IsUnreadable))
         {
-            if (delivery.IsUnreadable)
+            pending = new List<KafkaDelivery<TKey, TValue>>(batch.Count);
+            foreach (var delivery in batch)
             {
-                // It has no effect to order, but no position may pass it before its dead-letter.
-                prefix.NotSettled(delivery.Offset);
-                unreadable.Enqueue(delivery);
-            }
-            else
-            {
-                pending.Add(delivery);
+                if (delivery.IsUnreadable)
+                {
+                    // It has no effect to order, but no position may pass it before its dead-letter.
+                    prefix.NotSettled(delivery.Offset);
+                    unreadable.Enqueue(delivery);
+                }
+                else
+                {
+                    pending.Add(delivery);
+                }
             }
         }
 

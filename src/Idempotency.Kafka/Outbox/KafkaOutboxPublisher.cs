@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using System.Text;
 using Confluent.Kafka;
 using Idempotency.Outbox;
@@ -68,7 +67,7 @@ public sealed class KafkaOutboxPublisher : IOutboxPublisher, IDisposable
             var message = new Message<byte[], byte[]>
             {
                 Key = Encoding.UTF8.GetBytes(record.Key),
-                Value = AsArray(record.Payload),
+                Value = ByteArrays.AsArray(record.Payload),
                 Headers = BuildHeaders(record),
             };
 
@@ -110,11 +109,6 @@ public sealed class KafkaOutboxPublisher : IOutboxPublisher, IDisposable
             _producer.Dispose();
         }
     }
-
-    private static byte[] AsArray(ReadOnlyMemory<byte> payload) =>
-        MemoryMarshal.TryGetArray(payload, out var segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
-            ? segment.Array
-            : payload.ToArray();
 
     private static Headers BuildHeaders(OutboxRecord record)
     {

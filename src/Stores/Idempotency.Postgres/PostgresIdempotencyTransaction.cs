@@ -70,7 +70,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
             }
 
             keys[i] = requests[i].Key;
-            fingerprints[i] = requests[i].Fingerprint.ToArray();
+            fingerprints[i] = ByteArrays.AsArray(requests[i].Fingerprint);
         }
 
         // The insert returns the keys it took; a batch of new keys (the common case) needs nothing more.
@@ -316,7 +316,7 @@ public sealed class PostgresIdempotencyTransaction : IDeferredClaimTransaction
     {
         parameters.Add(new NpgsqlParameter<string> { TypedValue = request.HandlerName });
         parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
-        parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = request.Fingerprint.ToArray() });
+        parameters.Add(new NpgsqlParameter<byte[]> { TypedValue = ByteArrays.AsArray(request.Fingerprint) });
         // A DateTimeOffset is written as timestamptz by default; naming the type would cost a type look-up by name per
         // statement.
         parameters.Add(new NpgsqlParameter<DateTimeOffset> { TypedValue = request.ExpiresAt });

@@ -98,7 +98,7 @@ internal sealed class PostgresSql
     /// <param name="cancellationToken">Cancels the read.</param>
     public async Task<Dictionary<string, ClaimResult>> ReadProcessedAsync(NpgsqlConnection connection, NpgsqlTransaction? transaction, string handler, string[] keys, CancellationToken cancellationToken)
     {
-        var byKey = new Dictionary<string, ClaimResult>(StringComparer.Ordinal);
+        var byKey = new Dictionary<string, ClaimResult>(keys.Length, StringComparer.Ordinal);
         using var select = new NpgsqlCommand(SelectMany, connection, transaction);
         select.Parameters.Add(new NpgsqlParameter<string> { TypedValue = handler });
         select.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = keys });
