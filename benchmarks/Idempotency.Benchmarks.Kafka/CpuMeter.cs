@@ -4,17 +4,23 @@ using System.Globalization;
 /// <summary>
 /// CPU time spent by this process and by every PostgreSQL server process between two points, read from /proc: it
 /// tells whether a scenario's extra cost per message is in the client (the library, Npgsql, librdkafka and the mock
-/// cluster all live in this process) or in the database. Zero where /proc is missing.
+/// cluster all live in this process) or in the database. Zero where /proc is missing. Also this process's managed
+/// allocations and garbage-collection pauses (the mock cluster's memory is native and not in them).
 /// </summary>
-internal readonly record struct CpuMeter(TimeSpan Client, TimeSpan Postgres)
+internal readonly record struct CpuMeter(TimeSpan Client, TimeSpan Postgres, long Allocated, TimeSpan GcPause)
 {
     private static readonly double TickSeconds = 1.0 / 100; // USER_HZ: 100 on every Linux the project runs on.
 
     public static CpuMeter Now()
     {
         using var self = Process.GetCurrentProcess();
-        return new CpuMeter(self.TotalProcessorTime, PostgresTime());
+        return new CpuMeter(self.TotalProcessorTime, PostgresTime(), GC.GetTotalAllocatedBytes(), GC.GetTotalPauseDuration());
     }
+
+    /// <summary>Managed bytes allocated per message, and the share (%) of <paramref name="window"/> this process spent paused for garbage collection, since <paramref name="start"/>.</summary>
+    public (double AllocatedBytes, double GcPausePercent) MemorySince(CpuMeter start, long messages, TimeSpan window) =>
+        (messages <= 0 ? 0 : Math.Round((double)(Allocated - start.Allocated) / messages),
+         window <= TimeSpan.Zero ? 0 : Math.Round(100 * (GcPause - start.GcPause) / window, 1));
 
     /// <summary>Microseconds of CPU per message since <paramref name="start"/>: (client, PostgreSQL).</summary>
     public (double Client, double Postgres) PerMessageSince(CpuMeter start, long messages) => messages <= 0

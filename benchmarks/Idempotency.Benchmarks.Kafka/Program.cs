@@ -705,11 +705,13 @@ static void Produce(MockKafkaCluster cluster, string topic, int count, string pr
 
 Row Measured(string name, long count, TimeSpan elapsed, ConcurrentBag<double> latencies)
 {
-    var (clientCpu, postgresCpu) = CpuMeter.Now().PerMessageSince(scenarioCpu, count);
+    var now = CpuMeter.Now();
+    var (clientCpu, postgresCpu) = now.PerMessageSince(scenarioCpu, count);
+    var (allocated, gcPause) = now.MemorySince(scenarioCpu, count, elapsed);
     var sorted = latencies.Order().ToArray();
     double Percentile(double p) => sorted.Length == 0 ? 0 : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
-    var row = new Row(name, count, Math.Round(count / elapsed.TotalSeconds), Math.Round(Percentile(0.50), 2), Math.Round(Percentile(0.99), 2), Process.GetCurrentProcess().PeakWorkingSet64 / (1024 * 1024), clientCpu, postgresCpu);
-    Console.WriteLine($"  {row.Name}: {row.MessagesPerSecond:N0}/s p50 {row.P50Ms} ms p99 {row.P99Ms} ms, CPU/msg client {clientCpu} µs, PostgreSQL {postgresCpu} µs");
+    var row = new Row(name, count, Math.Round(count / elapsed.TotalSeconds), Math.Round(Percentile(0.50), 2), Math.Round(Percentile(0.99), 2), Process.GetCurrentProcess().PeakWorkingSet64 / (1024 * 1024), clientCpu, postgresCpu) { AllocatedBytesPerMessage = allocated, GcPausePercent = gcPause };
+    Console.WriteLine($"  {row.Name}: {row.MessagesPerSecond:N0}/s p50 {row.P50Ms} ms p99 {row.P99Ms} ms, CPU/msg client {clientCpu} µs, PostgreSQL {postgresCpu} µs, {allocated} B/msg allocated, GC pauses {gcPause} %");
     return row;
 }
 
@@ -759,15 +761,15 @@ static void Report(List<Row> rows, List<LowLoadRow> lowLoadRows, int rounds, int
     md.AppendLine();
     md.AppendLine(CultureInfo.InvariantCulture, $"Consumer scenarios in {rounds} interleaved rounds (every consumer with fetch.wait.max.ms = {ThroughputFetchWaitMaxMs}) after one unreported warm-up round (each row is the scenario's median round by msgs/s; every round's msgs/s in the last column); ceilings, the processor alone and consume-only once. Every consumer run's effects are checked in SQL (sum of applied updates == messages; the hand-written consumers' key rows == messages). The hand-written rows are the baselines of the batching-off and set-based targets: the plain consumer (same poll loop, 16 partitions concurrent, offsets stored after the commit) doing the claim + update ceiling's transaction per message (`BEGIN; INSERT INTO keys ... ON CONFLICT DO NOTHING;` the `UPDATE` if a row was inserted, `COMMIT`), and the same consumer taking up to 100 ready messages of a partition per transaction with {batchConcurrency} transactions at once like ours batch mode (the 100-key ceiling's key-row insert and the batch handler's set-based update, no wait for a batch to fill). The ceilings are broker-free SQL loops: context, no target. Machine load average: {loadStart} at the start, {LoadAverage()} at the end.");
     md.AppendLine();
-    md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) | CPU µs/msg: this process | CPU µs/msg: PostgreSQL | rounds msgs/s |");
-    md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    md.AppendLine("| scenario | messages | msgs/s | p50 ms | p99 ms | peak working set so far (MiB) | CPU µs/msg: this process | CPU µs/msg: PostgreSQL | allocated B/msg | GC pauses % | rounds msgs/s |");
+    md.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     foreach (var r in rows)
     {
-        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Messages:N0} | {r.MessagesPerSecond:N0} | {r.P50Ms} | {r.P99Ms} | {r.PeakWorkingSetMiB} | {r.ClientCpuMicrosecondsPerMessage} | {r.PostgresCpuMicrosecondsPerMessage} | {r.Rounds} |");
+        md.AppendLine(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Messages:N0} | {r.MessagesPerSecond:N0} | {r.P50Ms} | {r.P99Ms} | {r.PeakWorkingSetMiB} | {r.ClientCpuMicrosecondsPerMessage} | {r.PostgresCpuMicrosecondsPerMessage} | {r.AllocatedBytesPerMessage:N0} | {r.GcPausePercent} | {r.Rounds} |");
     }
 
     md.AppendLine();
-    md.AppendLine("Throughput-table latency: ceilings = one transaction; plain = its transaction; ours = the pipeline call (claim, handler, commit) per message, or per batch. The comparable latency (publish -> effect committed, the same for every configuration) is the low-load table. CPU µs/msg of this process includes the in-process mock cluster.");
+    md.AppendLine("Throughput-table latency: ceilings = one transaction; plain = its transaction; ours = the pipeline call (claim, handler, commit) per message, or per batch. The comparable latency (publish -> effect committed, the same for every configuration) is the low-load table. CPU µs/msg of this process includes the in-process mock cluster; allocated B/msg and GC pauses (the share of the window every thread of this process stood still for a collection; workstation GC) are managed memory only, the client library's and ours.");
     md.AppendLine();
     md.AppendLine(CultureInfo.InvariantCulture, $"## Low load: one message in flight ({lowLoad} per scenario per round, all rounds pooled)");
     md.AppendLine();
@@ -813,6 +815,12 @@ internal sealed record Row(string Name, long Messages, double MessagesPerSecond,
 {
     /// <summary>Gets every round's msgs/s (interleaved rounds; the row is the median round).</summary>
     public string Rounds { get; init; } = "";
+
+    /// <summary>Gets the managed bytes this process allocated per message.</summary>
+    public double AllocatedBytesPerMessage { get; init; }
+
+    /// <summary>Gets the share (%) of the measured window this process spent paused for garbage collection.</summary>
+    public double GcPausePercent { get; init; }
 }
 
 /// <summary>Low-load latency (publish -> effect committed), every round's samples pooled.</summary>
