@@ -25,7 +25,7 @@ internal sealed class BatchIsolation(
     public async ValueTask ProcessAsync(IReadOnlyList<IncomingMessage> messages, BatchState batch, CancellationToken cancellationToken)
     {
         // The first message of each key is claimed; later ones with the same key inside the batch follow its fate.
-        var firstIndexByKey = new Dictionary<string, int>(StringComparer.Ordinal);
+        var firstIndexByKey = new Dictionary<string, int>(messages.Count, StringComparer.Ordinal);
         var pending = new List<int>(messages.Count);
         for (var i = 0; i < messages.Count; i++)
         {
