@@ -5,16 +5,17 @@ using System.Globalization;
 /// CPU time spent by this process and by every PostgreSQL server process between two points, read from /proc: it
 /// tells whether a scenario's extra cost per message is in the client (the library, Npgsql, librdkafka and the mock
 /// cluster all live in this process) or in the database. Zero where /proc is missing. Also this process's managed
-/// allocations and garbage-collection pauses (the mock cluster's memory is native and not in them).
+/// allocations and garbage-collection pauses (the mock cluster's memory is native and not in them), and how many
+/// methods the JIT has compiled (a scenario that compiles many is not measured at its steady state).
 /// </summary>
-internal readonly record struct CpuMeter(TimeSpan Client, TimeSpan Postgres, long Allocated, TimeSpan GcPause)
+internal readonly record struct CpuMeter(TimeSpan Client, TimeSpan Postgres, long Allocated, TimeSpan GcPause, long JitMethods)
 {
     private static readonly double TickSeconds = 1.0 / 100; // USER_HZ: 100 on every Linux the project runs on.
 
     public static CpuMeter Now()
     {
         using var self = Process.GetCurrentProcess();
-        return new CpuMeter(self.TotalProcessorTime, PostgresTime(), GC.GetTotalAllocatedBytes(), GC.GetTotalPauseDuration());
+        return new CpuMeter(self.TotalProcessorTime, PostgresTime(), GC.GetTotalAllocatedBytes(), GC.GetTotalPauseDuration(), System.Runtime.JitInfo.GetCompiledMethodCount());
     }
 
     /// <summary>Managed bytes allocated per message, and the share (%) of <paramref name="window"/> this process spent paused for garbage collection, since <paramref name="start"/>.</summary>
