@@ -104,6 +104,24 @@ public sealed class IdempotentProcessor
     public async ValueTask<IReadOnlyList<ProcessingResult?>> LookUpProcessedAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(messages);
+        var results = await LookUpCoreAsync(messages, cancellationToken).ConfigureAwait(false);
+        foreach (var result in results)
+        {
+            if (result is not null)
+            {
+                Finish(result, activity: null);
+            }
+        }
+
+        return results;
+    }
+
+    /// <summary>
+    /// <see cref="LookUpProcessedAsync"/> without reporting the results (metrics): the caller reports those it hands
+    /// back, so a message it leaves for a later call is counted once, when it is handed back then.
+    /// </summary>
+    private async ValueTask<ProcessingResult?[]> LookUpCoreAsync(IReadOnlyList<IncomingMessage> messages, CancellationToken cancellationToken)
+    {
         var results = new ProcessingResult?[messages.Count];
         if (_steps.Lookup is not { } lookup || messages.Count == 0)
         {
@@ -146,10 +164,7 @@ public sealed class IdempotentProcessor
             _steps.DuplicateRate.Record(found[i] is not null);
             if (found[i] is { } processed)
             {
-                var message = messages[indexes[i]];
-                var result = _steps.Results.NotClaimed(message, claims[i], processed);
-                Finish(result, activity: null);
-                results[indexes[i]] = result;
+                results[indexes[i]] = _steps.Results.NotClaimed(messages[indexes[i]], claims[i], processed);
             }
         }
 
@@ -230,7 +245,7 @@ public sealed class IdempotentProcessor
     /// <summary>Looks the batch's keys up first; the messages not found are processed as one batch, results kept in order.</summary>
     private async ValueTask<IReadOnlyList<ProcessingResult>> ProcessBatchLookedUpAsync(IReadOnlyList<IncomingMessage> messages, bool inOrder, CancellationToken cancellationToken)
     {
-        var found = await LookUpProcessedAsync(messages, cancellationToken).ConfigureAwait(false);
+        var found = await LookUpCoreAsync(messages, cancellationToken).ConfigureAwait(false);
 
         // In order, a looked-up key that settles without committing (a payload mismatch) ends the batch there.
         var end = messages.Count;
@@ -240,6 +255,15 @@ public sealed class IdempotentProcessor
             {
                 end = i + 1;
                 break;
+            }
+        }
+
+        // Reported here, up to the end: messages after it come back in a later call and are reported then.
+        for (var i = 0; i < end; i++)
+        {
+            if (found[i] is { } known)
+            {
+                Finish(known, activity: null);
             }
         }
 

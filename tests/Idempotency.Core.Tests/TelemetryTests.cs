@@ -44,6 +44,39 @@ public sealed class TelemetryTests
     }
 
     [Fact]
+    public async Task An_ordered_batch_that_stops_at_a_mismatch_counts_the_duplicates_it_looked_up_after_the_stop_only_when_they_are_processed()
+    {
+        var handler = "metrics-stop-" + Guid.NewGuid().ToString("N")[..8];
+        using var duplicates = new MetricCollector<long>(null, IdempotencyTelemetry.MeterName, "idempotency.messages.duplicate");
+        using var mismatches = new MetricCollector<long>(null, IdempotencyTelemetry.MeterName, "idempotency.messages.payload_mismatch");
+        var processor = new IdempotentProcessor(new InMemoryIdempotencyStore(), IdempotentHandler.Create((_, _) => ValueTask.CompletedTask), Options(handler, PayloadMismatchPolicy.Quarantine));
+        var ct = TestContext.Current.CancellationToken;
+        for (var i = 0; i < 4; i++)
+        {
+            await processor.ProcessAsync(Create($"k{i}"), ct);
+        }
+
+        // Enough single duplicates that the next batch is looked up before it is claimed.
+        for (var i = 0; i < 40; i++)
+        {
+            await processor.ProcessAsync(Create($"k{i % 4}"), ct);
+        }
+
+        long Sum(MetricCollector<long> c) => c.GetMeasurementSnapshot().Where(m => Equals(m.Tags[IdempotencyTags.Handler], handler)).Sum(m => m.Value);
+        var before = Sum(duplicates);
+
+        // k1 arrives with another payload: in order, the batch ends there, and k2, k3 come back in the next call.
+        var first = await processor.ProcessBatchInOrderAsync([Create("k0"), Create("k1", "other payload"), Create("k2"), Create("k3")], ct);
+        Assert.Equal([ProcessingOutcome.Duplicate, ProcessingOutcome.PayloadMismatch], first.Select(r => r.Outcome));
+        var rest = await processor.ProcessBatchInOrderAsync([Create("k2"), Create("k3")], ct);
+        Assert.Equal([ProcessingOutcome.Duplicate, ProcessingOutcome.Duplicate], rest.Select(r => r.Outcome));
+
+        // One count per result handed back: k0, k2 and k3 once each, the mismatch once.
+        Assert.Equal(3, Sum(duplicates) - before);
+        Assert.Equal(1, Sum(mismatches));
+    }
+
+    [Fact]
     public async Task Processing_span_continues_the_trace_from_the_message_headers()
     {
         var handler = "trace-" + Guid.NewGuid().ToString("N")[..8];
