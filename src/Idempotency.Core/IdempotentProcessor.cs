@@ -258,19 +258,15 @@ public sealed class IdempotentProcessor
             }
         }
 
-        // Reported here, up to the end: messages after it come back in a later call and are reported then.
+        // Found keys are reported here, up to the end: messages after it come back in a later call and are reported then.
+        var rest = new List<IncomingMessage>(end);
         for (var i = 0; i < end; i++)
         {
             if (found[i] is { } known)
             {
                 Finish(known, activity: null);
             }
-        }
-
-        var rest = new List<IncomingMessage>(end);
-        for (var i = 0; i < end; i++)
-        {
-            if (found[i] is null)
+            else
             {
                 rest.Add(messages[i]);
             }
